@@ -1,0 +1,1 @@
+"""Built-in device drivers, installed as ``tillplug.drivers`` and found only through entry points."""

@@ -1,0 +1,101 @@
+"""Serial barcode scanner (RS-232, USB CDC-ACM, or any pyserial URL such as socket://).
+
+Read-only: this driver never writes a byte to the port.  Framing into scans
+happens above, in ``tillplug.barcodes.framing``, so it is a pure function.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import termios
+
+import serial
+
+from tillplug.devices.base import ScannerDriver
+from tillplug.errors import DeviceBusy, DeviceGone
+
+READ_TIMEOUT = 0.05  # seconds: short, so idle-gap framing and shutdown stay responsive
+
+
+class SerialScanner(ScannerDriver):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._port: serial.SerialBase | None = None
+
+    def open(self) -> None:
+        cfg = self.config
+        try:
+            port = serial.serial_for_url(
+                cfg.port,
+                baudrate=cfg.baudrate,
+                bytesize=cfg.bytesize,
+                parity=cfg.parity,
+                stopbits=cfg.stopbits,
+                rtscts=cfg.rtscts,
+                xonxoff=cfg.xonxoff,
+                timeout=READ_TIMEOUT,
+                do_not_open=True,
+            )
+            if cfg.port.startswith("/"):
+                port.exclusive = True  # flock: a second tillplug cannot share the port
+            port.open()
+        except serial.SerialException as exc:
+            raise _translate(cfg.port, exc) from exc
+        except (OSError, ValueError) as exc:
+            raise DeviceGone(f"{cfg.port}: {exc}") from exc
+        fd = getattr(port, "fd", None)
+        if fd is not None:
+            try:  # kernel-level exclusivity too, as gpsd does
+                fcntl.ioctl(fd, termios.TIOCEXCL)
+            except OSError:
+                pass
+        self._port = port
+
+    def read(self) -> bytes:
+        port = self._port
+        if port is None:
+            raise DeviceGone(f"{self.config.port} is not open")
+        try:
+            waiting = port.in_waiting if hasattr(port, "fd") else 0
+            return port.read(max(1, waiting))
+        except (serial.SerialException, OSError, termios.error) as exc:
+            raise DeviceGone(f"{self.config.port}: {exc}") from exc
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError, termios.error):
+                pass  # the device is already gone; closing frees the minor number
+
+
+def _translate(name: str, exc: serial.SerialException) -> Exception:
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.EBUSY or "Could not exclusively lock" in text or "busy" in text.lower():
+        holder = who_holds(name)
+        return DeviceBusy(f"{name} is in use by another program{holder}")
+    return DeviceGone(f"{name}: {text}")
+
+
+def who_holds(path: str) -> str:
+    """' (held by PID 123 ModemManager)' where /proc tells, else ''."""
+    import os
+    from pathlib import Path
+
+    try:
+        target = os.path.realpath(path)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                for fd in (proc / "fd").iterdir():
+                    if os.path.realpath(fd) == target:
+                        comm = (proc / "comm").read_text().strip()
+                        return f" (held by PID {proc.name} {comm})"
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return ""

@@ -1,0 +1,67 @@
+"""The CLI's exit codes are a contract with technicians' scripts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tillplug.cli import main
+from tests.test_config import FIVE_MISTAKES
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "tillplug", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_python_dash_m_and_version():
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("tillplug ")
+
+
+def test_check_config_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(FIVE_MISTAKES)
+    assert main(["check-config", str(bad)]) == 2
+    out = capsys.readouterr().out
+    assert out.count("error: ") == 5
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_check_config_never_echoes_secrets(tmp_path, capsys):
+    key = tmp_path / "key"
+    key.write_text("super-secret-api-key")
+    key.chmod(0o644)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'till_id="t"\nbranch_id="b"\n[engine]\npreset="eu"\napi_key="{key}"\n'
+                   f'client_id="{key}"\nclient_secret="{key}"\n')
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "readable by every user" in out
+    assert "super-secret" not in out
+
+
+def test_config_example_passes_check_config(tmp_path, capsys):
+    assert main(["config", "example"]) == 0
+    example = tmp_path / "example.toml"
+    example.write_text(capsys.readouterr().out)
+    assert main(["check-config", str(example)]) == 0
+
+
+def test_config_schema_is_json_schema_for_the_file(capsys):
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "till_id" in schema["properties"] and "till_id" in schema["required"]
+
+
+def test_usage_error_exits_2():
+    result = run("no-such-command")
+    assert result.returncode == 2
+
+
+def test_built_in_drivers_install_under_tillplug_not_as_top_level_drivers(tmp_path):
+    code = ("import importlib.util as u, tillplug.drivers.serial_scanner as s;"
+            "print(u.find_spec('drivers') is None, s.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "tillplug.drivers.serial_scanner"], result.stderr

@@ -1,0 +1,5 @@
+import sys
+
+from tillplug.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The ``tillplug`` command.
+
+Exit codes: 0 success; 1 a runtime failure (device, engine); 2 bad usage or an
+invalid config; 3 a command that this build does not have yet.
+Heavy imports happen inside each command so that ``--help`` and
+``check-config`` stay instant on a small till.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from tillplug import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_BUILT = 0, 1, 2, 3
+DEFAULT_CONFIG = "/etc/tillplug/tillplug.toml"
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from tillplug.config import check_config
+    from tillplug.devices.registry import driver_names
+
+    report = check_config(args.file, known_drivers=driver_names())
+    for problem in report.problems:
+        _out(str(problem))
+    errors, warnings = len(report.errors), len(report.warnings)
+    if report.ok:
+        _out(f"{args.file}: valid ({warnings} warning(s))")
+        return EXIT_OK
+    _out(f"{args.file}: {errors} error(s), {warnings} warning(s)")
+    return EXIT_USAGE
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.what == "example":
+        from tillplug.config import example_text
+
+        _out(example_text())
+    else:
+        from tillplug.config import Config
+
+        schema = Config.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "tillplug config file"
+        _out(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        _err(f"tillplug {name}: not built yet in this version ({issue}).")
+        return EXIT_NOT_BUILT
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tillplug",
+        description="Loyalty plugin for shop tills: scanners, the Loyalty Engine, receipt printers.",
+    )
+    parser.add_argument("--version", action="version", version=f"tillplug {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("check-config", "validate a config file; exit 0 if valid, 2 if not", cmd_check_config)
+    p.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+
+    p = add("config", "print the commented example config or the JSON Schema", cmd_config)
+    p.add_argument("what", choices=["example", "schema"])
+
+    p = add("run", "run the daemon", _not_built("run", "the daemon"))
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+
+    p = add("demo", "run the whole product against the simulator and virtual devices", _not_built("demo", "the demo"))
+    p.add_argument("--interactive", action="store_true")
+
+    p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", _not_built("sim", "the simulator"))
+    p.add_argument("--port", type=int, default=8620)
+    p.add_argument("--seed")
+
+    add("devices", "list serial ports and print a config snippet for each", _not_built("devices", "device listing"))
+
+    p = add("test-print", "print the test page on a configured printer", _not_built("test-print", "printing"))
+    p.add_argument("--printer", required=True)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+
+    p = add("preview", "render a captured ESC/POS byte stream as PNG and text", _not_built("preview", "preview"))
+    p.add_argument("file")
+    p.add_argument("--png")
+    p.add_argument("--text", action="store_true")
+
+    p = add("status", "ask the running daemon for its health", _not_built("status", "status"))
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

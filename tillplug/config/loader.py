@@ -1,0 +1,257 @@
+"""Reading the config file, and turning every mistake in it into a message a technician can act on."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+import tomllib
+import types
+import typing
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tillplug.config.model import Config
+from tillplug.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # "scanners[1].baudrate", or "" for the whole file
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = self.path or "(file)"
+        return f"{self.severity}: {where}: {self.message}"
+
+
+@dataclass
+class Report:
+    config: Config | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not self.errors
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def secret_path(ref: str) -> Path:
+    """Where a secret reference points: a file, or a systemd credential."""
+    if ref.startswith("credential:"):
+        name = ref.removeprefix("credential:")
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                f"{ref} names a systemd credential, but CREDENTIALS_DIRECTORY is not set "
+                "(run under systemd with LoadCredential=, or give a file path)"
+            )
+        return Path(directory) / name
+    return Path(ref)
+
+
+def read_secret(ref: str) -> Secret:
+    """Read one secret; errors name the reference, never the content."""
+    path = secret_path(ref)
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"secret file {path} does not exist") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"secret file {path} cannot be read ({type(exc).__name__})") from None
+    if not value:
+        raise ConfigError(f"secret file {path} is empty")
+    return Secret(value)
+
+
+def check_secret(ref: str) -> list[tuple[str, str]]:
+    """(severity, message) pairs for one secret reference, without reading it into a log."""
+    try:
+        path = secret_path(ref)
+    except ConfigError as exc:
+        return [("warning", exc.message)]
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [("error", f"secret file {path} does not exist")]
+    except PermissionError:
+        return [("error", f"secret file {path} cannot be reached (permission denied)")]
+    found: list[tuple[str, str]] = []
+    if not stat.S_ISREG(st.st_mode):
+        return [("error", f"secret file {path} is not a regular file")]
+    try:
+        empty = not path.read_bytes().strip()
+    except PermissionError:
+        return [("error", f"secret file {path} cannot be read by this user")]
+    if empty:
+        found.append(("error", f"secret file {path} is empty"))
+    if st.st_mode & stat.S_IROTH:
+        found.append(("warning", f"secret file {path} is readable by every user; chmod 600 it"))
+    return found
+
+
+def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already says "(at line N, column M)".
+        raise ConfigError(
+            f"{source} is not valid TOML: {exc}", problems=[("", f"not valid TOML: {exc}")]
+        ) from None
+
+
+def dotted(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last key of ``loc``, for did-you-mean hints."""
+    current: Any = Config
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return None
+            current = info.annotation
+        else:
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            current = args[-1] if args else None
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def problems_from_validation(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = dotted(loc)
+        kind = err["type"]
+        msg = err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            model = _model_at(loc)
+            allowed = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            msg = f"unknown key '{key}'{hint}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        elif kind == "missing":
+            msg = "is required but missing"
+        elif "input" in err and kind not in ("model_type", "dict_type"):
+            msg = f"{msg} (got {_short(err['input'])})"
+        problems.append(Problem(path, msg))
+    return problems
+
+
+def _secret_refs(config: Config) -> list[tuple[str, str]]:
+    refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
+    refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
+    refs.append(("api.token", config.api.token))
+    return [(p, r) for p, r in refs if r is not None]
+
+
+def validate(
+    data: dict[str, Any], *, known_drivers: Collection[str] | None = None, check_secrets: bool = True
+) -> Report:
+    """Validate parsed TOML: every problem at once, never just the first."""
+    report = Report()
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        report.problems = problems_from_validation(exc)
+        return report
+    report.config = config
+    if known_drivers is not None:
+        for kind, devices in (("scanners", config.scanners), ("printers", config.printers)):
+            for i, device in enumerate(devices):
+                if device.driver not in known_drivers:
+                    close = difflib.get_close_matches(device.driver, list(known_drivers), n=1)
+                    hint = f" — did you mean '{close[0]}'?" if close else ""
+                    report.problems.append(
+                        Problem(
+                            f"{kind}[{i}].driver",
+                            f"no driver named '{device.driver}' is installed{hint} "
+                            f"(installed: {', '.join(sorted(known_drivers)) or 'none'})",
+                        )
+                    )
+    if check_secrets:
+        for path, ref in _secret_refs(config):
+            for severity, message in check_secret(ref):
+                report.problems.append(Problem(path, message, severity))
+    return report
+
+
+def check_config(
+    path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None
+) -> Report:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Report(problems=[Problem("", f"{file} does not exist")])
+    except (OSError, UnicodeDecodeError) as exc:
+        return Report(problems=[Problem("", f"{file} cannot be read ({type(exc).__name__})")])
+    try:
+        data = parse_toml(text, str(file))
+    except ConfigError as exc:
+        return Report(problems=[Problem("", m) for _, m in exc.problems])
+    return validate(data, known_drivers=known_drivers)
+
+
+def load_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Config:
+    """Load and validate; raise ConfigError listing every problem (warnings are not fatal)."""
+    report = check_config(path, known_drivers=known_drivers)
+    if not report.ok:
+        lines = [str(p) for p in report.errors]
+        raise ConfigError(
+            f"{path} has {len(lines)} problem(s):\n  " + "\n  ".join(lines),
+            problems=[(p.path, p.message) for p in report.errors],
+        )
+    assert report.config is not None
+    return report.config

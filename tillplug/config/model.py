@@ -1,0 +1,345 @@
+"""The config file, as pydantic models.
+
+One file describes one till.  Every section forbids unknown keys, so a
+technician's typo is an error rather than a silently ignored setting.  Defaults
+are given only where a default is safe on any till.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from tillplug.money import CURRENCY_EXPONENTS
+
+# Named engine locations (engine-api.md §1).  "simulator" is the embedded one.
+ENGINE_PRESETS: dict[str, dict[str, str]] = {
+    "simulator": {
+        "base_url": "http://127.0.0.1:8620/v1",
+        "auth_url": "http://127.0.0.1:8620/oauth/token",
+        "receipts_url": "http://127.0.0.1:8620/receipts/v1",
+    },
+    "eu": {
+        "base_url": "https://api.rewards.wlloyalty.net/v1",
+        "auth_url": "https://auth.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.receipts.wlloyalty.net/v1",
+    },
+    "eu-staging": {
+        "base_url": "https://api.staging.rewards.wlloyalty.net/v1",
+        "auth_url": "https://auth.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.staging.receipts.wlloyalty.net/v1",
+    },
+    "us": {
+        "base_url": "https://api.rewards.us.wlloyalty.net/v1",
+        "auth_url": "https://auth.us.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.receipts.us.wlloyalty.net/v1",
+    },
+    "us-staging": {
+        "base_url": "https://api.staging.rewards.us.wlloyalty.net/v1",
+        "auth_url": "https://auth.us.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.staging.receipts.us.wlloyalty.net/v1",
+    },
+    "gcc": {
+        "base_url": "https://api.rewards.me.wlloyalty.net/v1",
+        "auth_url": "https://auth.me.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.receipts.me.wlloyalty.net/v1",
+    },
+    "gcc-staging": {
+        "base_url": "https://api.staging.rewards.me.wlloyalty.net/v1",
+        "auth_url": "https://auth.me.wlloyalty.net/oauth/token",
+        "receipts_url": "https://api.staging.receipts.me.wlloyalty.net/v1",
+    },
+}
+
+# The simulator's well-known demo credentials: public on purpose, never valid on WLL.
+SIMULATOR_API_KEY = "sim-api-key-0000"
+SIMULATOR_CLIENT_ID = "sim-client"
+SIMULATOR_CLIENT_SECRET = "sim-client-secret"
+
+BAUDRATES = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
+EVENT_TYPE_RE = re.compile(r"^[A-Z]+(_[A-Z]+)*$")
+IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CREDENTIAL_RE = re.compile(r"^credential:[A-Za-z0-9._-]{1,255}$")
+
+
+def _identifier(value: str) -> str:
+    if not IDENT_RE.match(value):
+        raise ValueError(
+            "must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _secret_ref(value: str) -> str:
+    if CREDENTIAL_RE.match(value) or value.startswith("/"):
+        return value
+    raise ValueError(
+        "must be an absolute path to a file holding the secret, or 'credential:NAME' for a "
+        "systemd credential (LoadCredential=); secrets never go in this file"
+    )
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+    return value
+
+
+def _event_type(value: str) -> str:
+    if not EVENT_TYPE_RE.match(value) or not 2 <= len(value) <= 64:
+        raise ValueError("must be 2-64 upper-case letters in words joined by '_', e.g. TRANSACTION")
+    return value
+
+
+def _currency(value: str) -> str:
+    if value not in CURRENCY_EXPONENTS:
+        raise ValueError("must be an ISO 4217 code in upper case, e.g. GBP, EUR, USD")
+    return value
+
+
+def _http_url(value: str) -> str:
+    m = re.match(r"^(https?)://([^/:?#]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?(/[^\s?#]*)?$", value)
+    if not m:
+        raise ValueError("must be an http(s) URL such as https://api.rewards.wlloyalty.net/v1")
+    if m.group(1) == "http" and not _is_loopback(m.group(2).strip("[]")):
+        raise ValueError("must use https (plain http is allowed only to 127.0.0.1 / localhost)")
+    return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
+Regex = Annotated[str, AfterValidator(_regex)]
+EventType = Annotated[str, AfterValidator(_event_type)]
+Currency = Annotated[str, AfterValidator(_currency)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Seconds = Annotated[float, Field(gt=0, le=120)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventTypes(Section):
+    """Event type names as the tenant configured them in the Loyalty Console."""
+
+    transaction: EventType = "TRANSACTION"
+    redeemed_points: EventType = "REDEEMED_POINTS"
+    points_refund: EventType = "POINTS_REFUND"
+
+
+class EngineConfig(Section):
+    preset: Literal["simulator", "eu", "eu-staging", "us", "us-staging", "gcc", "gcc-staging"] | None = None
+    base_url: HttpUrl | None = None
+    auth_url: HttpUrl | None = None
+    receipts_url: HttpUrl | None = None
+    api_key: SecretRef | None = None
+    client_id: SecretRef | None = None
+    client_secret: SecretRef | None = None
+    audience: str = Field(default="wlloyalty.net", min_length=1, max_length=200)
+    # Per event type, a secret used instead of the admin token (least privilege).
+    event_type_secrets: dict[EventType, SecretRef] = Field(default_factory=dict)
+    event_types: EventTypes = Field(default_factory=EventTypes)
+    earn_mode: Literal["events", "orders"] = "events"
+    venue_identifier: str | None = Field(default=None, min_length=1, max_length=128)
+    send_user_identifier: bool = True
+    connect_timeout: Seconds = 3.0
+    read_timeout: Seconds = 5.0
+    # Online calls while the cashier waits: a couple of quick tries, then give up or queue.
+    max_attempts: int = Field(default=2, ge=1, le=5)
+    confirm_rate_with_test_reaction: bool = False
+
+    @model_validator(mode="after")
+    def _where_and_who(self) -> EngineConfig:
+        if self.preset is None and self.base_url is None:
+            raise ValueError("set either 'preset' (simulator, eu, us, gcc, or *-staging) or 'base_url'")
+        if self.preset != "simulator":
+            missing = [k for k in ("api_key", "client_id", "client_secret") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"the real engine needs {', '.join(missing)} (each a file path or credential:NAME)"
+                )
+        return self
+
+    def urls(self) -> dict[str, str]:
+        """base_url, auth_url and receipts_url, explicit values winning over the preset."""
+        preset = ENGINE_PRESETS[self.preset] if self.preset else {}
+        base = self.base_url or preset["base_url"]
+        root = base.rsplit("/v1", 1)[0] if base.endswith("/v1") else base
+        return {
+            "base_url": base,
+            "auth_url": self.auth_url or preset.get("auth_url") or f"{root}/oauth/token",
+            "receipts_url": self.receipts_url or preset.get("receipts_url") or base,
+        }
+
+
+class PointsConfig(Section):
+    """The points-to-cash rate: ``rate_points`` points are worth ``rate_money`` minor units."""
+
+    rate_points: int = Field(default=100, ge=1, le=1_000_000)
+    rate_money: int = Field(default=100, ge=1, le=1_000_000)
+    # For the sale summary slip when test_reaction is not used: points per major unit spent.
+    earn_per_major_unit: float = Field(default=1.0, ge=0, le=10_000)
+    max_points_per_redemption: int = Field(default=1_000_000, ge=1)
+
+
+class VoucherConfig(Section):
+    # burn: validate and burn at scan.  check_then_burn: check at scan, burn on completion.
+    mode: Literal["burn", "check_then_burn"] = "burn"
+
+
+class BarcodeRules(Section):
+    """Regular expressions, tried in order member → local pool → voucher; else 'other'.
+
+    A named group ``code`` picks the part of the scan that is the code.
+    """
+
+    member: list[Regex] = Field(
+        default_factory=lambda: [
+            r"^(?P<code>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
+            r"^(?P<code>\d{7})$",
+            r"^MBR:(?P<code>[A-Za-z0-9._@-]{1,512})$",
+        ]
+    )
+    local_pool: list[Regex] = Field(default_factory=list)
+    voucher: list[Regex] = Field(default_factory=lambda: [r"^(?P<code>(?=[A-Z0-9-]*[A-Z])[A-Z0-9-]{5,40})$"])
+
+
+class ScannerConfig(Section):
+    name: Identifier
+    driver: str = Field(default="serial-scanner", min_length=1)
+    port: str = Field(min_length=1, description="device path (/dev/tillplug/scanner0) or pyserial URL")
+    lane: int = Field(default=1, ge=1, le=999)
+    baudrate: BAUDRATES = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    rtscts: bool = False
+    xonxoff: bool = False
+    terminator: Literal["auto", "CR", "LF", "CRLF", "TAB", "none"] = "auto"
+    idle_gap_ms: int = Field(default=80, ge=10, le=2000)
+    max_length: int = Field(default=512, ge=8, le=8192)
+    strip_prefix: str = ""
+    strip_suffix: str = ""
+
+    @model_validator(mode="after")
+    def _port_shape(self) -> ScannerConfig:
+        if not (self.port.startswith("/") or re.match(r"^[a-z0-9+]+://", self.port)):
+            raise ValueError("port must be a device path like /dev/tillplug/scanner0 or a URL like socket://host:port")
+        return self
+
+
+PRINTER_SCHEMES = ("serial", "tcp", "usb", "file", "capture")
+
+
+class PrinterConfig(Section):
+    name: Identifier
+    driver: str = Field(default="escpos", min_length=1)
+    connection: str = Field(
+        min_length=1,
+        description="serial:///dev/..., tcp://host:9100, usb://VID:PID, file:///dev/usb/lp0 or capture:///path",
+    )
+    lane: int = Field(default=1, ge=1, le=999)
+    profile: str = Field(default="default", min_length=1, max_length=64)
+    paper_width_mm: Literal[58, 80] = 80
+    columns: Literal[32, 42, 48] | None = None
+    code_page: str | None = None
+    baudrate: BAUDRATES = 9600
+    flow_control: Literal["dsrdtr", "rtscts", "xonxoff", "none"] = "dsrdtr"
+    status_timeout: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+    @model_validator(mode="after")
+    def _connection_shape(self) -> PrinterConfig:
+        scheme = self.connection.split("://", 1)[0] if "://" in self.connection else ""
+        if scheme not in PRINTER_SCHEMES:
+            raise ValueError(
+                "connection must start with one of " + ", ".join(f"{s}://" for s in PRINTER_SCHEMES)
+            )
+        return self
+
+    def effective_columns(self) -> int:
+        return self.columns or (32 if self.paper_width_mm == 58 else 48)
+
+
+class ReceiptsConfig(Section):
+    header: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
+    footer: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
+    balance_slip: bool = True
+    voucher_receipt: bool = True
+    points_slip: bool = True
+    sale_summary: bool = True
+
+
+class ApiConfig(Section):
+    listen: str = "127.0.0.1:8765"
+    token: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiConfig:
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:8765")
+        if not _is_loopback(host) and self.token is None:
+            raise ValueError("the API listens beyond loopback, so 'token' (a file or credential:NAME) is required")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class OutboxConfig(Section):
+    max_rows: int = Field(default=100_000, ge=100)
+    max_age_hours: float = Field(default=72, gt=0)
+    # Share of the tenant's 100 requests/s that this till may use when draining a backlog.
+    rate_per_second: float = Field(default=10, gt=0, le=100)
+    burst: int = Field(default=20, ge=1, le=400)
+
+
+class Config(Section):
+    till_id: Identifier
+    branch_id: Identifier
+    currency: Currency = "GBP"
+    state_dir: Path = Path("/var/lib/tillplug")
+    cache_dir: Path = Path("/var/cache/tillplug")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    engine: EngineConfig
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    vouchers: VoucherConfig = Field(default_factory=VoucherConfig)
+    barcodes: BarcodeRules = Field(default_factory=BarcodeRules)
+    scanners: list[ScannerConfig] = Field(default_factory=list)
+    printers: list[PrinterConfig] = Field(default_factory=list)
+    receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for device in [*self.scanners, *self.printers]:
+            if device.name in seen:
+                raise ValueError(f"device name {device.name!r} is used twice; scanners and printers need unique names")
+            seen.add(device.name)
+        return self
+
+    def printer_for_lane(self, lane: int) -> PrinterConfig | None:
+        return next((p for p in self.printers if p.lane == lane), None)

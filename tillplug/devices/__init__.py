@@ -1,0 +1,1 @@
+"""Device drivers: the interfaces, the registry and reconnect supervision."""

@@ -1,0 +1,92 @@
+"""The two driver interfaces.  One narrow base class per device kind.
+
+Drivers are blocking and simple; the supervisor runs them in a worker thread
+(``asyncio.to_thread``), so nothing above this layer waits on a port.
+Optional abilities are declared in ``capabilities``, never probed.
+Drivers translate their library's exceptions into ``DeviceGone`` /
+``DeviceBusy`` / ``DriverError`` at this boundary.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class Capability(enum.Enum):
+    CUT = "cut"
+    STATUS = "status"
+    DRAWER = "drawer"
+    BARCODE = "barcode"
+    QR = "qr"
+
+
+class PrinterState(enum.Enum):
+    OK = "ok"
+    WARNING = "warning"  # e.g. paper near end: still prints
+    ERROR = "error"  # paper out, cover open, offline
+    UNKNOWN = "unknown"  # no answer, or an answer we cannot read; never "no paper"
+
+
+@dataclass(frozen=True)
+class PrinterStatus:
+    state: PrinterState
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"state": self.state.value, "reason": self.reason}
+
+
+class ScannerDriver(ABC):
+    """Reads bytes from a scanner.  Never writes to the port."""
+
+    kind: ClassVar[str] = "scanner"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def open(self) -> None:
+        """Open the port exclusively; raise DeviceGone or DeviceBusy."""
+
+    @abstractmethod
+    def read(self) -> bytes:
+        """Bytes that arrived, or b'' after a short timeout; raise DeviceGone on unplug."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the port; safe to call twice."""
+
+
+class PrinterDriver(ABC):
+    """Turns a receipt layout into bytes and sends them."""
+
+    kind: ClassVar[str] = "printer"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, config: Any, cache_dir: str | None = None) -> None:
+        self.config = config
+        self.cache_dir = cache_dir
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect; raise DeviceGone, DeviceBusy or DriverError."""
+
+    @abstractmethod
+    def render(self, receipt: Any) -> bytes:
+        """The exact bytes for a receipt (``tillplug.receipts.Receipt``) on this printer."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send bytes; raise DeviceGone if the printer went away."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def status(self) -> PrinterStatus:
+        """Override when ``Capability.STATUS`` is declared."""
+        return PrinterStatus(PrinterState.UNKNOWN, "this printer does not report status")

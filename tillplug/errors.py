@@ -1,0 +1,302 @@
+"""Every error tillplug raises, in one tree.
+
+Each error carries a stable machine ``code`` (what the till software branches on)
+and a sentence a cashier or technician can read.  Foreign exceptions (httpx,
+pyserial, python-escpos, sqlite3) are translated into this tree at the boundary
+where they happen and re-raised ``from`` the original.
+
+The first split answers the one question every caller has: *will trying again
+help?*
+
+    TillplugError
+    ├── RetryableError                 the world may change; try again later
+    │   ├── EngineUnavailable          nothing reached the engine, or it said "later"
+    │   │   ├── EngineUnreachable      connection refused, DNS, TLS, network down
+    │   │   ├── EngineTimeout          timed out before the request was sent
+    │   │   ├── EngineServerError      the engine answered 5xx
+    │   │   └── RateLimited            429; ``retry_after`` seconds if the engine said
+    │   ├── OutcomeUnknown             the request left; we cannot tell if it was applied
+    │   └── DeviceError
+    │       ├── DeviceGone             unplugged, I/O error, port vanished
+    │       ├── DeviceBusy             the port is held by another process
+    │       └── PrinterNotReady        paper out, cover open, offline
+    └── PermanentError                 the same request will fail the same way
+        ├── ConfigError                the config file or a secret file is wrong
+        ├── DriverError                no such driver, or it cannot load
+        ├── EngineProtocolError        a body that is not the engine's JSON envelope
+        ├── EngineRejected             a 4xx with the engine's own message
+        │   ├── EngineAuthError        401/403: key, client credentials or scope
+        │   ├── MemberNotFound
+        │   ├── BenefitNotFound
+        │   └── VoucherError           the six outcomes a till must tell apart
+        │       ├── VoucherUnknown
+        │       ├── VoucherAlreadyUsed
+        │       ├── VoucherExpired
+        │       ├── VoucherNotRedeemed
+        │       ├── VoucherWrongMember
+        │       └── VoucherWrongVenue
+        └── FlowError                  a request the till should not have sent
+            ├── InsufficientPoints
+            ├── CheckoutNotFound
+            ├── CheckoutConflict       e.g. a second completion, a void after completion
+            └── InvalidRequest
+
+Messages never contain secrets: errors are built from what was sent and
+received, never from headers or credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TillplugError",
+    "RetryableError",
+    "PermanentError",
+    "EngineUnavailable",
+    "EngineUnreachable",
+    "EngineTimeout",
+    "EngineServerError",
+    "RateLimited",
+    "OutcomeUnknown",
+    "DeviceError",
+    "DeviceGone",
+    "DeviceBusy",
+    "PrinterNotReady",
+    "ConfigError",
+    "DriverError",
+    "EngineProtocolError",
+    "EngineRejected",
+    "EngineAuthError",
+    "MemberNotFound",
+    "BenefitNotFound",
+    "VoucherError",
+    "VoucherUnknown",
+    "VoucherAlreadyUsed",
+    "VoucherExpired",
+    "VoucherNotRedeemed",
+    "VoucherWrongMember",
+    "VoucherWrongVenue",
+    "FlowError",
+    "InsufficientPoints",
+    "CheckoutNotFound",
+    "CheckoutConflict",
+    "InvalidRequest",
+]
+
+
+class TillplugError(Exception):
+    """Root of the tree.  ``code`` is stable; ``message`` is for people."""
+
+    code = "internal_error"
+    default_message = "Something went wrong inside tillplug."
+    http_status = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class RetryableError(TillplugError):
+    retryable = True
+
+
+class PermanentError(TillplugError):
+    retryable = False
+
+
+# -- retryable ---------------------------------------------------------------
+
+
+class EngineUnavailable(RetryableError):
+    code = "engine_unreachable"
+    default_message = "The loyalty service cannot be reached right now. Try again in a moment."
+    http_status = 503
+
+
+class EngineUnreachable(EngineUnavailable):
+    pass
+
+
+class EngineTimeout(EngineUnavailable):
+    code = "engine_timeout"
+    default_message = "The loyalty service did not answer in time. Try again in a moment."
+    http_status = 504
+
+
+class EngineServerError(EngineUnavailable):
+    code = "engine_error"
+    default_message = "The loyalty service had a problem. Try again in a moment."
+    http_status = 502
+
+
+class RateLimited(EngineUnavailable):
+    code = "engine_busy"
+    default_message = "The loyalty service is busy. Try again in a moment."
+
+    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(RetryableError):
+    """The request was sent and no answer came back: it may or may not be applied.
+
+    Never resend such a write blindly; look it up first (the outbox does).
+    """
+
+    code = "engine_outcome_unknown"
+    default_message = "The loyalty service did not confirm the request; it will be checked and retried."
+    http_status = 504
+
+
+class DeviceError(RetryableError):
+    code = "device_error"
+    default_message = "A device is not working."
+    http_status = 503
+
+
+class DeviceGone(DeviceError):
+    code = "device_gone"
+    default_message = "The device is disconnected."
+
+
+class DeviceBusy(DeviceError):
+    code = "device_busy"
+    default_message = "The device is in use by another program."
+
+
+class PrinterNotReady(DeviceError):
+    code = "printer_not_ready"
+    default_message = "The printer is not ready (paper, cover or offline)."
+
+
+# -- permanent -----------------------------------------------------------------
+
+
+class ConfigError(PermanentError):
+    """The config is wrong.  ``problems`` lists each one as (key path, message)."""
+
+    code = "config_error"
+    default_message = "The configuration is not valid."
+
+    def __init__(
+        self, message: str | None = None, problems: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class DriverError(PermanentError):
+    code = "driver_error"
+    default_message = "The device driver cannot be used."
+
+
+class EngineProtocolError(PermanentError):
+    code = "engine_protocol_error"
+    default_message = "The loyalty service sent an answer tillplug does not understand."
+    http_status = 502
+
+
+class EngineRejected(PermanentError):
+    """The engine said no (4xx).  ``engine_message`` is its own text, verbatim."""
+
+    code = "engine_rejected"
+    default_message = "The loyalty service refused the request."
+    http_status = 422
+
+    def __init__(
+        self, message: str | None = None, *, status: int | None = None, engine_message: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.engine_message = engine_message
+
+
+class EngineAuthError(EngineRejected):
+    code = "engine_auth_failed"
+    default_message = "The loyalty service refused tillplug's credentials. Call a technician."
+    http_status = 502
+
+
+class MemberNotFound(EngineRejected):
+    code = "member_not_found"
+    default_message = "No loyalty member has this card."
+    http_status = 404
+
+
+class BenefitNotFound(EngineRejected):
+    code = "benefit_not_found"
+    default_message = "This voucher is not in the member's wallet."
+    http_status = 404
+
+
+class VoucherError(EngineRejected):
+    code = "voucher_invalid"
+    default_message = "This voucher cannot be used."
+
+
+class VoucherUnknown(VoucherError):
+    code = "voucher_unknown"
+    default_message = "This voucher code is not known."
+    http_status = 404
+
+
+class VoucherAlreadyUsed(VoucherError):
+    code = "voucher_already_used"
+    default_message = "This voucher has already been used."
+    http_status = 409
+
+
+class VoucherExpired(VoucherError):
+    code = "voucher_expired"
+    default_message = "This voucher has expired."
+    http_status = 410
+
+
+class VoucherNotRedeemed(VoucherError):
+    code = "voucher_not_redeemed"
+    default_message = "This voucher has not been activated in the app yet."
+
+
+class VoucherWrongMember(VoucherError):
+    code = "voucher_wrong_member"
+    default_message = "This voucher belongs to another member."
+    http_status = 403
+
+
+class VoucherWrongVenue(VoucherError):
+    code = "voucher_wrong_venue"
+    default_message = "This voucher cannot be used in this shop."
+    http_status = 403
+
+
+class FlowError(PermanentError):
+    code = "bad_request"
+    default_message = "The till sent a request that cannot be carried out."
+    http_status = 400
+
+
+class InsufficientPoints(FlowError):
+    code = "insufficient_points"
+    default_message = "The member does not have enough points."
+    http_status = 409
+
+
+class CheckoutNotFound(FlowError):
+    code = "checkout_not_found"
+    default_message = "There is no such checkout."
+    http_status = 404
+
+
+class CheckoutConflict(FlowError):
+    code = "checkout_conflict"
+    default_message = "The checkout is not in a state that allows this."
+    http_status = 409
+
+
+class InvalidRequest(FlowError):
+    code = "invalid_request"
+    default_message = "The request is not valid."
+    http_status = 400
