@@ -65,3 +65,30 @@ def test_built_in_drivers_install_under_tillplug_not_as_top_level_drivers(tmp_pa
             "print(u.find_spec('drivers') is None, s.__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "tillplug.drivers.serial_scanner"], result.stderr
+
+
+def test_sim_command_serves_the_seed_data(tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tillplug", "sim", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                ledger = httpx.get(f"http://127.0.0.1:{port}/_sim/ledger", timeout=1).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("tillplug sim did not answer")
+        assert ledger["balances"]["5a1b2c3d-0000-4000-8000-000000000001"] == 1250
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -57,6 +57,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    from tillplug.sim import serve
+
+    try:
+        serve(args.port, args.seed)
+    except OSError as exc:
+        _err(f"tillplug sim: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    except (ValueError, KeyError) as exc:
+        _err(f"tillplug sim: the seed file is not valid: {exc}")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         _err(f"tillplug {name}: not built yet in this version ({issue}).")
@@ -90,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "run the whole product against the simulator and virtual devices", _not_built("demo", "the demo"))
     p.add_argument("--interactive", action="store_true")
 
-    p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", _not_built("sim", "the simulator"))
+    p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", cmd_sim)
     p.add_argument("--port", type=int, default=8620)
-    p.add_argument("--seed")
+    p.add_argument("--seed", help="JSON seed file (members, rewards, vouchers); default: the built-in one")
 
     add("devices", "list serial ports and print a config snippet for each", _not_built("devices", "device listing"))
 
