@@ -1,0 +1,109 @@
+"""Framing: a pure function from a stream of bytes to scans.
+
+Scans split across reads arrive whole, several in one read arrive separately,
+GS (0x1D) inside GS1 data survives, and a line that never ends is dropped (with
+a count) instead of growing memory.  Time is passed in, never read, so the
+idle-gap mode is as testable as the others.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+TERMINATORS: dict[str, bytes | None] = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n", "TAB": b"\t", "none": None}
+_AUTO = re.compile(rb"[\r\n]")
+_AIM = re.compile(r"^\][A-Za-z][0-9A-Za-z]")
+
+
+@dataclass
+class ScanFramer:
+    terminator: str = "auto"  # auto = CR, LF or CRLF
+    max_length: int = 512
+    idle_gap: float = 0.08  # seconds; ends a scan when terminator is "none"
+    dropped: int = 0  # over-long lines thrown away
+    _buf: bytearray = field(default_factory=bytearray)
+    _discarding: bool = False  # inside an over-long line: skip to its end
+    _last: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.terminator != "auto" and self.terminator not in TERMINATORS:
+            raise ValueError(f"unknown terminator {self.terminator!r}")
+
+    def feed(self, chunk: bytes, now: float = 0.0) -> list[bytes]:
+        """Add bytes that arrived at ``now``; return every scan they complete."""
+        frames: list[bytes] = []
+        if self.terminator == "none":
+            if chunk:
+                if self._buf and now - self._last >= self.idle_gap:
+                    frames += self._emit()
+                self._last = now
+                self._append(chunk)
+            return frames
+        self._buf += chunk
+        while True:
+            end, skip = self._find_end()
+            if end < 0:
+                break
+            frame = bytes(self._buf[:end])
+            del self._buf[: end + skip]
+            if self._discarding:
+                self._discarding = False
+            elif frame:
+                frames.append(frame)
+        if len(self._buf) > self.max_length:
+            self._drop()
+        return frames
+
+    def tick(self, now: float) -> list[bytes]:
+        """Call when no bytes came: in idle-gap mode, ends a scan after the gap."""
+        if self.terminator == "none" and self._buf and now - self._last >= self.idle_gap:
+            return self._emit()
+        return []
+
+    def _find_end(self) -> tuple[int, int]:
+        if self.terminator == "auto":
+            m = _AUTO.search(self._buf)
+            return (m.start(), 1) if m else (-1, 0)
+        term = TERMINATORS[self.terminator]
+        assert term is not None
+        return self._buf.find(term), len(term)
+
+    def _append(self, chunk: bytes) -> None:
+        if self._discarding:
+            return
+        self._buf += chunk
+        if len(self._buf) > self.max_length:
+            self._drop()
+
+    def _emit(self) -> list[bytes]:
+        frame = bytes(self._buf)
+        self._buf.clear()
+        was_discarding, self._discarding = self._discarding, False
+        return [] if was_discarding or not frame else [frame]
+
+    def _drop(self) -> None:
+        self._buf.clear()
+        if not self._discarding:  # one over-long line counts once, however long it runs
+            self.dropped += 1
+        self._discarding = True
+
+
+@dataclass(frozen=True)
+class ScanText:
+    text: str
+    symbology: str | None  # AIM identifier such as "]E0", "]C1", "]Q3"
+
+
+def decode(frame: bytes, *, strip_prefix: str = "", strip_suffix: str = "") -> ScanText | None:
+    """Bytes of one scan → text.  Never raises: bad bytes become U+FFFD, controls other than GS go."""
+    text = frame.decode("utf-8", errors="replace")
+    text = "".join(ch for ch in text if ch == "\x1d" or ch >= " " and ch != "\x7f").strip(" ")
+    symbology = None
+    if _AIM.match(text):
+        symbology, text = text[:3], text[3:]
+    if strip_prefix and text.startswith(strip_prefix):
+        text = text[len(strip_prefix):]
+    if strip_suffix and text.endswith(strip_suffix):
+        text = text[: -len(strip_suffix)]
+    return ScanText(text, symbology) if text else None
