@@ -71,6 +71,74 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load(path: str):  # noqa: ANN202
+    from tillplug.config import load_config
+    from tillplug.devices.registry import driver_names
+
+    return load_config(path, known_drivers=driver_names())
+
+
+def outbox_path(config) -> str:  # noqa: ANN001
+    return str(config.state_dir / "outbox.sqlite3")
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from tillplug.errors import ConfigError
+    from tillplug.outbox import OutboxStore
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _err(exc.message)
+        return EXIT_USAGE
+    store = OutboxStore(outbox_path(config))
+    try:
+        if args.action == "stats":
+            stats = store.stats()
+            _out(json.dumps(stats.to_dict(), indent=2) if args.json else
+                 f"pending {stats.pending}  sending {stats.sending}  delivered {stats.delivered}  "
+                 f"dead {stats.dead}  discarded {stats.discarded}  oldest {stats.oldest_pending_age:.0f}s")
+        elif args.action == "list":
+            rows = store.rows(args.state)
+            if args.json:
+                _out(json.dumps([r.summary() for r in rows], indent=2))
+            for r in rows if not args.json else []:
+                _out(f"{r.id:>6}  {r.state:<9} {r.body.get('type', r.kind):<16} tries {r.attempts:<3} "
+                     f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip())
+        elif args.action == "retry":
+            if not store.retry(args.id):
+                _err(f"row {args.id} is not dead or pending; nothing to retry")
+                return EXIT_FAILURE
+            _out(f"row {args.id} will be tried again now")
+        elif args.action == "discard":
+            if not store.discard(args.id, args.reason):
+                _err(f"row {args.id} is not dead or pending; nothing discarded")
+                return EXIT_FAILURE
+            _out(f"row {args.id} discarded: {args.reason}")
+        elif args.action == "drain":
+            return _drain(config, store, args.timeout)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _drain(config, store, timeout: float) -> int:  # noqa: ANN001
+    import asyncio
+
+    from tillplug.engine import EngineClient, load_secrets
+    from tillplug.outbox import Deliverer
+
+    async def go() -> bool:
+        async with EngineClient(config.engine, load_secrets(config.engine)) as client:
+            deliverer = Deliverer(store, client, rate=config.outbox.rate_per_second, burst=config.outbox.burst)
+            return await deliverer.drain(timeout)
+
+    empty = asyncio.run(go())
+    stats = store.stats()
+    _out(f"delivered {stats.delivered}, pending {stats.depth}, dead {stats.dead}")
+    return EXIT_OK if empty else EXIT_FAILURE
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         _err(f"tillplug {name}: not built yet in this version ({issue}).")
@@ -118,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--png")
     p.add_argument("--text", action="store_true")
+
+    p = add("outbox", "inspect and manage the queue of engine writes", cmd_outbox)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--json", action="store_true")
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    acts.add_parser("stats", help="counts by state and the oldest waiting row")
+    a = acts.add_parser("list", help="rows, oldest first")
+    a.add_argument("--state", choices=["pending", "sending", "delivered", "dead", "discarded"])
+    a = acts.add_parser("retry", help="try a dead row again")
+    a.add_argument("id", type=int)
+    a = acts.add_parser("discard", help="give up on a row, with a reason (kept for audit)")
+    a.add_argument("id", type=int)
+    a.add_argument("--reason", required=True)
+    a = acts.add_parser("drain", help="deliver everything now (the daemon does this by itself)")
+    a.add_argument("--timeout", type=float, default=60.0)
 
     p = add("status", "ask the running daemon for its health", _not_built("status", "status"))
     p.add_argument("--config", default=DEFAULT_CONFIG)

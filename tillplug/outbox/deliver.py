@@ -1,0 +1,169 @@
+"""Delivering the outbox to the engine: in order per checkout, paced, never a blind resend.
+
+An outcome-unknown failure (timeout or reset after the request left, or an
+answer we cannot read) marks the row for look-up: before it is sent again the
+engine is asked for its ``eventKey``; found → delivered, not found → resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tillplug.engine.models import EventDefinition, Order
+from tillplug.errors import (
+    EngineAuthError,
+    EngineProtocolError,
+    EngineRejected,
+    OutcomeUnknown,
+    RateLimited,
+    RetryableError,
+)
+from tillplug.outbox.store import OutboxStore, Row
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 300.0
+AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
+
+
+class TokenBucket:
+    """Pacing: this till's share of the tenant's rate limit."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def delay(self) -> float:
+        """Take a token; return how long to wait first (0 if one was free)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential backoff with jitter, from about a second up to five minutes."""
+    return random.uniform(0.5, 1.0) * min(MAX_BACKOFF, 2.0 ** min(attempts, 16))
+
+
+class Deliverer:
+    def __init__(self, store: OutboxStore, client: Any, *, rate: float = 10, burst: int = 20,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.client = client
+        self.bucket = TokenBucket(rate, burst)
+        self.on_change = on_change or (lambda: None)
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    def wake(self) -> None:
+        """A row was added: look now instead of at the next timer."""
+        self._wake.set()
+
+    async def _paced(self) -> None:
+        delay = self.bucket.delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _engine_has(self, row: Row, key: str) -> str | None:
+        """The engine's id for the write carrying ``key``, or None if it never arrived."""
+        await self._paced()
+        if row.kind == "order":
+            found = await self.client.find_orders(key)
+            return str(found[0].get("id", "found")) if found else None
+        events = await self.client.find_events(key)
+        return events[0].id if events else None
+
+    async def _send(self, row: Row) -> str | None:
+        await self._paced()
+        if row.kind == "order":
+            answer = await self.client.submit_order(Order.model_validate(row.body))
+            return str(answer.get("id")) if answer.get("id") else None
+        event = await self.client.report_event(EventDefinition.model_validate(row.body))
+        return event.id
+
+    async def deliver(self, row: Row) -> None:
+        store = self.store
+        now = time.time()
+        try:
+            if row.requires_key is not None and await self._engine_has(row, row.requires_key) is None:
+                await asyncio.to_thread(store.delivered, row.id,
+                                        note="not needed: the write it reverses never reached the engine")
+                return
+            if row.needs_lookup:
+                found = await self._engine_has(row, row.event_key)
+                if found is not None:
+                    await asyncio.to_thread(store.delivered, row.id, engine_id=found, note="found by look-up")
+                    self.delivered += 1
+                    return
+            engine_id = await self._send(row)
+        except (OutcomeUnknown, EngineProtocolError) as exc:
+            # The write may have landed: never resend without looking first.
+            await self._later(row, now + retry_delay(row.attempts), exc, needs_lookup=True)
+        except RateLimited as exc:
+            await self._later(row, now + (exc.retry_after or retry_delay(row.attempts)), exc)
+        except EngineAuthError as exc:
+            log.error("outbox: the engine refuses tillplug's credentials (%s); row %d waits", exc.message, row.id)
+            await self._later(row, now + AUTH_BACKOFF, exc)
+        except EngineRejected as exc:
+            why = f"HTTP {exc.status}: {exc.engine_message or exc.message}"
+            log.error("outbox: row %d (%s) rejected by the engine for good: %s", row.id, row.body.get("type"), why)
+            await asyncio.to_thread(store.dead, row.id, error=why)
+        except RetryableError as exc:
+            await self._later(row, now + retry_delay(row.attempts), exc)
+        else:
+            await asyncio.to_thread(store.delivered, row.id, engine_id=engine_id)
+            self.delivered += 1
+        finally:
+            self.on_change()
+
+    async def _later(self, row: Row, at: float, exc: Exception, *, needs_lookup: bool = False) -> None:
+        code = getattr(exc, "code", type(exc).__name__)
+        await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=code, needs_lookup=needs_lookup)
+
+    async def step(self) -> bool:
+        """Deliver one due row; False when none is due."""
+        row = await asyncio.to_thread(self.store.claim)
+        if row is None:
+            return False
+        await self.deliver(row)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Forever, until ``stop``: deliver what is due, then sleep until the next due row or a wake."""
+        await asyncio.to_thread(self.store.recover)
+        while not stop.is_set():
+            try:
+                if await self.step():
+                    continue
+            except Exception:  # the outbox must outlive any single bug
+                log.exception("outbox: delivery step failed; continuing")
+                await asyncio.sleep(1)
+                continue
+            next_due = await asyncio.to_thread(self.store.next_due)
+            wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - time.time()))
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def drain(self, timeout: float) -> bool:
+        """Deliver until nothing is pending (or ``timeout``); True if empty.  For the CLI and tests."""
+        await asyncio.to_thread(self.store.recover)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.step():
+                continue
+            stats = await asyncio.to_thread(self.store.stats)
+            if stats.depth == 0:
+                return True
+            next_due = await asyncio.to_thread(self.store.next_due) or time.time()
+            await asyncio.sleep(max(0.01, min(0.5, next_due - time.time(), deadline - time.monotonic())))
+        return (await asyncio.to_thread(self.store.stats)).depth == 0

@@ -1,0 +1,260 @@
+"""The durable outbox: engine writes that must arrive exactly once.
+
+SQLite in WAL mode with ``synchronous=FULL`` (a committed row survives a power
+cut), explicit ``BEGIN IMMEDIATE`` transactions, rows as JSON.  A write is
+acknowledged to the till only after its row is committed.
+
+Row life:  pending ──claim──► sending ──► delivered
+              ▲                  │
+              └── retry later ◄──┤ (unreachable, 5xx, 429, outcome unknown → look up first)
+                                 └──► dead (a permanent rejection: kept, never dropped)
+A technician may ``retry`` a dead row or ``discard`` one with a reason.
+Rows found in ``sending`` at start-up were interrupted: they go back to
+``pending`` marked for look-up, so a crash never causes a blind resend.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_key     TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL CHECK (kind IN ('event', 'order')),
+    stream        TEXT NOT NULL,            -- delivery order is kept within a stream (a checkout)
+    body          TEXT NOT NULL,            -- the JSON request body
+    requires_key  TEXT,                     -- send only if the engine has this event (else: not needed)
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead', 'discarded')),
+    needs_lookup  INTEGER NOT NULL DEFAULT 0,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_attempt  REAL NOT NULL,
+    last_error    TEXT,
+    engine_id     TEXT,
+    note          TEXT,
+    created       REAL NOT NULL,
+    updated       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
+CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
+"""
+
+OPEN_STATES = ("pending", "sending")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    event_key: str
+    kind: str
+    stream: str
+    body: dict[str, Any]
+    requires_key: str | None
+    state: str
+    needs_lookup: bool
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+    engine_id: str | None
+    note: str | None
+    created: float
+    updated: float
+
+    @classmethod
+    def from_sql(cls, r: sqlite3.Row) -> Row:
+        d = dict(r)
+        d["body"] = json.loads(d["body"])
+        d["needs_lookup"] = bool(d["needs_lookup"])
+        return cls(**d)
+
+    def summary(self) -> dict[str, Any]:
+        """For the CLI and health: everything but the body (which may name a member)."""
+        return {k: v for k, v in self.__dict__.items() if k != "body"} | {"type": self.body.get("type")}
+
+
+@dataclass(frozen=True)
+class Stats:
+    pending: int
+    sending: int
+    delivered: int
+    dead: int
+    discarded: int
+    oldest_pending_age: float  # seconds, 0 if none
+
+    @property
+    def depth(self) -> int:
+        return self.pending + self.sending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "depth": self.depth}
+
+
+class OutboxStore:
+    """One connection, guarded by a lock; every call is short and runs in a worker thread when async."""
+
+    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.transaction() as tx:
+            tx.executescript_inside(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """BEGIN IMMEDIATE … COMMIT; the lock serialises writers in this process too."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # -- writes ------------------------------------------------------------------
+
+    def enqueue(self, tx: _Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
+                requires_key: str | None = None) -> int:
+        """Add a row inside the caller's transaction (so it commits with the caller's own writes)."""
+        now = self.clock()
+        cur = tx.db.execute(
+            "INSERT INTO outbox (event_key, kind, stream, body, requires_key, state, next_attempt, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (event_key, kind, stream, json.dumps(body, separators=(",", ":")), requires_key, now, now, now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def add(self, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
+            requires_key: str | None = None) -> int:
+        with self.transaction() as tx:
+            return self.enqueue(tx, kind=kind, stream=stream, body=body, event_key=event_key,
+                                requires_key=requires_key)
+
+    def recover(self) -> int:
+        """At start-up: rows left in 'sending' by a crash go back to pending, to be looked up first."""
+        with self.transaction() as tx:
+            cur = tx.db.execute(
+                "UPDATE outbox SET state='pending', needs_lookup=1, updated=? WHERE state='sending'", (self.clock(),))
+            return cur.rowcount
+
+    def claim(self, now: float | None = None) -> Row | None:
+        """The next due row whose stream has nothing earlier still open (order per checkout)."""
+        now = self.clock() if now is None else now
+        with self.transaction() as tx:
+            r = tx.db.execute(
+                "SELECT o.* FROM outbox o WHERE o.state='pending' AND o.next_attempt <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.stream=o.stream AND e.id < o.id"
+                "                 AND e.state IN ('pending', 'sending'))"
+                " ORDER BY o.next_attempt, o.id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if r is None:
+                return None
+            tx.db.execute("UPDATE outbox SET state='sending', attempts=attempts+1, updated=? WHERE id=?",
+                          (now, r["id"]))
+            return Row.from_sql(r)
+
+    def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
+        self._finish(row_id, "state='delivered', engine_id=?, note=?, last_error=NULL", (engine_id, note))
+
+    def retry_later(self, row_id: int, *, at: float, error: str, needs_lookup: bool) -> None:
+        self._finish(row_id, "state='pending', next_attempt=?, last_error=?, needs_lookup=MAX(needs_lookup, ?)",
+                     (at, error[:500], int(needs_lookup)))
+
+    def dead(self, row_id: int, *, error: str) -> None:
+        self._finish(row_id, "state='dead', last_error=?", (error[:500],))
+
+    def _finish(self, row_id: int, assignments: str, args: tuple[Any, ...]) -> None:
+        with self.transaction() as tx:
+            tx.db.execute(f"UPDATE outbox SET {assignments}, updated=? WHERE id=? AND state='sending'",
+                          (*args, self.clock(), row_id))
+
+    # -- the technician's commands -------------------------------------------------
+
+    def retry(self, row_id: int) -> bool:
+        """A dead row (or a waiting pending one) is tried again now."""
+        with self.transaction() as tx:
+            cur = tx.db.execute(
+                "UPDATE outbox SET state='pending', next_attempt=?, updated=?, note=COALESCE(note, '') || "
+                "'retried by technician; ' WHERE id=? AND state IN ('dead', 'pending')",
+                (self.clock(), self.clock(), row_id))
+            return cur.rowcount == 1
+
+    def discard(self, row_id: int, reason: str) -> bool:
+        if not reason.strip():
+            raise ValueError("a reason is required to discard a row")
+        with self.transaction() as tx:
+            cur = tx.db.execute(
+                "UPDATE outbox SET state='discarded', note=?, updated=? WHERE id=? AND state IN ('dead', 'pending')",
+                (f"discarded: {reason.strip()[:300]}", self.clock(), row_id))
+            return cur.rowcount == 1
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, row_id: int) -> Row | None:
+        with self._lock:
+            r = self.db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
+        return Row.from_sql(r) if r else None
+
+    def by_key(self, event_key: str) -> Row | None:
+        with self._lock:
+            r = self.db.execute("SELECT * FROM outbox WHERE event_key=?", (event_key,)).fetchone()
+        return Row.from_sql(r) if r else None
+
+    def rows(self, state: str | None = None, limit: int = 1000) -> list[Row]:
+        with self._lock:
+            if state:
+                found = self.db.execute("SELECT * FROM outbox WHERE state=? ORDER BY id LIMIT ?", (state, limit))
+            else:
+                found = self.db.execute("SELECT * FROM outbox ORDER BY id LIMIT ?", (limit,))
+            return [Row.from_sql(r) for r in found.fetchall()]
+
+    def stats(self) -> Stats:
+        with self._lock:
+            counts = dict(self.db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+            oldest = self.db.execute("SELECT MIN(created) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+        return Stats(
+            pending=counts.get("pending", 0), sending=counts.get("sending", 0),
+            delivered=counts.get("delivered", 0), dead=counts.get("dead", 0),
+            discarded=counts.get("discarded", 0),
+            oldest_pending_age=max(0.0, self.clock() - oldest) if oldest else 0.0,
+        )
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return self.db.execute("SELECT MIN(next_attempt) FROM outbox WHERE state='pending'").fetchone()[0]
+
+
+class _Tx:
+    """The open transaction handed to callers; they may add their own statements to it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, args)
+
+    def executescript_inside(self, script: str) -> None:
+        # executescript() would COMMIT first; run statement by statement instead.
+        for statement in script.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
