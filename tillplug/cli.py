@@ -139,6 +139,23 @@ def _drain(config, store, timeout: float) -> int:  # noqa: ANN001
     return EXIT_OK if empty else EXIT_FAILURE
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from tillplug.daemon import run_daemon
+    from tillplug.errors import ConfigError, TillplugError
+
+    try:
+        return run_daemon(args.config)
+    except ConfigError as exc:
+        _err(exc.message)
+        return EXIT_USAGE
+    except TillplugError as exc:
+        _err(f"tillplug: {exc.message}")
+        return EXIT_FAILURE
+    except OSError as exc:
+        _err(f"tillplug: {exc}")
+        return EXIT_FAILURE
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         _err(f"tillplug {name}: not built yet in this version ({issue}).")
@@ -166,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", "print the commented example config or the JSON Schema", cmd_config)
     p.add_argument("what", choices=["example", "schema"])
 
-    p = add("run", "run the daemon", _not_built("run", "the daemon"))
+    p = add("run", "run the daemon", cmd_run)
     p.add_argument("--config", default=DEFAULT_CONFIG)
 
     p = add("demo", "run the whole product against the simulator and virtual devices", _not_built("demo", "the demo"))

@@ -292,7 +292,7 @@ class ApiConfig(Section):
     def _token_off_loopback(self) -> ApiConfig:
         host, _, port = self.listen.rpartition(":")
         host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port (tests)
             raise ValueError("listen must be HOST:PORT, e.g. 127.0.0.1:8765")
         if not _is_loopback(host) and self.token is None:
             raise ValueError("the API listens beyond loopback, so 'token' (a file or credential:NAME) is required")

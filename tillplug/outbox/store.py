@@ -118,12 +118,12 @@ class OutboxStore:
             self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[_Tx]:
+    def transaction(self) -> Iterator[Tx]:
         """BEGIN IMMEDIATE … COMMIT; the lock serialises writers in this process too."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield _Tx(self.db)
+                yield Tx(self.db)
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
@@ -131,7 +131,7 @@ class OutboxStore:
 
     # -- writes ------------------------------------------------------------------
 
-    def enqueue(self, tx: _Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
+    def enqueue(self, tx: Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
                 requires_key: str | None = None) -> int:
         """Add a row inside the caller's transaction (so it commits with the caller's own writes)."""
         now = self.clock()
@@ -210,6 +210,11 @@ class OutboxStore:
 
     # -- reads -------------------------------------------------------------------
 
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A read for rooms that keep their own tables in this database (checkouts)."""
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
     def get(self, row_id: int) -> Row | None:
         with self._lock:
             r = self.db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
@@ -244,7 +249,7 @@ class OutboxStore:
             return self.db.execute("SELECT MIN(next_attempt) FROM outbox WHERE state='pending'").fetchone()[0]
 
 
-class _Tx:
+class Tx:
     """The open transaction handed to callers; they may add their own statements to it."""
 
     def __init__(self, db: sqlite3.Connection) -> None:

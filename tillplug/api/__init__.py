@@ -1,0 +1,1 @@
+"""The loopback HTTP API the till software calls, and its event stream."""

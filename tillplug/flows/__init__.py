@@ -1,0 +1,1 @@
+"""The loyalty flows: look-up, earning, spending points, vouchers, voids."""
