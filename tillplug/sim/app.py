@@ -89,8 +89,12 @@ class Simulator:
         self.buckets: dict[str, TokenBucket] = {}
         self.rate, self.burst = rate, burst
         self.requests = 0
+        self.seen: list[str] = []  # method, path and body of every API request, for tests
         inner = Starlette(routes=self._routes(), exception_handlers={SimError: _sim_error})
         self.app = FaultLayer(self, inner)
+
+    def requests_for(self, needle: str) -> int:
+        return sum(needle in line for line in self.seen)
 
     # -- auth and helpers --------------------------------------------------------
 
@@ -245,6 +249,7 @@ class FaultLayer:
             return
         sim, faults = self.sim, self.sim.faults
         sim.requests += 1
+        receive = self._recording(scope, receive)
         if faults.slow_ms:
             await asyncio.sleep(faults.slow_ms / 1000)
         if faults.down:
@@ -268,6 +273,19 @@ class FaultLayer:
             await self._malformed(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _recording(self, scope: Scope, receive: Receive) -> Receive:
+        line = f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode('latin-1')} "
+        self.sim.seen.append(line)
+        index = len(self.sim.seen) - 1
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.sim.seen[index] += message.get("body", b"").decode("utf-8", "replace")
+            return message
+
+        return wrapped
 
     async def _reset_after_work(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Do the request (the event IS recorded), then break the answer off mid-body."""

@@ -1,0 +1,237 @@
+"""End to end, exactly as a till drives it: pty scanner, capture printer, HTTP API, simulator."""
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tillplug.sim import SimServer
+from tillplug.testing.till import VirtualTill
+
+ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
+BOB = "5a1b2c3d-0000-4000-8000-000000000002"
+
+
+@pytest.fixture
+def till(tmp_path):
+    with VirtualTill(tmp_path / "till", lanes=2) as t:
+        yield t
+
+
+def of_type(till, kind):
+    return [e for e in till.events() if e["type"] == kind]
+
+
+def open_with_member(till, tx, lane=1, member="1000001"):
+    assert till.api.post("/v1/checkouts", json={"transactionId": tx, "lane": lane, "cashierId": "c-7"}).status_code == 201
+    r = till.api.put(f"/v1/checkouts/{tx}/member", json={"code": member})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def balance(till, member=ALICE):
+    return till.sim.state.members[member]["pointsBalance"]
+
+
+def test_member_scan_without_checkout_is_a_balance_lookup_with_a_slip(till):
+    till.scan(1, "1000001")
+    assert till.wait_for(lambda: of_type(till, "member_found"))
+    found = of_type(till, "member_found")[0]
+    assert found["lane"] == 1 and found["data"]["pointsBalance"] == 1250
+    assert found["data"]["member"] == "…0001"  # masked, never the id
+    assert ALICE not in json.dumps(till.events())
+    assert till.wait_for(lambda: b"1,250 pts" in till.printed(1))
+    assert till.printed(2) == b""  # the slip goes to the scanning lane's printer
+
+
+def test_member_scan_with_an_open_checkout_attaches_the_member(till):
+    till.api.post("/v1/checkouts", json={"transactionId": "T1", "lane": 2})
+    till.scan(2, "MBR:auth-alice")
+    assert till.wait_for(lambda: of_type(till, "member_attached"))
+    assert till.api.get("/v1/checkouts/T1").json()["member"] == "…0001"
+
+
+def test_other_scans_go_to_the_till_on_the_event_stream(till):
+    with httpx.stream("GET", till.url + "/v1/events", timeout=10) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith(": tillplug")
+        till.scan(1, "]E04006381333931")
+        got = []
+        for line in lines:
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                break
+    assert got[0]["type"] == "scan" and got[0]["data"]["kind"] == "other"
+    assert got[0]["data"]["gtin"] == "4006381333931" and got[0]["data"]["symbology"] == "]E0"
+
+
+def test_local_pool_codes_never_reach_the_engine(till):
+    open_with_member(till, "T2")
+    r = till.api.post("/v1/checkouts/T2/vouchers", json={"code": "LOCAL-AB12"})
+    assert r.json() == {"transactionId": "T2", "kind": "local_pool", "code": "LOCAL-AB12"}
+    till.scan(1, "LOCAL-ZZ99")
+    assert till.wait_for(lambda: any(e["data"].get("kind") == "local_pool" for e in of_type(till, "scan")))
+    assert till.sim.sim.requests_for("LOCAL") == 0
+
+
+def test_earning_on_completion_sends_a_transaction_without_personal_data(till):
+    open_with_member(till, "T3")
+    r = till.api.post("/v1/checkouts/T3/complete", json={
+        "total": 2550, "paymentConfirmed": True,
+        "basket": [{"sku": "MILK-1L", "quantity": 2, "amount": 250}, {"sku": "BREAD", "quantity": 1, "amount": 2300}]})
+    assert r.status_code == 200 and r.json()["expectedPoints"] == 25
+    assert till.settle()
+    [event] = [e for e in till.sim.state.ledger.events if e["type"] == "TRANSACTION"]
+    p = event["payload"]
+    assert (p["transactionId"], p["total"], p["currency"], p["tillId"], p["branchId"], p["cashierId"]) == \
+        ("T3", 2550, "GBP", "till-01", "branch-0001", "c-7")
+    assert p["basket"][0] == {"sku": "MILK-1L", "quantity": 2, "amount": 250}
+    text = json.dumps(p)
+    for pii in ("Sam", "Member", "example.invalid", "auth-alice"):
+        assert pii not in text
+    assert balance(till) == 1275
+    assert b"25 pts" in till.printed(1)  # the sale summary slip
+
+
+def test_spending_points_reports_before_completion_and_void_refunds_exactly_once(till):
+    open_with_member(till, "T4")
+    r = till.api.post("/v1/checkouts/T4/points", json={"points": 500})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["discount"] == {"amount": 500, "currency": "GBP"} and body["balanceAfter"] == 750
+    assert balance(till) == 750  # taken before the sale completes
+    assert till.api.post("/v1/checkouts/T4/void").json()["pointsRefunded"] == 500
+    assert till.api.post("/v1/checkouts/T4/void").status_code == 409  # a second void changes nothing
+    assert till.settle()
+    assert balance(till) == 1250
+    refunds = [e for e in till.sim.state.ledger.events if e["type"] == "POINTS_REFUND"]
+    assert len(refunds) == 1 and refunds[0]["payload"]["points"] == 500
+
+
+def test_redeeming_more_points_than_the_balance_is_refused(till):
+    open_with_member(till, "T5", member="1000002")  # Bob has 300
+    r = till.api.post("/v1/checkouts/T5/points", json={"points": 301})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "insufficient_points"
+    assert [e for e in till.sim.state.ledger.events if e["type"] == "REDEEMED_POINTS"] == []
+
+
+def test_user_led_voucher_burns_and_prints_a_receipt(till):
+    open_with_member(till, "T6")
+    r = till.api.post("/v1/checkouts/T6/vouchers", json={"code": "ALICE-5OFF-0001"})
+    assert r.status_code == 200
+    assert r.json()["discounts"] == [{"type": "ABSOLUTE", "value": 500.0}] and r.json()["burned"] is True
+    assert b"ALICE-5OFF-0001" in till.printed(1)
+    r = till.api.post("/v1/checkouts/T6/vouchers", json={"code": "ALICE-OLD-0004"})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "voucher_expired"
+
+
+def test_check_then_burn_mode_burns_at_completion(tmp_path):
+    with VirtualTill(tmp_path / "t", voucher_mode="check_then_burn") as till:
+        open_with_member(till, "T7")
+        r = till.api.post("/v1/checkouts/T7/vouchers", json={"code": "ALICE-5OFF-0001"})
+        assert r.json()["burned"] is False and till.sim.state.ledger.burns == []
+        till.api.post("/v1/checkouts/T7/complete", json={"total": 100, "paymentConfirmed": True})
+        assert [b["code"] for b in till.sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
+
+
+def test_cashier_led_voucher_list_pick_redeem(till):
+    open_with_member(till, "T8")
+    benefits = till.api.get("/v1/checkouts/T8/benefits").json()["benefits"]
+    pick = next(b for b in benefits if b["name"] == "10% off everything")
+    assert pick["state"] == "created" and pick["code"] is None
+    r = till.api.post(f"/v1/checkouts/T8/benefits/{pick['id']}/redeem", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["discounts"] == [{"type": "PERCENTAGE", "value": 10.0}] and r.json()["burned"]
+    assert till.sim.state.benefits[pick["id"]]["burnedAt"] is not None
+
+
+def test_the_same_voucher_on_two_tills_at_once_one_wins(tmp_path):
+    with SimServer() as sim, VirtualTill(tmp_path / "a", sim=sim) as a, \
+            VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
+        for t in (a, b):
+            open_with_member(t, "TX")
+        results = {}
+
+        def go(name, t):
+            results[name] = t.api.post("/v1/checkouts/TX/vouchers", json={"code": "ALICE-5OFF-0001"})
+        threads = [threading.Thread(target=go, args=(n, t)) for n, t in (("a", a), ("b", b))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        codes = sorted(r.status_code for r in results.values())
+        assert codes == [200, 409]
+        loser = next(r for r in results.values() if r.status_code == 409)
+        assert loser.json()["error"]["code"] == "voucher_already_used"
+
+
+def test_the_same_points_on_two_tills_at_once_never_exceed_the_balance(tmp_path):
+    with SimServer() as sim, VirtualTill(tmp_path / "a", sim=sim) as a, \
+            VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
+        for t in (a, b):
+            open_with_member(t, "TP")
+        results = {}
+
+        def go(name, t):
+            results[name] = t.api.post("/v1/checkouts/TP/points", json={"points": 1000})
+        threads = [threading.Thread(target=go, args=(n, t)) for n, t in (("a", a), ("b", b))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        granted = [r for r in results.values() if r.status_code == 200]
+        refused = [r for r in results.values() if r.status_code != 200]
+        assert all(r.json()["error"]["code"] == "insufficient_points" for r in refused)
+        assert sum(r.json()["points"] for r in granted) <= 1250
+        assert a.settle() and b.settle()
+        assert sim.state.members[ALICE]["pointsBalance"] == 1250 - 1000 * len(granted)
+        assert sim.state.members[ALICE]["pointsBalance"] >= 0
+
+
+@pytest.mark.parametrize("method, path, body, status, code", [
+    ("post", "/v1/checkouts", {"transactionId": 5}, 400, "invalid_request"),
+    ("post", "/v1/checkouts", {"transactionId": "has space"}, 400, "invalid_request"),
+    ("post", "/v1/checkouts/OPEN/points", {"points": -5}, 400, "invalid_request"),
+    ("post", "/v1/checkouts/OPEN/points", {"points": "500"}, 400, "invalid_request"),
+    ("post", "/v1/checkouts/OPEN/points", {"points": 10, "extra": 1}, 400, "invalid_request"),
+    ("post", "/v1/checkouts/NOPE/points", {"points": 10}, 404, "checkout_not_found"),
+    ("post", "/v1/checkouts/OPEN/complete", {"total": 100, "paymentConfirmed": False}, 400, "invalid_request"),
+    ("post", "/v1/checkouts/DONE/complete", {"total": 100, "paymentConfirmed": True}, 409, "checkout_conflict"),
+    ("post", "/v1/checkouts/DONE/void", None, 409, "checkout_conflict"),
+    ("get", "/v1/checkouts/NOPE", None, 404, "checkout_not_found"),
+    ("get", "/v1/members/9999999", None, 404, "member_not_found"),
+])
+def test_bad_requests_get_a_4xx_with_a_stable_code_and_change_nothing(till, method, path, body, status, code):
+    open_with_member(till, "OPEN")
+    open_with_member(till, "DONE")
+    assert till.api.post("/v1/checkouts/DONE/complete", json={"total": 1, "paymentConfirmed": True}).status_code == 200
+    assert till.settle()
+    ledger_before = len(till.sim.state.ledger.events)
+    outbox_before = till.daemon.store.stats().to_dict()
+    r = till.api.request(method.upper(), path, content=json.dumps(body) if body is not None else None)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    assert len(till.sim.state.ledger.events) == ledger_before
+    assert till.daemon.store.stats().to_dict()["pending"] == outbox_before["pending"]
+
+
+def test_garbage_on_the_serial_line_does_not_stop_the_scanner(till):
+    till.scanners[1].scan("\x00\xff\x1b[2J", terminator=b"\r\n")
+    till.scan(1, "1000001")
+    assert till.wait_for(lambda: of_type(till, "member_found"))
+
+
+def test_engine_down_during_lookup_gives_a_clear_error(till):
+    till.sim.sim.faults.update({"down": True})
+    r = till.api.get("/v1/members/1000001")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "engine_error"
+
+
+def test_health_and_openapi(till):
+    health = till.api.get("/v1/health").json()
+    assert health["status"] == "ok"
+    assert {d["name"] for d in health["devices"]} == {"scanner1", "scanner2", "printer1", "printer2"}
+    doc = till.api.get("/v1/openapi.json").json()
+    assert "/v1/checkouts/{tx}/points" in doc["paths"]
