@@ -128,7 +128,9 @@ class EscposPrinter(PrinterDriver):
                 out.textln(line)
             out.set(bold=False, normal_textsize=True)
         elif isinstance(block, Barcode):
-            out.barcode("{B" + block.data, "CODE128", function_type="B", height=80, width=2, pos="BELOW")
+            width = self._module_width(block.data)
+            if width is not None:  # too long for this paper: the QR code beside it carries the same text
+                out.barcode("{B" + block.data, "CODE128", function_type="B", height=80, width=width, pos="BELOW")
         elif isinstance(block, QR):
             out.qr(block.data, native=True, size=6, center=False)
         elif isinstance(block, Feed):
@@ -137,6 +139,12 @@ class EscposPrinter(PrinterDriver):
             out.cut()
         else:
             raise DriverError(f"cannot print a {type(block).__name__}")
+
+    def _module_width(self, data: str) -> int | None:
+        """The widest bars (3 or 2 dots; ESC/POS allows no less) at which the whole Code 128 fits."""
+        modules = 11 * (len(data) + 3) + 2 + 20  # start, data, check, stop, and the quiet zones
+        dots = {32: 384, 42: 512, 48: 576}.get(self.columns, self.columns * 12)
+        return next((w for w in (3, 2) if modules * w <= dots), None)
 
     # -- connection ----------------------------------------------------------
 

@@ -62,6 +62,27 @@ class SerialScanner(ScannerDriver):
         except (serial.SerialException, OSError, termios.error) as exc:
             raise DeviceGone(f"{self.config.port}: {exc}") from exc
 
+    @classmethod
+    def discover(cls) -> list[dict[str, object]]:
+        """Serial ports on this machine, with what udev knows of them (read-only: nothing is opened)."""
+        import os
+        from pathlib import Path
+
+        from serial.tools import list_ports
+
+        by_id = {}
+        folder = Path("/dev/serial/by-id")
+        if folder.is_dir():
+            by_id = {os.path.realpath(p): str(p) for p in folder.iterdir()}
+        found = []
+        for port in sorted(list_ports.comports(), key=lambda p: p.device):
+            found.append({
+                "device": port.device, "vid": port.vid, "pid": port.pid, "serial": port.serial_number,
+                "manufacturer": port.manufacturer, "product": port.product, "description": port.description,
+                "by_id": by_id.get(os.path.realpath(port.device)),
+            })
+        return found
+
     def close(self) -> None:
         port, self._port = self._port, None
         if port is not None:

@@ -156,6 +156,98 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from tillplug.receipts.preview import interpret, render_png
+
+    try:
+        data = open(args.file, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        _err(f"tillplug preview: cannot read {args.file}: {exc.strerror}")
+        return EXIT_USAGE
+    preview = interpret(data)
+    if args.text or not args.png:
+        _out(preview.text(args.columns))
+    if args.png:
+        width = {32: 384, 42: 512, 48: 576}.get(args.columns, args.columns * 12)
+        render_png(preview, args.png, columns=args.columns, width_px=width)
+        _err(f"wrote {args.png}")
+    for offset, hexbytes in preview.unknown:
+        _err(f"not understood at byte {offset}: {hexbytes}")
+    return EXIT_OK
+
+
+def cmd_test_print(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tillplug.devices.registry import load_drivers
+    from tillplug.devices.supervisor import PrinterSupervisor
+    from tillplug.errors import ConfigError, TillplugError
+    from tillplug.receipts import templates
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        _err(exc.message)
+        return EXIT_USAGE
+    printer = next((p for p in config.printers if p.name == args.printer), None)
+    if printer is None:
+        _err(f"no printer named {args.printer!r} in {args.config} "
+             f"(configured: {', '.join(p.name for p in config.printers) or 'none'})")
+        return EXIT_USAGE
+    ctx = templates.SlipContext(config.till_id, config.branch_id, config.currency,
+                                tuple(config.receipts.header), tuple(config.receipts.footer))
+
+    async def go() -> str:
+        driver = load_drivers().get(printer.driver)(printer, str(config.cache_dir))
+        sup = PrinterSupervisor(printer, driver)
+        page = templates.test_page(ctx, printer.name, printer.profile, printer.effective_columns(),
+                                   getattr(driver, "code_page", "-"))
+        await sup.print(page)
+        status = await sup.status()
+        await sup.close()
+        return f"{status.state.value} {status.reason}".strip()
+
+    try:
+        status = asyncio.run(go())
+    except TillplugError as exc:
+        _err(f"tillplug test-print: {exc.message}")
+        return EXIT_FAILURE
+    _out(f"test page sent to {printer.name}; printer status: {status}")
+    return EXIT_OK
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from tillplug.devices.known import lookup
+    from tillplug.devices.registry import load_drivers
+
+    registry = load_drivers()
+    ports: list[dict] = []
+    for cls in registry.drivers.values():
+        if hasattr(cls, "discover"):
+            ports.extend(cls.discover())
+    if args.json:
+        _out(json.dumps(ports, indent=2, default=str))
+        return EXIT_OK
+    if not ports:
+        _out("no serial ports found (USB scanners in keyboard mode do not appear here; "
+             "switch them to USB serial / CDC-ACM mode)")
+    for i, port in enumerate(ports):
+        known = lookup(port.get("vid"), port.get("pid"))
+        ids = f"{port['vid']:04x}:{port['pid']:04x}" if port.get("vid") is not None else "-"
+        guess = f"{known.vendor} {known.model} ({known.kind})" if known else "unknown device"
+        _out(f"{port['device']}  USB {ids}  serial {port.get('serial') or '-'}  {guess}")
+        if port.get("by_id"):
+            _out(f"    by-id: {port['by_id']}")
+        path = port.get("by_id") or port["device"]
+        if known is None or known.kind in ("scanner", "bridge"):
+            _out(f"    [[scanners]]\n    name = \"scanner{i}\"\n    port = \"{path}\"\n    baudrate = 9600")
+        if known is not None and known.kind in ("printer", "bridge"):
+            _out(f"    [[printers]]\n    name = \"printer{i}\"\n    connection = \"serial://{path}\"")
+    for name, why in registry.broken.items():
+        _err(f"driver {name} did not load: {why}")
+    return EXIT_OK
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         _err(f"tillplug {name}: not built yet in this version ({issue}).")
@@ -193,16 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8620)
     p.add_argument("--seed", help="JSON seed file (members, rewards, vouchers); default: the built-in one")
 
-    add("devices", "list serial ports and print a config snippet for each", _not_built("devices", "device listing"))
+    p = add("devices", "list serial ports and print a config snippet for each", cmd_devices)
+    p.add_argument("--json", action="store_true")
 
-    p = add("test-print", "print the test page on a configured printer", _not_built("test-print", "printing"))
+    p = add("test-print", "print the test page on a configured printer", cmd_test_print)
     p.add_argument("--printer", required=True)
     p.add_argument("--config", default=DEFAULT_CONFIG)
 
-    p = add("preview", "render a captured ESC/POS byte stream as PNG and text", _not_built("preview", "preview"))
+    p = add("preview", "render a captured ESC/POS byte stream as PNG and text", cmd_preview)
     p.add_argument("file")
-    p.add_argument("--png")
-    p.add_argument("--text", action="store_true")
+    p.add_argument("--png", help="write the receipt as a PNG image here")
+    p.add_argument("--text", action="store_true", help="print the receipt as text (the default without --png)")
+    p.add_argument("--columns", type=int, choices=[32, 42, 48], default=48)
 
     p = add("outbox", "inspect and manage the queue of engine writes", cmd_outbox)
     p.add_argument("--config", default=DEFAULT_CONFIG)
