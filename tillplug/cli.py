@@ -248,6 +248,14 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tillplug import demo
+
+    if args.interactive:
+        return demo.interactive(args.out)
+    return demo.run(args.out)
+
+
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         _err(f"tillplug {name}: not built yet in this version ({issue}).")
@@ -278,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "run the daemon", cmd_run)
     p.add_argument("--config", default=DEFAULT_CONFIG)
 
-    p = add("demo", "run the whole product against the simulator and virtual devices", _not_built("demo", "the demo"))
-    p.add_argument("--interactive", action="store_true")
+    p = add("demo", "run the whole product against the simulator and virtual devices", cmd_demo)
+    p.add_argument("--interactive", action="store_true", help="type barcodes and till commands yourself")
+    p.add_argument("--out", default="demo-out", help="folder for the slips as PNG (default: ./demo-out)")
 
     p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", cmd_sim)
     p.add_argument("--port", type=int, default=8620)
