@@ -1,7 +1,7 @@
 """The ``tillplug`` command.
 
-Exit codes: 0 success; 1 a runtime failure (device, engine); 2 bad usage or an
-invalid config; 3 a command that this build does not have yet.
+Exit codes: 0 success; 1 a runtime failure (device, engine) or, for status and
+doctor, a problem found; 2 bad usage or an invalid config.
 Heavy imports happen inside each command so that ``--help`` and
 ``check-config`` stay instant on a small till.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from tillplug import __version__
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_BUILT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "/etc/tillplug/tillplug.toml"
 
 
@@ -256,12 +256,121 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.out)
 
 
-def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        _err(f"tillplug {name}: not built yet in this version ({issue}).")
-        return EXIT_NOT_BUILT
+def cmd_install(args: argparse.Namespace) -> int:
+    from tillplug import service
 
-    return run
+    if args.print_rules:
+        _out(service.udev_rules())
+        return EXIT_OK
+    if args.print_unit:
+        _out(service.unit())
+        return EXIT_OK
+    try:
+        return service.install(args.root, dry_run=args.dry_run, out=_out)
+    except (OSError, RuntimeError) as exc:
+        _err(f"tillplug install: {exc}")
+        return EXIT_FAILURE
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tillplug.doctor import FAIL, Doctor
+
+    findings = Doctor(args.config, root=args.root).run(engine=not args.offline, printers=not args.offline)
+    for finding in findings:
+        _out(str(finding))
+    failed = sum(f.verdict == FAIL for f in findings)
+    _out(f"{failed} problem(s) found" if failed else "no problems found")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
+    from tillplug.config import read_secret
+    from tillplug.errors import ConfigError
+
+    try:
+        config = _load(args.config)
+        token = read_secret(config.api.token).reveal() if config.api.token else None
+    except ConfigError as exc:
+        _err(exc.message)
+        return EXIT_USAGE
+    host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.api.port}/v1/health"
+    try:
+        r = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=5)
+        health = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        _err(f"tillplug is not answering on {url} ({type(exc).__name__}); is the service running? "
+             "systemctl status tillplug")
+        return EXIT_FAILURE
+    if args.json:
+        _out(json.dumps(health, indent=2))
+    else:
+        _out(f"tillplug {health['version']}  till {health['tillId']}  status {health['status']}")
+        for d in health["devices"]:
+            paper = f"  paper {d['paper']['state']} {d['paper']['reason']}".rstrip() if "paper" in d else ""
+            _out(f"  {d['kind']:<8}{d['name']:<16}{d['state']:<11}{d['reason']}{paper}")
+        e = health["engine"]
+        _out(f"  engine  {'reachable' if e['reachable'] else 'NOT reachable'}"
+             + (f"  last error {e['lastError']['error']} on {e['lastError']['endpoint']}" if e["lastError"] else ""))
+        o = health["outbox"]
+        _out(f"  outbox  {o['depth']} waiting (oldest {o['oldest_pending_age']:.0f} s), {o['dead']} dead"
+             + ("  OVER LIMIT" if o["overLimit"] else ""))
+    return EXIT_OK if health["status"] == "ok" else EXIT_FAILURE
+
+
+def cmd_sniff(args: argparse.Namespace) -> int:
+    import time
+
+    from tillplug.barcodes.framing import guess_terminator
+    from tillplug.config.model import ScannerConfig
+    from tillplug.devices.registry import load_drivers
+    from tillplug.errors import DeviceError, DriverError
+
+    try:
+        cfg = ScannerConfig(name="sniff", port=args.port, baudrate=args.baudrate, terminator="none")
+        driver = load_drivers().get("serial-scanner")(cfg)
+        driver.open()
+    except (DeviceError, DriverError) as exc:
+        _err(f"tillplug sniff: {exc.message}")
+        return EXIT_FAILURE
+    except ValueError as exc:
+        _err(f"tillplug sniff: {exc}")
+        return EXIT_USAGE
+    _out(f"listening on {args.port} at {args.baudrate} baud for {args.seconds:g} s (read only); scan something…")
+    seen = bytearray()
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < args.seconds:
+            chunk = driver.read()
+            if not chunk:
+                continue
+            while more := driver.read():  # one burst (a scan) per line: read until the line goes quiet
+                chunk += more
+            seen += chunk
+            text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+            _out(f"{time.monotonic() - start:8.3f}  {chunk.hex(' '):<48}  {text}")
+            if args.count and seen.count(b"\n") + seen.count(b"\r") >= args.count:
+                break
+    except DeviceError as exc:
+        _err(f"tillplug sniff: {exc.message}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        driver.close()
+    if not seen:
+        _out("nothing arrived: check the cable, the port, and that the scanner is in serial (not keyboard) mode")
+        return EXIT_FAILURE
+    printable = sum(32 <= b < 127 or b in (9, 10, 13, 29) for b in seen) / len(seen)
+    _out(f"{len(seen)} bytes; terminator looks like: {guess_terminator(bytes(seen))}")
+    if printable < 0.9:
+        _out("many bytes are not text: the baud rate is probably wrong; try 9600, 19200, 38400 or 115200")
+    else:
+        _out(f'config: baudrate = {args.baudrate}, terminator = "{guess_terminator(bytes(seen))}"')
+        if bytes(seen).startswith(b"]"):
+            _out("the scanner sends AIM symbology identifiers (]E0, ]C1, ...): tillplug keeps them as metadata")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,8 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
     a = acts.add_parser("drain", help="deliver everything now (the daemon does this by itself)")
     a.add_argument("--timeout", type=float, default=60.0)
 
-    p = add("status", "ask the running daemon for its health", _not_built("status", "status"))
+    p = add("status", "ask the running daemon for its health (exit 1 if degraded or not running)", cmd_status)
     p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--json", action="store_true")
+
+    p = add("doctor", "check this till for the faults that stop tillplug working", cmd_doctor)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--root", default="/", help=argparse.SUPPRESS)
+    p.add_argument("--offline", action="store_true", help="skip the engine and printer checks")
+
+    p = add("sniff", "show what a scanner sends, to find its terminator and baud rate", cmd_sniff)
+    p.add_argument("port")
+    p.add_argument("--baudrate", type=int, default=9600)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--count", type=int, default=0, help="stop after this many lines")
+
+    p = add("install", "install the udev rules and the systemd unit, create the user and folders", cmd_install)
+    p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
+    p.add_argument("--root", default="/", help="stage the files under this folder instead of /")
+    p.add_argument("--print-rules", action="store_true", help="print the generated udev rules")
+    p.add_argument("--print-unit", action="store_true", help="print the systemd unit")
     return parser
 
 

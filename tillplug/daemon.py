@@ -30,6 +30,7 @@ from tillplug.engine import EngineClient, load_secrets
 from tillplug.errors import ConfigError, DriverError, InvalidRequest, PrinterNotReady, TillplugError
 from tillplug.flows.events import EventBus
 from tillplug.flows.service import Loyalty
+from tillplug.metrics import Metrics
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Receipt
@@ -87,6 +88,7 @@ class Daemon:
         self.registry = registry or load_drivers()
         self.events = EventBus()
         self.engine_watch = EngineWatch()
+        self.metrics = Metrics()
         self.scanners: dict[str, ScannerSupervisor] = {}
         self.printers: dict[str, PrinterSupervisor] = {}
         self.stop_event = asyncio.Event()
@@ -112,7 +114,8 @@ class Daemon:
     async def _handle_scan(self, scan: Scan) -> None:
         async with self._lane_locks.setdefault(scan.lane, asyncio.Lock()):  # scans on a lane in order
             try:
-                await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
+                classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
+                self.metrics.scans.labels(classified.kind.value).inc()
             except Exception:
                 log.exception("scan on lane %d could not be handled", scan.lane)
 
@@ -150,6 +153,10 @@ class Daemon:
                                    sup.config.effective_columns(), getattr(sup.driver, "code_page", "-"))
         await sup.print(page)
         return {"printer": sup.config.name, "printed": True}
+
+    def _engine_call(self, endpoint: str, seconds: float, error: str | None) -> None:
+        self.engine_watch(endpoint, seconds, error)
+        self.metrics.engine_call(endpoint, seconds, error)
 
     # -- health --------------------------------------------------------------------
 
@@ -190,6 +197,18 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), 60)
 
+    async def _printer_watch(self, every: float = 30.0) -> None:
+        """Ask each printer how it is, now and then: for health, metrics and a log line on change."""
+        while not self.stop_event.is_set():
+            for sup in list(self.printers.values()):
+                before = sup.last_status
+                status = await sup.status()
+                if status.state != before.state:
+                    level = logging.WARNING if status.state.value in ("error", "warning") else logging.INFO
+                    log.log(level, "printer %s: %s %s", sup.config.name, status.state.value, status.reason)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), every)
+
     async def _watchdog(self, interval: float) -> None:
         # Fed from the event loop itself: a hung loop stops the pings and systemd restarts us.
         while not self.stop_event.is_set():
@@ -206,7 +225,7 @@ class Daemon:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
         recovered = self.store.recover()
-        self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self.engine_watch)
+        self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call)
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))
         self.loyalty = Loyalty(cfg, self.client, self.store, events=self.events,
@@ -217,11 +236,15 @@ class Daemon:
                         recovered, interrupted)
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
+        self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
             self._start_scanner(s)
         token = read_secret(cfg.api.token).reveal() if cfg.api.token else None
+        self.metrics.watch(self.store.stats,
+                           lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
+                           lambda: {n: p.last_status.state.value for n, p in self.printers.items()})
         api = TillApi(self.loyalty, self.events, health=self.health, print_test=self.print_test, token=token,
-                      metrics=getattr(self, "metrics", None))
+                      metrics=self.metrics.exposition)
         sock = bind(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
         self.api_server = _ApiServer(uvicorn.Config(api.app, log_level="warning", access_log=False,

@@ -107,3 +107,13 @@ def decode(frame: bytes, *, strip_prefix: str = "", strip_suffix: str = "") -> S
     if strip_suffix and text.endswith(strip_suffix):
         text = text[: -len(strip_suffix)]
     return ScanText(text, symbology) if text else None
+
+
+def guess_terminator(data: bytes) -> str:
+    """What ends this scanner's scans, from raw bytes it sent: CRLF, CR, LF, TAB or none."""
+    counts = {"CRLF": data.count(b"\r\n")}
+    counts["CR"] = data.count(b"\r") - counts["CRLF"]
+    counts["LF"] = data.count(b"\n") - counts["CRLF"]
+    counts["TAB"] = data.count(b"\t")
+    best = max(counts, key=lambda k: counts[k])
+    return best if counts[best] else "none"

@@ -1,0 +1,194 @@
+"""The files a till needs from the OS: udev rules and the systemd unit, and ``tillplug install``.
+
+The udev rules are generated from the device table in ``tillplug.devices.known``
+(the same table ``tillplug devices`` guesses drivers from); the copies in the
+repository's ``udev/`` folder are checked against this generator by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tillplug.devices.known import KNOWN_DEVICES
+
+GROUP = "tillplug"
+USER = "tillplug"
+RULES_NAME = "99-tillplug.rules"
+UNIT_NAME = "tillplug.service"
+
+
+def udev_rules() -> str:
+    lines = [
+        "# tillplug: stable names, access and ModemManager opt-out for scanners and receipt printers.",
+        "# Generated from tillplug/devices/known.py by `tillplug install --print-rules`; do not edit by hand.",
+        "# Names: /dev/tillplug/<kind>-<vid>-<pid>-<serial> (the serial number, else the USB path).",
+        'ACTION=="remove", GOTO="tillplug_end"',
+        "",
+        '# A name that survives re-plugging: the USB serial number, else the physical port.',
+        'ENV{ID_SERIAL_SHORT}=="", ENV{TILLPLUG_ID}="%E{ID_PATH_TAG}"',
+        'ENV{ID_SERIAL_SHORT}!="", ENV{TILLPLUG_ID}="%E{ID_SERIAL_SHORT}"',
+        "",
+    ]
+    for kind in ("scanner", "printer", "bridge"):
+        lines.append(f"# {kind}s")
+        for d in (d for d in KNOWN_DEVICES if d.kind == kind):
+            match = f'ATTRS{{idVendor}}=="{d.vid}", ATTRS{{idProduct}}=="{d.pid}"'
+            name = f"{kind}-{d.vid}-{d.pid}-%E{{TILLPLUG_ID}}"
+            common = f'GROUP="{GROUP}", MODE="0660", ENV{{ID_MM_DEVICE_IGNORE}}="1", TAG+="systemd"'
+            lines.append(f"# {d.vendor} {d.model}")
+            lines.append(f'SUBSYSTEM=="tty", {match}, SYMLINK+="tillplug/{name}", {common}')
+            if kind == "printer":
+                lines.append(f'SUBSYSTEM=="usbmisc", KERNEL=="lp[0-9]*", {match}, SYMLINK+="tillplug/{name}", {common}')
+                lines.append(f'SUBSYSTEM=="usb", ENV{{DEVTYPE}}=="usb_device", {match}, GROUP="{GROUP}", MODE="0660"')
+        lines.append("")
+    lines.append('LABEL="tillplug_end"')
+    return "\n".join(lines) + "\n"
+
+
+def unit(exec_path: str = "/usr/local/bin/tillplug", config: str = "/etc/tillplug/tillplug.toml") -> str:
+    return f"""\
+# tillplug: the loyalty daemon for shop tills.
+# Install with `tillplug install`; secrets go in /etc/tillplug/credentials/ (chmod 600, root-owned).
+[Unit]
+Description=tillplug loyalty daemon (scanners, Loyalty Engine, receipt printers)
+Wants=network-online.target
+After=network-online.target
+# A till must never give up: keep restarting after failures, however many.
+StartLimitIntervalSec=0
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_path} run --config {config}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=5s
+WatchdogSec=30s
+TimeoutStopSec=30s
+
+User={USER}
+Group={GROUP}
+# Device access comes from the group the udev rules set; dialout for plain /dev/ttyS* ports.
+SupplementaryGroups={GROUP} dialout
+StateDirectory=tillplug
+StateDirectoryMode=0700
+CacheDirectory=tillplug
+ConfigurationDirectory=tillplug
+Environment=ESCPOS_CAPABILITIES_PICKLE_DIR=%C/tillplug
+# Every file in /etc/tillplug/credentials/ becomes a credential named tillplug_<file>, e.g.
+# wll-api-key → api_key = "credential:tillplug_wll-api-key" in the config.  The folder may
+# be empty (the simulator preset needs no secrets).
+LoadCredential=tillplug:/etc/tillplug/credentials
+
+# Hardening that leaves serial and USB devices reachable (no PrivateDevices=).
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+RemoveIPC=yes
+UMask=0077
+DevicePolicy=closed
+DeviceAllow=char-ttyACM rw
+DeviceAllow=char-ttyUSB rw
+DeviceAllow=char-ttyS rw
+DeviceAllow=char-usb_device rw
+DeviceAllow=char-usbmisc rw
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass
+class Step:
+    what: str
+    run: Callable[[], None]
+    is_command: bool = False
+
+
+def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Step]:
+    """What ``tillplug install`` does, step by step.  ``root`` is / on a till, a folder in tests."""
+    from tillplug.config import example_text
+
+    etc = root / "etc"
+    steps: list[Step] = []
+
+    def write(path: Path, text: str, mode: int, *, keep: bool = False) -> Step:
+        def do() -> None:
+            if keep and path.exists():
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(mode)
+        verb = "create (if missing)" if keep else "write"
+        return Step(f"{verb} {path} (mode {mode:o})", do)
+
+    def command(*argv: str) -> Step:
+        def do() -> None:
+            if run_commands:
+                subprocess.run(list(argv), check=True)
+        return Step("run " + " ".join(argv), do, is_command=True)
+
+    if run_commands and not shutil.which("useradd"):
+        raise RuntimeError("useradd is not installed; create the tillplug user by hand")
+    steps.append(command("groupadd", "--system", "--force", GROUP))
+    steps.append(command("sh", "-c", f"id -u {USER} >/dev/null 2>&1 || useradd --system --gid {GROUP} "
+                                     f"--groups dialout --no-create-home --home-dir /nonexistent "
+                                     f"--shell /usr/sbin/nologin {USER}"))
+    steps.append(write(etc / "udev" / "rules.d" / RULES_NAME, udev_rules(), 0o644))
+    steps.append(write(etc / "systemd" / "system" / UNIT_NAME, unit(exec_path), 0o644))
+    steps.append(write(etc / "tillplug" / "tillplug.toml", example_text(), 0o640, keep=True))
+    steps.append(Step(f"create {etc / 'tillplug' / 'credentials'} (mode 700)",
+                      lambda: (etc / "tillplug" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True)))
+    steps.append(command("udevadm", "control", "--reload"))
+    steps.append(command("udevadm", "trigger", "--action=add", "--subsystem-match=tty",
+                         "--subsystem-match=usb", "--subsystem-match=usbmisc"))
+    steps.append(command("systemctl", "daemon-reload"))
+    return steps
+
+
+def install(root: str | os.PathLike[str] = "/", *, dry_run: bool = False, exec_path: str | None = None,
+            out: Callable[[str], None] = print) -> int:
+    exe = exec_path or shutil.which("tillplug") or "/usr/local/bin/tillplug"
+    root_path = Path(root)
+    run_commands = root_path == Path("/") and not dry_run
+    if run_commands and os.geteuid() != 0:
+        out("tillplug install must run as root (or use --dry-run, or --root DIR to stage the files)")
+        return 2
+    for step in install_steps(root_path, exe, run_commands=run_commands):
+        if dry_run:
+            out("would " + step.what)
+        elif step.is_command and not run_commands:
+            out(f"skipped (files staged under {root_path}): {step.what}")
+        else:
+            out(step.what)
+        if not dry_run:
+            step.run()
+    if not dry_run:
+        out("next: edit /etc/tillplug/tillplug.toml, put secrets in /etc/tillplug/credentials/, "
+            "`tillplug check-config`, then `systemctl enable --now tillplug`")
+    return 0
