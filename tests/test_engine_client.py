@@ -242,11 +242,11 @@ def test_unknown_member_is_member_not_found():
 
 @pytest.mark.parametrize("status, reason, expected", [
     (404, "VOUCHER_NOT_FOUND", E.VoucherUnknown),
-    (400, "VOUCHER_ALREADY_BURNED", E.VoucherAlreadyUsed),
-    (400, "VOUCHER_EXPIRED", E.VoucherExpired),
+    (409, "VOUCHER_ALREADY_BURNED", E.VoucherAlreadyUsed),
+    (409, "VOUCHER_EXPIRED", E.VoucherExpired),
     (400, "VOUCHER_NOT_REDEEMED", E.VoucherNotRedeemed),
-    (400, "VOUCHER_WRONG_USER", E.VoucherWrongMember),
-    (400, "VOUCHER_WRONG_VENUE", E.VoucherWrongVenue),
+    (403, "VOUCHER_WRONG_USER", E.VoucherWrongMember),
+    (403, "VOUCHER_WRONG_VENUE", E.VoucherWrongVenue),
     (404, None, E.VoucherUnknown),
 ])
 def test_six_voucher_outcomes_are_distinct_errors(status, reason, expected):

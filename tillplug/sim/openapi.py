@@ -28,15 +28,31 @@ BENEFIT = {"type": "object", "required": ["id", "type", "createdAt", "code", "re
 EVENT = {"type": "object", "required": ["id", "type", "payload", "createdAt"],
          "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "payload": {"type": "object"},
                         "createdAt": {"type": "string"}, "subject": {"type": ["string", "null"]}}}
-EVENT_BODY = {"type": "object", "required": ["type"],
-              "properties": {"type": {"type": "string", "pattern": "^[A-Z]+(_[A-Z]+)*$", "minLength": 2, "maxLength": 64},
-                             "subject": {"type": "string", "minLength": 1, "maxLength": 128},
-                             "payload": {"type": "object"},
-                             "occurredAt": {"type": "string"}}}
+OCCURRED_AT = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z?$"}
+
+
+def _event_body(earn: str, spend: str, refund: str) -> dict[str, Any]:
+    """One alternative per configured event type; spend and refund need a non-negative ``points``."""
+    points = {"type": "object", "required": ["points"], "properties": {"points": {"type": "integer", "minimum": 0}}}
+
+    def alt(etype: str, payload: dict[str, Any], required: tuple[str, ...] = ("type",)) -> dict[str, Any]:
+        return {"type": "object", "required": list(required), "additionalProperties": False,
+                "properties": {"type": {"type": "string", "enum": [etype]},
+                               "subject": {"type": "string", "enum": ["1000001", "auth-bob"]},
+                               "executor": {"type": "string", "minLength": 1, "maxLength": 128},
+                               "payload": payload, "occurredAt": OCCURRED_AT}}
+
+    with_payload = ("type", "payload")
+    return {"oneOf": [alt(earn, {"type": "object"}), alt(spend, points, with_payload),
+                      alt(refund, points, with_payload)]}
+
+
+EVENT_BODY = _event_body("TRANSACTION", "REDEEMED_POINTS", "POINTS_REFUND")
 
 
 def _op(summary: str, ok_schema: dict[str, Any], *, body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (400, 401, 404, 429)) -> dict[str, Any]:
+        params: list[dict[str, Any]] | None = None,
+        errors: tuple[int, ...] = (400, 401, 403, 404, 409, 429)) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{"apiKey": [], "bearer": []}],

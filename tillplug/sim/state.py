@@ -187,11 +187,11 @@ class EngineState:
         b = self._benefit(benefit_id)
         now = self.now()
         if b["burnedAt"]:
-            raise SimError(400, "BENEFIT_ALREADY_BURNED", "Benefit has already been used")
+            raise SimError(409, "BENEFIT_ALREADY_BURNED", "Benefit has already been used")
         if b["redeemedAt"]:
-            raise SimError(400, "BENEFIT_ALREADY_REDEEMED", "Benefit has already been redeemed")
+            raise SimError(409, "BENEFIT_ALREADY_REDEEMED", "Benefit has already been redeemed")
         if b["expiresAt"] and datetime.fromisoformat(b["expiresAt"].replace("Z", "+00:00")) < now:
-            raise SimError(400, "BENEFIT_EXPIRED", "Benefit has expired")
+            raise SimError(409, "BENEFIT_EXPIRED", "Benefit has expired")
         b["redeemedAt"] = b["code"]["redeemedAt"] = b["code"]["updatedAt"] = iso(now)
         return self.benefit_view(b)
 
@@ -204,20 +204,20 @@ class EngineState:
             raise SimError(404, "VOUCHER_NOT_FOUND", "Voucher code not found")
         now = self.now()
         if b["burnedAt"]:
-            raise SimError(400, "VOUCHER_ALREADY_BURNED", "Voucher has already been used")
+            raise SimError(409, "VOUCHER_ALREADY_BURNED", "Voucher has already been used")
         if b["expiresAt"] and datetime.fromisoformat(b["expiresAt"].replace("Z", "+00:00")) < now:
-            raise SimError(400, "VOUCHER_EXPIRED", "Voucher has expired")
+            raise SimError(409, "VOUCHER_EXPIRED", "Voucher has expired")
         if not b["redeemedAt"]:
-            raise SimError(400, "VOUCHER_NOT_REDEEMED", "Voucher has not been redeemed")
+            raise SimError(409, "VOUCHER_NOT_REDEEMED", "Voucher has not been redeemed")
         user = body.get("userIdentifier")
         if user:
             owner = self.members[b["ownerId"]]
             if user not in (owner["id"], owner.get("accountNumber"), owner.get("authIdentifier")):
-                raise SimError(400, "VOUCHER_WRONG_USER", "Voucher belongs to another user")
+                raise SimError(403, "VOUCHER_WRONG_USER", "Voucher belongs to another user")
         venue = body.get("venueIdentifier")
         venues = [v["id"] for v in self.rewards[b["rewardId"]].get("venues", [])]
         if venues and venue not in venues:
-            raise SimError(400, "VOUCHER_WRONG_VENUE", "Voucher is not valid at this venue")
+            raise SimError(403, "VOUCHER_WRONG_VENUE", "Voucher is not valid at this venue")
         b["code"]["validatedAt"] = b["code"]["updatedAt"] = iso(now)
         if not body.get("allowFutureValidation"):
             b["burnedAt"] = iso(now)
@@ -246,7 +246,7 @@ class EngineState:
         subject = body.get("subject")
         member = self.find_member(subject) if isinstance(subject, str) else None
         if subject is not None and member is None:
-            raise SimError(400, "SUBJECT_NOT_FOUND", "Subject does not match a user")
+            raise SimError(404, "SUBJECT_NOT_FOUND", "Subject does not match a user")
         return {"type": etype, "member": member, "payload": payload}
 
     def points_for(self, etype: str, payload: dict[str, Any]) -> float:
