@@ -235,3 +235,70 @@ def test_health_and_openapi(till):
     assert {d["name"] for d in health["devices"]} == {"scanner1", "scanner2", "printer1", "printer2"}
     doc = till.api.get("/v1/openapi.json").json()
     assert "/v1/checkouts/{tx}/points" in doc["paths"]
+
+
+def test_outbox_over_its_bounds_tells_the_till_loudly_and_still_queues_sales(tmp_path, caplog):
+    with VirtualTill(tmp_path / "t", outbox={"max_rows": 100, "rate_per_second": 50, "burst": 50}) as till:
+        till.sim.sim.faults.update({"down": True})
+        from tillplug.engine.models import new_event_key
+        for i in range(100):
+            key = new_event_key()
+            till.daemon.store.add(kind="event", stream=f"old-{i}", event_key=key,
+                                  body={"type": "TRANSACTION", "payload": {"eventKey": key, "total": 1}})
+        assert till.call(till.daemon.check_outbox_limits()) is True
+        assert till.api.get("/v1/health").json()["outbox"]["overLimit"] is True
+        assert any(e["data"].get("code") == "outbox_over_limit" for e in of_type(till, "error"))
+        assert "outbox over its limits" in caplog.text
+        till.api.post("/v1/checkouts", json={"transactionId": "NEW"})
+        assert till.api.post("/v1/checkouts/NEW/complete", json={"total": 5, "paymentConfirmed": True}).status_code == 200
+        assert till.daemon.store.stats().depth == 101  # nothing dropped
+        till.sim.sim.faults.update({"down": False})
+        till.daemon.deliverer.wake()
+        assert till.settle(timeout=30)
+        assert len(till.sim.state.ledger.events) == 101
+
+
+def test_a_void_queued_during_an_outage_is_delivered_after_recovery_after_its_deduction(till):
+    open_with_member(till, "TV")
+    assert till.api.post("/v1/checkouts/TV/points", json={"points": 300}).status_code == 200
+    till.sim.sim.faults.update({"down": True})
+    r = till.api.post("/v1/checkouts/TV/void")
+    assert r.status_code == 200 and r.json()["pointsRefunded"] == 300  # durable now, delivered later
+    time.sleep(0.3)
+    assert [e["type"] for e in till.sim.state.ledger.events] == ["REDEEMED_POINTS"]
+    till.sim.sim.faults.update({"down": False})
+    till.daemon.deliverer.wake()
+    assert till.settle(timeout=30)
+    assert [e["type"] for e in till.sim.state.ledger.events] == ["REDEEMED_POINTS", "POINTS_REFUND"]
+    assert balance(till) == 1250
+
+
+def test_a_deduction_interrupted_by_a_crash_is_settled_at_restart(tmp_path):
+    """Power cut mid-spend: at restart, the deduction is refunded if it reached the engine, and only then."""
+    import asyncio
+    from tillplug.engine.models import EventDefinition
+    from tillplug.flows.checkouts import Deduction
+    from tests.engine_helpers import sim_client
+
+    with SimServer() as sim:
+        with VirtualTill(tmp_path / "t", sim=sim) as till:
+            open_with_member(till, "TC")
+            store = till.daemon.loyalty.checkouts
+            with store.transaction() as tx:  # the rows a crash leaves behind
+                store.add_deduction(tx, Deduction("landed-key", "TC", 200, 200, "sending"))
+                store.add_deduction(tx, Deduction("lost-key", "TC", 100, 100, "sending"))
+
+            async def landed():
+                async with sim_client(sim.url) as c:
+                    await c.report_event(EventDefinition(type="REDEEMED_POINTS", subject=ALICE,
+                                                         payload={"points": 200, "eventKey": "landed-key"}))
+            asyncio.run(landed())
+        time.sleep(0.2)
+        assert sim.state.members[ALICE]["pointsBalance"] == 1050
+        with VirtualTill(tmp_path / "t", sim=sim) as till:  # restart on the same state directory
+            assert till.settle(timeout=30)
+            refunds = [e for e in sim.state.ledger.events if e["type"] == "POINTS_REFUND"]
+            assert [r["payload"]["reverses"] for r in refunds] == ["landed-key"]
+            assert sim.state.members[ALICE]["pointsBalance"] == 1250
+            states = {d.event_key: d.state for d in till.daemon.loyalty.checkouts.deductions("TC")}
+            assert states == {"landed-key": "unknown", "lost-key": "unknown"}

@@ -183,19 +183,24 @@ class Daemon:
                        "maxAgeHours": limits.max_age_hours},
         }
 
-    async def _outbox_alarm(self) -> None:
-        """Tell the till loudly, every minute, while the outbox is over its bounds. Never drop money."""
+    async def check_outbox_limits(self) -> bool:
+        """Loud, never lossy: over the configured bounds the till, the log and health are told;
+        sales keep queueing, and only a technician's command discards anything."""
+        stats = await asyncio.to_thread(self.store.stats)
+        limits = self.config.outbox
+        over = stats.depth >= limits.max_rows or stats.oldest_pending_age >= limits.max_age_hours * 3600
+        if over:
+            log.error("outbox over its limits: %d waiting, oldest %.1f h; sales still queue — check the "
+                      "engine connection and `tillplug outbox stats`", stats.depth, stats.oldest_pending_age / 3600)
+            self.events.publish("error", {"code": "outbox_over_limit", "depth": stats.depth,
+                                          "message": "Loyalty points are waiting to be sent; call a technician."})
+        return over
+
+    async def _outbox_alarm(self, every: float = 60.0) -> None:
         while not self.stop_event.is_set():
-            stats = await asyncio.to_thread(self.store.stats)
-            limits = self.config.outbox
-            if stats.depth >= limits.max_rows or stats.oldest_pending_age >= limits.max_age_hours * 3600:
-                log.error("outbox over its limits: %d waiting, oldest %.0f h; sales still queue — check the "
-                          "engine connection", stats.depth, stats.oldest_pending_age / 3600)
-                self.events.publish("error", {"code": "outbox_over_limit", "message":
-                                              "Loyalty points are waiting to be sent; call a technician.",
-                                              "depth": stats.depth})
+            await self.check_outbox_limits()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), 60)
+                await asyncio.wait_for(self.stop_event.wait(), every)
 
     async def _printer_watch(self, every: float = 30.0) -> None:
         """Ask each printer how it is, now and then: for health, metrics and a log line on change."""
