@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
+import select
 import termios
 
 import serial
@@ -56,11 +58,20 @@ class SerialScanner(ScannerDriver):
         port = self._port
         if port is None:
             raise DeviceGone(f"{self.config.port} is not open")
+        fd = getattr(port, "fd", None)
         try:
-            waiting = port.in_waiting if hasattr(port, "fd") else 0
-            return port.read(max(1, waiting))
-        except (serial.SerialException, OSError, termios.error) as exc:
+            if fd is None:  # URL handlers (socket://, rfc2217://): pyserial's own read
+                return port.read(max(1, port.in_waiting))
+            # A real tty: one wake-up takes whatever arrived, so a scan is not read a byte at a time.
+            ready, _, _ = select.select([fd], [], [], READ_TIMEOUT)
+            if not ready:
+                return b""
+            data = os.read(fd, 4096)
+        except (serial.SerialException, OSError, termios.error, ValueError) as exc:
             raise DeviceGone(f"{self.config.port}: {exc}") from exc
+        if not data:  # readable but empty: the device went away (pyserial says the same)
+            raise DeviceGone(f"{self.config.port}: the device reports readiness to read but returned no data")
+        return data
 
     @classmethod
     def discover(cls) -> list[dict[str, object]]:
@@ -102,7 +113,6 @@ def _translate(name: str, exc: serial.SerialException) -> Exception:
 
 def who_holds(path: str) -> str:
     """' (held by PID 123 ModemManager)' where /proc tells, else ''."""
-    import os
     from pathlib import Path
 
     try:

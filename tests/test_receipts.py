@@ -177,3 +177,14 @@ def test_unknown_profile_is_a_clear_driver_error():
     from tillplug.errors import DriverError
     with pytest.raises(DriverError, match="unknown printer profile"):
         printer(profile="TM-NOPE")
+
+
+def test_escpos_capabilities_cache_lives_in_the_cache_directory(tmp_path):
+    import subprocess
+    import sys
+    code = ("from tillplug.config.model import PrinterConfig;"
+            "from tillplug.drivers.escpos_printer import EscposPrinter;"
+            f"EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r})")
+    env = {k: v for k, v in os.environ.items() if k != "ESCPOS_CAPABILITIES_PICKLE_DIR"}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+    assert list(tmp_path.glob("*.pickle")), "python-escpos re-parses its capabilities at every start"

@@ -61,7 +61,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from tillplug.sim import serve
 
     try:
-        serve(args.port, args.seed)
+        serve(args.port, args.seed, rate=args.rate, burst=args.burst)
     except OSError as exc:
         _err(f"tillplug sim: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
         return EXIT_FAILURE
@@ -402,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", cmd_sim)
     p.add_argument("--port", type=int, default=8620)
     p.add_argument("--seed", help="JSON seed file (members, rewards, vouchers); default: the built-in one")
+    p.add_argument("--rate", type=float, default=100, help="rate limit, requests/s per API key (WLL: 100)")
+    p.add_argument("--burst", type=int, default=400, help="rate-limit burst (WLL: 400)")
 
     p = add("devices", "list serial ports and print a config snippet for each", cmd_devices)
     p.add_argument("--json", action="store_true")

@@ -80,6 +80,8 @@ StateDirectoryMode=0700
 CacheDirectory=tillplug
 ConfigurationDirectory=tillplug
 Environment=ESCPOS_CAPABILITIES_PICKLE_DIR=%C/tillplug
+# Two malloc arenas are plenty for a few threads and keep the resident memory small.
+Environment=MALLOC_ARENA_MAX=2
 # Every file in /etc/tillplug/credentials/ becomes a credential named tillplug_<file>, e.g.
 # wll-api-key → api_key = "credential:tillplug_wll-api-key" in the config.  The folder may
 # be empty (the simulator preset needs no secrets).

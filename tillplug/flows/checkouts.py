@@ -106,12 +106,6 @@ class CheckoutStore:
         found = self.outbox.query("SELECT tx_id, lane, state, data FROM checkouts WHERE tx_id=?", (tx_id,))
         return Checkout.from_row(*found[0]) if found else None
 
-    def open_on_lane(self, lane: int) -> Checkout | None:
-        found = self.outbox.query(
-            "SELECT tx_id, lane, state, data FROM checkouts WHERE lane=? AND state='open' ORDER BY created DESC LIMIT 1",
-            (lane,))
-        return Checkout.from_row(*found[0]) if found else None
-
     def insert(self, tx: Tx, checkout: Checkout) -> None:
         now = time.time()
         tx.execute("INSERT INTO checkouts (tx_id, lane, state, data, created, updated) VALUES (?, ?, ?, ?, ?, ?)",

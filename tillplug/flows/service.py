@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from tillplug.errors import (
     BenefitNotFound,
     CheckoutConflict,
     CheckoutNotFound,
+    MemberNotFound,
     InsufficientPoints,
     InvalidRequest,
     OutcomeUnknown,
@@ -43,6 +45,8 @@ from tillplug.receipts.layout import Receipt
 log = logging.getLogger(__name__)
 TX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 REACTION_WAIT = 3.0  # seconds to wait for the engine to apply a deduction before checking the balance
+MEMBER_TTL = 600.0
+MEMBER_CACHE = 1000
 
 Printer = Callable[[int, Receipt], Awaitable[None]]
 
@@ -67,6 +71,10 @@ class Loyalty:
         self.printer = printer
         self.classifier = Classifier(config.barcodes)
         self._member_locks: dict[str, asyncio.Lock] = {}
+        # ident → (member, expiry): a card's UUID and authIdentifier do not change, so a card scanned
+        # at look-up and again at the checkout costs one GET /users (engine-api.md part 1 §3).
+        self._members: OrderedDict[str, tuple[Member, float]] = OrderedDict()
+        self._open_by_lane: dict[int, str] | None = None  # lane → open checkout, mirrored from the database
         self._tx_locks: dict[str, asyncio.Lock] = {}
         self.slip = templates.SlipContext(config.till_id, config.branch_id, config.currency,
                                           tuple(config.receipts.header), tuple(config.receipts.footer))
@@ -120,9 +128,22 @@ class Loyalty:
             raise InvalidRequest("A member code is 1 to 512 characters.")
         classified = self.classifier.classify(code)
         ident = classified.code if classified.kind is ScanKind.MEMBER else code
-        user = await self.client.get_user(ident)
-        wallet = await self.client.get_wallet(user.id)
-        return Member(user.id, user.auth_identifier, mask(user.id)), wallet
+        cached = self._members.get(ident)
+        if cached is not None and cached[1] > time.monotonic():
+            member = cached[0]
+        else:
+            user = await self.client.get_user(ident)
+            member = Member(user.id, user.auth_identifier, mask(user.id))
+            self._members[ident] = (member, time.monotonic() + MEMBER_TTL)
+            self._members.move_to_end(ident)
+            while len(self._members) > MEMBER_CACHE:
+                self._members.popitem(last=False)
+        try:
+            wallet = await self.client.get_wallet(member.id)
+        except MemberNotFound:
+            self._members.pop(ident, None)  # closed since it was cached
+            raise
+        return member, wallet
 
     def wallet_view(self, member: Member, wallet: Wallet) -> dict[str, Any]:
         usable = [benefit_view(v) for v in wallet.vouchers if v.state() in ("created", "redeemed", "validated")]
@@ -157,8 +178,24 @@ class Loyalty:
             if self.checkouts.get(tx_id) is not None:
                 raise CheckoutConflict(f"Checkout {tx_id} already exists.")
             self.checkouts.insert(tx, checkout)
+        self._lanes()[lane] = tx_id
         self.events.publish("checkout_opened", {"transactionId": tx_id}, lane=lane)
         return self.view(checkout)
+
+    def _lanes(self) -> dict[int, str]:
+        if self._open_by_lane is None:
+            self._open_by_lane = {}
+            for row in self.outbox.query("SELECT lane, tx_id FROM checkouts WHERE state='open' ORDER BY created"):
+                self._open_by_lane[row[0]] = row[1]
+        return self._open_by_lane
+
+    def _closed(self, checkout: Checkout) -> None:
+        if self._lanes().get(checkout.lane) == checkout.tx_id:
+            del self._lanes()[checkout.lane]
+
+    def open_on_lane(self, lane: int) -> Checkout | None:
+        tx_id = self._lanes().get(lane)
+        return self.checkouts.get(tx_id) if tx_id else None
 
     def view(self, checkout: Checkout) -> dict[str, Any]:
         deductions = self.checkouts.deductions(checkout.tx_id)
@@ -395,6 +432,7 @@ class Loyalty:
                 else:
                     self.outbox.enqueue(tx, kind="event", stream=tx_id, body=event.body(), event_key=key)
                 self.checkouts.save(tx, checkout)
+        self._closed(checkout)
         self.wake_outbox()
         expected = await self._expected_points(event, total) if member else 0
         result = {"transactionId": tx_id, "state": "completed", "expectedPoints": expected, "eventKey": key,
@@ -437,6 +475,7 @@ class Loyalty:
             checkout.state = "voided"
             with self.checkouts.transaction() as tx:
                 self.checkouts.save(tx, checkout)
+            self._closed(checkout)
         burned = [v.code for v in checkout.vouchers if v.burned]
         result = {"transactionId": tx_id, "state": "voided", "pointsRefunded": refunded,
                   "vouchersNotReinstated": burned}
@@ -451,7 +490,7 @@ class Loyalty:
         classified = self.classifier.classify(text, symbology)
         kind = classified.kind
         base = {"device": device, "kind": kind.value, "symbology": symbology}
-        checkout = self.checkouts.open_on_lane(lane)
+        checkout = self.open_on_lane(lane)
         try:
             if kind is ScanKind.MEMBER:
                 self.events.publish("scan", {**base, "member": mask(classified.code)}, lane=lane)

@@ -76,10 +76,10 @@ class SimServer:
         self.stop()
 
 
-def serve(port: int, seed: str | None) -> None:
+def serve(port: int, seed: str | None, *, rate: float = 100, burst: int = 400) -> None:
     """Foreground: ``tillplug sim --port N --seed FILE``."""
     data = load_seed(seed)
-    sim = Simulator(EngineState(data))
+    sim = Simulator(EngineState(data), rate=rate, burst=burst)
     sock = _bind("127.0.0.1", port)
     print(f"Loyalty Engine simulator on http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
     print(f"  X-Api-Key: {data['tenant']['api_key']}   client: {data['tenant']['client_id']} (demo credentials)")

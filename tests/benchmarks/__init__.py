@@ -1,0 +1,1 @@
+"""The benchmark suite: `python -m tests.benchmarks` (not part of the pass/fail test run)."""
