@@ -1,13 +1,10 @@
 """The driver layer: registry, scanner supervision on real pty pairs, busy ports."""
 
 import os
-import pty
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-import tty
 
 import pytest
 
@@ -15,36 +12,7 @@ from tillplug.config.model import ScannerConfig
 from tillplug.devices.registry import load_drivers
 from tillplug.devices.supervisor import DeviceState, ScannerSupervisor
 from tillplug.errors import DeviceBusy, DriverError
-
-
-class VirtualScanner:
-    """A pty pair behind a stable symlink, like /dev/tillplug/scanner0; can be unplugged and replugged."""
-
-    def __init__(self, link):
-        self.link = link
-        self.master = None
-        self.plug()
-
-    def plug(self):
-        self.master, slave = pty.openpty()
-        tty.setraw(slave)
-        name = os.ttyname(slave)
-        os.close(slave)
-        if os.path.lexists(self.link):
-            os.unlink(self.link)
-        os.symlink(name, self.link)
-
-    def unplug(self):
-        os.close(self.master)
-        self.master = None
-        os.unlink(self.link)
-
-    def scan(self, data: bytes):
-        os.write(self.master, data)
-
-    def close(self):
-        if self.master is not None:
-            os.close(self.master)
+from tillplug.testing.till import VirtualScanner
 
 
 def wait_until(predicate, timeout=5.0):
@@ -58,7 +26,7 @@ def wait_until(predicate, timeout=5.0):
 
 @pytest.fixture
 def scanner(tmp_path):
-    v = VirtualScanner(str(tmp_path / "scanner0"))
+    v = VirtualScanner(tmp_path / "scanner0")
     yield v
     v.close()
 
@@ -74,11 +42,11 @@ def supervise(port, scans, states=None, **cfg):
 
 def test_scans_arrive_from_a_pty(scanner):
     scans = []
-    sup = supervise(scanner.link, scans, terminator="CRLF")
+    sup = supervise(str(scanner.link), scans, terminator="CRLF")
     try:
         assert wait_until(lambda: sup.health.state is DeviceState.READY)
-        scanner.scan(b"]E04006381333931\r\n1000")
-        scanner.scan(b"001\r\n")
+        scanner.scan("]E04006381333931\r\n1000", terminator=b"")
+        scanner.scan("001")
         assert wait_until(lambda: len(scans) == 2)
         assert [(s.text, s.symbology, s.lane) for s in scans] == [("4006381333931", "]E0", 1), ("1000001", None, 1)]
     finally:
@@ -87,10 +55,10 @@ def test_scans_arrive_from_a_pty(scanner):
 
 def test_unplug_and_replug_resume_reads_within_two_seconds(scanner):
     scans, states = [], []
-    sup = supervise(scanner.link, scans, states)
+    sup = supervise(str(scanner.link), scans, states)
     try:
         assert wait_until(lambda: sup.health.state is DeviceState.READY)
-        scanner.scan(b"FIRST-1\r")
+        scanner.scan("FIRST-1", terminator=b"\r")
         assert wait_until(lambda: len(scans) == 1)
         scanner.unplug()
         assert wait_until(lambda: sup.health.state is DeviceState.STALE)
@@ -98,7 +66,7 @@ def test_unplug_and_replug_resume_reads_within_two_seconds(scanner):
         scanner.plug()
         replugged = time.monotonic()
         assert wait_until(lambda: sup.health.state is DeviceState.READY, timeout=2.0)
-        scanner.scan(b"SECOND-2\r")
+        scanner.scan("SECOND-2", terminator=b"\r")
         assert wait_until(lambda: len(scans) == 2, timeout=2.0 - (time.monotonic() - replugged) + 0.5)
         assert [s.text for s in scans] == ["FIRST-1", "SECOND-2"]
         assert sup.health.reconnects == 1
@@ -110,14 +78,14 @@ def test_unplug_and_replug_resume_reads_within_two_seconds(scanner):
 def test_a_port_held_by_another_process_is_reported_busy_with_the_holder(scanner):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, os, sys, time
-        fd = os.open({scanner.link!r}, os.O_RDWR | os.O_NOCTTY)
+        fd = os.open({str(scanner.link)!r}, os.O_RDWR | os.O_NOCTTY)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         print("held", flush=True)
         time.sleep(30)
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        driver = load_drivers().get("serial-scanner")(ScannerConfig(name="s", port=scanner.link))
+        driver = load_drivers().get("serial-scanner")(ScannerConfig(name="s", port=str(scanner.link)))
         with pytest.raises(DeviceBusy) as info:
             driver.open()
         assert f"PID {holder.pid}" in info.value.message
@@ -129,10 +97,10 @@ def test_a_port_held_by_another_process_is_reported_busy_with_the_holder(scanner
 
 def test_the_scanner_driver_never_writes_to_its_port(scanner):
     scans = []
-    sup = supervise(scanner.link, scans)
+    sup = supervise(str(scanner.link), scans)
     try:
         assert wait_until(lambda: sup.health.state is DeviceState.READY)
-        scanner.scan(b"HELLO-1\r")
+        scanner.scan("HELLO-1", terminator=b"\r")
         assert wait_until(lambda: len(scans) == 1)
         os.set_blocking(scanner.master, False)
         with pytest.raises(BlockingIOError):

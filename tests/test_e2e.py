@@ -147,20 +147,26 @@ def test_cashier_led_voucher_list_pick_redeem(till):
     assert till.sim.state.benefits[pick["id"]]["burnedAt"] is not None
 
 
+def race(tills, path, body):
+    """The same request from several tills at the same moment."""
+    results = {}
+
+    def go(name, t):
+        results[name] = t.api.post(path, json=body)
+    threads = [threading.Thread(target=go, args=(n, t)) for n, t in enumerate(tills)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    return results
+
+
 def test_the_same_voucher_on_two_tills_at_once_one_wins(tmp_path):
     with SimServer() as sim, VirtualTill(tmp_path / "a", sim=sim) as a, \
             VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
         for t in (a, b):
             open_with_member(t, "TX")
-        results = {}
-
-        def go(name, t):
-            results[name] = t.api.post("/v1/checkouts/TX/vouchers", json={"code": "ALICE-5OFF-0001"})
-        threads = [threading.Thread(target=go, args=(n, t)) for n, t in (("a", a), ("b", b))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(30)
+        results = race((a, b), "/v1/checkouts/TX/vouchers", {"code": "ALICE-5OFF-0001"})
         codes = sorted(r.status_code for r in results.values())
         assert codes == [200, 409]
         loser = next(r for r in results.values() if r.status_code == 409)
@@ -172,15 +178,7 @@ def test_the_same_points_on_two_tills_at_once_never_exceed_the_balance(tmp_path)
             VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
         for t in (a, b):
             open_with_member(t, "TP")
-        results = {}
-
-        def go(name, t):
-            results[name] = t.api.post("/v1/checkouts/TP/points", json={"points": 1000})
-        threads = [threading.Thread(target=go, args=(n, t)) for n, t in (("a", a), ("b", b))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(30)
+        results = race((a, b), "/v1/checkouts/TP/points", {"points": 1000})
         granted = [r for r in results.values() if r.status_code == 200]
         refused = [r for r in results.values() if r.status_code != 200]
         assert all(r.json()["error"]["code"] == "insufficient_points" for r in refused)

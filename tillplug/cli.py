@@ -72,10 +72,16 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _load(path: str):  # noqa: ANN202
+    """The validated config, or None after printing every problem (the caller exits 2)."""
     from tillplug.config import load_config
     from tillplug.devices.registry import driver_names
+    from tillplug.errors import ConfigError
 
-    return load_config(path, known_drivers=driver_names())
+    try:
+        return load_config(path, known_drivers=driver_names())
+    except ConfigError as exc:
+        _err(exc.message)
+        return None
 
 
 def outbox_path(config) -> str:  # noqa: ANN001
@@ -83,13 +89,10 @@ def outbox_path(config) -> str:  # noqa: ANN001
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from tillplug.errors import ConfigError
     from tillplug.outbox import OutboxStore
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        _err(exc.message)
+    config = _load(args.config)
+    if config is None:
         return EXIT_USAGE
     store = OutboxStore(outbox_path(config))
     try:
@@ -181,13 +184,11 @@ def cmd_test_print(args: argparse.Namespace) -> int:
 
     from tillplug.devices.registry import load_drivers
     from tillplug.devices.supervisor import PrinterSupervisor
-    from tillplug.errors import ConfigError, TillplugError
+    from tillplug.errors import TillplugError
     from tillplug.receipts import templates
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        _err(exc.message)
+    config = _load(args.config)
+    if config is None:
         return EXIT_USAGE
     printer = next((p for p in config.printers if p.name == args.printer), None)
     if printer is None:
@@ -289,8 +290,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from tillplug.config import read_secret
     from tillplug.errors import ConfigError
 
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
     try:
-        config = _load(args.config)
         token = read_secret(config.api.token).reveal() if config.api.token else None
     except ConfigError as exc:
         _err(exc.message)

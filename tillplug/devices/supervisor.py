@@ -66,7 +66,20 @@ def should_log(failures: int) -> bool:
     return failures <= LOG_FIRST or failures % LOG_EVERY == 0
 
 
-class ScannerSupervisor:
+class _Supervised:
+    """What every supervisor shares: its health, and telling the daemon when it changes."""
+
+    health: DeviceHealth
+    on_state: Callable[[DeviceHealth], None]
+
+    def _set(self, state: DeviceState, reason: str = "") -> None:
+        h = self.health
+        if h.state is not state or h.reason != reason:
+            h.state, h.reason, h.since = state, reason, time.time()
+            self.on_state(h)
+
+
+class ScannerSupervisor(_Supervised):
     def __init__(
         self,
         config: Any,
@@ -95,12 +108,6 @@ class ScannerSupervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-
-    def _set(self, state: DeviceState, reason: str = "") -> None:
-        h = self.health
-        if h.state is not state or h.reason != reason:
-            h.state, h.reason, h.since = state, reason, time.time()
-            self.on_state(h)
 
     def _run(self) -> None:
         h = self.health
@@ -153,7 +160,7 @@ class ScannerSupervisor:
                     self.on_scan(Scan(text.text, text.symbology, cfg.name, cfg.lane, time.time()))
 
 
-class PrinterSupervisor:
+class PrinterSupervisor(_Supervised):
     """Prints on demand; reopens a printer that went away at the next job."""
 
     def __init__(self, config: Any, driver: PrinterDriver,
@@ -165,12 +172,6 @@ class PrinterSupervisor:
         self._lock = asyncio.Lock()
         self._open = False
         self.last_status: PrinterStatus = PrinterStatus(PrinterState.UNKNOWN, "not asked yet")
-
-    def _set(self, state: DeviceState, reason: str = "") -> None:
-        h = self.health
-        if h.state is not state or h.reason != reason:
-            h.state, h.reason, h.since = state, reason, time.time()
-            self.on_state(h)
 
     def _ensure_open(self) -> None:
         if not self._open:
