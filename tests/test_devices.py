@@ -12,16 +12,11 @@ from tillplug.config.model import ScannerConfig
 from tillplug.devices.registry import load_drivers
 from tillplug.devices.supervisor import DeviceState, ScannerSupervisor
 from tillplug.errors import DeviceBusy, DriverError
-from tillplug.testing.till import VirtualScanner
+from tillplug.testing.till import VirtualScanner, poll_until
 
 
 def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+    return poll_until(predicate, timeout)
 
 
 @pytest.fixture

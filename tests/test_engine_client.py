@@ -163,6 +163,15 @@ def test_concurrent_callers_share_one_token_fetch():
     assert engine.token_calls == 1
 
 
+def write_or_read(write, answer):
+    """An engine that answers ``answer`` to a write (an event) or to a read (a user look-up)."""
+    if write:
+        engine = Engine({("POST", "/events/"): [answer]})
+        return engine, call(engine, "report_event", EventDefinition(type="TRANSACTION", payload={"eventKey": "k"}))
+    engine = Engine({("GET", "/users/x"): [answer]})
+    return engine, call(engine, "get_user", "x")
+
+
 @pytest.mark.parametrize("exc, write, expected", [
     (httpx.ConnectError("refused"), False, E.EngineUnreachable),
     (httpx.ConnectError("refused"), True, E.EngineUnreachable),
@@ -175,12 +184,7 @@ def test_concurrent_callers_share_one_token_fetch():
     (httpx.ReadError("reset"), False, E.EngineUnreachable),
 ])
 def test_transport_failures_map_to_the_error_tree(exc, write, expected):
-    if write:
-        engine = Engine({("POST", "/events/"): [exc]})
-        coro = call(engine, "report_event", EventDefinition(type="TRANSACTION", payload={"eventKey": "k"}))
-    else:
-        engine = Engine({("GET", "/users/x"): [exc]})
-        coro = call(engine, "get_user", "x")
+    engine, coro = write_or_read(write, exc)
     with pytest.raises(expected) as info:
         run(coro)
     assert type(info.value) is expected
@@ -215,12 +219,7 @@ def test_503_is_retried_and_can_succeed():
 ])
 def test_status_codes_map_to_the_error_tree(status, write, expected):
     response = httpx.Response(status, json={"status": "fail", "message": "engine says no"})
-    if write:
-        engine = Engine({("POST", "/events/"): [response]})
-        coro = call(engine, "report_event", EventDefinition(type="TRANSACTION"))
-    else:
-        engine = Engine({("GET", "/users/x"): [response]})
-        coro = call(engine, "get_user", "x")
+    engine, coro = write_or_read(write, response)
     with pytest.raises(expected) as info:
         run(coro)
     assert type(info.value) is expected

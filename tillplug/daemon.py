@@ -298,6 +298,7 @@ class Daemon:
                 await psup.close()
                 del self.printers[name]
         self.config = new.model_copy(update={"engine": old.engine, "api": old.api, "state_dir": old.state_dir})
+        self.loyalty.reconfigure(self.config)
         for name, cfg in new_s.items():
             if name not in self.scanners:
                 self._start_scanner(cfg)

@@ -62,20 +62,24 @@ def benefit_view(b: Benefit) -> dict[str, Any]:
 class Loyalty:
     def __init__(self, config: Config, client: Any, outbox: OutboxStore, *, events: EventBus | None = None,
                  wake_outbox: Callable[[], None] = lambda: None, printer: Printer | None = None) -> None:
-        self.config = config
         self.client = client
         self.outbox = outbox
         self.checkouts = CheckoutStore(outbox)
         self.events = events or EventBus()
         self.wake_outbox = wake_outbox
         self.printer = printer
-        self.classifier = Classifier(config.barcodes)
+        self.reconfigure(config)
         self._member_locks: dict[str, asyncio.Lock] = {}
         # ident → (member, expiry): a card's UUID and authIdentifier do not change, so a card scanned
         # at look-up and again at the checkout costs one GET /users (engine-api.md part 1 §3).
         self._members: OrderedDict[str, tuple[Member, float]] = OrderedDict()
         self._open_by_lane: dict[int, str] | None = None  # lane → open checkout, mirrored from the database
         self._tx_locks: dict[str, asyncio.Lock] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Rules, rates and slip texts from a (re)loaded config; they apply from the next request."""
+        self.config = config
+        self.classifier = Classifier(config.barcodes)
         self.slip = templates.SlipContext(config.till_id, config.branch_id, config.currency,
                                           tuple(config.receipts.header), tuple(config.receipts.footer))
 

@@ -23,6 +23,16 @@ from tillplug.daemon import Daemon
 from tillplug.sim import SimServer
 
 
+def poll_until(predicate: Any, timeout: float = 10.0, every: float = 0.01) -> bool:
+    """True as soon as ``predicate()`` is; False after ``timeout`` seconds.  Bounded, always."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
 class VirtualScanner:
     """A pty pair behind a stable symlink; the till reads one end, we 'scan' into the other."""
 
@@ -101,12 +111,7 @@ class VirtualTill:
         return path.read_bytes() if path.exists() else b""
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return poll_until(predicate, timeout, every=0.02)
 
     def events(self) -> list[dict[str, Any]]:
         return [e.to_dict() for e in self.daemon.events.history]
