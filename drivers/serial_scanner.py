@@ -73,6 +73,24 @@ class SerialScanner(ScannerDriver):
             raise DeviceGone(f"{self.config.port}: the device reports readiness to read but returned no data")
         return data
 
+    def fileno(self) -> int | None:
+        """Real ttys are watched by the event loop (no thread hop per scan); URL handlers are not."""
+        return getattr(self._port, "fd", None)
+
+    def read_available(self) -> bytes:
+        fd = self.fileno()
+        if fd is None:
+            return self.read()
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise DeviceGone(f"{self.config.port}: {exc}") from exc
+        if not data:
+            raise DeviceGone(f"{self.config.port}: the device reports readiness to read but returned no data")
+        return data
+
     @classmethod
     def discover(cls) -> list[dict[str, object]]:
         """Serial ports on this machine, with what udev knows of them (read-only: nothing is opened)."""

@@ -26,18 +26,19 @@ def scanner(tmp_path):
     v.close()
 
 
-def supervise(port, scans, states=None, **cfg):
+def supervise(port, scans, states=None, loop=None, **cfg):
     registry = load_drivers()
     config = ScannerConfig(name="scanner0", port=port, **cfg)
     sup = ScannerSupervisor(config, registry.get("serial-scanner"), scans.append,
-                            (lambda h: states.append(h.state)) if states is not None else (lambda h: None))
+                            (lambda h: states.append(h.state)) if states is not None else (lambda h: None),
+                            loop=loop)
     sup.start()
     return sup
 
 
-def test_scans_arrive_from_a_pty(scanner):
+def test_scans_arrive_from_a_pty(scanner, reader_loop):
     scans = []
-    sup = supervise(str(scanner.link), scans, terminator="CRLF")
+    sup = supervise(str(scanner.link), scans, terminator="CRLF", loop=reader_loop)
     try:
         assert wait_until(lambda: sup.health.state is DeviceState.READY)
         scanner.scan("]E04006381333931\r\n1000", terminator=b"")
@@ -48,9 +49,26 @@ def test_scans_arrive_from_a_pty(scanner):
         sup.stop()
 
 
-def test_unplug_and_replug_resume_reads_within_two_seconds(scanner):
+@pytest.fixture(params=["thread", "event loop"])
+def reader_loop(request):
+    """Scanners are read by their thread, or (real ttys in the daemon) by the event loop."""
+    if request.param == "thread":
+        yield None
+        return
+    import asyncio
+    import threading
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(5)
+    loop.close()
+
+
+def test_unplug_and_replug_resume_reads_within_two_seconds(scanner, reader_loop):
     scans, states = [], []
-    sup = supervise(str(scanner.link), scans, states)
+    sup = supervise(str(scanner.link), scans, states, loop=reader_loop)
     try:
         assert wait_until(lambda: sup.health.state is DeviceState.READY)
         scanner.scan("FIRST-1", terminator=b"\r")
@@ -135,3 +153,15 @@ def test_third_party_driver_is_discovered_and_a_broken_one_is_skipped(tmp_path):
     assert out[0] == "['acme', 'escpos', 'serial-scanner']", result.stderr
     assert "needs libfoo" in out[1]
     assert "broken" in result.stderr  # reported in the log, not fatal
+
+
+def test_idle_gap_framing_in_the_event_loop(scanner, reader_loop):
+    scans = []
+    sup = supervise(str(scanner.link), scans, terminator="none", idle_gap_ms=50, loop=reader_loop)
+    try:
+        assert wait_until(lambda: sup.health.state is DeviceState.READY)
+        scanner.scan("4006381333931", terminator=b"")
+        assert wait_until(lambda: len(scans) == 1)
+        assert scans[0].text == "4006381333931"
+    finally:
+        sup.stop()

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +106,10 @@ class Daemon:
         self.loop.call_soon_threadsafe(self.events.publish, "device_state", health.to_dict())
 
     def _on_scan(self, scan: Scan) -> None:
-        self.loop.call_soon_threadsafe(self._spawn_scan, scan)
+        if threading.get_ident() == self._loop_thread:  # read by the loop itself: no hop needed
+            self._spawn_scan(scan)
+        else:
+            self.loop.call_soon_threadsafe(self._spawn_scan, scan)
 
     def _spawn_scan(self, scan: Scan) -> None:
         self._tasks.append(asyncio.ensure_future(self._handle_scan(scan)))
@@ -125,7 +129,7 @@ class Daemon:
         except DriverError as exc:
             log.error("scanner %s: %s", cfg.name, exc.message)
             return
-        sup = ScannerSupervisor(cfg, driver_cls, self._on_scan, self._device_state)
+        sup = ScannerSupervisor(cfg, driver_cls, self._on_scan, self._device_state, loop=self.loop)
         self.scanners[cfg.name] = sup
         sup.start()
 
@@ -225,6 +229,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)

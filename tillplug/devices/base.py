@@ -60,6 +60,14 @@ class ScannerDriver(ABC):
     def close(self) -> None:
         """Release the port; safe to call twice."""
 
+    def fileno(self) -> int | None:
+        """A descriptor the event loop can watch instead of a reader thread, or None (the default)."""
+        return None
+
+    def read_available(self) -> bytes:
+        """With ``fileno()``: the bytes that are there now, without waiting; raise DeviceGone on unplug."""
+        return self.read()
+
 
 class PrinterDriver(ABC):
     """Turns a receipt layout into bytes and sends them."""

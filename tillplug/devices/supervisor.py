@@ -3,8 +3,10 @@ device stale, back off (capped), re-resolve the port and reopen — forever.
 
 The first few failures are logged, then one in fifty; the recovery once.  State
 (connecting, ready, stale, error with a reason) is kept for health output.
-Scanner reads run in a thread of their own (pyserial blocks); scans and state
-changes are handed to callbacks that must be thread-safe.
+Each scanner has a supervising thread (opening a port blocks).  A real tty is then
+read by the event loop itself (``add_reader``: one wake-up per scan, no hand-off);
+other ports (pyserial URLs, third-party drivers) are read by the thread.  Scans and
+state changes go to callbacks that must be thread-safe.
 """
 
 from __future__ import annotations
@@ -89,8 +91,10 @@ class ScannerSupervisor(_Supervised):
         *,
         backoff_low: float = 0.1,
         backoff_high: float = 1.0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.config = config
+        self.loop = loop  # given: pollable ports are read by this loop, the thread only supervises
         self.driver_cls = driver_cls
         self.on_scan = on_scan
         self.on_state = on_state
@@ -126,7 +130,11 @@ class ScannerSupervisor(_Supervised):
             h.failures = 0
             self._set(DeviceState.READY)
             try:
-                self._read_loop(driver)
+                fd = driver.fileno() if self.loop is not None else None
+                if fd is not None:
+                    self._watch_in_loop(driver, fd)
+                else:
+                    self._read_loop(driver)
             except DeviceError as exc:
                 self._failed(exc, DeviceState.STALE)
             except Exception as exc:  # a driver bug must not kill the supervisor
@@ -143,21 +151,64 @@ class ScannerSupervisor(_Supervised):
         self._set(state, reason)
         self._stop.wait(backoff(h.failures, self.backoff_low, self.backoff_high))
 
-    def _read_loop(self, driver: ScannerDriver) -> None:
+    def _framer(self) -> ScanFramer:
         cfg = self.config
-        framer = ScanFramer(terminator=cfg.terminator, max_length=cfg.max_length, idle_gap=cfg.idle_gap_ms / 1000)
+        return ScanFramer(terminator=cfg.terminator, max_length=cfg.max_length, idle_gap=cfg.idle_gap_ms / 1000)
+
+    def _read_loop(self, driver: ScannerDriver) -> None:
+        framer = self._framer()
         while not self._stop.is_set():
             data = driver.read()
             now = time.monotonic()
-            frames = framer.feed(data, now) if data else framer.tick(now)
-            if framer.dropped != self.dropped:
-                self.dropped = framer.dropped
-                log.warning("scanner %s: dropped a line longer than %d bytes with no terminator "
-                            "(check the terminator setting)", cfg.name, cfg.max_length)
-            for frame in frames:
-                text = decode(frame, strip_prefix=cfg.strip_prefix, strip_suffix=cfg.strip_suffix)
-                if text is not None:
-                    self.on_scan(Scan(text.text, text.symbology, cfg.name, cfg.lane, time.time()))
+            self._deliver(framer, framer.feed(data, now) if data else framer.tick(now))
+
+    def _watch_in_loop(self, driver: ScannerDriver, fd: int) -> None:
+        """Reads happen in the event loop (one wake-up per scan, no hand-off); this thread waits
+        for the port to fail or for stop, then takes the reader away before the port is closed."""
+        loop = self.loop
+        assert loop is not None
+        framer = self._framer()  # touched only on the loop's thread
+        failure: list[Exception] = []
+        lost = threading.Event()
+
+        def readable() -> None:
+            try:
+                data = driver.read_available()
+            except Exception as exc:  # DeviceGone, or a driver bug: either way the port is done
+                failure.append(exc if isinstance(exc, DeviceError) else DeviceGone(f"driver error: {exc}"))
+                loop.remove_reader(fd)
+                lost.set()
+                return
+            if data:
+                self._deliver(framer, framer.feed(data, time.monotonic()))
+
+        def tick() -> None:
+            self._deliver(framer, framer.tick(time.monotonic()))
+
+        loop.call_soon_threadsafe(loop.add_reader, fd, readable)
+        idle_gap = self.config.terminator == "none"
+        try:
+            while not self._stop.is_set() and not lost.wait(0.02 if idle_gap else 0.2):
+                if idle_gap:
+                    loop.call_soon_threadsafe(tick)
+        finally:
+            if not loop.is_closed():
+                done = threading.Event()
+                loop.call_soon_threadsafe(lambda: (loop.remove_reader(fd), done.set()))
+                done.wait(2)
+        if failure:
+            raise failure[0]
+
+    def _deliver(self, framer: ScanFramer, frames: list[bytes]) -> None:
+        cfg = self.config
+        if framer.dropped != self.dropped:
+            self.dropped = framer.dropped
+            log.warning("scanner %s: dropped a line longer than %d bytes with no terminator "
+                        "(check the terminator setting)", cfg.name, cfg.max_length)
+        for frame in frames:
+            text = decode(frame, strip_prefix=cfg.strip_prefix, strip_suffix=cfg.strip_suffix)
+            if text is not None:
+                self.on_scan(Scan(text.text, text.symbology, cfg.name, cfg.lane, time.time()))
 
 
 class PrinterSupervisor(_Supervised):
