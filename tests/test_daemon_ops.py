@@ -64,9 +64,17 @@ def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
             proc.send_signal(signal.SIGHUP)
             read_notify(notify, "READY=1")
             assert httpx.get(f"http://127.0.0.1:{port}/v1/health").status_code == 200
-            proc.send_signal(signal.SIGTERM)
-            assert any("STOPPING=1" in m for m in read_notify(notify, "STOPPING=1"))
-            assert proc.wait(20) == 0
+            # The till software is always listening on the event stream: stopping must not wait on it.
+            with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/events", timeout=10) as stream:
+                lines = stream.iter_lines()
+                next(lines)
+                stopped_at = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert any("STOPPING=1" in m for m in read_notify(notify, "STOPPING=1"))
+                assert proc.wait(20) == 0
+                for _ in lines:  # the stream ends cleanly: a cut-off one would raise RemoteProtocolError
+                    pass
+            assert time.monotonic() - stopped_at < 5
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -76,6 +84,7 @@ def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
             scanner.close()
             notify.close()
     assert "reload refused" in stderr and ready
+    assert "Exception in ASGI application" not in stderr
 
 
 def test_status_asks_the_running_daemon(tmp_path, capsys):

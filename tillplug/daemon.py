@@ -319,6 +319,7 @@ class Daemon:
     async def stop(self) -> None:
         systemd.notify("STOPPING=1")
         log.info("stopping: finishing in-flight requests; queued engine writes stay queued")
+        self.events.close()  # listeners on /v1/events are told the stream ends, not left hanging
         self.api_server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._api_task, 15)

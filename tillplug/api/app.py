@@ -235,6 +235,8 @@ class TillApi:
                     except asyncio.TimeoutError:
                         yield ": heartbeat\n\n"
                         continue
+                    if event is None:  # the daemon is stopping
+                        return
                     yield _sse(event)
             finally:
                 self.events.unsubscribe(queue)

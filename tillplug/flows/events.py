@@ -31,7 +31,7 @@ class TillEvent:
 class EventBus:
     def __init__(self, history: int = 200) -> None:
         self._ids = itertools.count(1)
-        self._subscribers: set[asyncio.Queue[TillEvent]] = set()
+        self._subscribers: set[asyncio.Queue[TillEvent | None]] = set()
         self.history: list[TillEvent] = []
         self._history_size = history
         self.dropped = 0
@@ -47,13 +47,20 @@ class EventBus:
             queue.put_nowait(event)
         return event
 
-    def subscribe(self) -> asyncio.Queue[TillEvent]:
-        queue: asyncio.Queue[TillEvent] = asyncio.Queue(QUEUE_SIZE)
+    def subscribe(self) -> asyncio.Queue[TillEvent | None]:
+        queue: asyncio.Queue[TillEvent | None] = asyncio.Queue(QUEUE_SIZE)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[TillEvent]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[TillEvent | None]) -> None:
         self._subscribers.discard(queue)
+
+    def close(self) -> None:
+        """End every stream (None is the end mark), so a shutdown does not wait on listeners."""
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     def since(self, last_id: int) -> list[TillEvent]:
         """Events after ``last_id`` still in history: lets a reconnecting listener catch up."""
