@@ -300,3 +300,13 @@ def test_a_deduction_interrupted_by_a_crash_is_settled_at_restart(tmp_path):
             assert sim.state.members[ALICE]["pointsBalance"] == 1250
             states = {d.event_key: d.state for d in till.daemon.loyalty.checkouts.deductions("TC")}
             assert states == {"landed-key": "unknown", "lost-key": "unknown"}
+
+
+def test_a_voucher_scanned_with_no_sale_open_is_only_checked_and_the_till_is_told(till):
+    till.scan(1, "ALICE-5OFF-0001")
+    till.scan(1, "ALICE-USED-0003")
+    assert till.wait_for(lambda: len(of_type(till, "voucher_result")) == 2)
+    ok, used = (e["data"] for e in of_type(till, "voucher_result"))
+    assert ok["ok"] is True and ok["checkOnly"] is True
+    assert used["ok"] is False and used["error"] == "voucher_already_used"
+    assert till.sim.state.ledger.burns == []  # nothing burned without a sale

@@ -332,3 +332,16 @@ def test_event_type_secret_replaces_the_admin_token():
     run(go())
     assert engine.token_calls == 0
     assert engine.requests[0].headers["authorization"] == "Bearer evt-secret"
+
+
+def test_a_401_on_a_voucher_call_is_an_auth_problem_not_a_voucher_problem():
+    engine = Engine({("POST", "/commands/validate_voucher"): [httpx.Response(401, json={"message": "Unauthorized"})]})
+    with pytest.raises(E.EngineAuthError):
+        run(call(engine, "validate_voucher", "X"))
+
+
+def test_an_unreadable_2xx_answer_to_a_write_is_outcome_unknown():
+    """The engine said yes but the body is garbage: the write may be applied, so never 'failed'."""
+    engine = Engine({("POST", "/events/"): [httpx.Response(200, text="<html>ok</html>")]})
+    with pytest.raises(E.OutcomeUnknown):
+        run(call(engine, "report_event", EventDefinition(type="TRANSACTION")))

@@ -339,7 +339,14 @@ class EngineClient:
                 continue
             if status >= 400:
                 raise _status_error(response, write=write, not_found=not_found, voucher=voucher)
-            return _envelope(response)
+            try:
+                return _envelope(response)
+            except EngineProtocolError as exc:
+                if write:  # it said 2xx: the write may well have been applied
+                    raise OutcomeUnknown(
+                        "The loyalty service's answer could not be read; the request may have been applied."
+                    ) from exc
+                raise
 
 
 def _backoff(attempt: int) -> float:
@@ -388,12 +395,14 @@ def _status_error(
         if write and status != 503:  # a 500/502/504 may have been applied behind a gateway
             return OutcomeUnknown()
         return EngineServerError(f"The loyalty service had a problem (HTTP {status}).")
-    if status in (401, 403) and not voucher:
+    data = body.get("data")
+    reason = data.get("code") if isinstance(data, dict) else None
+    if voucher and str(reason) in VOUCHER_REASONS:  # wrong member / venue may come as 403
+        return VOUCHER_REASONS[str(reason)](status=status, engine_message=message)
+    if status in (401, 403):
         return EngineAuthError(status=status, engine_message=message)
     if voucher:
-        data = body.get("data")
-        reason = data.get("code") if isinstance(data, dict) else None
-        cls = VOUCHER_REASONS.get(str(reason)) or (VoucherUnknown if status == 404 else VoucherError)
+        cls = VoucherUnknown if status == 404 else VoucherError
         return cls(status=status, engine_message=message)
     if status == 404 and not_found is not None:
         return not_found(status=status, engine_message=message)

@@ -507,7 +507,12 @@ class Loyalty:
                 if checkout is not None:
                     await self.apply_voucher(checkout.tx_id, classified.code)
                 else:  # no sale to apply it to: only check it, never burn it
-                    b = await self.client.validate_voucher(classified.code, check_only=True)
+                    try:
+                        b = await self.client.validate_voucher(classified.code, check_only=True)
+                    except VoucherError as exc:
+                        self.events.publish("voucher_result", {"code": classified.code, "ok": False, "checkOnly": True,
+                                                               "error": exc.code, "message": exc.message}, lane=lane)
+                        raise
                     self.events.publish("voucher_result", {"code": classified.code, "ok": True, "checkOnly": True,
                                                            **benefit_view(b)}, lane=lane)
             elif kind is ScanKind.LOCAL_POOL:
