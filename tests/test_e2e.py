@@ -310,3 +310,11 @@ def test_a_voucher_scanned_with_no_sale_open_is_only_checked_and_the_till_is_tol
     assert ok["ok"] is True and ok["checkOnly"] is True
     assert used["ok"] is False and used["error"] == "voucher_already_used"
     assert till.sim.state.ledger.burns == []  # nothing burned without a sale
+
+
+def test_the_member_cannot_change_after_points_were_spent(till):
+    open_with_member(till, "TM")
+    assert till.api.post("/v1/checkouts/TM/points", json={"points": 100}).status_code == 200
+    r = till.api.put("/v1/checkouts/TM/member", json={"code": "1000002"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "checkout_conflict"
+    assert till.api.put("/v1/checkouts/TM/member", json={"code": "1000001"}).status_code == 200  # same member: fine

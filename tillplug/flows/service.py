@@ -221,6 +221,10 @@ class Loyalty:
         member, wallet = await self.find_member(code)
         async with self._lock(self._tx_locks, tx_id):
             checkout = self._open(tx_id)
+            if checkout.member is not None and checkout.member.id != member.id and (
+                    checkout.vouchers or self.checkouts.deductions(tx_id, "confirmed")):
+                # Refunds must go back to whoever spent: the member cannot change under them.
+                raise CheckoutConflict("Another member already used points or vouchers on this sale; void it first.")
             checkout.member = member
             with self.checkouts.transaction() as tx:
                 self.checkouts.save(tx, checkout)
