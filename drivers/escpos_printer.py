@@ -231,6 +231,9 @@ class EscposPrinter(PrinterDriver):
         conn = self._conn
         try:
             if self.scheme == "tcp":
+                while select.select([conn], [], [], 0)[0]:  # a late answer to an earlier query
+                    if not conn.recv(64):
+                        return None
                 conn.sendall(DLE_EOT + bytes([n]))
                 ready, _, _ = select.select([conn], [], [], timeout)
                 return conn.recv(16) if ready else None

@@ -144,15 +144,25 @@ class FakeNetworkPrinter:
         self.received = bytearray()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self):
         conn, _ = self.sock.accept()
         with conn:
+            seen = 0
             while chunk := conn.recv(4096):
                 self.received += chunk
-                if chunk[:2] == b"\x10\x04" and chunk[2] in self.answers:
-                    conn.sendall(self.answers[chunk[2]])
+                # A query may arrive glued to the receipt before it: look for every DLE EOT n.
+                while (at := self.received.find(b"\x10\x04", seen)) >= 0 and at + 2 < len(self.received):
+                    n = self.received[at + 2]
+                    seen = at + 3
+                    if n in self.answers:
+                        conn.sendall(self.answers[n])
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
 
 
 @pytest.mark.parametrize("answers, state", [
@@ -167,9 +177,11 @@ def test_network_printer_prints_and_reports_status(answers, state):
     p.open()
     data = p.render(all_slips()["points"])
     p.write(data)
-    assert p.status().state is state
-    p.close()
-    fake.sock.close()
+    try:
+        assert p.status().state is state
+    finally:
+        p.close()
+        fake.close()
     assert fake.received.startswith(data)
 
 
