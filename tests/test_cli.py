@@ -92,3 +92,17 @@ def test_sim_command_serves_the_seed_data(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_devices_lists_ports_with_ids_guess_and_a_config_snippet(monkeypatch, capsys):
+    from tillplug.drivers.serial_scanner import SerialScanner
+    monkeypatch.setattr(SerialScanner, "discover", classmethod(lambda cls: [
+        {"device": "/dev/ttyACM0", "vid": 0x0C2E, "pid": 0x0B61, "serial": "17012345",
+         "by_id": "/dev/serial/by-id/usb-Honeywell_Xenon_17012345-if00"},
+        {"device": "/dev/ttyUSB0", "vid": 0x04B8, "pid": 0x0E15, "serial": None, "by_id": None},
+    ]))
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "/dev/ttyACM0  USB 0c2e:0b61  serial 17012345  Honeywell" in out
+    assert 'port = "/dev/serial/by-id/usb-Honeywell_Xenon_17012345-if00"' in out
+    assert "Epson TM-T20II (printer)" in out and 'connection = "serial:///dev/ttyUSB0"' in out

@@ -2,6 +2,7 @@
 
 import httpx
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -17,14 +18,15 @@ def sim():
         token = httpx.post(server.url + "/oauth/token", json={
             "client_id": "sim-client", "client_secret": "sim-client-secret",
             "audience": "wlloyalty.net", "grant_type": "client_credentials"}).json()["access_token"]
-        yield server, {"X-Api-Key": server.state.api_key, "Authorization": f"Bearer {token}"}
+        with requests.Session() as session:  # one keep-alive session, closed at the end
+            yield server, {"X-Api-Key": server.state.api_key, "Authorization": f"Bearer {token}"}, session
 
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_simulator_conforms_to_its_openapi_document(case, sim):
-    server, headers = sim
+    server, headers, session = sim
     # Like the real engine, the simulator ignores query parameters it does not know, so
     # "negative data must be rejected" does not apply; every other check does.
-    case.call_and_validate(base_url=server.url + "/v1", headers=headers,
+    case.call_and_validate(base_url=server.url + "/v1", headers=headers, session=session,
                            excluded_checks=[schemathesis.checks.negative_data_rejection])
