@@ -1,7 +1,6 @@
 """The config file: valid files round-trip, every mistake is named by its key path."""
 
 import os
-import stat
 import tomllib
 
 import pytest
@@ -9,7 +8,7 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tillplug.config import Secret, check_config, example_text, load_config, read_secret, validate
+from tillplug.config import check_config, example_text, load_config, read_secret, validate
 from tillplug.config.model import Config
 from tillplug.errors import ConfigError
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import httpx
-import pytest
 
 from tillplug.logs import JournalFormatter, MaskingFilter, mask
 from tillplug.sim import SimServer

@@ -3,7 +3,6 @@
 import os
 import time
 from collections import namedtuple
-from email.utils import formatdate
 
 import pytest
 
