@@ -200,6 +200,8 @@ def test_the_same_points_on_two_tills_at_once_never_exceed_the_balance(tmp_path)
     ("post", "/v1/checkouts/DONE/void", None, 409, "checkout_conflict"),
     ("get", "/v1/checkouts/NOPE", None, 404, "checkout_not_found"),
     ("get", "/v1/members/9999999", None, 404, "member_not_found"),
+    ("get", "/v1/no-such-path", None, 404, "not_found"),
+    ("delete", "/v1/checkouts/OPEN", None, 405, "method_not_allowed"),
 ])
 def test_bad_requests_get_a_4xx_with_a_stable_code_and_change_nothing(till, method, path, body, status, code):
     open_with_member(till, "OPEN")
