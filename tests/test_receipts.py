@@ -148,7 +148,9 @@ class FakeNetworkPrinter:
         self.thread.start()
 
     def _serve(self):
+        self.sock.settimeout(10)
         conn, _ = self.sock.accept()
+        conn.settimeout(10)  # bounded: a test that hangs fails instead
         with conn:
             seen = 0
             while chunk := conn.recv(4096):

@@ -332,12 +332,15 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
     for i in range(runs):
         till = Tillplug(work / f"start{i}", sim, None)
         ready.append(till.wait_ready())
-        while True:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             try:
                 httpx.get(till.url + "/v1/health", timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.002)
+        else:
+            raise RuntimeError("the daemon said READY but its API never answered")
         health.append(time.perf_counter() - till.started)
         till.stop()
     # A bare interpreter, the floor for "a Python process started".
