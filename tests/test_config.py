@@ -225,3 +225,12 @@ def test_load_config_raises_with_every_problem(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(f)
     assert len(info.value.problems) == 5
+
+
+def test_a_simulator_elsewhere_serves_auth_and_receipts_from_the_same_place():
+    from tillplug.config.model import EngineConfig
+    urls = EngineConfig(preset="simulator", base_url="http://127.0.0.1:9000/v1").urls()
+    assert urls == {"base_url": "http://127.0.0.1:9000/v1", "auth_url": "http://127.0.0.1:9000/oauth/token",
+                    "receipts_url": "http://127.0.0.1:9000/receipts/v1"}
+    eu = EngineConfig(preset="eu", api_key="/k", client_id="/i", client_secret="/s").urls()
+    assert eu["auth_url"] == "https://auth.wlloyalty.net/oauth/token"

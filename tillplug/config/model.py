@@ -180,6 +180,8 @@ class EngineConfig(Section):
         preset = ENGINE_PRESETS[self.preset] if self.preset else {}
         base = self.base_url or preset["base_url"]
         root = base.rsplit("/v1", 1)[0] if base.endswith("/v1") else base
+        if self.preset == "simulator" and self.base_url:  # one simulator serves all three, wherever it runs
+            preset = {"auth_url": f"{root}/oauth/token", "receipts_url": f"{root}/receipts/v1"}
         return {
             "base_url": base,
             "auth_url": self.auth_url or preset.get("auth_url") or f"{root}/oauth/token",
