@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from tillplug.testing.till import VirtualScanner
+from tillplug.testing.till import VirtualScanner, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable  # replaced by the production venv's python in main()
@@ -64,6 +64,17 @@ def free_port() -> int:
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def answers(url: str, timeout: float, every: float = 0.02) -> bool:
+    """True once ``url`` answers HTTP at all; False after ``timeout`` seconds."""
+    def up() -> bool:
+        try:
+            httpx.get(url, timeout=1)
+            return True
+        except httpx.TransportError:
+            return False
+    return poll_until(up, timeout, every)
 
 
 def rss_mb(pid: int) -> float:
@@ -103,14 +114,8 @@ class Sim:
         self.proc = subprocess.Popen([PY, "-m", "tillplug", "sim", "--port", str(self.port), "--rate", "1e9",
                                       "--burst", "1000000000", "--seed", str(seed)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/_sim/health", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.02)
-        raise RuntimeError("simulator did not start")
+        if not answers(self.url + "/_sim/health", timeout=20):
+            raise RuntimeError("simulator did not start")
 
     def ledger(self) -> dict[str, Any]:
         return httpx.get(self.url + "/_sim/ledger", timeout=30).json()
@@ -332,14 +337,7 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
     for i in range(runs):
         till = Tillplug(work / f"start{i}", sim, None)
         ready.append(till.wait_ready())
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(till.url + "/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.002)
-        else:
+        if not answers(till.url + "/v1/health", timeout=30, every=0.002):
             raise RuntimeError("the daemon said READY but its API never answered")
         health.append(time.perf_counter() - till.started)
         till.stop()
