@@ -320,3 +320,47 @@ def test_the_member_cannot_change_after_points_were_spent(till):
     r = till.api.put("/v1/checkouts/TM/member", json={"code": "1000002"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "checkout_conflict"
     assert till.api.put("/v1/checkouts/TM/member", json={"code": "1000001"}).status_code == 200  # same member: fine
+
+
+def test_the_event_stream_resumes_after_last_event_id(till):
+    till.scan(1, "4006381333931")
+    till.scan(1, "5901234123457")
+    assert till.wait_for(lambda: len(of_type(till, "scan")) == 2)
+    first = of_type(till, "scan")[0]["id"]
+    with httpx.stream("GET", till.url + "/v1/events", headers={"Last-Event-ID": str(first)}, timeout=10) as stream:
+        data = []
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                data.append(json.loads(line[6:]))
+            if any(d["type"] == "scan" for d in data):
+                break
+    assert [d["data"]["text"] for d in data if d["type"] == "scan"] == ["5901234123457"]
+
+
+def test_an_unplugged_scanner_is_told_to_the_till_and_comes_back(till):
+    till.scanners[1].unplug()
+    assert till.wait_for(lambda: any(e["data"]["name"] == "scanner1" and e["data"]["state"] == "stale"
+                                     for e in of_type(till, "device_state")))
+    assert till.api.get("/v1/health").json()["status"] == "degraded"
+    till.scanners[1].plug()
+    assert till.wait_for(lambda: till.api.get("/v1/health").json()["status"] == "ok", timeout=5)
+    till.scan(1, "1000001")
+    assert till.wait_for(lambda: of_type(till, "member_found"))
+
+
+def test_a_printer_that_is_gone_does_not_stop_the_sale(tmp_path):
+    dead_port = closed_port()
+    with VirtualTill(tmp_path / "t", printers=[{"name": "p1", "connection": f"tcp://127.0.0.1:{dead_port}",
+                                                "lane": 1, "profile": "TM-T20II"}]) as till:
+        assert till.api.get("/v1/health").json()["status"] == "degraded"
+        r = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1})
+        assert r.status_code == 200 and r.json()["printed"] is False and r.json()["pointsBalance"] == 1250
+        assert any(e["data"]["code"] == "printer_not_ready" for e in of_type(till, "error"))
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
