@@ -234,3 +234,13 @@ def test_a_simulator_elsewhere_serves_auth_and_receipts_from_the_same_place():
                     "receipts_url": "http://127.0.0.1:9000/receipts/v1"}
     eu = EngineConfig(preset="eu", api_key="/k", client_id="/i", client_secret="/s").urls()
     assert eu["auth_url"] == "https://auth.wlloyalty.net/oauth/token"
+
+
+def test_proxy_and_ca_file_are_checked():
+    base = {"till_id": "t", "branch_id": "b"}
+    good = validate({**base, "engine": {"preset": "simulator", "proxy": "http://proxy.shop.lan:3128"}})
+    assert good.ok
+    bad = validate({**base, "engine": {"preset": "simulator", "proxy": "proxy:3128", "ca_file": "/nonexistent/ca.pem"}})
+    assert [p.path for p in bad.errors] == ["engine.proxy"]
+    missing = validate({**base, "engine": {"preset": "simulator", "ca_file": "/nonexistent/ca.pem"}})
+    assert [p.path for p in missing.errors] == ["engine.ca_file"]

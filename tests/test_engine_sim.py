@@ -222,3 +222,16 @@ def test_intrinsic_and_unknown_event_types_are_rejected(sim):
                 with pytest.raises(E.EngineRejected):
                     await c.report_event(EventDefinition(type=etype))
     run(go())
+
+
+def test_proxy_environment_variables_do_not_reroute_the_engine(sim, monkeypatch):
+    """A till's proxy is config (engine.proxy), not whatever environment the process inherited."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def go():
+        async with sim_client(sim.url) as c:
+            return (await c.get_user("1000001")).id
+    assert run(go()) == ALICE

@@ -220,6 +220,8 @@ def validate(
                             f"(installed: {', '.join(sorted(known_drivers)) or 'none'})",
                         )
                     )
+    if config.engine.ca_file and not Path(config.engine.ca_file).is_file():
+        report.problems.append(Problem("engine.ca_file", f"{config.engine.ca_file} does not exist"))
     if check_secrets:
         for path, ref in _secret_refs(config):
             for severity, message in check_secret(ref):

@@ -121,6 +121,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _proxy_url(value: str) -> str:
+    if not re.match(r"^(http|https|socks5)://[^/\s:]+(:\d{1,5})?/?$", value):
+        raise ValueError("must be a proxy URL such as http://proxy.shop.lan:3128")
+    return value
+
+
+def _abs_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
 Regex = Annotated[str, AfterValidator(_regex)]
@@ -157,6 +169,11 @@ class EngineConfig(Section):
     earn_mode: Literal["events", "orders"] = "events"
     venue_identifier: str | None = Field(default=None, min_length=1, max_length=128)
     send_user_identifier: bool = True
+    # Where the shop's network needs them: an outbound proxy, and the CA of a TLS-inspecting
+    # proxy.  Set here, not by environment variables (a systemd service does not see a shell's).
+    # TLS certificates are always verified.
+    proxy: Annotated[str, AfterValidator(_proxy_url)] | None = None
+    ca_file: Annotated[str, AfterValidator(_abs_path)] | None = None
     connect_timeout: Seconds = 3.0
     read_timeout: Seconds = 5.0
     # Online calls while the cashier waits: a couple of quick tries, then give up or queue.

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -144,11 +145,18 @@ class EngineClient:
         self._on_call = on_call  # (endpoint, seconds, error code or None): for metrics
         self.tokens = TokenCache()
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
+        verify: ssl.SSLContext | bool = True  # always verified: no option turns this off
+        if config.ca_file:
+            verify = ssl.create_default_context(cafile=config.ca_file)
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60),
-            verify=True,  # always: no option turns TLS verification off
+            verify=verify,
+            proxy=config.proxy,
+            # Proxy and CA come from the config, never from environment variables; this also
+            # spares httpx looking at the environment on every request.
+            trust_env=False,
             follow_redirects=False,
             headers={"Accept": "application/json", "User-Agent": "tillplug"},
         )
