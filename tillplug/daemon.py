@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,29 +25,30 @@ from tillplug import __version__, systemd
 from tillplug.api.app import TillApi
 from tillplug.config import Config, load_config, read_secret
 from tillplug.devices.registry import Registry, driver_names, load_drivers
-from tillplug.devices.supervisor import DeviceHealth, PrinterSupervisor, Scan, ScannerSupervisor
+from tillplug.devices.supervisor import (
+    DeviceHealth,
+    PrinterSupervisor,
+    Scan,
+    ScannerSupervisor,
+)
 from tillplug.engine import EngineClient, load_secrets
-from tillplug.errors import ConfigError, DriverError, InvalidRequest, PrinterNotReady, TillplugError
+from tillplug.errors import (
+    ConfigError,
+    DriverError,
+    InvalidRequest,
+    PrinterNotReady,
+    TillplugError,
+)
 from tillplug.flows.events import EventBus
 from tillplug.flows.service import Loyalty
 from tillplug.metrics import Metrics
+from tillplug.net import listen
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Receipt
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket.  proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on each
-    accepted connection; without it every keep-alive answer waits ~40 ms for a delayed ACK."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
 
 
 class _ApiServer(uvicorn.Server):
@@ -167,7 +167,7 @@ class Daemon:
     async def health(self) -> dict[str, Any]:
         stats = await asyncio.to_thread(self.store.stats)
         limits = self.config.outbox
-        over = stats.depth >= limits.max_rows or stats.oldest_pending_age >= limits.max_age_hours * 3600
+        over = limits.exceeded(stats.depth, stats.oldest_pending_age)
         if time.time() - max(self.engine_watch.last_ok, self._last_ping) > HEALTH_PING_EVERY:
             self._last_ping = time.time()
             with contextlib.suppress(TillplugError):
@@ -191,8 +191,7 @@ class Daemon:
         """Loud, never lossy: over the configured bounds the till, the log and health are told;
         sales keep queueing, and only a technician's command discards anything."""
         stats = await asyncio.to_thread(self.store.stats)
-        limits = self.config.outbox
-        over = stats.depth >= limits.max_rows or stats.oldest_pending_age >= limits.max_age_hours * 3600
+        over = self.config.outbox.exceeded(stats.depth, stats.oldest_pending_age)
         if over:
             log.error("outbox over its limits: %d waiting, oldest %.1f h; sales still queue — check the "
                       "engine connection and `tillplug outbox stats`", stats.depth, stats.oldest_pending_age / 3600)
@@ -255,7 +254,7 @@ class Daemon:
                            lambda: {n: p.last_status.state.value for n, p in self.printers.items()})
         api = TillApi(self.loyalty, self.events, health=self.health, print_test=self.print_test, token=token,
                       metrics=self.metrics.exposition)
-        sock = bind(cfg.api.host, cfg.api.port)
+        sock = listen(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
         self.api_server = _ApiServer(uvicorn.Config(api.app, log_level="warning", access_log=False,
                                                     lifespan="off", timeout_graceful_shutdown=10))

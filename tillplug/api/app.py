@@ -150,8 +150,7 @@ class TillApi:
     def _wrap(self, handler: Handler, *, status: int = 200, auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             if auth and not self._authorised(request):
-                return JSONResponse({"error": {"code": "unauthorized", "message": "A valid API token is required."}},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return _unauthorised()
             try:
                 result = await handler(request)
             except TillplugError as exc:
@@ -175,7 +174,7 @@ class TillApi:
 
     async def _metrics_endpoint(self, request: Request) -> Response:
         if not self._authorised(request):
-            return Response("unauthorized\n", 401)
+            return _unauthorised()
         if self._metrics is None:
             return Response("metrics are not enabled\n", 404)
         body, ctype = self._metrics()
@@ -216,8 +215,7 @@ class TillApi:
 
     async def _stream(self, request: Request) -> Response:
         if not self._authorised(request):
-            return JSONResponse({"error": {"code": "unauthorized", "message": "A valid API token is required."}},
-                                status_code=401)
+            return _unauthorised()
         try:
             last_id = int(request.headers.get("last-event-id", "0"))
         except ValueError:
@@ -244,6 +242,11 @@ class TillApi:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _unauthorised() -> JSONResponse:
+    return JSONResponse({"error": {"code": "unauthorized", "message": "A valid API token is required."}},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

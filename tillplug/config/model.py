@@ -333,6 +333,10 @@ class OutboxConfig(Section):
     rate_per_second: float = Field(default=10, gt=0, le=100)
     burst: int = Field(default=20, ge=1, le=400)
 
+    def exceeded(self, depth: int, oldest_age_s: float) -> bool:
+        """Over the bounds: the till must be told loudly (nothing is ever dropped)."""
+        return depth >= self.max_rows or oldest_age_s >= self.max_age_hours * 3600
+
 
 class Config(Section):
     till_id: Identifier

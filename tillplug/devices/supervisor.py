@@ -21,8 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tillplug.barcodes.framing import ScanFramer, decode
-from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus, ScannerDriver
-from tillplug.errors import DeviceBusy, DeviceError, DeviceGone, DriverError, PrinterNotReady
+from tillplug.devices.base import (
+    PrinterDriver,
+    PrinterState,
+    PrinterStatus,
+    ScannerDriver,
+)
+from tillplug.errors import (
+    DeviceBusy,
+    DeviceError,
+    DeviceGone,
+    DriverError,
+    PrinterNotReady,
+)
 
 log = logging.getLogger(__name__)
 LOG_FIRST = 3

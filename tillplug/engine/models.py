@@ -156,6 +156,11 @@ def points_of(reactions: list[Reaction]) -> float:
     return sum(r.points or 0 for r in reactions if r.type == "POINTS")
 
 
+def reactor_points(results: list[ReactorResult]) -> float:
+    """Points every reactor of a test_reaction answer would award (negative: deduct)."""
+    return points_of([r for result in results for r in result.reactions])
+
+
 # -- receipts ----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from tillplug.engine.models import (
     EventDefinition,
     points_of,
+    reactor_points,
 )
 from tillplug.errors import (
     InsufficientPoints,
@@ -104,7 +105,7 @@ class PointsFlows(FlowBase):
         except TillplugError as exc:
             log.info("test_reaction unavailable: %s", exc.code)
             return
-        engine_points = -points_of([r for res in results for r in res.reactions])
+        engine_points = -reactor_points(results)
         if engine_points and engine_points != points:
             log.warning("the engine deducts %s points for %s reported; the configured rate stays in force",
                         engine_points, points)

@@ -17,7 +17,7 @@ from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.engine.models import (
     EventDefinition,
     Order,
-    points_of,
+    reactor_points,
 )
 from tillplug.errors import (
     InvalidRequest,
@@ -100,7 +100,7 @@ class Loyalty(PointsFlows, VoucherFlows):
     async def _expected_points(self, event: EventDefinition, total: int) -> int:
         if self.config.engine.confirm_rate_with_test_reaction:
             try:
-                return int(points_of([r for res in await self.client.test_reaction(event) for r in res.reactions]))
+                return int(reactor_points(await self.client.test_reaction(event)))
             except TillplugError:
                 pass
         major = total / 10 ** CURRENCY_EXPONENTS[self.config.currency]

@@ -215,11 +215,6 @@ class OutboxStore:
         with self._lock:
             return self.db.execute(sql, args).fetchall()
 
-    def get(self, row_id: int) -> Row | None:
-        with self._lock:
-            r = self.db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
-        return Row.from_sql(r) if r else None
-
     def by_key(self, event_key: str) -> Row | None:
         with self._lock:
             r = self.db.execute("SELECT * FROM outbox WHERE event_key=?", (event_key,)).fetchone()

@@ -7,7 +7,17 @@ from datetime import datetime
 from typing import Any
 
 from tillplug.money import Money
-from tillplug.receipts.layout import QR, Barcode, Block, Columns, Cut, Feed, Receipt, Rule, Text
+from tillplug.receipts.layout import (
+    QR,
+    Barcode,
+    Block,
+    Columns,
+    Cut,
+    Feed,
+    Receipt,
+    Rule,
+    Text,
+)
 
 
 @dataclass(frozen=True)

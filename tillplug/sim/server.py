@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from tillplug.net import listen
 from tillplug.sim.app import Simulator
 from tillplug.sim.state import EngineState, load_seed
 
@@ -19,17 +19,6 @@ class _HideSimulatedResets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not (isinstance(exc, ConnectionAbortedError) and "simulated reset" in str(exc))
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    # proto must be IPPROTO_TCP, or asyncio will not set TCP_NODELAY on accepted
-    # connections and every keep-alive answer waits 40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _uvicorn(app: Any) -> uvicorn.Server:
@@ -46,7 +35,7 @@ class SimServer:
         data = seed if isinstance(seed, dict) else load_seed(seed)
         self.state = EngineState(data)
         self.sim = Simulator(self.state, rate=rate, burst=burst)
-        self._sock = _bind("127.0.0.1", port)
+        self._sock = listen("127.0.0.1", port, backlog=512)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = _uvicorn(self.sim.app)
@@ -80,7 +69,7 @@ def serve(port: int, seed: str | None, *, rate: float = 100, burst: int = 400) -
     """Foreground: ``tillplug sim --port N --seed FILE``."""
     data = load_seed(seed)
     sim = Simulator(EngineState(data), rate=rate, burst=burst)
-    sock = _bind("127.0.0.1", port)
+    sock = listen("127.0.0.1", port, backlog=512)
     print(f"Loyalty Engine simulator on http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
     print(f"  X-Api-Key: {data['tenant']['api_key']}   client: {data['tenant']['client_id']} (demo credentials)")
     print("  ledger: /_sim/ledger   faults: POST /_sim/faults   OpenAPI: /v1/openapi.json", flush=True)

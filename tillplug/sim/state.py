@@ -41,6 +41,11 @@ def iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _expired(benefit: dict[str, Any], now: datetime) -> bool:
+    expires = benefit["expiresAt"]
+    return bool(expires) and datetime.fromisoformat(expires.replace("Z", "+00:00")) < now
+
+
 def default_seed() -> dict[str, Any]:
     return json.loads(files("tillplug.sim").joinpath("seed.json").read_text(encoding="utf-8"))
 
@@ -190,7 +195,7 @@ class EngineState:
             raise SimError(409, "BENEFIT_ALREADY_BURNED", "Benefit has already been used")
         if b["redeemedAt"]:
             raise SimError(409, "BENEFIT_ALREADY_REDEEMED", "Benefit has already been redeemed")
-        if b["expiresAt"] and datetime.fromisoformat(b["expiresAt"].replace("Z", "+00:00")) < now:
+        if _expired(b, now):
             raise SimError(409, "BENEFIT_EXPIRED", "Benefit has expired")
         b["redeemedAt"] = b["code"]["redeemedAt"] = b["code"]["updatedAt"] = iso(now)
         return self.benefit_view(b)
@@ -205,7 +210,7 @@ class EngineState:
         now = self.now()
         if b["burnedAt"]:
             raise SimError(409, "VOUCHER_ALREADY_BURNED", "Voucher has already been used")
-        if b["expiresAt"] and datetime.fromisoformat(b["expiresAt"].replace("Z", "+00:00")) < now:
+        if _expired(b, now):
             raise SimError(409, "VOUCHER_EXPIRED", "Voucher has expired")
         if not b["redeemedAt"]:
             raise SimError(409, "VOUCHER_NOT_REDEEMED", "Voucher has not been redeemed")
