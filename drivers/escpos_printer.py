@@ -31,7 +31,7 @@ DLE_EOT = b"\x10\x04"
 
 def _escpos() -> Any:
     """Import python-escpos once, with its capabilities cache in our cache directory."""
-    import escpos.printer  # noqa: F401  (0.1-0.3 s: paid once per process)
+    import escpos.printer
 
     logging.getLogger("escpos").setLevel(logging.WARNING)
     return escpos
@@ -216,7 +216,7 @@ class EscposPrinter(PrinterDriver):
             elif self.scheme == "file":
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(conn, view):]
+                    view = view[os.write(conn, view) :]
             elif self.scheme == "serial":
                 conn.write(data)
                 conn.flush()

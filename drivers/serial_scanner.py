@@ -105,11 +105,18 @@ class SerialScanner(ScannerDriver):
             by_id = {os.path.realpath(p): str(p) for p in folder.iterdir()}
         found = []
         for port in sorted(list_ports.comports(), key=lambda p: p.device):
-            found.append({
-                "device": port.device, "vid": port.vid, "pid": port.pid, "serial": port.serial_number,
-                "manufacturer": port.manufacturer, "product": port.product, "description": port.description,
-                "by_id": by_id.get(os.path.realpath(port.device)),
-            })
+            found.append(
+                {
+                    "device": port.device,
+                    "vid": port.vid,
+                    "pid": port.pid,
+                    "serial": port.serial_number,
+                    "manufacturer": port.manufacturer,
+                    "product": port.product,
+                    "description": port.description,
+                    "by_id": by_id.get(os.path.realpath(port.device)),
+                }
+            )
         return found
 
     def close(self) -> None:

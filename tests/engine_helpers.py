@@ -5,8 +5,13 @@ from tillplug.engine import EngineClient, load_secrets
 
 
 def sim_config(url: str, **overrides) -> EngineConfig:
-    return EngineConfig(preset="simulator", base_url=url + "/v1", auth_url=url + "/oauth/token",
-                        receipts_url=url + "/receipts/v1", **overrides)
+    return EngineConfig(
+        preset="simulator",
+        base_url=url + "/v1",
+        auth_url=url + "/oauth/token",
+        receipts_url=url + "/receipts/v1",
+        **overrides,
+    )
 
 
 def sim_client(url: str, **overrides) -> EngineClient:

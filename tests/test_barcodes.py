@@ -9,7 +9,8 @@ from tillplug.config.model import BarcodeRules
 
 # Scan bodies: printable ASCII plus GS (0x1D), never a terminator byte.
 body = st.text(alphabet=st.sampled_from([chr(c) for c in range(0x20, 0x7F)] + ["\x1d"]), min_size=1, max_size=60).map(
-    lambda s: s.encode())
+    lambda s: s.encode()
+)
 TERMS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n", "TAB": b"\t", "auto": b"\r\n"}
 
 
@@ -18,8 +19,11 @@ def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
 
 
-@given(st.sampled_from(sorted(TERMS)), st.lists(body.filter(lambda b: b"\t" not in b), min_size=1, max_size=20),
-       st.lists(st.integers(0, 10_000), max_size=30))
+@given(
+    st.sampled_from(sorted(TERMS)),
+    st.lists(body.filter(lambda b: b"\t" not in b), min_size=1, max_size=20),
+    st.lists(st.integers(0, 10_000), max_size=30),
+)
 def test_any_split_of_any_stream_yields_the_same_scans(term, scans, cuts):
     stream = b"".join(s + TERMS[term] for s in scans)
     framer = ScanFramer(terminator=term, max_length=100)
@@ -76,15 +80,18 @@ def test_decode_strips_configured_prefix_suffix_and_controls():
 RULES = BarcodeRules(local_pool=[r"^(?P<code>LOCAL-[A-Z0-9]{4,12})$"])
 
 
-@pytest.mark.parametrize("text, symbology, kind, code, id_kind", [
-    ("5a1b2c3d-0000-4000-8000-000000000001", None, ScanKind.MEMBER, "5a1b2c3d-0000-4000-8000-000000000001", "uuid"),
-    ("1000001", None, ScanKind.MEMBER, "1000001", "account_number"),
-    ("MBR:auth-alice", "]Q1", ScanKind.MEMBER, "auth-alice", "auth_identifier"),
-    ("ALICE-5OFF-0001", None, ScanKind.VOUCHER, "ALICE-5OFF-0001", None),
-    ("LOCAL-AB12", None, ScanKind.LOCAL_POOL, "LOCAL-AB12", None),
-    ("4006381333931", "]E0", ScanKind.OTHER, "4006381333931", None),
-    ("01095060001343521720122510ABC123", "]C1", ScanKind.OTHER, "01095060001343521720122510ABC123", None),
-])
+@pytest.mark.parametrize(
+    "text, symbology, kind, code, id_kind",
+    [
+        ("5a1b2c3d-0000-4000-8000-000000000001", None, ScanKind.MEMBER, "5a1b2c3d-0000-4000-8000-000000000001", "uuid"),
+        ("1000001", None, ScanKind.MEMBER, "1000001", "account_number"),
+        ("MBR:auth-alice", "]Q1", ScanKind.MEMBER, "auth-alice", "auth_identifier"),
+        ("ALICE-5OFF-0001", None, ScanKind.VOUCHER, "ALICE-5OFF-0001", None),
+        ("LOCAL-AB12", None, ScanKind.LOCAL_POOL, "LOCAL-AB12", None),
+        ("4006381333931", "]E0", ScanKind.OTHER, "4006381333931", None),
+        ("01095060001343521720122510ABC123", "]C1", ScanKind.OTHER, "01095060001343521720122510ABC123", None),
+    ],
+)
 def test_classification_order_and_code_extraction(text, symbology, kind, code, id_kind):
     result = Classifier(RULES).classify(text, symbology)
     assert (result.kind, result.code, result.member_id_kind) == (kind, code, id_kind)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tillplug.cli import main
 from tests.test_config import FIVE_MISTAKES
+from tillplug.cli import main
 
 
 def run(*args):
@@ -34,8 +34,10 @@ def test_check_config_never_echoes_secrets(tmp_path, capsys):
     key.write_text("super-secret-api-key")
     key.chmod(0o644)
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'till_id="t"\nbranch_id="b"\n[engine]\npreset="eu"\napi_key="{key}"\n'
-                   f'client_id="{key}"\nclient_secret="{key}"\n')
+    cfg.write_text(
+        f'till_id="t"\nbranch_id="b"\n[engine]\npreset="eu"\napi_key="{key}"\n'
+        f'client_id="{key}"\nclient_secret="{key}"\n'
+    )
     assert main(["check-config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "readable by every user" in out
@@ -61,8 +63,10 @@ def test_usage_error_exits_2():
 
 
 def test_built_in_drivers_install_under_tillplug_not_as_top_level_drivers(tmp_path):
-    code = ("import importlib.util as u, tillplug.drivers.serial_scanner as s;"
-            "print(u.find_spec('drivers') is None, s.__name__)")
+    code = (
+        "import importlib.util as u, tillplug.drivers.serial_scanner as s;"
+        "print(u.find_spec('drivers') is None, s.__name__)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "tillplug.drivers.serial_scanner"], result.stderr
 
@@ -76,8 +80,11 @@ def test_sim_command_serves_the_seed_data(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tillplug", "sim", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tillplug", "sim", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -96,11 +103,23 @@ def test_sim_command_serves_the_seed_data(tmp_path):
 
 def test_devices_lists_ports_with_ids_guess_and_a_config_snippet(monkeypatch, capsys):
     from tillplug.drivers.serial_scanner import SerialScanner
-    monkeypatch.setattr(SerialScanner, "discover", classmethod(lambda cls: [
-        {"device": "/dev/ttyACM0", "vid": 0x0C2E, "pid": 0x0B61, "serial": "17012345",
-         "by_id": "/dev/serial/by-id/usb-Honeywell_Xenon_17012345-if00"},
-        {"device": "/dev/ttyUSB0", "vid": 0x04B8, "pid": 0x0E15, "serial": None, "by_id": None},
-    ]))
+
+    monkeypatch.setattr(
+        SerialScanner,
+        "discover",
+        classmethod(
+            lambda cls: [
+                {
+                    "device": "/dev/ttyACM0",
+                    "vid": 0x0C2E,
+                    "pid": 0x0B61,
+                    "serial": "17012345",
+                    "by_id": "/dev/serial/by-id/usb-Honeywell_Xenon_17012345-if00",
+                },
+                {"device": "/dev/ttyUSB0", "vid": 0x04B8, "pid": 0x0E15, "serial": None, "by_id": None},
+            ]
+        ),
+    )
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
     assert "/dev/ttyACM0  USB 0c2e:0b61  serial 17012345  Honeywell" in out

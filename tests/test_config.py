@@ -44,15 +44,21 @@ valid_config = st.fixed_dictionaries(
             optional={
                 "read_timeout": st.floats(0.1, 120),
                 "earn_mode": st.sampled_from(["events", "orders"]),
-                "event_types": st.fixed_dictionaries({}, optional={"transaction": st.from_regex(r"\A[A-Z]{2,10}(_[A-Z]{1,8})?\Z")}),
+                "event_types": st.fixed_dictionaries(
+                    {}, optional={"transaction": st.from_regex(r"\A[A-Z]{2,10}(_[A-Z]{1,8})?\Z")}
+                ),
             },
         ),
     },
     optional={
         "currency": st.sampled_from(["GBP", "EUR", "USD", "JPY", "KWD"]),
-        "points": st.fixed_dictionaries({}, optional={"rate_points": st.integers(1, 10**6), "rate_money": st.integers(1, 10**6)}),
+        "points": st.fixed_dictionaries(
+            {}, optional={"rate_points": st.integers(1, 10**6), "rate_money": st.integers(1, 10**6)}
+        ),
         "receipts": st.fixed_dictionaries({}, optional={"header": st.lists(st.text(max_size=64), max_size=3)}),
-        "api": st.fixed_dictionaries({}, optional={"listen": st.sampled_from(["127.0.0.1:8765", "[::1]:9000", "localhost:1"])}),
+        "api": st.fixed_dictionaries(
+            {}, optional={"listen": st.sampled_from(["127.0.0.1:8765", "[::1]:9000", "localhost:1"])}
+        ),
     },
 ).flatmap(
     lambda base: st.tuples(st.lists(scanner, max_size=3), st.lists(printer, max_size=2)).map(
@@ -114,8 +120,14 @@ def test_an_invalid_value_is_reported_at_its_key_path(data, bad):
 
 
 def test_unknown_key_is_an_error_with_a_suggestion():
-    report = validate({"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator"},
-                       "scanners": [{"name": "s", "port": "/dev/x", "baudrat": 9600}]})
+    report = validate(
+        {
+            "till_id": "t",
+            "branch_id": "b",
+            "engine": {"preset": "simulator"},
+            "scanners": [{"name": "s", "port": "/dev/x", "baudrat": 9600}],
+        }
+    )
     [problem] = report.errors
     assert problem.path == "scanners[0].baudrat"
     assert "did you mean 'baudrate'" in problem.message
@@ -144,7 +156,12 @@ def test_five_mistakes_give_five_messages(tmp_path):
     f.write_text(FIVE_MISTAKES)
     report = check_config(f)
     assert sorted(p.path for p in report.errors) == [
-        "currency", "engine.timeout", "scanners[1].baudrate", "scanners[1].parity", "till_id"]
+        "currency",
+        "engine.timeout",
+        "scanners[1].baudrate",
+        "scanners[1].parity",
+        "till_id",
+    ]
 
 
 def test_toml_syntax_error_names_the_line(tmp_path):
@@ -161,17 +178,31 @@ def test_real_engine_needs_credentials():
 
 
 def test_plain_http_only_to_loopback():
-    bad = validate({"till_id": "t", "branch_id": "b", "engine": {"base_url": "http://engine.example/v1",
-                    "api_key": "/k", "client_id": "/i", "client_secret": "/s"}}, check_secrets=False)
+    bad = validate(
+        {
+            "till_id": "t",
+            "branch_id": "b",
+            "engine": {
+                "base_url": "http://engine.example/v1",
+                "api_key": "/k",
+                "client_id": "/i",
+                "client_secret": "/s",
+            },
+        },
+        check_secrets=False,
+    )
     assert [p.path for p in bad.errors] == ["engine.base_url"]
-    good = validate({"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator", "base_url": "http://127.0.0.1:9/v1"}},
-                    check_secrets=False)
+    good = validate(
+        {"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator", "base_url": "http://127.0.0.1:9/v1"}},
+        check_secrets=False,
+    )
     assert good.ok
 
 
 def test_api_beyond_loopback_requires_a_token():
-    report = validate({"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator"},
-                       "api": {"listen": "0.0.0.0:8765"}})
+    report = validate(
+        {"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator"}, "api": {"listen": "0.0.0.0:8765"}}
+    )
     assert [p.path for p in report.errors] == ["api"]
     assert "token" in report.errors[0].message
 
@@ -182,8 +213,16 @@ def test_secret_files_missing_empty_and_world_readable(tmp_path):
     open_ = tmp_path / "open"
     open_.write_text("s3cr3t-value\n")
     os.chmod(open_, 0o644)
-    data = {"till_id": "t", "branch_id": "b", "engine": {
-        "preset": "eu", "api_key": str(tmp_path / "missing"), "client_id": str(empty), "client_secret": str(open_)}}
+    data = {
+        "till_id": "t",
+        "branch_id": "b",
+        "engine": {
+            "preset": "eu",
+            "api_key": str(tmp_path / "missing"),
+            "client_id": str(empty),
+            "client_secret": str(open_),
+        },
+    }
     report = validate(data)
     by_path = {p.path: p for p in report.problems}
     assert "does not exist" in by_path["engine.api_key"].message
@@ -229,9 +268,13 @@ def test_load_config_raises_with_every_problem(tmp_path):
 
 def test_a_simulator_elsewhere_serves_auth_and_receipts_from_the_same_place():
     from tillplug.config.model import EngineConfig
+
     urls = EngineConfig(preset="simulator", base_url="http://127.0.0.1:9000/v1").urls()
-    assert urls == {"base_url": "http://127.0.0.1:9000/v1", "auth_url": "http://127.0.0.1:9000/oauth/token",
-                    "receipts_url": "http://127.0.0.1:9000/receipts/v1"}
+    assert urls == {
+        "base_url": "http://127.0.0.1:9000/v1",
+        "auth_url": "http://127.0.0.1:9000/oauth/token",
+        "receipts_url": "http://127.0.0.1:9000/receipts/v1",
+    }
     eu = EngineConfig(preset="eu", api_key="/k", client_id="/i", client_secret="/s").urls()
     assert eu["auth_url"] == "https://auth.wlloyalty.net/oauth/token"
 

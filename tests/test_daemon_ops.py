@@ -27,7 +27,7 @@ def read_notify(sock, until, timeout=15):
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             got.append(sock.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             break
         if any(until in m for m in got):
             return got
@@ -41,14 +41,21 @@ def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
     port = free_port()
     with SimServer() as sim:
         cfg = tmp_path / "tillplug.toml"
-        base = (f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
-                f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
-                f'[api]\nlisten="127.0.0.1:{port}"\n'
-                f'[[scanners]]\nname="s0"\nport="{scanner.link}"\n')
+        base = (
+            f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
+            f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
+            f'[api]\nlisten="127.0.0.1:{port}"\n'
+            f'[[scanners]]\nname="s0"\nport="{scanner.link}"\n'
+        )
         cfg.write_text(base)
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
-        proc = subprocess.Popen([sys.executable, "-m", "tillplug", "run", "--config", str(cfg)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tillplug", "run", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             ready = read_notify(notify, "READY=1")
             assert httpx.get(f"http://127.0.0.1:{port}/v1/health").json()["devices"][0]["state"] == "ready"
@@ -88,10 +95,13 @@ def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
 
 def test_status_asks_the_running_daemon(tmp_path, capsys):
     from tillplug.cli import main
+
     with VirtualTill(tmp_path / "till") as till:
         cfg = tmp_path / "c.toml"
-        cfg.write_text(f'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\n'
-                       f'[api]\nlisten="127.0.0.1:{till.daemon.api_port}"\n')
+        cfg.write_text(
+            f'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\n'
+            f'[api]\nlisten="127.0.0.1:{till.daemon.api_port}"\n'
+        )
         assert main(["status", "--config", str(cfg)]) == 0
         out = capsys.readouterr().out
         assert "status ok" in out and "scanner1" in out and "printer1" in out and "outbox  0 waiting" in out
@@ -101,8 +111,12 @@ def test_status_asks_the_running_daemon(tmp_path, capsys):
 
 def test_sniff_shows_bytes_and_guesses_the_terminator(tmp_path):
     scanner = VirtualScanner(tmp_path / "scanner")
-    proc = subprocess.Popen([sys.executable, "-m", "tillplug", "sniff", str(scanner.link), "--seconds", "10",
-                             "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tillplug", "sniff", str(scanner.link), "--seconds", "10", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.0)
         scanner.scan("]E04006381333931")
@@ -141,8 +155,15 @@ def test_api_beyond_loopback_requires_the_token(tmp_path):
 
 
 def test_logs_mask_member_ids_and_stay_on_one_line():
-    record = logging.LogRecord("tillplug", logging.WARNING, __file__, 1,
-                               "member %s failed\nsecond line", ("5a1b2c3d-0000-4000-8000-000000000001",), None)
+    record = logging.LogRecord(
+        "tillplug",
+        logging.WARNING,
+        __file__,
+        1,
+        "member %s failed\nsecond line",
+        ("5a1b2c3d-0000-4000-8000-000000000001",),
+        None,
+    )
     MaskingFilter().filter(record)
     line = JournalFormatter(prefix_priority=True).format(record)
     assert line == "<4>tillplug: member …0001 failed | second line"

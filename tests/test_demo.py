@@ -5,8 +5,13 @@ import sys
 
 
 def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tillplug", "demo", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tillplug", "demo", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Every use case ran end to end." in result.stdout
     assert "duplicates: none" in result.stdout
@@ -15,8 +20,14 @@ def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
 
 def test_interactive_demo_takes_barcodes_and_commands(tmp_path):
     script = "open T-9\n1000001\npoints 100\nvoucher ALICE-5OFF-0001\ncomplete 500\nquit\n"
-    result = subprocess.run([sys.executable, "-m", "tillplug", "demo", "--interactive", "--out", str(tmp_path)],
-                            input=script, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tillplug", "demo", "--interactive", "--out", str(tmp_path)],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"points": 100' in result.stdout and "ALICE-5OFF-0001" in result.stdout
     assert '"state": "completed"' in result.stdout

@@ -29,9 +29,13 @@ def scanner(tmp_path):
 def supervise(port, scans, states=None, loop=None, **cfg):
     registry = load_drivers()
     config = ScannerConfig(name="scanner0", port=port, **cfg)
-    sup = ScannerSupervisor(config, registry.get("serial-scanner"), scans.append,
-                            (lambda h: states.append(h.state)) if states is not None else (lambda h: None),
-                            loop=loop)
+    sup = ScannerSupervisor(
+        config,
+        registry.get("serial-scanner"),
+        scans.append,
+        (lambda h: states.append(h.state)) if states is not None else (lambda h: None),
+        loop=loop,
+    )
     sup.start()
     return sup
 
@@ -57,6 +61,7 @@ def reader_loop(request):
         return
     import asyncio
     import threading
+
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
@@ -89,13 +94,21 @@ def test_unplug_and_replug_resume_reads_within_two_seconds(scanner, reader_loop)
 
 
 def test_a_port_held_by_another_process_is_reported_busy_with_the_holder(scanner):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, os, sys, time
         fd = os.open({str(scanner.link)!r}, os.O_RDWR | os.O_NOCTTY)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         print("held", flush=True)
         time.sleep(30)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         driver = load_drivers().get("serial-scanner")(ScannerConfig(name="s", port=str(scanner.link)))
@@ -137,18 +150,30 @@ def _fake_distribution(root, name, entry_points, module_source=None):
 
 
 def test_third_party_driver_is_discovered_and_a_broken_one_is_skipped(tmp_path):
-    _fake_distribution(tmp_path, "acme-scanner", "acme = acme_scanner:AcmeScanner", textwrap.dedent("""
+    _fake_distribution(
+        tmp_path,
+        "acme-scanner",
+        "acme = acme_scanner:AcmeScanner",
+        textwrap.dedent("""
         from tillplug.devices.base import ScannerDriver
         class AcmeScanner(ScannerDriver):
             def open(self): pass
             def read(self): return b""
             def close(self): pass
-    """))
+    """),
+    )
     _fake_distribution(tmp_path, "broken-driver", "broken = broken_driver:Nope", "raise ImportError('needs libfoo')\n")
-    code = ("from tillplug.devices.registry import load_drivers; r = load_drivers();"
-            "print(sorted(r.drivers)); print(r.broken['broken'])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    code = (
+        "from tillplug.devices.registry import load_drivers; r = load_drivers();"
+        "print(sorted(r.drivers)); print(r.broken['broken'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     out = result.stdout.splitlines()
     assert out[0] == "['acme', 'escpos', 'serial-scanner']", result.stderr
     assert "needs libfoo" in out[1]

@@ -18,7 +18,9 @@ def stage(root, sim_url, *, config_extra=""):
     (root / "etc").mkdir()
     (root / "dev").mkdir()
     (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\ntillplug:x:990:990::/nonexistent:/usr/sbin/nologin\n")
-    (root / "etc/group").write_text(f"root:x:0:\ntillplug:x:990:\ndialout:x:20:tillplug\nwrongrp:x:{os.getgid() + 1}:\n")
+    (root / "etc/group").write_text(
+        f"root:x:0:\ntillplug:x:990:\ndialout:x:20:tillplug\nwrongrp:x:{os.getgid() + 1}:\n"
+    )
     good = root / "dev/ttyACM0"
     good.write_text("")
     os.chown(good, -1, 990) if os.geteuid() == 0 else None
@@ -90,8 +92,10 @@ def test_doctor_reports_an_unreachable_engine_and_a_bad_config(tmp_path, capsys)
     from tillplug.cli import main
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text('till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\nbase_url="http://127.0.0.1:9/v1"\n'
-                   'auth_url="http://127.0.0.1:9/oauth/token"\n')
+    cfg.write_text(
+        'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\nbase_url="http://127.0.0.1:9/v1"\n'
+        'auth_url="http://127.0.0.1:9/oauth/token"\n'
+    )
     findings = Doctor(str(cfg), root=tmp_path).run(printers=False)
     assert any(f.check == "engine" and f.verdict == FAIL and "cannot be reached" in f.detail for f in findings)
     bad = tmp_path / "bad.toml"
@@ -107,7 +111,9 @@ def test_doctor_engine_credentials_refused(tmp_path):
     key.chmod(0o600)
     with SimServer() as sim:
         cfg = tmp_path / "c.toml"
-        cfg.write_text(f'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\n'
-                       f'auth_url="{sim.url}/oauth/token"\napi_key="{key}"\n')
+        cfg.write_text(
+            f'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\n'
+            f'auth_url="{sim.url}/oauth/token"\napi_key="{key}"\n'
+        )
         findings = Doctor(str(cfg), root=tmp_path).run(printers=False)
     assert any(f.check == "engine credentials" and f.verdict == FAIL for f in findings), findings

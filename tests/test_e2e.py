@@ -25,7 +25,9 @@ def of_type(till, kind):
 
 
 def open_with_member(till, tx, lane=1, member="1000001"):
-    assert till.api.post("/v1/checkouts", json={"transactionId": tx, "lane": lane, "cashierId": "c-7"}).status_code == 201
+    assert (
+        till.api.post("/v1/checkouts", json={"transactionId": tx, "lane": lane, "cashierId": "c-7"}).status_code == 201
+    )
     r = till.api.put(f"/v1/checkouts/{tx}/member", json={"code": member})
     assert r.status_code == 200, r.text
     return r.json()
@@ -78,15 +80,29 @@ def test_local_pool_codes_never_reach_the_engine(till):
 
 def test_earning_on_completion_sends_a_transaction_without_personal_data(till):
     open_with_member(till, "T3")
-    r = till.api.post("/v1/checkouts/T3/complete", json={
-        "total": 2550, "paymentConfirmed": True,
-        "basket": [{"sku": "MILK-1L", "quantity": 2, "amount": 250}, {"sku": "BREAD", "quantity": 1, "amount": 2300}]})
+    r = till.api.post(
+        "/v1/checkouts/T3/complete",
+        json={
+            "total": 2550,
+            "paymentConfirmed": True,
+            "basket": [
+                {"sku": "MILK-1L", "quantity": 2, "amount": 250},
+                {"sku": "BREAD", "quantity": 1, "amount": 2300},
+            ],
+        },
+    )
     assert r.status_code == 200 and r.json()["expectedPoints"] == 25
     assert till.settle()
     [event] = [e for e in till.sim.state.ledger.events if e["type"] == "TRANSACTION"]
     p = event["payload"]
-    assert (p["transactionId"], p["total"], p["currency"], p["tillId"], p["branchId"], p["cashierId"]) == \
-        ("T3", 2550, "GBP", "till-01", "branch-0001", "c-7")
+    assert (p["transactionId"], p["total"], p["currency"], p["tillId"], p["branchId"], p["cashierId"]) == (
+        "T3",
+        2550,
+        "GBP",
+        "till-01",
+        "branch-0001",
+        "c-7",
+    )
     assert p["basket"][0] == {"sku": "MILK-1L", "quantity": 2, "amount": 250}
     text = json.dumps(p)
     for pii in ("Sam", "Member", "example.invalid", "auth-alice"):
@@ -153,6 +169,7 @@ def race(tills, path, body):
 
     def go(name, t):
         results[name] = t.api.post(path, json=body)
+
     threads = [threading.Thread(target=go, args=(n, t)) for n, t in enumerate(tills)]
     for th in threads:
         th.start()
@@ -162,8 +179,11 @@ def race(tills, path, body):
 
 
 def test_the_same_voucher_on_two_tills_at_once_one_wins(tmp_path):
-    with SimServer() as sim, VirtualTill(tmp_path / "a", sim=sim) as a, \
-            VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
+    with (
+        SimServer() as sim,
+        VirtualTill(tmp_path / "a", sim=sim) as a,
+        VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b,
+    ):
         for t in (a, b):
             open_with_member(t, "TX")
         results = race((a, b), "/v1/checkouts/TX/vouchers", {"code": "ALICE-5OFF-0001"})
@@ -174,8 +194,11 @@ def test_the_same_voucher_on_two_tills_at_once_one_wins(tmp_path):
 
 
 def test_the_same_points_on_two_tills_at_once_never_exceed_the_balance(tmp_path):
-    with SimServer() as sim, VirtualTill(tmp_path / "a", sim=sim) as a, \
-            VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b:
+    with (
+        SimServer() as sim,
+        VirtualTill(tmp_path / "a", sim=sim) as a,
+        VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b,
+    ):
         for t in (a, b):
             open_with_member(t, "TP")
         results = race((a, b), "/v1/checkouts/TP/points", {"points": 1000})
@@ -188,21 +211,24 @@ def test_the_same_points_on_two_tills_at_once_never_exceed_the_balance(tmp_path)
         assert sim.state.members[ALICE]["pointsBalance"] >= 0
 
 
-@pytest.mark.parametrize("method, path, body, status, code", [
-    ("post", "/v1/checkouts", {"transactionId": 5}, 400, "invalid_request"),
-    ("post", "/v1/checkouts", {"transactionId": "has space"}, 400, "invalid_request"),
-    ("post", "/v1/checkouts/OPEN/points", {"points": -5}, 400, "invalid_request"),
-    ("post", "/v1/checkouts/OPEN/points", {"points": "500"}, 400, "invalid_request"),
-    ("post", "/v1/checkouts/OPEN/points", {"points": 10, "extra": 1}, 400, "invalid_request"),
-    ("post", "/v1/checkouts/NOPE/points", {"points": 10}, 404, "checkout_not_found"),
-    ("post", "/v1/checkouts/OPEN/complete", {"total": 100, "paymentConfirmed": False}, 400, "invalid_request"),
-    ("post", "/v1/checkouts/DONE/complete", {"total": 100, "paymentConfirmed": True}, 409, "checkout_conflict"),
-    ("post", "/v1/checkouts/DONE/void", None, 409, "checkout_conflict"),
-    ("get", "/v1/checkouts/NOPE", None, 404, "checkout_not_found"),
-    ("get", "/v1/members/9999999", None, 404, "member_not_found"),
-    ("get", "/v1/no-such-path", None, 404, "not_found"),
-    ("delete", "/v1/checkouts/OPEN", None, 405, "method_not_allowed"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status, code",
+    [
+        ("post", "/v1/checkouts", {"transactionId": 5}, 400, "invalid_request"),
+        ("post", "/v1/checkouts", {"transactionId": "has space"}, 400, "invalid_request"),
+        ("post", "/v1/checkouts/OPEN/points", {"points": -5}, 400, "invalid_request"),
+        ("post", "/v1/checkouts/OPEN/points", {"points": "500"}, 400, "invalid_request"),
+        ("post", "/v1/checkouts/OPEN/points", {"points": 10, "extra": 1}, 400, "invalid_request"),
+        ("post", "/v1/checkouts/NOPE/points", {"points": 10}, 404, "checkout_not_found"),
+        ("post", "/v1/checkouts/OPEN/complete", {"total": 100, "paymentConfirmed": False}, 400, "invalid_request"),
+        ("post", "/v1/checkouts/DONE/complete", {"total": 100, "paymentConfirmed": True}, 409, "checkout_conflict"),
+        ("post", "/v1/checkouts/DONE/void", None, 409, "checkout_conflict"),
+        ("get", "/v1/checkouts/NOPE", None, 404, "checkout_not_found"),
+        ("get", "/v1/members/9999999", None, 404, "member_not_found"),
+        ("get", "/v1/no-such-path", None, 404, "not_found"),
+        ("delete", "/v1/checkouts/OPEN", None, 405, "method_not_allowed"),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_stable_code_and_change_nothing(till, method, path, body, status, code):
     open_with_member(till, "OPEN")
     open_with_member(till, "DONE")
@@ -241,16 +267,23 @@ def test_outbox_over_its_bounds_tells_the_till_loudly_and_still_queues_sales(tmp
     with VirtualTill(tmp_path / "t", outbox={"max_rows": 100, "rate_per_second": 50, "burst": 50}) as till:
         till.sim.sim.faults.update({"down": True})
         from tillplug.engine.models import new_event_key
+
         for i in range(100):
             key = new_event_key()
-            till.daemon.store.add(kind="event", stream=f"old-{i}", event_key=key,
-                                  body={"type": "TRANSACTION", "payload": {"eventKey": key, "total": 1}})
+            till.daemon.store.add(
+                kind="event",
+                stream=f"old-{i}",
+                event_key=key,
+                body={"type": "TRANSACTION", "payload": {"eventKey": key, "total": 1}},
+            )
         assert till.call(till.daemon.check_outbox_limits()) is True
         assert till.api.get("/v1/health").json()["outbox"]["overLimit"] is True
         assert any(e["data"].get("code") == "outbox_over_limit" for e in of_type(till, "error"))
         assert "outbox over its limits" in caplog.text
         till.api.post("/v1/checkouts", json={"transactionId": "NEW"})
-        assert till.api.post("/v1/checkouts/NEW/complete", json={"total": 5, "paymentConfirmed": True}).status_code == 200
+        assert (
+            till.api.post("/v1/checkouts/NEW/complete", json={"total": 5, "paymentConfirmed": True}).status_code == 200
+        )
         assert till.daemon.store.stats().depth == 101  # nothing dropped
         till.sim.sim.faults.update({"down": False})
         till.daemon.deliverer.wake()
@@ -276,9 +309,10 @@ def test_a_void_queued_during_an_outage_is_delivered_after_recovery_after_its_de
 def test_a_deduction_interrupted_by_a_crash_is_settled_at_restart(tmp_path):
     """Power cut mid-spend: at restart, the deduction is refunded if it reached the engine, and only then."""
     import asyncio
+
+    from tests.engine_helpers import sim_client
     from tillplug.engine.models import EventDefinition
     from tillplug.flows.checkouts import Deduction
-    from tests.engine_helpers import sim_client
 
     with SimServer() as sim:
         with VirtualTill(tmp_path / "t", sim=sim) as till:
@@ -290,8 +324,12 @@ def test_a_deduction_interrupted_by_a_crash_is_settled_at_restart(tmp_path):
 
             async def landed():
                 async with sim_client(sim.url) as c:
-                    await c.report_event(EventDefinition(type="REDEEMED_POINTS", subject=ALICE,
-                                                         payload={"points": 200, "eventKey": "landed-key"}))
+                    await c.report_event(
+                        EventDefinition(
+                            type="REDEEMED_POINTS", subject=ALICE, payload={"points": 200, "eventKey": "landed-key"}
+                        )
+                    )
+
             asyncio.run(landed())
         time.sleep(0.2)
         assert sim.state.members[ALICE]["pointsBalance"] == 1050
@@ -339,8 +377,11 @@ def test_the_event_stream_resumes_after_last_event_id(till):
 
 def test_an_unplugged_scanner_is_told_to_the_till_and_comes_back(till):
     till.scanners[1].unplug()
-    assert till.wait_for(lambda: any(e["data"]["name"] == "scanner1" and e["data"]["state"] == "stale"
-                                     for e in of_type(till, "device_state")))
+    assert till.wait_for(
+        lambda: any(
+            e["data"]["name"] == "scanner1" and e["data"]["state"] == "stale" for e in of_type(till, "device_state")
+        )
+    )
     assert till.api.get("/v1/health").json()["status"] == "degraded"
     till.scanners[1].plug()
     assert till.wait_for(lambda: till.api.get("/v1/health").json()["status"] == "ok", timeout=5)
@@ -350,8 +391,10 @@ def test_an_unplugged_scanner_is_told_to_the_till_and_comes_back(till):
 
 def test_a_printer_that_is_gone_does_not_stop_the_sale(tmp_path):
     dead_port = closed_port()
-    with VirtualTill(tmp_path / "t", printers=[{"name": "p1", "connection": f"tcp://127.0.0.1:{dead_port}",
-                                                "lane": 1, "profile": "TM-T20II"}]) as till:
+    with VirtualTill(
+        tmp_path / "t",
+        printers=[{"name": "p1", "connection": f"tcp://127.0.0.1:{dead_port}", "lane": 1, "profile": "TM-T20II"}],
+    ) as till:
         assert till.api.get("/v1/health").json()["status"] == "degraded"
         r = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1})
         assert r.status_code == 200 and r.json()["printed"] is False and r.json()["pointsBalance"] == 1250
@@ -361,6 +404,7 @@ def test_a_printer_that_is_gone_does_not_stop_the_sale(tmp_path):
 def closed_port():
     """A loopback port nothing listens on."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -8,19 +8,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tillplug import errors as E
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine import EngineClient, EngineSecrets
 from tillplug.engine.models import EventDefinition, Order
-from tillplug import errors as E
 
 API_KEY = "live-key-d34db33f"
 CLIENT_SECRET = "client-secret-c0ffee"
 TOKEN = "admin-token-5ecret"
-CFG = EngineConfig(preset="eu", api_key="/k", client_id="/i", client_secret="/s", max_attempts=2,
-                   venue_identifier="branch-0001")
-BENEFIT = {"id": "b1", "type": "VOUCHER", "createdAt": "2026-01-01T00:00:00.000Z", "redeemedAt": "2026-01-02T00:00:00.000Z",
-           "code": {"value": "ABC-123"}, "reward": {"id": "r1", "name": "£5 off", "discounts": [{"type": "ABSOLUTE", "value": 500}]}}
+CFG = EngineConfig(
+    preset="eu", api_key="/k", client_id="/i", client_secret="/s", max_attempts=2, venue_identifier="branch-0001"
+)
+BENEFIT = {
+    "id": "b1",
+    "type": "VOUCHER",
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "redeemedAt": "2026-01-02T00:00:00.000Z",
+    "code": {"value": "ABC-123"},
+    "reward": {"id": "r1", "name": "£5 off", "discounts": [{"type": "ABSOLUTE", "value": 500}]},
+}
 EVENT = {"id": "e1", "type": "TRANSACTION", "payload": {"eventKey": "k1"}, "createdAt": "2026-01-01T00:00:00.000Z"}
 
 
@@ -41,7 +48,9 @@ class Engine:
         self.requests.append(request)
         if request.url.path == "/oauth/token":
             self.token_calls += 1
-            return httpx.Response(self.token_status, json={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 86400})
+            return httpx.Response(
+                self.token_status, json={"access_token": TOKEN, "token_type": "Bearer", "expires_in": 86400}
+            )
         key = (request.method, request.url.path.removeprefix("/v1"))
         answers = self.routes[key]
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
@@ -57,6 +66,7 @@ def ok(data, status=200):
 def client(engine, **kw):
     async def no_sleep(_):
         return None
+
     return EngineClient(CFG, secrets(), transport=httpx.MockTransport(engine), sleep=no_sleep, **kw)
 
 
@@ -70,19 +80,23 @@ async def call(engine, name, *args, **kw):
 
 
 def test_every_endpoint_sends_what_the_engine_expects():
-    engine = Engine({
-        ("GET", "/users/1000001"): [ok({"id": "u1", "accountNumber": "1000001", "authIdentifier": "a1"})],
-        ("GET", "/users/u1/wallet"): [ok({"pointsBalance": 1250, "vouchers": [BENEFIT]})],
-        ("GET", "/benefits/"): [ok([BENEFIT])],
-        ("GET", "/benefits/b1"): [ok(BENEFIT)],
-        ("POST", "/commands/redeem_benefit"): [ok(BENEFIT)],
-        ("POST", "/commands/validate_voucher"): [ok(BENEFIT)],
-        ("POST", "/events/"): [ok(EVENT)],
-        ("POST", "/events/test_reaction"): [ok([{"reactor": {"id": "r"}, "reactions": [{"type": "POINTS", "points": 25}]}])],
-        ("GET", "/events/"): [ok([EVENT, {**EVENT, "id": "e2", "payload": {"eventKey": "other"}}])],
-        ("GET", "/events/e1/reactions"): [ok([{"type": "POINTS", "points": 25}])],
-        ("POST", "/orders"): [ok({"id": "o1"}, 201)],
-    })
+    engine = Engine(
+        {
+            ("GET", "/users/1000001"): [ok({"id": "u1", "accountNumber": "1000001", "authIdentifier": "a1"})],
+            ("GET", "/users/u1/wallet"): [ok({"pointsBalance": 1250, "vouchers": [BENEFIT]})],
+            ("GET", "/benefits/"): [ok([BENEFIT])],
+            ("GET", "/benefits/b1"): [ok(BENEFIT)],
+            ("POST", "/commands/redeem_benefit"): [ok(BENEFIT)],
+            ("POST", "/commands/validate_voucher"): [ok(BENEFIT)],
+            ("POST", "/events/"): [ok(EVENT)],
+            ("POST", "/events/test_reaction"): [
+                ok([{"reactor": {"id": "r"}, "reactions": [{"type": "POINTS", "points": 25}]}])
+            ],
+            ("GET", "/events/"): [ok([EVENT, {**EVENT, "id": "e2", "payload": {"eventKey": "other"}}])],
+            ("GET", "/events/e1/reactions"): [ok([{"type": "POINTS", "points": 25}])],
+            ("POST", "/orders"): [ok({"id": "o1"}, 201)],
+        }
+    )
 
     async def go():
         async with client(engine) as c:
@@ -98,6 +112,7 @@ def test_every_endpoint_sends_what_the_engine_expects():
             assert [e.id for e in await c.find_events("k1")] == ["e1"]
             assert (await c.event_reactions("e1"))[0].points == 25
             await c.submit_order(Order(orderId="t1", totalSpend=2500, currency="GBP"))
+
     run(go())
     sent = {(r.method, r.url.path): r for r in engine.requests}
     for r in engine.requests:
@@ -107,7 +122,11 @@ def test_every_endpoint_sends_what_the_engine_expects():
     assert engine.token_calls == 1  # cached across every call
     assert json.loads(sent[("POST", "/v1/commands/redeem_benefit")].content) == {"benefitId": "b1"}
     assert json.loads(sent[("POST", "/v1/commands/validate_voucher")].content) == {
-        "code": "ABC-123", "allowFutureValidation": True, "userIdentifier": "u1", "venueIdentifier": "branch-0001"}
+        "code": "ABC-123",
+        "allowFutureValidation": True,
+        "userIdentifier": "u1",
+        "venueIdentifier": "branch-0001",
+    }
     body = json.loads(sent[("POST", "/v1/events/")].content)
     assert body["type"] == "TRANSACTION" and body["payload"]["eventKey"] == "k1"
     assert body["occurredAt"].endswith("Z") and "." in body["occurredAt"]
@@ -149,6 +168,7 @@ def test_token_cached_until_shortly_before_expiry():
         assert await cache.get(fetch) is first
         now[0] += 2
         assert (await cache.get(fetch)).reveal() == "t2"
+
     run(go())
     assert len(fetched) == 2
 
@@ -159,6 +179,7 @@ def test_concurrent_callers_share_one_token_fetch():
     async def go():
         async with client(engine) as c:
             await asyncio.gather(*(c.get_user("x") for _ in range(20)))
+
     run(go())
     assert engine.token_calls == 1
 
@@ -172,17 +193,20 @@ def write_or_read(write, answer):
     return engine, call(engine, "get_user", "x")
 
 
-@pytest.mark.parametrize("exc, write, expected", [
-    (httpx.ConnectError("refused"), False, E.EngineUnreachable),
-    (httpx.ConnectError("refused"), True, E.EngineUnreachable),
-    (httpx.ConnectTimeout("slow"), True, E.EngineTimeout),
-    (httpx.PoolTimeout("pool"), True, E.EngineTimeout),
-    (httpx.ReadTimeout("read"), False, E.EngineTimeout),
-    (httpx.ReadTimeout("read"), True, E.OutcomeUnknown),
-    (httpx.RemoteProtocolError("peer closed"), True, E.OutcomeUnknown),
-    (httpx.ReadError("reset"), True, E.OutcomeUnknown),
-    (httpx.ReadError("reset"), False, E.EngineUnreachable),
-])
+@pytest.mark.parametrize(
+    "exc, write, expected",
+    [
+        (httpx.ConnectError("refused"), False, E.EngineUnreachable),
+        (httpx.ConnectError("refused"), True, E.EngineUnreachable),
+        (httpx.ConnectTimeout("slow"), True, E.EngineTimeout),
+        (httpx.PoolTimeout("pool"), True, E.EngineTimeout),
+        (httpx.ReadTimeout("read"), False, E.EngineTimeout),
+        (httpx.ReadTimeout("read"), True, E.OutcomeUnknown),
+        (httpx.RemoteProtocolError("peer closed"), True, E.OutcomeUnknown),
+        (httpx.ReadError("reset"), True, E.OutcomeUnknown),
+        (httpx.ReadError("reset"), False, E.EngineUnreachable),
+    ],
+)
 def test_transport_failures_map_to_the_error_tree(exc, write, expected):
     engine, coro = write_or_read(write, exc)
     with pytest.raises(expected) as info:
@@ -198,11 +222,19 @@ def test_429_honours_retry_after_then_gives_up_as_rate_limited():
 
     async def sleep(s):
         slept.append(s)
-    engine = Engine({("GET", "/users/x"): [httpx.Response(429, headers={"Retry-After": "1.5"}, json={"message": "Too Many Requests"})]})
+
+    engine = Engine(
+        {
+            ("GET", "/users/x"): [
+                httpx.Response(429, headers={"Retry-After": "1.5"}, json={"message": "Too Many Requests"})
+            ]
+        }
+    )
 
     async def go():
         async with EngineClient(CFG, secrets(), transport=httpx.MockTransport(engine), sleep=sleep) as c:
             await c.get_user("x")
+
     with pytest.raises(E.RateLimited) as info:
         run(go())
     assert slept == [1.5] and info.value.retry_after == 1.5
@@ -213,10 +245,17 @@ def test_503_is_retried_and_can_succeed():
     assert run(call(engine, "get_user", "x")).id == "x"
 
 
-@pytest.mark.parametrize("status, write, expected", [
-    (500, False, E.EngineServerError), (500, True, E.OutcomeUnknown), (502, True, E.OutcomeUnknown),
-    (503, True, E.EngineServerError), (403, False, E.EngineAuthError), (400, True, E.EngineRejected),
-])
+@pytest.mark.parametrize(
+    "status, write, expected",
+    [
+        (500, False, E.EngineServerError),
+        (500, True, E.OutcomeUnknown),
+        (502, True, E.OutcomeUnknown),
+        (503, True, E.EngineServerError),
+        (403, False, E.EngineAuthError),
+        (400, True, E.EngineRejected),
+    ],
+)
 def test_status_codes_map_to_the_error_tree(status, write, expected):
     response = httpx.Response(status, json={"status": "fail", "message": "engine says no"})
     engine, coro = write_or_read(write, response)
@@ -226,7 +265,9 @@ def test_status_codes_map_to_the_error_tree(status, write, expected):
 
 
 def test_rejection_carries_the_engines_message_verbatim():
-    engine = Engine({("POST", "/events/"): [httpx.Response(400, json={"status": "fail", "message": "payload.total is required"})]})
+    engine = Engine(
+        {("POST", "/events/"): [httpx.Response(400, json={"status": "fail", "message": "payload.total is required"})]}
+    )
     with pytest.raises(E.EngineRejected) as info:
         run(call(engine, "report_event", EventDefinition(type="TRANSACTION")))
     assert info.value.engine_message == "payload.total is required"
@@ -234,20 +275,25 @@ def test_rejection_carries_the_engines_message_verbatim():
 
 
 def test_unknown_member_is_member_not_found():
-    engine = Engine({("GET", "/users/9999999"): [httpx.Response(404, json={"status": "fail", "message": "User not found"})]})
+    engine = Engine(
+        {("GET", "/users/9999999"): [httpx.Response(404, json={"status": "fail", "message": "User not found"})]}
+    )
     with pytest.raises(E.MemberNotFound):
         run(call(engine, "get_user", "9999999"))
 
 
-@pytest.mark.parametrize("status, reason, expected", [
-    (404, "VOUCHER_NOT_FOUND", E.VoucherUnknown),
-    (409, "VOUCHER_ALREADY_BURNED", E.VoucherAlreadyUsed),
-    (409, "VOUCHER_EXPIRED", E.VoucherExpired),
-    (400, "VOUCHER_NOT_REDEEMED", E.VoucherNotRedeemed),
-    (403, "VOUCHER_WRONG_USER", E.VoucherWrongMember),
-    (403, "VOUCHER_WRONG_VENUE", E.VoucherWrongVenue),
-    (404, None, E.VoucherUnknown),
-])
+@pytest.mark.parametrize(
+    "status, reason, expected",
+    [
+        (404, "VOUCHER_NOT_FOUND", E.VoucherUnknown),
+        (409, "VOUCHER_ALREADY_BURNED", E.VoucherAlreadyUsed),
+        (409, "VOUCHER_EXPIRED", E.VoucherExpired),
+        (400, "VOUCHER_NOT_REDEEMED", E.VoucherNotRedeemed),
+        (403, "VOUCHER_WRONG_USER", E.VoucherWrongMember),
+        (403, "VOUCHER_WRONG_VENUE", E.VoucherWrongVenue),
+        (404, None, E.VoucherUnknown),
+    ],
+)
 def test_six_voucher_outcomes_are_distinct_errors(status, reason, expected):
     body = {"status": "fail", "message": "no", "data": {"code": reason} if reason else {}}
     engine = Engine({("POST", "/commands/validate_voucher"): [httpx.Response(status, json=body)]})
@@ -257,14 +303,17 @@ def test_six_voucher_outcomes_are_distinct_errors(status, reason, expected):
     assert info.value.code != E.VoucherError.code or expected is E.VoucherError
 
 
-@pytest.mark.parametrize("response", [
-    httpx.Response(200, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"}),
-    httpx.Response(200, content=b'{"status": "success", "data": {"pointsBal'),
-    httpx.Response(200, content=b""),
-    httpx.Response(200, json={"status": "success", "data": [1, 2]}),
-    httpx.Response(200, json={"pointsBalance": 5}),
-    httpx.Response(200, json={"status": "error", "data": {}}),
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"}),
+        httpx.Response(200, content=b'{"status": "success", "data": {"pointsBal'),
+        httpx.Response(200, content=b""),
+        httpx.Response(200, json={"status": "success", "data": [1, 2]}),
+        httpx.Response(200, json={"pointsBalance": 5}),
+        httpx.Response(200, json={"status": "error", "data": {}}),
+    ],
+)
 def test_bodies_that_do_not_parse_are_protocol_errors(response):
     engine = Engine({("GET", "/users/u/wallet"): [response]})
     with pytest.raises(E.EngineProtocolError):
@@ -280,25 +329,36 @@ hostile_body = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({"status": st.sampled_from(["success", "fail", "error", 3]), "data": json_values}).map(
-        lambda v: json.dumps(v).encode()),
+        lambda v: json.dumps(v).encode()
+    ),
 )
 
 
-@given(status=st.sampled_from([200, 201, 204, 301, 400, 401, 403, 404, 409, 418, 422, 429, 500, 502, 503, 504]),
-       body=hostile_body, endpoint=st.sampled_from(["get_user", "get_wallet", "list_benefits", "validate_voucher",
-                                                     "report_event", "test_reaction", "find_events"]))
+@given(
+    status=st.sampled_from([200, 201, 204, 301, 400, 401, 403, 404, 409, 418, 422, 429, 500, 502, 503, 504]),
+    body=hostile_body,
+    endpoint=st.sampled_from(
+        ["get_user", "get_wallet", "list_benefits", "validate_voucher", "report_event", "test_reaction", "find_events"]
+    ),
+)
 def test_hostile_responses_only_ever_raise_tillplug_errors(status, body, endpoint):
     def handler(request):
         if request.url.path == "/oauth/token":
             return httpx.Response(200, json={"access_token": TOKEN, "expires_in": 86400})
         return httpx.Response(status, content=body)
-    args = {"report_event": (EventDefinition(type="TRANSACTION"),), "test_reaction": (EventDefinition(type="TRANSACTION"),)}
+
+    args = {
+        "report_event": (EventDefinition(type="TRANSACTION"),),
+        "test_reaction": (EventDefinition(type="TRANSACTION"),),
+    }
 
     async def go():
         async def no_sleep(_):
             return None
+
         async with EngineClient(CFG, secrets(), transport=httpx.MockTransport(handler), sleep=no_sleep) as c:
             await getattr(c, endpoint)(*args.get(endpoint, ("x",)))
+
     try:
         run(go())
     except E.TillplugError as exc:
@@ -329,6 +389,7 @@ def test_event_type_secret_replaces_the_admin_token():
     async def go():
         async with EngineClient(CFG, s, transport=httpx.MockTransport(engine)) as c:
             await c.report_event(EventDefinition(type="TRANSACTION"))
+
     run(go())
     assert engine.token_calls == 0
     assert engine.requests[0].headers["authorization"] == "Bearer evt-secret"

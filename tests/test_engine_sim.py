@@ -6,10 +6,10 @@ import time
 import httpx
 import pytest
 
+from tests.engine_helpers import sim_client
 from tillplug import errors as E
 from tillplug.engine.models import EventDefinition, Order, new_event_key, points_of
 from tillplug.sim import SimServer
-from tests.engine_helpers import sim_client
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
 BOB = "5a1b2c3d-0000-4000-8000-000000000002"
@@ -47,6 +47,7 @@ def test_member_lookup_by_uuid_account_number_and_auth_identifier(sim):
             assert states["ALICE-OLD-0004"] == "expired" and states["ALICE-10PC-0002"] == "created"
             with pytest.raises(E.MemberNotFound):
                 await c.get_user("9999999")
+
     run(go())
 
 
@@ -54,14 +55,18 @@ def test_earning_a_transaction_event_awards_points_asynchronously(sim):
     async def go():
         async with sim_client(sim.url) as c:
             key = new_event_key()
-            event = EventDefinition(type="TRANSACTION", subject=ALICE,
-                                    payload={"eventKey": key, "transactionId": "T1", "total": 2550, "currency": "GBP"})
+            event = EventDefinition(
+                type="TRANSACTION",
+                subject=ALICE,
+                payload={"eventKey": key, "transactionId": "T1", "total": 2550, "currency": "GBP"},
+            )
             preview = points_of([r for res in await c.test_reaction(event) for r in res.reactions])
             assert preview == 25
             assert (await c.get_wallet(ALICE)).points_balance == 1250  # test_reaction has no side effect
             reported = await c.report_event(event)
             assert await wait_for(lambda: _balance_is(c, 1275))
             assert points_of(await c.event_reactions(reported.id)) == 25
+
     run(go())
     assert sim.state.ledger_view()["duplicates"] == {}
 
@@ -73,12 +78,19 @@ async def _balance_is(c, points):
 def test_spending_points_and_refund_restore_the_balance(sim):
     async def go():
         async with sim_client(sim.url) as c:
-            await c.report_event(EventDefinition(type="REDEEMED_POINTS", subject=ALICE,
-                                                 payload={"points": 500, "eventKey": new_event_key()}))
+            await c.report_event(
+                EventDefinition(
+                    type="REDEEMED_POINTS", subject=ALICE, payload={"points": 500, "eventKey": new_event_key()}
+                )
+            )
             assert await wait_for(lambda: _balance_is(c, 750))
-            await c.report_event(EventDefinition(type="POINTS_REFUND", subject=ALICE,
-                                                 payload={"points": 500, "eventKey": new_event_key()}))
+            await c.report_event(
+                EventDefinition(
+                    type="POINTS_REFUND", subject=ALICE, payload={"points": 500, "eventKey": new_event_key()}
+                )
+            )
             assert await wait_for(lambda: _balance_is(c, 1250))
+
     run(go())
 
 
@@ -87,6 +99,7 @@ def test_negative_balances_are_allowed_like_the_real_engine(sim):
         async with sim_client(sim.url) as c:
             await c.report_event(EventDefinition(type="REDEEMED_POINTS", subject=BOB, payload={"points": 1000}))
             assert await wait_for(lambda: _wallet_of(c, BOB, -700))
+
     run(go())
 
 
@@ -105,21 +118,27 @@ def test_user_led_voucher_check_then_burn(sim):
             assert burned.state() == "burned"
             with pytest.raises(E.VoucherAlreadyUsed):
                 await c.validate_voucher("ALICE-5OFF-0001")
+
     run(go())
     assert [b["code"] for b in sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
 
 
 def test_six_voucher_outcomes_from_the_simulator(sim):
-    cases = [("NOPE-0000", {}, E.VoucherUnknown), ("ALICE-USED-0003", {}, E.VoucherAlreadyUsed),
-             ("ALICE-OLD-0004", {}, E.VoucherExpired), ("ALICE-10PC-0002", {}, E.VoucherNotRedeemed),
-             ("BOB-5OFF-0001", {"user_identifier": ALICE}, E.VoucherWrongMember),
-             ("ALICE-RIVER-0005", {}, E.VoucherWrongVenue)]
+    cases = [
+        ("NOPE-0000", {}, E.VoucherUnknown),
+        ("ALICE-USED-0003", {}, E.VoucherAlreadyUsed),
+        ("ALICE-OLD-0004", {}, E.VoucherExpired),
+        ("ALICE-10PC-0002", {}, E.VoucherNotRedeemed),
+        ("BOB-5OFF-0001", {"user_identifier": ALICE}, E.VoucherWrongMember),
+        ("ALICE-RIVER-0005", {}, E.VoucherWrongVenue),
+    ]
 
     async def go():
         async with sim_client(sim.url, venue_identifier="branch-0001") as c:
             for code, kw, expected in cases:
                 with pytest.raises(expected):
                     await c.validate_voucher(code, **kw)
+
     run(go())
 
 
@@ -137,6 +156,7 @@ def test_cashier_led_voucher_list_redeem_validate(sim):
                 await c.redeem_benefit(ready[0].id)
             with pytest.raises(E.BenefitNotFound):
                 await c.redeem_benefit("no-such-benefit")
+
     run(go())
 
 
@@ -144,10 +164,18 @@ def test_receipts_order_mode_awards_points_via_order_placed(sim):
     async def go():
         async with sim_client(sim.url) as c:
             key = new_event_key()
-            await c.submit_order(Order(orderId="T9", totalSpend=1000, currency="GBP",
-                                       submitter={"authIdentifier": "auth-alice"}, metadata={"eventKey": key}))
+            await c.submit_order(
+                Order(
+                    orderId="T9",
+                    totalSpend=1000,
+                    currency="GBP",
+                    submitter={"authIdentifier": "auth-alice"},
+                    metadata={"eventKey": key},
+                )
+            )
             assert await wait_for(lambda: _balance_is(c, 1260))
             assert len(await c.find_orders(key)) == 1
+
     run(go())
 
 
@@ -158,9 +186,12 @@ def test_reset_after_read_records_the_event_and_lookup_finds_it(sim):
         async with sim_client(sim.url) as c:
             key = new_event_key()
             with pytest.raises(E.OutcomeUnknown):
-                await c.report_event(EventDefinition(type="TRANSACTION", subject=ALICE, payload={"eventKey": key, "total": 100}))
+                await c.report_event(
+                    EventDefinition(type="TRANSACTION", subject=ALICE, payload={"eventKey": key, "total": 100})
+                )
             sim.sim.faults.update({"reset_rate": 0.0})
             assert len(await c.find_events(key)) == 1
+
     run(go())
 
 
@@ -172,6 +203,7 @@ def test_malformed_bodies_become_protocol_errors(sim, kind):
         async with sim_client(sim.url) as c:
             with pytest.raises(E.EngineProtocolError):
                 await c.get_wallet(ALICE)
+
     run(go())
 
 
@@ -183,6 +215,7 @@ def test_engine_down_is_retryable(sim):
             with pytest.raises(E.EngineServerError) as info:
                 await c.get_wallet(ALICE)
             assert isinstance(info.value, E.RetryableError)
+
     run(go())
 
 
@@ -191,11 +224,19 @@ def test_wrong_api_key_is_401_and_bearer_is_required(sim):
     assert r.status_code == 401 and r.json()["status"] == "fail"
     r = httpx.get(sim.url + "/v1/users/1000001", headers={"X-Api-Key": sim.state.api_key})
     assert r.status_code == 401
-    token = httpx.post(sim.url + "/oauth/token", json={"client_id": "sim-client", "client_secret": "sim-client-secret",
-                                                        "audience": "wlloyalty.net", "grant_type": "client_credentials"}).json()
+    token = httpx.post(
+        sim.url + "/oauth/token",
+        json={
+            "client_id": "sim-client",
+            "client_secret": "sim-client-secret",
+            "audience": "wlloyalty.net",
+            "grant_type": "client_credentials",
+        },
+    ).json()
     for path in ("/v1/users/1000001", "/v1/users/1000001/"):  # trailing-slash tolerance
-        r = httpx.get(sim.url + path, headers={"X-Api-Key": sim.state.api_key,
-                                               "Authorization": f"Bearer {token['access_token']}"})
+        r = httpx.get(
+            sim.url + path, headers={"X-Api-Key": sim.state.api_key, "Authorization": f"Bearer {token['access_token']}"}
+        )
         assert r.status_code == 200 and r.json()["data"]["id"] == ALICE
 
 
@@ -211,6 +252,7 @@ def test_events_are_not_deduplicated_like_the_real_engine(sim):
             event = EventDefinition(type="TRANSACTION", subject=ALICE, payload={"eventKey": "same", "total": 100})
             await c.report_event(event)
             await c.report_event(event)
+
     run(go())
     assert sim.state.ledger.duplicates() == {"same": 2}
 
@@ -221,6 +263,7 @@ def test_intrinsic_and_unknown_event_types_are_rejected(sim):
             for etype in ("BURNED_VOUCHER", "NOT_CONFIGURED"):
                 with pytest.raises(E.EngineRejected):
                     await c.report_event(EventDefinition(type=etype))
+
     run(go())
 
 
@@ -234,4 +277,5 @@ def test_proxy_environment_variables_do_not_reroute_the_engine(sim, monkeypatch)
     async def go():
         async with sim_client(sim.url) as c:
             return (await c.get_user("1000001")).id
+
     assert run(go()) == ALICE

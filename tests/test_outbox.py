@@ -13,19 +13,27 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.engine_helpers import sim_client
 from tillplug import errors as E
 from tillplug.engine.models import Event, new_event_key
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.sim import SimServer
-from tests.engine_helpers import sim_client
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
 
 
 def sale(store, i, stream=None):
     key = new_event_key()
-    store.add(kind="event", stream=stream or f"tx-{i}", event_key=key,
-              body={"type": "TRANSACTION", "subject": ALICE, "payload": {"eventKey": key, "transactionId": f"tx-{i}", "total": 100}})
+    store.add(
+        kind="event",
+        stream=stream or f"tx-{i}",
+        event_key=key,
+        body={
+            "type": "TRANSACTION",
+            "subject": ALICE,
+            "payload": {"eventKey": key, "transactionId": f"tx-{i}", "total": 100},
+        },
+    )
     return key
 
 
@@ -33,6 +41,7 @@ def drain(sim, store, timeout=60, **kw):
     async def go():
         async with sim_client(sim.url) as c:
             return await Deliverer(store, c, rate=10_000, burst=10_000, **kw).drain(timeout)
+
     return asyncio.run(go())
 
 
@@ -40,6 +49,7 @@ def drain(sim, store, timeout=60, **kw):
 def fast_retries(monkeypatch):
     """Retries in tens of milliseconds instead of seconds, so outage tests stay short."""
     import tillplug.outbox.deliver as d
+
     monkeypatch.setattr(d, "retry_delay", lambda attempts: 0.01 * min(attempts, 5))
 
 
@@ -73,10 +83,18 @@ def test_a_refund_never_overtakes_the_write_before_it_in_its_checkout(tmp_path, 
     store = OutboxStore(tmp_path / "o.db")
     with SimServer(rate=100_000, burst=100_000) as sim:
         first, second = new_event_key(), new_event_key()
-        store.add(kind="event", stream="tx-9", event_key=first,
-                  body={"type": "REDEEMED_POINTS", "subject": ALICE, "payload": {"eventKey": first, "points": 100}})
-        store.add(kind="event", stream="tx-9", event_key=second,
-                  body={"type": "POINTS_REFUND", "subject": ALICE, "payload": {"eventKey": second, "points": 100}})
+        store.add(
+            kind="event",
+            stream="tx-9",
+            event_key=first,
+            body={"type": "REDEEMED_POINTS", "subject": ALICE, "payload": {"eventKey": first, "points": 100}},
+        )
+        store.add(
+            kind="event",
+            stream="tx-9",
+            event_key=second,
+            body={"type": "POINTS_REFUND", "subject": ALICE, "payload": {"eventKey": second, "points": 100}},
+        )
         sim.sim.faults.update({"down": True})
         drain(sim, store, timeout=0.3)
         sim.sim.faults.update({"down": False})
@@ -88,8 +106,13 @@ def test_a_refund_whose_deduction_never_arrived_is_not_sent(tmp_path):
     store = OutboxStore(tmp_path / "o.db")
     with SimServer() as sim:
         refund = new_event_key()
-        store.add(kind="event", stream="tx-1", event_key=refund, requires_key="never-sent",
-                  body={"type": "POINTS_REFUND", "subject": ALICE, "payload": {"eventKey": refund, "points": 50}})
+        store.add(
+            kind="event",
+            stream="tx-1",
+            event_key=refund,
+            requires_key="never-sent",
+            body={"type": "POINTS_REFUND", "subject": ALICE, "payload": {"eventKey": refund, "points": 50}},
+        )
         assert drain(sim, store)
         assert sim.state.ledger.events == []
         assert "not needed" in store.by_key(refund).note
@@ -99,8 +122,12 @@ def test_a_permanent_rejection_is_dead_with_the_engines_message(tmp_path, capsys
     store = OutboxStore(tmp_path / "o.db")
     with SimServer() as sim:
         key = new_event_key()
-        store.add(kind="event", stream="tx-1", event_key=key,
-                  body={"type": "NO_SUCH_TYPE", "subject": ALICE, "payload": {"eventKey": key}})
+        store.add(
+            kind="event",
+            stream="tx-1",
+            event_key=key,
+            body={"type": "NO_SUCH_TYPE", "subject": ALICE, "payload": {"eventKey": key}},
+        )
         sale(store, 2)
         assert drain(sim, store)
     row = store.by_key(key)
@@ -110,6 +137,7 @@ def test_a_permanent_rejection_is_dead_with_the_engines_message(tmp_path, capsys
 
 def test_technician_cli_lists_retries_and_discards(tmp_path, capsys):
     from tillplug.cli import main
+
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'till_id="t"\nbranch_id="b"\nstate_dir="{tmp_path}"\n[engine]\npreset="simulator"\n')
     store = OutboxStore(tmp_path / "outbox.sqlite3")
@@ -137,9 +165,11 @@ def test_kill_dash_9_at_50_random_moments_loses_nothing_and_doubles_nothing(tmp_
     store.close()
     with SimServer(rate=100_000, burst=100_000) as sim:
         cfg = tmp_path / "c.toml"
-        cfg.write_text(f'till_id="t"\nbranch_id="b"\nstate_dir="{tmp_path}"\n'
-                       f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
-                       f"[outbox]\nrate_per_second=10\nburst=1\n")  # slow enough that every run is cut short
+        cfg.write_text(
+            f'till_id="t"\nbranch_id="b"\nstate_dir="{tmp_path}"\n'
+            f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
+            f"[outbox]\nrate_per_second=10\nburst=1\n"
+        )  # slow enough that every run is cut short
         cmd = [sys.executable, "-m", "tillplug", "outbox", "--config", str(cfg), "drain", "--timeout", "60"]
         kills = 0
         for _ in range(50):
@@ -189,6 +219,7 @@ class OutboxMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         import tempfile
+
         self.dir = tempfile.mkdtemp()
         self.store = OutboxStore(os.path.join(self.dir, "o.db"), clock=lambda: 0.0)
         self.engine = FakeEngine()
@@ -200,8 +231,9 @@ class OutboxMachine(RuleBasedStateMachine):
     @rule(stream=st.integers(0, 3))
     def enqueue(self, stream):
         key = new_event_key()
-        self.store.add(kind="event", stream=f"s{stream}", event_key=key,
-                       body={"type": "TRANSACTION", "payload": {"eventKey": key}})
+        self.store.add(
+            kind="event", stream=f"s{stream}", event_key=key, body={"type": "TRANSACTION", "payload": {"eventKey": key}}
+        )
         self.enqueued.append(key)
 
     @rule(fate=st.sampled_from(["ok", "down", "reject", "lost_answer"]))

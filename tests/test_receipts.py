@@ -11,10 +11,10 @@ import zxingcpp
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from tillplug.drivers.escpos_printer import EscposPrinter, parse_status
 
 from tillplug.config.model import PrinterConfig
 from tillplug.devices.base import PrinterState
-from tillplug.drivers.escpos_printer import EscposPrinter, parse_status
 from tillplug.engine.models import Benefit, Wallet
 from tillplug.money import Money
 from tillplug.receipts import templates as T
@@ -23,14 +23,31 @@ from tillplug.receipts.preview import interpret, render_png
 
 GOLDEN = Path(__file__).parent / "golden"
 WHEN = datetime(2026, 11, 26, 9, 30)
-CTX = T.SlipContext("till-01", "branch-0001", "GBP", ("Corner Shop", "12 High Street"), ("Thank you for shopping with us",))
-BENEFIT = Benefit.model_validate({
-    "id": "b1", "createdAt": "2026-11-01T00:00:00.000Z", "redeemedAt": "2026-11-02T00:00:00.000Z",
-    "expiresAt": "2026-12-31T00:00:00.000Z", "code": {"value": "ALICE-5OFF-0001"},
-    "reward": {"id": "r1", "name": "£5 off your weekly shop at any of our stores nationwide",
-               "discounts": [{"type": "ABSOLUTE", "value": 500}, {"type": "PERCENTAGE", "value": 10, "sku": "COFFEE"}]}})
-WALLET = Wallet.model_validate({"pointsBalance": 1250, "lifetimeEarn": 4000, "tier": {"name": "Gold"},
-                                "vouchers": [BENEFIT.model_dump(by_alias=True)]})
+CTX = T.SlipContext(
+    "till-01", "branch-0001", "GBP", ("Corner Shop", "12 High Street"), ("Thank you for shopping with us",)
+)
+BENEFIT = Benefit.model_validate(
+    {
+        "id": "b1",
+        "createdAt": "2026-11-01T00:00:00.000Z",
+        "redeemedAt": "2026-11-02T00:00:00.000Z",
+        "expiresAt": "2026-12-31T00:00:00.000Z",
+        "code": {"value": "ALICE-5OFF-0001"},
+        "reward": {
+            "id": "r1",
+            "name": "£5 off your weekly shop at any of our stores nationwide",
+            "discounts": [{"type": "ABSOLUTE", "value": 500}, {"type": "PERCENTAGE", "value": 10, "sku": "COFFEE"}],
+        },
+    }
+)
+WALLET = Wallet.model_validate(
+    {
+        "pointsBalance": 1250,
+        "lifetimeEarn": 4000,
+        "tier": {"name": "Gold"},
+        "vouchers": [BENEFIT.model_dump(by_alias=True)],
+    }
+)
 
 
 def all_slips():
@@ -45,8 +62,9 @@ def all_slips():
 
 
 def printer(columns=None, width=80, profile="TM-T20II"):
-    return EscposPrinter(PrinterConfig(name="p", connection="capture://memory", profile=profile,
-                                       paper_width_mm=width, columns=columns))
+    return EscposPrinter(
+        PrinterConfig(name="p", connection="capture://memory", profile=profile, paper_width_mm=width, columns=columns)
+    )
 
 
 @pytest.mark.parametrize("columns", [32, 42, 48])
@@ -59,11 +77,11 @@ def test_every_template_fits_the_paper_and_its_codes_scan(tmp_path, columns, nam
     for item in preview.items:
         if item.kind == "text":
             assert len(item.text) * item.style.width <= columns, item.text
-    png = render_png(preview, tmp_path / f"{name}.png", columns=columns,
-                     width_px={32: 384, 42: 512, 48: 576}[columns])
+    png = render_png(preview, tmp_path / f"{name}.png", columns=columns, width_px={32: 384, 42: 512, 48: 576}[columns])
     decoded = {(r.format.name, r.text) for r in zxingcpp.read_barcodes(Image.open(png))}
-    expected = {("Code128", i.text) for i in preview.items if i.kind == "barcode"} | \
-               {("QRCode", i.text) for i in preview.items if i.kind == "qr"}
+    expected = {("Code128", i.text) for i in preview.items if i.kind == "barcode"} | {
+        ("QRCode", i.text) for i in preview.items if i.kind == "qr"
+    }
     assert expected <= decoded
 
 
@@ -74,8 +92,15 @@ def test_no_word_or_number_is_cut_in_half(columns):
     assert "1,250 pts" in interpret(printer(columns=columns).render(all_slips()["balance"])).text(columns)
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
-               max_size=300), st.integers(1, 64))
+@given(
+    st.text(
+        alphabet=st.characters(
+            blacklist_categories=("Cs",), blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+        ),
+        max_size=300,
+    ),
+    st.integers(1, 64),
+)
 def test_wrap_keeps_every_word_and_never_exceeds_the_width(text, width):
     lines = wrap(text, width)
     assert all(len(line) <= width for line in lines)
@@ -123,14 +148,17 @@ def test_status_is_never_paper_out_when_the_printer_did_not_answer(replies):
         assert status.state is PrinterState.UNKNOWN
 
 
-@pytest.mark.parametrize("replies, state, reason", [
-    ({1: b"\x16", 2: b"\x12", 4: b"\x12"}, PrinterState.OK, ""),
-    ({1: b"\x16", 2: b"\x12", 4: b"\x1e"}, PrinterState.WARNING, "paper near end"),
-    ({1: b"\x1e", 2: b"\x32", 4: b"\x72"}, PrinterState.ERROR, "paper out"),
-    ({1: b"\x1e", 2: b"\x16", 4: b"\x12"}, PrinterState.ERROR, "cover open"),
-    ({1: None}, PrinterState.UNKNOWN, "the printer did not answer"),
-    ({1: b"\x11\x16"}, PrinterState.UNKNOWN, "the printer did not answer"),  # XON mixed in: not a valid reply
-])
+@pytest.mark.parametrize(
+    "replies, state, reason",
+    [
+        ({1: b"\x16", 2: b"\x12", 4: b"\x12"}, PrinterState.OK, ""),
+        ({1: b"\x16", 2: b"\x12", 4: b"\x1e"}, PrinterState.WARNING, "paper near end"),
+        ({1: b"\x1e", 2: b"\x32", 4: b"\x72"}, PrinterState.ERROR, "paper out"),
+        ({1: b"\x1e", 2: b"\x16", 4: b"\x12"}, PrinterState.ERROR, "cover open"),
+        ({1: None}, PrinterState.UNKNOWN, "the printer did not answer"),
+        ({1: b"\x11\x16"}, PrinterState.UNKNOWN, "the printer did not answer"),  # XON mixed in: not a valid reply
+    ],
+)
 def test_status_bytes_are_read_as_epson_documents_them(replies, state, reason):
     status = parse_status(replies)
     assert (status.state, status.reason) == (state, reason)
@@ -167,15 +195,19 @@ class FakeNetworkPrinter:
         self.thread.join(5)
 
 
-@pytest.mark.parametrize("answers, state", [
-    ({1: b"\x16", 2: b"\x12", 4: b"\x12"}, PrinterState.OK),
-    ({1: b"\x1e", 2: b"\x32", 4: b"\x72"}, PrinterState.ERROR),
-    ({}, PrinterState.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "answers, state",
+    [
+        ({1: b"\x16", 2: b"\x12", 4: b"\x12"}, PrinterState.OK),
+        ({1: b"\x1e", 2: b"\x32", 4: b"\x72"}, PrinterState.ERROR),
+        ({}, PrinterState.UNKNOWN),
+    ],
+)
 def test_network_printer_prints_and_reports_status(answers, state):
     fake = FakeNetworkPrinter(answers)
-    p = EscposPrinter(PrinterConfig(name="p", connection=f"tcp://127.0.0.1:{fake.port}", profile="TM-T20II",
-                                    status_timeout=0.2))
+    p = EscposPrinter(
+        PrinterConfig(name="p", connection=f"tcp://127.0.0.1:{fake.port}", profile="TM-T20II", status_timeout=0.2)
+    )
     p.open()
     data = p.render(all_slips()["points"])
     p.write(data)
@@ -189,6 +221,7 @@ def test_network_printer_prints_and_reports_status(answers, state):
 
 def test_unknown_profile_is_a_clear_driver_error():
     from tillplug.errors import DriverError
+
     with pytest.raises(DriverError, match="unknown printer profile"):
         printer(profile="TM-NOPE")
 
@@ -196,9 +229,12 @@ def test_unknown_profile_is_a_clear_driver_error():
 def test_escpos_capabilities_cache_lives_in_the_cache_directory(tmp_path):
     import subprocess
     import sys
-    code = ("from tillplug.config.model import PrinterConfig;"
-            "from tillplug.drivers.escpos_printer import EscposPrinter;"
-            f"EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r})")
+
+    code = (
+        "from tillplug.config.model import PrinterConfig;"
+        "from tillplug.drivers.escpos_printer import EscposPrinter;"
+        f"EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r})"
+    )
     env = {k: v for k, v in os.environ.items() if k != "ESCPOS_CAPABILITIES_PICKLE_DIR"}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
     assert list(tmp_path.glob("*.pickle")), "python-escpos re-parses its capabilities at every start"

@@ -49,8 +49,13 @@ def test_the_shipped_rules_and_unit_are_what_the_generator_makes():
 
 def test_rules_parse_and_cover_every_known_device():
     rules = parse_rules(service.udev_rules())
-    matched = {(t["value"], u["value"]) for rule in rules for t in rule for u in rule
-               if t["attr"] == "idVendor" and u["attr"] == "idProduct"}
+    matched = {
+        (t["value"], u["value"])
+        for rule in rules
+        for t in rule
+        for u in rule
+        if t["attr"] == "idVendor" and u["attr"] == "idProduct"
+    }
     assert matched == {(d.vid, d.pid) for d in KNOWN_DEVICES}
     for rule in rules:
         keys = {(t["key"], t["attr"]) for t in rule}
@@ -61,8 +66,21 @@ def test_rules_parse_and_cover_every_known_device():
 
 def test_the_device_table_covers_the_common_brands():
     vendors = " ".join(d.vendor for d in KNOWN_DEVICES)
-    for brand in ("Honeywell", "Zebra", "Datalogic", "Newland", "Epson", "Star", "Bixolon", "Citizen",
-                  "Xprinter", "FTDI", "Prolific", "WCH", "Silicon Labs"):
+    for brand in (
+        "Honeywell",
+        "Zebra",
+        "Datalogic",
+        "Newland",
+        "Epson",
+        "Star",
+        "Bixolon",
+        "Citizen",
+        "Xprinter",
+        "FTDI",
+        "Prolific",
+        "WCH",
+        "Silicon Labs",
+    ):
         assert brand in vendors, brand
 
 
@@ -82,23 +100,34 @@ def test_systemd_analyze_verify_passes_on_the_unit(tmp_path):
     unit.write_text(service.unit(exec_path=str(Path(sys.executable).parent / "tillplug")))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
-                              capture_output=True, text=True, timeout=60)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60
+    )
     score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
     assert score and float(score.group(1)) <= 2.0, security.stdout[-500:]
 
 
 def test_the_unit_has_what_a_till_service_needs():
     text = service.unit()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=tillplug",
-                 "CacheDirectory=tillplug", "ConfigurationDirectory=tillplug", "LoadCredential=",
-                 "User=tillplug", "SupplementaryGroups=", "NoNewPrivileges=yes"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=tillplug",
+        "CacheDirectory=tillplug",
+        "ConfigurationDirectory=tillplug",
+        "LoadCredential=",
+        "User=tillplug",
+        "SupplementaryGroups=",
+        "NoNewPrivileges=yes",
+    ):
         assert line in text, line
     assert "PrivateDevices=yes" not in text  # it would hide the serial ports
 
 
 def test_install_dry_run_changes_nothing(tmp_path, capsys):
     from tillplug.cli import main
+
     assert main(["install", "--dry-run", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(line.startswith("would ") for line in out.splitlines())
@@ -109,6 +138,7 @@ def test_install_dry_run_changes_nothing(tmp_path, capsys):
 
 def test_install_into_a_staging_root_writes_the_files(tmp_path, capsys):
     from tillplug.cli import main
+
     assert main(["install", "--root", str(tmp_path)]) == 0
     assert (tmp_path / "etc/udev/rules.d/99-tillplug.rules").read_text() == service.udev_rules()
     assert "ExecStart=" in (tmp_path / "etc/systemd/system/tillplug.service").read_text()

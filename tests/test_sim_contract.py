@@ -15,9 +15,15 @@ schema = schemathesis.openapi.from_dict(document())
 @pytest.fixture(scope="module")
 def sim():
     with SimServer(rate=100_000, burst=100_000) as server:
-        token = httpx.post(server.url + "/oauth/token", json={
-            "client_id": "sim-client", "client_secret": "sim-client-secret",
-            "audience": "wlloyalty.net", "grant_type": "client_credentials"}).json()["access_token"]
+        token = httpx.post(
+            server.url + "/oauth/token",
+            json={
+                "client_id": "sim-client",
+                "client_secret": "sim-client-secret",
+                "audience": "wlloyalty.net",
+                "grant_type": "client_credentials",
+            },
+        ).json()["access_token"]
         with requests.Session() as session:  # one keep-alive session, closed at the end
             yield server, {"X-Api-Key": server.state.api_key, "Authorization": f"Bearer {token}"}, session
 
@@ -28,5 +34,9 @@ def test_simulator_conforms_to_its_openapi_document(case, sim):
     server, headers, session = sim
     # Like the real engine, the simulator ignores query parameters it does not know, so
     # "negative data must be rejected" does not apply; every other check does.
-    case.call_and_validate(base_url=server.url + "/v1", headers=headers, session=session,
-                           excluded_checks=[schemathesis.checks.negative_data_rejection])
+    case.call_and_validate(
+        base_url=server.url + "/v1",
+        headers=headers,
+        session=session,
+        excluded_checks=[schemathesis.checks.negative_data_rejection],
+    )

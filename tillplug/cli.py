@@ -71,7 +71,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(path: str):  # noqa: ANN202
+def _load(path: str):
     """The validated config, or None after printing every problem (the caller exits 2)."""
     from tillplug.config import load_config
     from tillplug.devices.registry import driver_names
@@ -84,7 +84,7 @@ def _load(path: str):  # noqa: ANN202
         return None
 
 
-def outbox_path(config) -> str:  # noqa: ANN001
+def outbox_path(config) -> str:
     return str(config.state_dir / "outbox.sqlite3")
 
 
@@ -98,16 +98,21 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "stats":
             stats = store.stats()
-            _out(json.dumps(stats.to_dict(), indent=2) if args.json else
-                 f"pending {stats.pending}  sending {stats.sending}  delivered {stats.delivered}  "
-                 f"dead {stats.dead}  discarded {stats.discarded}  oldest {stats.oldest_pending_age:.0f}s")
+            _out(
+                json.dumps(stats.to_dict(), indent=2)
+                if args.json
+                else f"pending {stats.pending}  sending {stats.sending}  delivered {stats.delivered}  "
+                f"dead {stats.dead}  discarded {stats.discarded}  oldest {stats.oldest_pending_age:.0f}s"
+            )
         elif args.action == "list":
             rows = store.rows(args.state)
             if args.json:
                 _out(json.dumps([r.summary() for r in rows], indent=2))
             for r in rows if not args.json else []:
-                _out(f"{r.id:>6}  {r.state:<9} {r.body.get('type', r.kind):<16} tries {r.attempts:<3} "
-                     f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip())
+                _out(
+                    f"{r.id:>6}  {r.state:<9} {r.body.get('type', r.kind):<16} tries {r.attempts:<3} "
+                    f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip()
+                )
         elif args.action == "retry":
             if not store.retry(args.id):
                 _err(f"row {args.id} is not dead or pending; nothing to retry")
@@ -125,7 +130,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _drain(config, store, timeout: float) -> int:  # noqa: ANN001
+def _drain(config, store, timeout: float) -> int:
     import asyncio
 
     from tillplug.engine import EngineClient, load_secrets
@@ -192,17 +197,21 @@ def cmd_test_print(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     printer = next((p for p in config.printers if p.name == args.printer), None)
     if printer is None:
-        _err(f"no printer named {args.printer!r} in {args.config} "
-             f"(configured: {', '.join(p.name for p in config.printers) or 'none'})")
+        _err(
+            f"no printer named {args.printer!r} in {args.config} "
+            f"(configured: {', '.join(p.name for p in config.printers) or 'none'})"
+        )
         return EXIT_USAGE
-    ctx = templates.SlipContext(config.till_id, config.branch_id, config.currency,
-                                tuple(config.receipts.header), tuple(config.receipts.footer))
+    ctx = templates.SlipContext(
+        config.till_id, config.branch_id, config.currency, tuple(config.receipts.header), tuple(config.receipts.footer)
+    )
 
     async def go() -> str:
         driver = load_drivers().get(printer.driver)(printer, str(config.cache_dir))
         sup = PrinterSupervisor(printer, driver)
-        page = templates.test_page(ctx, printer.name, printer.profile, printer.effective_columns(),
-                                   getattr(driver, "code_page", "-"))
+        page = templates.test_page(
+            ctx, printer.name, printer.profile, printer.effective_columns(), getattr(driver, "code_page", "-")
+        )
         await sup.print(page)
         status = await sup.status()
         await sup.close()
@@ -230,8 +239,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
         _out(json.dumps(ports, indent=2, default=str))
         return EXIT_OK
     if not ports:
-        _out("no serial ports found (USB scanners in keyboard mode do not appear here; "
-             "switch them to USB serial / CDC-ACM mode)")
+        _out(
+            "no serial ports found (USB scanners in keyboard mode do not appear here; "
+            "switch them to USB serial / CDC-ACM mode)"
+        )
     for i, port in enumerate(ports):
         known = lookup(port.get("vid"), port.get("pid"))
         ids = f"{port['vid']:04x}:{port['pid']:04x}" if port.get("vid") is not None else "-"
@@ -241,9 +252,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
             _out(f"    by-id: {port['by_id']}")
         path = port.get("by_id") or port["device"]
         if known is None or known.kind in ("scanner", "bridge"):
-            _out(f"    [[scanners]]\n    name = \"scanner{i}\"\n    port = \"{path}\"\n    baudrate = 9600")
+            _out(f'    [[scanners]]\n    name = "scanner{i}"\n    port = "{path}"\n    baudrate = 9600')
         if known is not None and known.kind in ("printer", "bridge"):
-            _out(f"    [[printers]]\n    name = \"printer{i}\"\n    connection = \"serial://{path}\"")
+            _out(f'    [[printers]]\n    name = "printer{i}"\n    connection = "serial://{path}"')
     for name, why in registry.broken.items():
         _err(f"driver {name} did not load: {why}")
     return EXIT_OK
@@ -304,8 +315,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         r = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=5)
         health = r.json()
     except (httpx.HTTPError, ValueError) as exc:
-        _err(f"tillplug is not answering on {url} ({type(exc).__name__}); is the service running? "
-             "systemctl status tillplug")
+        _err(
+            f"tillplug is not answering on {url} ({type(exc).__name__}); is the service running? "
+            "systemctl status tillplug"
+        )
         return EXIT_FAILURE
     if args.json:
         _out(json.dumps(health, indent=2))
@@ -315,11 +328,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             paper = f"  paper {d['paper']['state']} {d['paper']['reason']}".rstrip() if "paper" in d else ""
             _out(f"  {d['kind']:<8}{d['name']:<16}{d['state']:<11}{d['reason']}{paper}")
         e = health["engine"]
-        _out(f"  engine  {'reachable' if e['reachable'] else 'NOT reachable'}"
-             + (f"  last error {e['lastError']['error']} on {e['lastError']['endpoint']}" if e["lastError"] else ""))
+        _out(
+            f"  engine  {'reachable' if e['reachable'] else 'NOT reachable'}"
+            + (f"  last error {e['lastError']['error']} on {e['lastError']['endpoint']}" if e["lastError"] else "")
+        )
         o = health["outbox"]
-        _out(f"  outbox  {o['depth']} waiting (oldest {o['oldest_pending_age']:.0f} s), {o['dead']} dead"
-             + ("  OVER LIMIT" if o["overLimit"] else ""))
+        _out(
+            f"  outbox  {o['depth']} waiting (oldest {o['oldest_pending_age']:.0f} s), {o['dead']} dead"
+            + ("  OVER LIMIT" if o["overLimit"] else "")
+        )
     return EXIT_OK if health["status"] == "ok" else EXIT_FAILURE
 
 

@@ -76,10 +76,14 @@ class EngineWatch:
 
     def view(self) -> dict[str, Any]:
         reachable = self.last_ok > (self.last_error[0] if self.last_error else 0)
-        return {"reachable": reachable, "lastOk": self.last_ok or None,
-                "lastError": {"at": self.last_error[0], "endpoint": self.last_error[1], "error": self.last_error[2]}
-                if self.last_error else None,
-                "latencyMs": {k: round(v * 1000, 1) for k, v in self.latency.items()}}
+        return {
+            "reachable": reachable,
+            "lastOk": self.last_ok or None,
+            "lastError": {"at": self.last_error[0], "endpoint": self.last_error[1], "error": self.last_error[2]}
+            if self.last_error
+            else None,
+            "latencyMs": {k: round(v * 1000, 1) for k, v in self.latency.items()},
+        }
 
 
 class Daemon:
@@ -153,8 +157,13 @@ class Daemon:
         sup = self.printers.get(name) if name else next(iter(self.printers.values()), None)
         if sup is None:
             raise InvalidRequest(f"No printer named {name!r}." if name else "No printer is configured.")
-        page = templates.test_page(self.loyalty.slip, sup.config.name, sup.config.profile,
-                                   sup.config.effective_columns(), getattr(sup.driver, "code_page", "-"))
+        page = templates.test_page(
+            self.loyalty.slip,
+            sup.config.name,
+            sup.config.profile,
+            sup.config.effective_columns(),
+            getattr(sup.driver, "code_page", "-"),
+        )
         await sup.print(page)
         return {"printer": sup.config.name, "printed": True}
 
@@ -181,10 +190,17 @@ class Daemon:
         degraded = over or stats.dead > 0 or not engine["reachable"] or any(d["state"] != "ready" for d in devices)
         return {
             "status": "degraded" if degraded else "ok",
-            "version": __version__, "tillId": self.config.till_id, "branchId": self.config.branch_id,
-            "devices": devices, "engine": engine,
-            "outbox": {**stats.to_dict(), "overLimit": over, "maxRows": limits.max_rows,
-                       "maxAgeHours": limits.max_age_hours},
+            "version": __version__,
+            "tillId": self.config.till_id,
+            "branchId": self.config.branch_id,
+            "devices": devices,
+            "engine": engine,
+            "outbox": {
+                **stats.to_dict(),
+                "overLimit": over,
+                "maxRows": limits.max_rows,
+                "maxAgeHours": limits.max_age_hours,
+            },
         }
 
     async def check_outbox_limits(self) -> bool:
@@ -193,10 +209,20 @@ class Daemon:
         stats = await asyncio.to_thread(self.store.stats)
         over = self.config.outbox.exceeded(stats.depth, stats.oldest_pending_age)
         if over:
-            log.error("outbox over its limits: %d waiting, oldest %.1f h; sales still queue — check the "
-                      "engine connection and `tillplug outbox stats`", stats.depth, stats.oldest_pending_age / 3600)
-            self.events.publish("error", {"code": "outbox_over_limit", "depth": stats.depth,
-                                          "message": "Loyalty points are waiting to be sent; call a technician."})
+            log.error(
+                "outbox over its limits: %d waiting, oldest %.1f h; sales still queue — check the "
+                "engine connection and `tillplug outbox stats`",
+                stats.depth,
+                stats.oldest_pending_age / 3600,
+            )
+            self.events.publish(
+                "error",
+                {
+                    "code": "outbox_over_limit",
+                    "depth": stats.depth,
+                    "message": "Loyalty points are waiting to be sent; call a technician.",
+                },
+            )
         return over
 
     async def _outbox_alarm(self, every: float = 60.0) -> None:
@@ -237,27 +263,45 @@ class Daemon:
         self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call)
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))
-        self.loyalty = Loyalty(cfg, self.client, self.store, events=self.events,
-                               wake_outbox=self.deliverer.wake, printer=self._print_on_lane)
+        self.loyalty = Loyalty(
+            cfg,
+            self.client,
+            self.store,
+            events=self.events,
+            wake_outbox=self.deliverer.wake,
+            printer=self._print_on_lane,
+        )
         interrupted = self.loyalty.recover()
         if recovered or interrupted:
-            log.warning("recovered after an interruption: %d queued write(s) to check, %d deduction(s) to settle",
-                        recovered, interrupted)
+            log.warning(
+                "recovered after an interruption: %d queued write(s) to check, %d deduction(s) to settle",
+                recovered,
+                interrupted,
+            )
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
         self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
             self._start_scanner(s)
         token = read_secret(cfg.api.token).reveal() if cfg.api.token else None
-        self.metrics.watch(self.store.stats,
-                           lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
-                           lambda: {n: p.last_status.state.value for n, p in self.printers.items()})
-        api = TillApi(self.loyalty, self.events, health=self.health, print_test=self.print_test, token=token,
-                      metrics=self.metrics.exposition)
+        self.metrics.watch(
+            self.store.stats,
+            lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
+            lambda: {n: p.last_status.state.value for n, p in self.printers.items()},
+        )
+        api = TillApi(
+            self.loyalty,
+            self.events,
+            health=self.health,
+            print_test=self.print_test,
+            token=token,
+            metrics=self.metrics.exposition,
+        )
         sock = listen(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
-        self.api_server = _ApiServer(uvicorn.Config(api.app, log_level="warning", access_log=False,
-                                                    lifespan="off", timeout_graceful_shutdown=10))
+        self.api_server = _ApiServer(
+            uvicorn.Config(api.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+        )
         self._api_task = asyncio.ensure_future(self.api_server.serve(sockets=[sock]))
         await self._wait_devices_tried()
         while not self.api_server.started:
@@ -267,8 +311,10 @@ class Daemon:
             await asyncio.sleep(0.005)
         if (interval := systemd.watchdog_interval()) is not None:
             self._tasks.append(asyncio.ensure_future(self._watchdog(interval)))
-        systemd.notify(f"READY=1\nSTATUS=ready: {len(self.scanners)} scanner(s), {len(self.printers)} printer(s), "
-                       f"API on {cfg.api.listen}")
+        systemd.notify(
+            f"READY=1\nSTATUS=ready: {len(self.scanners)} scanner(s), {len(self.printers)} printer(s), "
+            f"API on {cfg.api.listen}"
+        )
         self.ready.set()
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
 

@@ -78,7 +78,7 @@ class Story:
     def slip(self) -> None:
         """Show whatever the printer got since last time, as text, and save it as PNG."""
         self.till.wait_for(lambda: len(self.till.printed(1)) > self.printed_upto, timeout=5)
-        data = self.till.printed(1)[self.printed_upto:]
+        data = self.till.printed(1)[self.printed_upto :]
         self.printed_upto += len(data)
         if not data:
             self.say(self.c(DIM, "  (nothing printed)"))
@@ -98,10 +98,11 @@ def run(out_dir: str | None = None, *, color: bool | None = None) -> int:
     color = sys.stdout.isatty() if color is None else color
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work:
-        print("Starting the Loyalty Engine simulator, a virtual scanner, a virtual printer and the daemon…",
-              flush=True)
-        with VirtualTill(Path(work), receipts={"header": ["Corner Shop", "12 High Street"],
-                                              "footer": ["Thank you for shopping with us"]}) as till:
+        print("Starting the Loyalty Engine simulator, a virtual scanner, a virtual printer and the daemon…", flush=True)
+        with VirtualTill(
+            Path(work),
+            receipts={"header": ["Corner Shop", "12 High Street"], "footer": ["Thank you for shopping with us"]},
+        ) as till:
             story = Story(till, out, color)
             _walk(story)
             ledger = till.ledger()
@@ -131,11 +132,15 @@ def _walk(s: Story) -> None:
     s.expect(e is not None and e["type"] == "member_found", "the member is found")
     if e:
         d = e["data"]
-        s.told(f"member {d['member']}: {d['pointsBalance']:,} points (worth £{d['pointsValue']['amount'] / 100:.2f}), "
-               f"{len(d['vouchers'])} voucher(s), tier {d['tier']}")
+        s.told(
+            f"member {d['member']}: {d['pointsBalance']:,} points (worth £{d['pointsValue']['amount'] / 100:.2f}), "
+            f"{len(d['vouchers'])} voucher(s), tier {d['tier']}"
+        )
     s.slip()
 
-    s.chapter("A sale starts; the card attaches the member", "The till opens checkout T-1001 and Alice's card is scanned.")
+    s.chapter(
+        "A sale starts; the card attaches the member", "The till opens checkout T-1001 and Alice's card is scanned."
+    )
     s.api("POST", "/v1/checkouts", {"transactionId": "T-1001", "lane": 1, "cashierId": "cashier-7"})
     e = s.scan("1000001", "member_attached")
     s.expect(e is not None and e["type"] == "member_attached", "the member is attached to the sale")
@@ -173,16 +178,27 @@ def _walk(s: Story) -> None:
         s.told(f"{body.get('name')}: {body.get('discounts')}")
         s.slip()
 
-    s.chapter("Codes the till handles itself", "A shop-managed code and a product: passed to the till, never to the engine.")
+    s.chapter(
+        "Codes the till handles itself", "A shop-managed code and a product: passed to the till, never to the engine."
+    )
     e = s.scan("LOCAL-SUMMER", "scan")
     s.told(f"local code {e['data'].get('code') if e else '?'} (the POS prices it)")
     e = s.scan("4006381333931", "scan")
     s.told(f"product scan, GTIN {e['data'].get('gtin') if e else '?'}")
 
     s.chapter("Payment and earning (2)", "Alice pays £25.50; the sale is reported for points through the outbox.")
-    status, body = s.api("POST", "/v1/checkouts/T-1001/complete", {
-        "total": 2550, "paymentConfirmed": True,
-        "basket": [{"sku": "MILK-1L", "quantity": 2, "amount": 250}, {"sku": "COFFEE-BEANS", "quantity": 1, "amount": 2300}]})
+    status, body = s.api(
+        "POST",
+        "/v1/checkouts/T-1001/complete",
+        {
+            "total": 2550,
+            "paymentConfirmed": True,
+            "basket": [
+                {"sku": "MILK-1L", "quantity": 2, "amount": 250},
+                {"sku": "COFFEE-BEANS", "quantity": 1, "amount": 2300},
+            ],
+        },
+    )
     s.expect(status == 200, "the sale completes")
     s.told(f"completed; {body.get('expectedPoints')} points expected for this sale")
     s.slip()
@@ -197,7 +213,9 @@ def _walk(s: Story) -> None:
     s.told(f"voided; {body.get('pointsRefunded')} points returned")
     s.slip()
 
-    s.chapter("The engine goes down; nothing is lost", "The network drops. A sale completes anyway and waits in the outbox.")
+    s.chapter(
+        "The engine goes down; nothing is lost", "The network drops. A sale completes anyway and waits in the outbox."
+    )
     till.sim.sim.faults.update({"down": True})
     s.api("POST", "/v1/checkouts", {"transactionId": "T-1003", "lane": 1})
     s.api("POST", "/v1/checkouts/T-1003/complete", {"total": 999, "paymentConfirmed": True})
@@ -217,9 +235,11 @@ def interactive(out_dir: str | None = None) -> int:
     """Type barcodes and till commands at a prompt."""
     out = Path(out_dir or "demo-out").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    help_text = ("Type a barcode to scan it (try 1000001, ALICE-5OFF-0001, 4006381333931), or a command:\n"
-                 "  open TX | points N | voucher CODE | benefits | redeem ID | complete TOTAL | void | "
-                 "ledger | help | quit")
+    help_text = (
+        "Type a barcode to scan it (try 1000001, ALICE-5OFF-0001, 4006381333931), or a command:\n"
+        "  open TX | points N | voucher CODE | benefits | redeem ID | complete TOTAL | void | "
+        "ledger | help | quit"
+    )
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work, VirtualTill(Path(work)) as till:
         s = Story(till, out, sys.stdout.isatty())
         print(help_text)

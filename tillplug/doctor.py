@@ -21,10 +21,11 @@ from typing import Any
 from tillplug.service import GROUP, RULES_NAME, USER
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-HOLDERS = {"ModemManager": "ModemManager probes serial ports with AT commands (the udev rules set "
-                           "ID_MM_DEVICE_IGNORE; or: systemctl disable --now ModemManager)",
-           "brltty": "brltty grabs USB-serial adapters (CH340, CP210x, FTDI): "
-                     "apt remove brltty, or mask its udev rules"}
+HOLDERS = {
+    "ModemManager": "ModemManager probes serial ports with AT commands (the udev rules set "
+    "ID_MM_DEVICE_IGNORE; or: systemctl disable --now ModemManager)",
+    "brltty": "brltty grabs USB-serial adapters (CH340, CP210x, FTDI): apt remove brltty, or mask its udev rules",
+}
 
 
 @dataclass
@@ -38,9 +39,14 @@ class Finding:
 
 
 class Doctor:
-    def __init__(self, config_path: str, *, root: str | os.PathLike[str] = "/",
-                 clock: Callable[[], float] = time.time,
-                 disk_usage: Callable[[str], Any] = shutil.disk_usage) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        *,
+        root: str | os.PathLike[str] = "/",
+        clock: Callable[[], float] = time.time,
+        disk_usage: Callable[[str], Any] = shutil.disk_usage,
+    ) -> None:
         self.config_path = config_path
         self.root = Path(root)
         self.clock = clock
@@ -73,8 +79,12 @@ class Doctor:
         if rules.exists():
             self.add(OK, "udev rules", f"{rules} installed")
         else:
-            self.add(WARN, "udev rules", f"{rules} missing: devices get no stable names and "
-                                         "ModemManager may probe them (run `tillplug install`)")
+            self.add(
+                WARN,
+                "udev rules",
+                f"{rules} missing: devices get no stable names and "
+                "ModemManager may probe them (run `tillplug install`)",
+            )
 
     def _service_groups(self) -> set[str] | None:
         group_file = self.path("/etc/group")
@@ -111,8 +121,11 @@ class Doctor:
         if service_groups is None:
             self.add(WARN, "service user", f"user {USER} does not exist (run `tillplug install`)")
         ports = [(s.name, s.port) for s in self.config.scanners if s.port.startswith("/")]
-        ports += [(p.name, p.connection.split("://", 1)[1]) for p in self.config.printers
-                  if p.connection.startswith(("serial://", "file://"))]
+        ports += [
+            (p.name, p.connection.split("://", 1)[1])
+            for p in self.config.printers
+            if p.connection.startswith(("serial://", "file://"))
+        ]
         for name, port in ports:
             node = self.path(port)
             if not node.exists():
@@ -121,11 +134,17 @@ class Doctor:
             st = os.stat(node)
             group = self._group_name(st.st_gid)
             if service_groups is not None and group not in service_groups and not st.st_mode & stat.S_IWOTH:
-                self.add(FAIL, f"port {name}", f"{port} belongs to group {group}, which user {USER} is not in "
-                                               f"(udev rules set group {GROUP})")
+                self.add(
+                    FAIL,
+                    f"port {name}",
+                    f"{port} belongs to group {group}, which user {USER} is not in (udev rules set group {GROUP})",
+                )
             elif not st.st_mode & stat.S_IRGRP or not st.st_mode & stat.S_IWGRP:
-                self.add(FAIL, f"port {name}", f"{port} is mode {stat.S_IMODE(st.st_mode):o}: the group cannot "
-                                               "read and write it")
+                self.add(
+                    FAIL,
+                    f"port {name}",
+                    f"{port} is mode {stat.S_IMODE(st.st_mode):o}: the group cannot read and write it",
+                )
             else:
                 self.add(OK, f"port {name}", f"{port} (group {group}, mode {stat.S_IMODE(st.st_mode):o})")
             for holder in self._holders(node):
@@ -215,8 +234,12 @@ class Doctor:
         if dates:
             skew = self.clock() - parsedate_to_datetime(dates[-1]).timestamp()
             verdict = OK if abs(skew) < 5 else WARN if abs(skew) < 60 else FAIL
-            self.add(verdict, "clock", f"this till is {skew:+.0f} s from the engine's clock"
-                     + ("" if verdict == OK else " (check NTP: systemctl status systemd-timesyncd)"))
+            self.add(
+                verdict,
+                "clock",
+                f"this till is {skew:+.0f} s from the engine's clock"
+                + ("" if verdict == OK else " (check NTP: systemctl status systemd-timesyncd)"),
+            )
 
     def check_printers(self) -> None:
         if self.config is None:
@@ -248,4 +271,3 @@ class Doctor:
         if printers:
             self.check_printers()
         return self.findings
-

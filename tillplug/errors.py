@@ -48,38 +48,38 @@ received, never from headers or credentials.
 from __future__ import annotations
 
 __all__ = [
-    "TillplugError",
-    "RetryableError",
-    "PermanentError",
-    "EngineUnavailable",
-    "EngineUnreachable",
-    "EngineTimeout",
-    "EngineServerError",
-    "RateLimited",
-    "OutcomeUnknown",
+    "BenefitNotFound",
+    "CheckoutConflict",
+    "CheckoutNotFound",
+    "ConfigError",
+    "DeviceBusy",
     "DeviceError",
     "DeviceGone",
-    "DeviceBusy",
-    "PrinterNotReady",
-    "ConfigError",
     "DriverError",
+    "EngineAuthError",
     "EngineProtocolError",
     "EngineRejected",
-    "EngineAuthError",
-    "MemberNotFound",
-    "BenefitNotFound",
-    "VoucherError",
-    "VoucherUnknown",
-    "VoucherAlreadyUsed",
-    "VoucherExpired",
-    "VoucherNotRedeemed",
-    "VoucherWrongMember",
-    "VoucherWrongVenue",
+    "EngineServerError",
+    "EngineTimeout",
+    "EngineUnavailable",
+    "EngineUnreachable",
     "FlowError",
     "InsufficientPoints",
-    "CheckoutNotFound",
-    "CheckoutConflict",
     "InvalidRequest",
+    "MemberNotFound",
+    "OutcomeUnknown",
+    "PermanentError",
+    "PrinterNotReady",
+    "RateLimited",
+    "RetryableError",
+    "TillplugError",
+    "VoucherAlreadyUsed",
+    "VoucherError",
+    "VoucherExpired",
+    "VoucherNotRedeemed",
+    "VoucherUnknown",
+    "VoucherWrongMember",
+    "VoucherWrongVenue",
 ]
 
 
@@ -181,9 +181,7 @@ class ConfigError(PermanentError):
     code = "config_error"
     default_message = "The configuration is not valid."
 
-    def __init__(
-        self, message: str | None = None, problems: list[tuple[str, str]] | None = None
-    ) -> None:
+    def __init__(self, message: str | None = None, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
 

@@ -34,7 +34,9 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 class JournalFormatter(logging.Formatter):
     def __init__(self, prefix_priority: bool) -> None:
-        super().__init__("%(name)s: %(message)s" if prefix_priority else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__(
+            "%(name)s: %(message)s" if prefix_priority else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         self.prefix_priority = prefix_priority
 
     def format(self, record: logging.LogRecord) -> str:

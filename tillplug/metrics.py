@@ -14,24 +14,31 @@ from prometheus_client.registry import Collector
 class _Live(Collector):
     """Gauges read at scrape time, so they are never stale: outbox, printers, devices."""
 
-    def __init__(self, outbox_stats: Callable[[], Any], devices: Callable[[], list[Any]],
-                 printer_states: Callable[[], dict[str, str]]) -> None:
+    def __init__(
+        self,
+        outbox_stats: Callable[[], Any],
+        devices: Callable[[], list[Any]],
+        printer_states: Callable[[], dict[str, str]],
+    ) -> None:
         self.outbox_stats, self.devices, self.printer_states = outbox_stats, devices, printer_states
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = self.outbox_stats()
         yield GaugeMetricFamily("tillplug_outbox_depth", "Engine writes waiting to be delivered", value=stats.depth)
-        yield GaugeMetricFamily("tillplug_outbox_oldest_age_seconds", "Age of the oldest waiting write",
-                                value=stats.oldest_pending_age)
+        yield GaugeMetricFamily(
+            "tillplug_outbox_oldest_age_seconds", "Age of the oldest waiting write", value=stats.oldest_pending_age
+        )
         yield GaugeMetricFamily("tillplug_outbox_dead", "Writes the engine refused for good", value=stats.dead)
-        printers = GaugeMetricFamily("tillplug_printer_status", "1 for the printer's current paper/cover state",
-                                     labels=["printer", "state"])
+        printers = GaugeMetricFamily(
+            "tillplug_printer_status", "1 for the printer's current paper/cover state", labels=["printer", "state"]
+        )
         for name, state in self.printer_states().items():
             for s in ("ok", "warning", "error", "unknown"):
                 printers.add_metric([name, s], 1.0 if s == state else 0.0)
         yield printers
-        reconnects = GaugeMetricFamily("tillplug_device_reconnects", "Times a device came back after a failure",
-                                       labels=["device", "kind"])
+        reconnects = GaugeMetricFamily(
+            "tillplug_device_reconnects", "Times a device came back after a failure", labels=["device", "kind"]
+        )
         ready = GaugeMetricFamily("tillplug_device_ready", "1 if the device is ready", labels=["device", "kind"])
         for h in self.devices():
             reconnects.add_metric([h.name, h.kind], h.reconnects)
@@ -44,14 +51,26 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.scans = Counter("tillplug_scans", "Scans by kind", ["kind"], registry=self.registry)
-        self.engine_latency = Histogram("tillplug_engine_request_seconds", "Engine round trips by endpoint",
-                                        ["endpoint"], registry=self.registry,
-                                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.engine_failures = Counter("tillplug_engine_failures", "Engine calls that failed, by endpoint and error",
-                                       ["endpoint", "error"], registry=self.registry)
+        self.engine_latency = Histogram(
+            "tillplug_engine_request_seconds",
+            "Engine round trips by endpoint",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.engine_failures = Counter(
+            "tillplug_engine_failures",
+            "Engine calls that failed, by endpoint and error",
+            ["endpoint", "error"],
+            registry=self.registry,
+        )
 
-    def watch(self, outbox_stats: Callable[[], Any], devices: Callable[[], list[Any]],
-              printer_states: Callable[[], dict[str, str]]) -> None:
+    def watch(
+        self,
+        outbox_stats: Callable[[], Any],
+        devices: Callable[[], list[Any]],
+        printer_states: Callable[[], dict[str, str]],
+    ) -> None:
         self.registry.register(_Live(outbox_stats, devices, printer_states))
 
     def engine_call(self, endpoint: str, seconds: float, error: str | None) -> None:

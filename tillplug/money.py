@@ -7,12 +7,11 @@ from dataclasses import dataclass
 # ISO 4217 minor-unit exponents for the currencies a till is likely to see.
 CURRENCY_EXPONENTS: dict[str, int] = {
     **dict.fromkeys(
-        "AED AUD BGN BRL CAD CHF CNY CZK DKK EGP EUR GBP HKD HUF ILS INR MAD MXN MYR NOK NZD "
-        "PHP PLN QAR RON RUB SAR SEK SGD THB TRY TWD UAH USD ZAR".split(),
+        ["AED", "AUD", "BGN", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EGP", "EUR", "GBP", "HKD", "HUF", "ILS", "INR", "MAD", "MXN", "MYR", "NOK", "NZD", "PHP", "PLN", "QAR", "RON", "RUB", "SAR", "SEK", "SGD", "THB", "TRY", "TWD", "UAH", "USD", "ZAR"],
         2,
     ),
-    **dict.fromkeys("CLP ISK JPY KRW VND XAF XOF".split(), 0),
-    **dict.fromkeys("BHD JOD KWD OMR TND".split(), 3),
+    **dict.fromkeys(["CLP", "ISK", "JPY", "KRW", "VND", "XAF", "XOF"], 0),
+    **dict.fromkeys(["BHD", "JOD", "KWD", "OMR", "TND"], 3),
 }
 
 CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$"}

@@ -29,7 +29,7 @@ def udev_rules() -> str:
         "# Names: /dev/tillplug/<kind>-<vid>-<pid>-<serial> (the serial number, else the USB path).",
         'ACTION=="remove", GOTO="tillplug_end"',
         "",
-        '# A name that survives re-plugging: the USB serial number, else the physical port.',
+        "# A name that survives re-plugging: the USB serial number, else the physical port.",
         'ENV{ID_SERIAL_SHORT}=="", ENV{TILLPLUG_ID}="%E{ID_PATH_TAG}"',
         'ENV{ID_SERIAL_SHORT}!="", ENV{TILLPLUG_ID}="%E{ID_SERIAL_SHORT}"',
         "",
@@ -146,6 +146,7 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             path.chmod(mode)
+
         verb = "create (if missing)" if keep else "write"
         return Step(f"{verb} {path} (mode {mode:o})", do)
 
@@ -153,28 +154,52 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
         def do() -> None:
             if run_commands:
                 subprocess.run(list(argv), check=True)
+
         return Step("run " + " ".join(argv), do, is_command=True)
 
     if run_commands and not shutil.which("useradd"):
         raise RuntimeError("useradd is not installed; create the tillplug user by hand")
     steps.append(command("groupadd", "--system", "--force", GROUP))
-    steps.append(command("sh", "-c", f"id -u {USER} >/dev/null 2>&1 || useradd --system --gid {GROUP} "
-                                     f"--groups dialout --no-create-home --home-dir /nonexistent "
-                                     f"--shell /usr/sbin/nologin {USER}"))
+    steps.append(
+        command(
+            "sh",
+            "-c",
+            f"id -u {USER} >/dev/null 2>&1 || useradd --system --gid {GROUP} "
+            f"--groups dialout --no-create-home --home-dir /nonexistent "
+            f"--shell /usr/sbin/nologin {USER}",
+        )
+    )
     steps.append(write(etc / "udev" / "rules.d" / RULES_NAME, udev_rules(), 0o644))
     steps.append(write(etc / "systemd" / "system" / UNIT_NAME, unit(exec_path), 0o644))
     steps.append(write(etc / "tillplug" / "tillplug.toml", example_text(), 0o640, keep=True))
-    steps.append(Step(f"create {etc / 'tillplug' / 'credentials'} (mode 700)",
-                      lambda: (etc / "tillplug" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True)))
+    steps.append(
+        Step(
+            f"create {etc / 'tillplug' / 'credentials'} (mode 700)",
+            lambda: (etc / "tillplug" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True),
+        )
+    )
     steps.append(command("udevadm", "control", "--reload"))
-    steps.append(command("udevadm", "trigger", "--action=add", "--subsystem-match=tty",
-                         "--subsystem-match=usb", "--subsystem-match=usbmisc"))
+    steps.append(
+        command(
+            "udevadm",
+            "trigger",
+            "--action=add",
+            "--subsystem-match=tty",
+            "--subsystem-match=usb",
+            "--subsystem-match=usbmisc",
+        )
+    )
     steps.append(command("systemctl", "daemon-reload"))
     return steps
 
 
-def install(root: str | os.PathLike[str] = "/", *, dry_run: bool = False, exec_path: str | None = None,
-            out: Callable[[str], None] = print) -> int:
+def install(
+    root: str | os.PathLike[str] = "/",
+    *,
+    dry_run: bool = False,
+    exec_path: str | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
     exe = exec_path or shutil.which("tillplug") or "/usr/local/bin/tillplug"
     root_path = Path(root)
     run_commands = root_path == Path("/") and not dry_run
@@ -191,6 +216,8 @@ def install(root: str | os.PathLike[str] = "/", *, dry_run: bool = False, exec_p
         if not dry_run:
             step.run()
     if not dry_run:
-        out("next: edit /etc/tillplug/tillplug.toml, put secrets in /etc/tillplug/credentials/, "
-            "`tillplug check-config`, then `systemctl enable --now tillplug`")
+        out(
+            "next: edit /etc/tillplug/tillplug.toml, put secrets in /etc/tillplug/credentials/, "
+            "`tillplug check-config`, then `systemctl enable --now tillplug`"
+        )
     return 0

@@ -68,12 +68,14 @@ def pct(values: list[float], p: float) -> float:
 
 def answers(url: str, timeout: float, every: float = 0.02) -> bool:
     """True once ``url`` answers HTTP at all; False after ``timeout`` seconds."""
+
     def up() -> bool:
         try:
             httpx.get(url, timeout=1)
             return True
         except httpx.TransportError:
             return False
+
     return poll_until(up, timeout, every)
 
 
@@ -85,11 +87,22 @@ def rss_mb(pid: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "machine": platform.machine(),
-            "installed_as": "production venv (.bench-venv: tillplug without test extras)"}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "installed_as": "production venv (.bench-venv: tillplug without test extras)",
+    }
 
 
 MEMBERS = 3000  # every timed look-up is of a card not seen before: no cache can help either side
@@ -99,9 +112,17 @@ def seed_file(work: Path) -> Path:
     from tillplug.sim import default_seed
 
     seed = default_seed()
-    seed["members"] += [{"id": f"6b000000-0000-4000-8000-{i:012d}", "accountNumber": f"{2000000 + i}",
-                         "authIdentifier": f"bench-{i}", "pointsBalance": 100 + i, "lifetimeEarn": 1000 + i,
-                         "tier": None} for i in range(MEMBERS)]
+    seed["members"] += [
+        {
+            "id": f"6b000000-0000-4000-8000-{i:012d}",
+            "accountNumber": f"{2000000 + i}",
+            "authIdentifier": f"bench-{i}",
+            "pointsBalance": 100 + i,
+            "lifetimeEarn": 1000 + i,
+            "tier": None,
+        }
+        for i in range(MEMBERS)
+    ]
     path = work / "seed.json"
     path.write_text(json.dumps(seed))
     return path
@@ -111,9 +132,24 @@ class Sim:
     def __init__(self, seed: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([PY, "-m", "tillplug", "sim", "--port", str(self.port), "--rate", "1e9",
-                                      "--burst", "1000000000", "--seed", str(seed)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "tillplug",
+                "sim",
+                "--port",
+                str(self.port),
+                "--rate",
+                "1e9",
+                "--burst",
+                "1000000000",
+                "--seed",
+                str(seed),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if not answers(self.url + "/_sim/health", timeout=20):
             raise RuntimeError("simulator did not start")
 
@@ -158,14 +194,26 @@ class Sink:
 class Tillplug:
     """`tillplug run` as systemd would run it: a subprocess, READY=1 on a notify socket."""
 
-    def __init__(self, work: Path, sim: Sim, printer_port: int | None, *, terminator: str = "CRLF",
-                 extra_env: dict[str, str] | None = None, scanner: VirtualScanner | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        sim: Sim,
+        printer_port: int | None,
+        *,
+        terminator: str = "CRLF",
+        extra_env: dict[str, str] | None = None,
+        scanner: VirtualScanner | None = None,
+    ) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.scanner = scanner or VirtualScanner(work / "scanner0")
         self.api_port = free_port()
-        printer = (f'[[printers]]\nname="p0"\nconnection="tcp://127.0.0.1:{printer_port}"\nprofile="TM-T20II"\n'
-                   f'status_timeout=0.2\n' if printer_port else "")
+        printer = (
+            f'[[printers]]\nname="p0"\nconnection="tcp://127.0.0.1:{printer_port}"\nprofile="TM-T20II"\n'
+            f"status_timeout=0.2\n"
+            if printer_port
+            else ""
+        )
         cfg = work / "tillplug.toml"
         cfg.write_text(
             f'till_id="bench"\nbranch_id="b1"\nstate_dir="{work}/state"\ncache_dir="{work}/cache"\nlog_level="warning"\n'
@@ -173,7 +221,8 @@ class Tillplug:
             f'[api]\nlisten="127.0.0.1:{self.api_port}"\n'
             f'[receipts]\nheader=["Bench shop"]\n'
             f'[[scanners]]\nname="s0"\nport="{self.scanner.link}"\nbaudrate=115200\nterminator="{terminator}"\n'
-            + printer)
+            + printer
+        )
         self.notify_path = work / "notify.sock"
         if self.notify_path.exists():
             self.notify_path.unlink()
@@ -181,8 +230,13 @@ class Tillplug:
         self.notify.bind(str(self.notify_path))
         env = {**os.environ, **SERVICE_ENV, "NOTIFY_SOCKET": str(self.notify_path), **(extra_env or {})}
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([PY, "-m", "tillplug", "run", "--config", str(cfg)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [PY, "-m", "tillplug", "run", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.url = f"http://127.0.0.1:{self.api_port}"
 
     def wait_ready(self, timeout: float = 30) -> float:
@@ -231,9 +285,23 @@ class Floor:
     def __init__(self, work: Path, sim: Sim, mode: str) -> None:
         self.scanner = VirtualScanner(work / f"floor-{mode}")
         self.sink = Sink()
-        self.proc = subprocess.Popen([PY, str(ROOT / "tests/benchmarks/floor.py"), "--port", str(self.scanner.link),
-                                      "--engine", sim.url, "--out", f"127.0.0.1:{self.sink.port}", "--mode", mode],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                str(ROOT / "tests/benchmarks/floor.py"),
+                "--port",
+                str(self.scanner.link),
+                "--engine",
+                sim.url,
+                "--out",
+                f"127.0.0.1:{self.sink.port}",
+                "--mode",
+                mode,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.sink.accept()
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -325,11 +393,18 @@ def latency_voucher(work: Path, sim: Sim, n: int, blocks: int) -> dict[str, Any]
 
 def summarise(name: str, ours: list[float], floor: list[float]) -> dict[str, Any]:
     o50, o99, f50, f99 = pct(ours, 50), pct(ours, 99), pct(floor, 50), pct(floor, 99)
-    return {"name": name, "n": len(ours), "tillplug_p50_ms": o50 * 1e3, "tillplug_p99_ms": o99 * 1e3,
-            "floor_p50_ms": f50 * 1e3, "floor_p99_ms": f99 * 1e3,
-            "ratio_p50": o50 / f50, "ratio_p99": o99 / f99,
-            "goal": "p50 ≤ 1.3 × floor, p99 ≤ 2 × floor",
-            "met": o50 <= 1.3 * f50 and o99 <= 2 * f99}
+    return {
+        "name": name,
+        "n": len(ours),
+        "tillplug_p50_ms": o50 * 1e3,
+        "tillplug_p99_ms": o99 * 1e3,
+        "floor_p50_ms": f50 * 1e3,
+        "floor_p99_ms": f99 * 1e3,
+        "ratio_p50": o50 / f50,
+        "ratio_p99": o99 / f99,
+        "goal": "p50 ≤ 1.3 × floor, p99 ≤ 2 × floor",
+        "met": o50 <= 1.3 * f50 and o99 <= 2 * f99,
+    }
 
 
 def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
@@ -349,8 +424,13 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
         bare.append(time.perf_counter() - t)
     # As the service runs: python-escpos's capabilities pickle kept in the cache directory.
     cache_env = {**os.environ, "ESCPOS_CAPABILITIES_PICKLE_DIR": str(work / "escpos-cache")}
-    argv = [PY, "-X", "importtime", "-c", "import tillplug.daemon, tillplug.drivers.serial_scanner, "
-            "tillplug.drivers.escpos_printer, escpos.printer"]
+    argv = [
+        PY,
+        "-X",
+        "importtime",
+        "-c",
+        "import tillplug.daemon, tillplug.drivers.serial_scanner, tillplug.drivers.escpos_printer, escpos.printer",
+    ]
     subprocess.run(argv, capture_output=True, env=cache_env)  # first run writes the pickle
     imports = subprocess.run(argv, capture_output=True, text=True, env=cache_env).stderr
     own = []  # the ten modules that cost most themselves (self time, children excluded)
@@ -362,10 +442,16 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
             if len(m.group(3)) <= 1:
                 total += int(m.group(2)) / 1000
     top = sorted(own, reverse=True)
-    return {"name": "start-up → READY=1", "ready_median_s": statistics.median(ready),
-            "health_median_s": statistics.median(health), "bare_python_s": statistics.median(bare),
-            "goal": "≤ 1 s", "met": statistics.median(ready) <= 1.0, "imports_total_ms": round(total, 1),
-            "import_top10_ms": [{"module": m, "ms": round(ms, 1)} for ms, m in top[:10]]}
+    return {
+        "name": "start-up → READY=1",
+        "ready_median_s": statistics.median(ready),
+        "health_median_s": statistics.median(health),
+        "bare_python_s": statistics.median(bare),
+        "goal": "≤ 1 s",
+        "met": statistics.median(ready) <= 1.0,
+        "imports_total_ms": round(total, 1),
+        "import_top10_ms": [{"module": m, "ms": round(ms, 1)} for ms, m in top[:10]],
+    }
 
 
 def memory(work: Path, sim: Sim, scans: int) -> dict[str, Any]:
@@ -385,9 +471,15 @@ def memory(work: Path, sim: Sim, scans: int) -> dict[str, Any]:
     end = rss_mb(till.proc.pid)
     till.stop()
     sink.close()
-    return {"name": "memory (RSS)", "after_start_mb": start, "after_scans_mb": end, "scans": scans,
-            "growth_mb": end - start, "goal": "≤ 60 MB after start, growth ≤ 5 MB",
-            "met": start <= 60 and end - start <= 5}
+    return {
+        "name": "memory (RSS)",
+        "after_start_mb": start,
+        "after_scans_mb": end,
+        "scans": scans,
+        "growth_mb": end - start,
+        "goal": "≤ 60 MB after start, growth ≤ 5 MB",
+        "met": start <= 60 and end - start <= 5,
+    }
 
 
 def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) -> dict[str, Any]:
@@ -441,9 +533,17 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
 
     async def floor_posts(count: int) -> float:  # no durability: POST after POST on one connection
         async with httpx.AsyncClient(base_url=sim.url + "/v1") as http:
-            tok = (await http.post(sim.url + "/oauth/token", json={
-                "client_id": "sim-client", "client_secret": "sim-client-secret", "audience": "wlloyalty.net",
-                "grant_type": "client_credentials"})).json()["access_token"]
+            tok = (
+                await http.post(
+                    sim.url + "/oauth/token",
+                    json={
+                        "client_id": "sim-client",
+                        "client_secret": "sim-client-secret",
+                        "audience": "wlloyalty.net",
+                        "grant_type": "client_credentials",
+                    },
+                )
+            ).json()["access_token"]
             headers = {"X-Api-Key": "sim-api-key-0000", "Authorization": f"Bearer {tok}"}
             t0 = time.perf_counter()
             for _ in range(count):
@@ -457,14 +557,25 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
             key = new_event_key()
             paced_store.enqueue(tx, kind="event", stream=f"tx{i}", body=body(key), event_key=key)
     paced = paced_n / asyncio.run(drain(paced_rate, 1, paced_store))
-    return {"name": "outbox", "enqueue_per_s": enqueue_rate, "enqueue_floor_raw_sqlite_per_s": raw_rate,
-            "drain_unpaced_per_s": unpaced, "drain_floor_plain_posts_per_s": floor_rate,
-            "backlog": backlog, "delivered": delivered, "duplicates": dupes,
-            "paced_target_per_s": paced_rate, "paced_actual_per_s": paced,
-            "paced_error_pct": (paced - paced_rate) / paced_rate * 100,
-            "goal": "enqueue ≥ 500/s; drain ≥ 400/s unpaced; paced within ±5%",
-            "met": enqueue_rate >= 500 and unpaced >= 400 and abs(paced - paced_rate) / paced_rate <= 0.05
-            and delivered == backlog and dupes == 0}
+    return {
+        "name": "outbox",
+        "enqueue_per_s": enqueue_rate,
+        "enqueue_floor_raw_sqlite_per_s": raw_rate,
+        "drain_unpaced_per_s": unpaced,
+        "drain_floor_plain_posts_per_s": floor_rate,
+        "backlog": backlog,
+        "delivered": delivered,
+        "duplicates": dupes,
+        "paced_target_per_s": paced_rate,
+        "paced_actual_per_s": paced,
+        "paced_error_pct": (paced - paced_rate) / paced_rate * 100,
+        "goal": "enqueue ≥ 500/s; drain ≥ 400/s unpaced; paced within ±5%",
+        "met": enqueue_rate >= 500
+        and unpaced >= 400
+        and abs(paced - paced_rate) / paced_rate <= 0.05
+        and delivered == backlog
+        and dupes == 0,
+    }
 
 
 def burst(work: Path, sim: Sim, rate: int, seconds: int) -> dict[str, Any]:
@@ -492,9 +603,17 @@ def burst(work: Path, sim: Sim, rate: int, seconds: int) -> dict[str, Any]:
     till.stop()
     lost = total - len(got)
     merged = sum(len(g) != 13 for g in got)
-    return {"name": "scanner burst", "scans_sent": total, "rate_per_s": total / sent_in, "received": len(got),
-            "lost": lost, "merged_or_split": merged, "in_order": got == codes[: len(got)],
-            "goal": "200 scans/s for 10 s: none lost, none merged", "met": lost == 0 and merged == 0 and got == codes}
+    return {
+        "name": "scanner burst",
+        "scans_sent": total,
+        "rate_per_s": total / sent_in,
+        "received": len(got),
+        "lost": lost,
+        "merged_or_split": merged,
+        "in_order": got == codes[: len(got)],
+        "goal": "200 scans/s for 10 s: none lost, none merged",
+        "met": lost == 0 and merged == 0 and got == codes,
+    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -502,25 +621,37 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         mark = "✓" if r.get("met") else "✗"
         if "ratio_p50" in r:
-            rows.append(f"{mark} {r['name']:<45} p50 {r['tillplug_p50_ms']:6.2f} ms (floor {r['floor_p50_ms']:6.2f}, "
-                        f"×{r['ratio_p50']:.2f})  p99 {r['tillplug_p99_ms']:6.2f} ms (floor {r['floor_p99_ms']:6.2f}, "
-                        f"×{r['ratio_p99']:.2f})  n={r['n']}")
+            rows.append(
+                f"{mark} {r['name']:<45} p50 {r['tillplug_p50_ms']:6.2f} ms (floor {r['floor_p50_ms']:6.2f}, "
+                f"×{r['ratio_p50']:.2f})  p99 {r['tillplug_p99_ms']:6.2f} ms (floor {r['floor_p99_ms']:6.2f}, "
+                f"×{r['ratio_p99']:.2f})  n={r['n']}"
+            )
         elif r["name"].startswith("start-up"):
-            rows.append(f"{mark} {r['name']:<45} READY {r['ready_median_s']:.3f} s, health {r['health_median_s']:.3f} s "
-                        f"(bare python {r['bare_python_s']:.3f} s)")
-            rows.append(f"    imports {r['imports_total_ms']:.0f} ms; top ten by self time: "
-                        + ", ".join(f"{x['module']} {x['ms']:.0f}" for x in r["import_top10_ms"]))
+            rows.append(
+                f"{mark} {r['name']:<45} READY {r['ready_median_s']:.3f} s, health {r['health_median_s']:.3f} s "
+                f"(bare python {r['bare_python_s']:.3f} s)"
+            )
+            rows.append(
+                f"    imports {r['imports_total_ms']:.0f} ms; top ten by self time: "
+                + ", ".join(f"{x['module']} {x['ms']:.0f}" for x in r["import_top10_ms"])
+            )
         elif r["name"].startswith("memory"):
-            rows.append(f"{mark} {r['name']:<45} {r['after_start_mb']:.1f} MB after start, "
-                        f"{r['growth_mb']:+.1f} MB after {r['scans']} scans")
+            rows.append(
+                f"{mark} {r['name']:<45} {r['after_start_mb']:.1f} MB after start, "
+                f"{r['growth_mb']:+.1f} MB after {r['scans']} scans"
+            )
         elif r["name"] == "outbox":
-            rows.append(f"{mark} {'outbox':<45} enqueue {r['enqueue_per_s']:.0f}/s (raw sqlite {r['enqueue_floor_raw_sqlite_per_s']:.0f}/s); "
-                        f"drain {r['drain_unpaced_per_s']:.0f}/s (plain POSTs {r['drain_floor_plain_posts_per_s']:.0f}/s), "
-                        f"{r['delivered']} delivered, {r['duplicates']} dupes; paced {r['paced_actual_per_s']:.1f}/s "
-                        f"for {r['paced_target_per_s']:.0f}/s ({r['paced_error_pct']:+.1f}%)")
+            rows.append(
+                f"{mark} {'outbox':<45} enqueue {r['enqueue_per_s']:.0f}/s (raw sqlite {r['enqueue_floor_raw_sqlite_per_s']:.0f}/s); "
+                f"drain {r['drain_unpaced_per_s']:.0f}/s (plain POSTs {r['drain_floor_plain_posts_per_s']:.0f}/s), "
+                f"{r['delivered']} delivered, {r['duplicates']} dupes; paced {r['paced_actual_per_s']:.1f}/s "
+                f"for {r['paced_target_per_s']:.0f}/s ({r['paced_error_pct']:+.1f}%)"
+            )
         elif r["name"] == "scanner burst":
-            rows.append(f"{mark} {'scanner burst':<45} {r['scans_sent']} scans at {r['rate_per_s']:.0f}/s: "
-                        f"{r['received']} received, {r['lost']} lost, {r['merged_or_split']} merged, in order: {r['in_order']}")
+            rows.append(
+                f"{mark} {'scanner burst':<45} {r['scans_sent']} scans at {r['rate_per_s']:.0f}/s: "
+                f"{r['received']} received, {r['lost']} lost, {r['merged_or_split']} merged, in order: {r['in_order']}"
+            )
     return "\n".join(rows)
 
 
@@ -548,12 +679,18 @@ def main() -> int:
             results.append(fn())
     finally:
         sim.stop()
-    report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
-              "quick": args.quick, "results": results}
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "quick": args.quick,
+        "results": results,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python {report['machine']['python']}")
+    print(
+        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python {report['machine']['python']}"
+    )
     print(table(results))
     print(f"written: {out}")
     return 0

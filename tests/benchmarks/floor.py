@@ -23,10 +23,19 @@ def main() -> None:
     args = ap.parse_args()
 
     base = args.engine
-    token = httpx.post(base + "/oauth/token", json={"client_id": "sim-client", "client_secret": "sim-client-secret",
-                                                    "audience": "wlloyalty.net", "grant_type": "client_credentials"}).json()
-    http = httpx.Client(base_url=base + "/v1", headers={"X-Api-Key": "sim-api-key-0000",
-                                                        "Authorization": f"Bearer {token['access_token']}"})
+    token = httpx.post(
+        base + "/oauth/token",
+        json={
+            "client_id": "sim-client",
+            "client_secret": "sim-client-secret",
+            "audience": "wlloyalty.net",
+            "grant_type": "client_credentials",
+        },
+    ).json()
+    http = httpx.Client(
+        base_url=base + "/v1",
+        headers={"X-Api-Key": "sim-api-key-0000", "Authorization": f"Bearer {token['access_token']}"},
+    )
     host, port = args.out.rsplit(":", 1)
     out = socket.create_connection((host, int(port)))
     out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -38,7 +47,9 @@ def main() -> None:
             continue
         if args.mode == "voucher":
             r = http.post("/commands/validate_voucher", json={"code": line, "allowFutureValidation": True})
-            out.sendall(json.dumps({"code": line, "status": r.status_code, "data": r.json().get("data")}).encode() + b"\n")
+            out.sendall(
+                json.dumps({"code": line, "status": r.status_code, "data": r.json().get("data")}).encode() + b"\n"
+            )
             continue
         user = http.get(f"/users/{line}").json()["data"]
         wallet = http.get(f"/users/{user['id']}/wallet").json()["data"]

@@ -94,8 +94,10 @@ async def parse(request: Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
-                   for e in exc.errors(include_url=False)]
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
+            for e in exc.errors(include_url=False)
+        ]
         first = details[0]
         err = InvalidRequest(f"{first['field']}: {first['problem']}.")
         err.details = details  # type: ignore[attr-defined]
@@ -106,9 +108,16 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 class TillApi:
-    def __init__(self, loyalty: Loyalty, events: EventBus, *, health: Callable[[], Awaitable[dict[str, Any]]],
-                 print_test: Callable[[str | None], Awaitable[dict[str, Any]]], token: str | None = None,
-                 metrics: Callable[[], tuple[bytes, str]] | None = None) -> None:
+    def __init__(
+        self,
+        loyalty: Loyalty,
+        events: EventBus,
+        *,
+        health: Callable[[], Awaitable[dict[str, Any]]],
+        print_test: Callable[[str | None], Awaitable[dict[str, Any]]],
+        token: str | None = None,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
         self.loyalty = loyalty
         self.events = events
         self.health = health
@@ -131,8 +140,11 @@ class TillApi:
             Route("/v1/checkouts/{tx}/member", r(self._member), methods=["PUT"]),
             Route("/v1/checkouts/{tx}/points", r(self._points), methods=["POST"]),
             Route("/v1/checkouts/{tx}/vouchers", r(self._voucher), methods=["POST"]),
-            Route("/v1/checkouts/{tx}/benefits", r(lambda q: _wrap_list(L.list_benefits(q.path_params["tx"]))),
-                  methods=["GET"]),
+            Route(
+                "/v1/checkouts/{tx}/benefits",
+                r(lambda q: _wrap_list(L.list_benefits(q.path_params["tx"]))),
+                methods=["GET"],
+            ),
             Route("/v1/checkouts/{tx}/benefits/{bid}/redeem", r(self._redeem), methods=["POST"]),
             Route("/v1/checkouts/{tx}/complete", r(self._complete), methods=["POST"]),
             Route("/v1/checkouts/{tx}/void", r(lambda q: L.void(q.path_params["tx"])), methods=["POST"]),
@@ -147,7 +159,9 @@ class TillApi:
         given = header[7:] if header.lower().startswith("bearer ") else ""
         return hmac.compare_digest(given.encode(), self._token.encode())
 
-    def _wrap(self, handler: Handler, *, status: int = 200, auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
+    def _wrap(
+        self, handler: Handler, *, status: int = 200, auth: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             if auth and not self._authorised(request):
                 return _unauthorised()
@@ -202,8 +216,9 @@ class TillApi:
 
     async def _complete(self, request: Request) -> Any:
         body = await parse(request, Complete)
-        return await self.loyalty.complete(request.path_params["tx"], body.total,
-                                           [line.model_dump() for line in body.basket], body.paymentConfirmed)
+        return await self.loyalty.complete(
+            request.path_params["tx"], body.total, [line.model_dump() for line in body.basket], body.paymentConfirmed
+        )
 
     async def _print_balance(self, request: Request) -> Any:
         body = await parse(request, PrintBalance)
@@ -231,7 +246,7 @@ class TillApi:
                 while True:
                     try:
                         event = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         yield ": heartbeat\n\n"
                         continue
                     if event is None:  # the daemon is stopping
@@ -240,23 +255,32 @@ class TillApi:
             finally:
                 self.events.unsubscribe(queue)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
 
 
 def _unauthorised() -> JSONResponse:
-    return JSONResponse({"error": {"code": "unauthorized", "message": "A valid API token is required."}},
-                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(
+        {"error": {"code": "unauthorized", "message": "A valid API token is required."}},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer in the same JSON shape as every other error."""
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    message = {404: f"There is no {request.url.path} in the till API (see /v1/openapi.json).",
-               405: f"{request.method} is not allowed on {request.url.path}."}.get(exc.status_code, str(exc.detail))
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    message = {
+        404: f"There is no {request.url.path} in the till API (see /v1/openapi.json).",
+        405: f"{request.method} is not allowed on {request.url.path}.",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 def _sse(event: Any) -> str:

@@ -98,12 +98,12 @@ class ScanText:
 def decode(frame: bytes, *, strip_prefix: str = "", strip_suffix: str = "") -> ScanText | None:
     """Bytes of one scan → text.  Never raises: bad bytes become U+FFFD, controls other than GS go."""
     text = frame.decode("utf-8", errors="replace")
-    text = "".join(ch for ch in text if ch == "\x1d" or ch >= " " and ch != "\x7f").strip(" ")
+    text = "".join(ch for ch in text if ch == "\x1d" or (ch >= " " and ch != "\x7f")).strip(" ")
     symbology = None
     if _AIM.match(text):
         symbology, text = text[:3], text[3:]
     if strip_prefix and text.startswith(strip_prefix):
-        text = text[len(strip_prefix):]
+        text = text[len(strip_prefix) :]
     if strip_suffix and text.endswith(strip_suffix):
         text = text[: -len(strip_suffix)]
     return ScanText(text, symbology) if text else None

@@ -130,9 +130,7 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already says "(at line N, column M)".
-        raise ConfigError(
-            f"{source} is not valid TOML: {exc}", problems=[("", f"not valid TOML: {exc}")]
-        ) from None
+        raise ConfigError(f"{source} is not valid TOML: {exc}", problems=[("", f"not valid TOML: {exc}")]) from None
 
 
 def dotted(loc: Iterable[int | str]) -> str:
@@ -229,9 +227,7 @@ def validate(
     return report
 
 
-def check_config(
-    path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None
-) -> Report:
+def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Report:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")

@@ -68,9 +68,7 @@ CREDENTIAL_RE = re.compile(r"^credential:[A-Za-z0-9._-]{1,255}$")
 
 def _identifier(value: str) -> str:
     if not IDENT_RE.match(value):
-        raise ValueError(
-            "must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+        raise ValueError("must be 1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
     return value
 
 
@@ -187,9 +185,7 @@ class EngineConfig(Section):
         if self.preset != "simulator":
             missing = [k for k in ("api_key", "client_id", "client_secret") if getattr(self, k) is None]
             if missing:
-                raise ValueError(
-                    f"the real engine needs {', '.join(missing)} (each a file path or credential:NAME)"
-                )
+                raise ValueError(f"the real engine needs {', '.join(missing)} (each a file path or credential:NAME)")
         return self
 
     def urls(self) -> dict[str, str]:
@@ -285,9 +281,7 @@ class PrinterConfig(Section):
     def _connection_shape(self) -> PrinterConfig:
         scheme = self.connection.split("://", 1)[0] if "://" in self.connection else ""
         if scheme not in PRINTER_SCHEMES:
-            raise ValueError(
-                "connection must start with one of " + ", ".join(f"{s}://" for s in PRINTER_SCHEMES)
-            )
+            raise ValueError("connection must start with one of " + ", ".join(f"{s}://" for s in PRINTER_SCHEMES))
         return self
 
     def effective_columns(self) -> int:

@@ -27,9 +27,7 @@ class Registry:
             return self.drivers[name]
         if name in self.broken:
             raise DriverError(f"driver '{name}' is installed but cannot load: {self.broken[name]}")
-        raise DriverError(
-            f"no driver named '{name}' (installed: {', '.join(sorted(self.drivers)) or 'none'})"
-        )
+        raise DriverError(f"no driver named '{name}' (installed: {', '.join(sorted(self.drivers)) or 'none'})")
 
 
 def _entry_points() -> list[EntryPoint]:

@@ -58,8 +58,14 @@ class DeviceHealth:
     failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "state": self.state.value, "reason": self.reason,
-                "since": self.since, "reconnects": self.reconnects}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state.value,
+            "reason": self.reason,
+            "since": self.since,
+            "reconnects": self.reconnects,
+        }
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,9 @@ class ScannerSupervisor(_Supervised):
             try:
                 driver.open()
             except (DeviceError, DriverError) as exc:
-                self._failed(exc, DeviceState.ERROR if isinstance(exc, (DeviceBusy, DriverError)) else DeviceState.STALE)
+                self._failed(
+                    exc, DeviceState.ERROR if isinstance(exc, (DeviceBusy, DriverError)) else DeviceState.STALE
+                )
                 continue
             if h.failures:
                 h.reconnects += 1
@@ -214,8 +222,11 @@ class ScannerSupervisor(_Supervised):
         cfg = self.config
         if framer.dropped != self.dropped:
             self.dropped = framer.dropped
-            log.warning("scanner %s: dropped a line longer than %d bytes with no terminator "
-                        "(check the terminator setting)", cfg.name, cfg.max_length)
+            log.warning(
+                "scanner %s: dropped a line longer than %d bytes with no terminator (check the terminator setting)",
+                cfg.name,
+                cfg.max_length,
+            )
         for frame in frames:
             text = decode(frame, strip_prefix=cfg.strip_prefix, strip_suffix=cfg.strip_suffix)
             if text is not None:
@@ -225,8 +236,9 @@ class ScannerSupervisor(_Supervised):
 class PrinterSupervisor(_Supervised):
     """Prints on demand; reopens a printer that went away at the next job."""
 
-    def __init__(self, config: Any, driver: PrinterDriver,
-                 on_state: Callable[[DeviceHealth], None] = lambda h: None) -> None:
+    def __init__(
+        self, config: Any, driver: PrinterDriver, on_state: Callable[[DeviceHealth], None] = lambda h: None
+    ) -> None:
         self.config = config
         self.driver = driver
         self.on_state = on_state

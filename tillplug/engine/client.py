@@ -176,7 +176,9 @@ class EngineClient:
     # -- calls -----------------------------------------------------------------
 
     async def get_user(self, member_id: str) -> User:
-        data = await self._call("GET", f"/users/{quote(member_id, safe='')}", endpoint="users", not_found=MemberNotFound)
+        data = await self._call(
+            "GET", f"/users/{quote(member_id, safe='')}", endpoint="users", not_found=MemberNotFound
+        )
         return _parse(User, data)
 
     async def get_wallet(self, user_id: str) -> Wallet:
@@ -194,8 +196,12 @@ class EngineClient:
 
     async def redeem_benefit(self, benefit_id: str) -> Benefit:
         data = await self._call(
-            "POST", "/commands/redeem_benefit", json={"benefitId": benefit_id},
-            endpoint="redeem_benefit", write=True, not_found=BenefitNotFound,
+            "POST",
+            "/commands/redeem_benefit",
+            json={"benefitId": benefit_id},
+            endpoint="redeem_benefit",
+            write=True,
+            not_found=BenefitNotFound,
         )
         return _parse(Benefit, data)
 
@@ -210,8 +216,12 @@ class EngineClient:
         if self.config.venue_identifier:
             body["venueIdentifier"] = self.config.venue_identifier
         data = await self._call(
-            "POST", "/commands/validate_voucher", json=body, endpoint="validate_voucher",
-            write=not check_only, voucher=True,
+            "POST",
+            "/commands/validate_voucher",
+            json=body,
+            endpoint="validate_voucher",
+            write=not check_only,
+            voucher=True,
         )
         return _parse(Benefit, data)
 
@@ -381,7 +391,10 @@ def _body(response: httpx.Response) -> dict[str, Any]:
 
 
 def _engine_message(body: Mapping[str, Any]) -> str | None:
-    for candidate in (body.get("message"), (body.get("data") or {}).get("message") if isinstance(body.get("data"), dict) else None):
+    for candidate in (
+        body.get("message"),
+        (body.get("data") or {}).get("message") if isinstance(body.get("data"), dict) else None,
+    ):
         if isinstance(candidate, str) and candidate.strip():
             return candidate.strip()[:300]
     return None
@@ -431,7 +444,9 @@ def _envelope(response: httpx.Response) -> Any:
     if not isinstance(body, dict) or "data" not in body:
         raise EngineProtocolError("The loyalty service's answer has no 'data' envelope.")
     if body.get("status", "success") != "success":
-        raise EngineProtocolError(f"The loyalty service answered status {str(body.get('status'))[:20]!r} with HTTP 2xx.")
+        raise EngineProtocolError(
+            f"The loyalty service answered status {str(body.get('status'))[:20]!r} with HTTP 2xx."
+        )
     return body["data"]
 
 

@@ -8,7 +8,7 @@ Responses are parsed tolerantly: unknown fields ignored, optional ones defaulted
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ class Wire(BaseModel):
 
 def utc_now_iso() -> str:
     """ISO-8601 UTC with milliseconds: the engine's occurredAt pattern wants a fraction."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -85,7 +85,7 @@ class Benefit(Wire):
 
     def state(self, now: datetime | None = None) -> str:
         """created, redeemed, validated, burned or expired."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         if self.burned_at:
             return "burned"
         validated = self.code is not None and self.code.validated_at

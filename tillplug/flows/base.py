@@ -48,14 +48,26 @@ Printer = Callable[[int, Receipt], Awaitable[None]]
 
 def benefit_view(b: Benefit) -> dict[str, Any]:
     return {
-        "id": b.id, "state": b.state(), "name": b.reward.name if b.reward else "",
-        "expiresAt": b.expires_at, "code": b.code.value if b.code and b.state() != "created" else None,
+        "id": b.id,
+        "state": b.state(),
+        "name": b.reward.name if b.reward else "",
+        "expiresAt": b.expires_at,
+        "code": b.code.value if b.code and b.state() != "created" else None,
         "discounts": [d.model_dump(exclude_none=True, by_alias=True) for d in (b.reward.discounts if b.reward else [])],
     }
 
+
 class FlowBase:
-    def __init__(self, config: Config, client: Any, outbox: OutboxStore, *, events: EventBus | None = None,
-                 wake_outbox: Callable[[], None] = lambda: None, printer: Printer | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: Any,
+        outbox: OutboxStore,
+        *,
+        events: EventBus | None = None,
+        wake_outbox: Callable[[], None] = lambda: None,
+        printer: Printer | None = None,
+    ) -> None:
         self.client = client
         self.outbox = outbox
         self.checkouts = CheckoutStore(outbox)
@@ -74,8 +86,13 @@ class FlowBase:
         """Rules, rates and slip texts from a (re)loaded config; they apply from the next request."""
         self.config = config
         self.classifier = Classifier(config.barcodes)
-        self.slip = templates.SlipContext(config.till_id, config.branch_id, config.currency,
-                                          tuple(config.receipts.header), tuple(config.receipts.footer))
+        self.slip = templates.SlipContext(
+            config.till_id,
+            config.branch_id,
+            config.currency,
+            tuple(config.receipts.header),
+            tuple(config.receipts.footer),
+        )
 
     # -- helpers -----------------------------------------------------------------
 
@@ -113,10 +130,15 @@ class FlowBase:
             return False
 
     def _event(self, type_: str, member: Member | None, payload: dict[str, Any]) -> EventDefinition:
-        body = {"eventKey": new_event_key(), "tillId": self.config.till_id, "branchId": self.config.branch_id,
-                **payload}
-        return EventDefinition(type=type_, subject=member.id if member else None,
-                               executor=self.config.till_id, payload=body)
+        body = {
+            "eventKey": new_event_key(),
+            "tillId": self.config.till_id,
+            "branchId": self.config.branch_id,
+            **payload,
+        }
+        return EventDefinition(
+            type=type_, subject=member.id if member else None, executor=self.config.till_id, payload=body
+        )
 
     # -- 1. member look-up ---------------------------------------------------------
 
@@ -146,11 +168,15 @@ class FlowBase:
     def wallet_view(self, member: Member, wallet: Wallet) -> dict[str, Any]:
         usable = [benefit_view(v) for v in wallet.vouchers if v.state() in ("created", "redeemed", "validated")]
         return {
-            "member": member.masked, "pointsBalance": int(wallet.points_balance),
-            "lifetimePoints": int(wallet.lifetime_earn), "tier": wallet.tier.name if wallet.tier else None,
-            "pointsValue": self.money(points_to_money(max(0, int(wallet.points_balance)),
-                                                      self.config.points.rate_points,
-                                                      self.config.points.rate_money)).to_dict(),
+            "member": member.masked,
+            "pointsBalance": int(wallet.points_balance),
+            "lifetimePoints": int(wallet.lifetime_earn),
+            "tier": wallet.tier.name if wallet.tier else None,
+            "pointsValue": self.money(
+                points_to_money(
+                    max(0, int(wallet.points_balance)), self.config.points.rate_points, self.config.points.rate_money
+                )
+            ).to_dict(),
             "vouchers": usable,
         }
 
@@ -199,8 +225,11 @@ class FlowBase:
         deductions = self.checkouts.deductions(checkout.tx_id)
         taken = [d for d in deductions if d.state == "confirmed"]
         return {
-            "transactionId": checkout.tx_id, "lane": checkout.lane, "cashierId": checkout.cashier_id,
-            "state": checkout.state, "member": checkout.member.masked if checkout.member else None,
+            "transactionId": checkout.tx_id,
+            "lane": checkout.lane,
+            "cashierId": checkout.cashier_id,
+            "state": checkout.state,
+            "member": checkout.member.masked if checkout.member else None,
             "pointsSpent": sum(d.points for d in taken),
             "pointsDiscount": self.money(sum(d.money for d in taken)).to_dict(),
             "refunded": sum(d.points for d in deductions if d.state == "refunded"),
@@ -215,8 +244,11 @@ class FlowBase:
         member, wallet = await self.find_member(code)
         async with self._lock(self._tx_locks, tx_id):
             checkout = self._open(tx_id)
-            if checkout.member is not None and checkout.member.id != member.id and (
-                    checkout.vouchers or self.checkouts.deductions(tx_id, "confirmed")):
+            if (
+                checkout.member is not None
+                and checkout.member.id != member.id
+                and (checkout.vouchers or self.checkouts.deductions(tx_id, "confirmed"))
+            ):
                 # Refunds must go back to whoever spent: the member cannot change under them.
                 raise CheckoutConflict("Another member already used points or vouchers on this sale; void it first.")
             checkout.member = member
@@ -225,4 +257,3 @@ class FlowBase:
         view = {**self.view(checkout), "wallet": self.wallet_view(member, wallet)}
         self.events.publish("member_attached", {"transactionId": tx_id, **view["wallet"]}, lane=checkout.lane)
         return view
-

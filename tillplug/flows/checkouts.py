@@ -53,8 +53,13 @@ class AppliedVoucher:
     burned: bool
 
     def to_api(self) -> dict[str, Any]:
-        return {"code": self.code, "benefitId": self.benefit_id, "name": self.name,
-                "discounts": self.discounts, "burned": self.burned}
+        return {
+            "code": self.code,
+            "benefitId": self.benefit_id,
+            "name": self.name,
+            "discounts": self.discounts,
+            "burned": self.burned,
+        }
 
 
 @dataclass
@@ -99,7 +104,7 @@ class CheckoutStore:
         with outbox.transaction() as tx:
             tx.executescript_inside(SCHEMA)
 
-    def transaction(self):  # noqa: ANN201
+    def transaction(self):
         return self.outbox.transaction()
 
     def get(self, tx_id: str) -> Checkout | None:
@@ -108,16 +113,22 @@ class CheckoutStore:
 
     def insert(self, tx: Tx, checkout: Checkout) -> None:
         now = time.time()
-        tx.execute("INSERT INTO checkouts (tx_id, lane, state, data, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                   (checkout.tx_id, checkout.lane, checkout.state, checkout.to_json(), now, now))
+        tx.execute(
+            "INSERT INTO checkouts (tx_id, lane, state, data, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            (checkout.tx_id, checkout.lane, checkout.state, checkout.to_json(), now, now),
+        )
 
     def save(self, tx: Tx, checkout: Checkout) -> None:
-        tx.execute("UPDATE checkouts SET state=?, data=?, updated=? WHERE tx_id=?",
-                   (checkout.state, checkout.to_json(), time.time(), checkout.tx_id))
+        tx.execute(
+            "UPDATE checkouts SET state=?, data=?, updated=? WHERE tx_id=?",
+            (checkout.state, checkout.to_json(), time.time(), checkout.tx_id),
+        )
 
     def add_deduction(self, tx: Tx, d: Deduction) -> None:
-        tx.execute("INSERT INTO deductions (event_key, tx_id, points, money, state, created) VALUES (?, ?, ?, ?, ?, ?)",
-                   (d.event_key, d.tx_id, d.points, d.money, d.state, time.time()))
+        tx.execute(
+            "INSERT INTO deductions (event_key, tx_id, points, money, state, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (d.event_key, d.tx_id, d.points, d.money, d.state, time.time()),
+        )
 
     def set_deduction(self, tx: Tx, event_key: str, state: str) -> None:
         tx.execute("UPDATE deductions SET state=? WHERE event_key=?", (state, event_key))

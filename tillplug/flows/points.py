@@ -52,9 +52,11 @@ class PointsFlows(FlowBase):
             money = points_to_money(points, self.config.points.rate_points, self.config.points.rate_money)
             if money <= 0:
                 raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
-            event = self._event(self.config.engine.event_types.redeemed_points, member,
-                                {"transactionId": tx_id, "points": points, "value": money,
-                                 "currency": self.config.currency})
+            event = self._event(
+                self.config.engine.event_types.redeemed_points,
+                member,
+                {"transactionId": tx_id, "points": points, "value": money, "currency": self.config.currency},
+            )
             key = event.payload["eventKey"]
             with self.checkouts.transaction() as tx:  # durable before the engine hears of it
                 self.checkouts.add_deduction(tx, Deduction(key, tx_id, points, money, "sending"))
@@ -77,12 +79,18 @@ class PointsFlows(FlowBase):
         if self.config.engine.confirm_rate_with_test_reaction:
             await self._check_rate(event, points)
         checkout = self._checkout(tx_id)
-        result = {"transactionId": tx_id, "points": points, "discount": self.money(money).to_dict(),
-                  "balanceAfter": int(balance_after), "eventKey": key}
+        result = {
+            "transactionId": tx_id,
+            "points": points,
+            "discount": self.money(money).to_dict(),
+            "balanceAfter": int(balance_after),
+            "eventKey": key,
+        }
         self.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
         if self.config.receipts.points_slip:
             result["printed"] = await self._print(
-                checkout.lane, templates.points_slip(self.slip, points, self.money(money), balance_after))
+                checkout.lane, templates.points_slip(self.slip, points, self.money(money), balance_after)
+            )
         return result
 
     async def _confirm_balance(self, event_id: str, member: Member, expected: float) -> float:
@@ -95,8 +103,9 @@ class PointsFlows(FlowBase):
             except RetryableError:
                 pass
             await asyncio.sleep(0.05)
-        log.warning("deduction for member %s not applied within %.0fs; trusting the pre-check",
-                    member.masked, REACTION_WAIT)
+        log.warning(
+            "deduction for member %s not applied within %.0fs; trusting the pre-check", member.masked, REACTION_WAIT
+        )
         return expected
 
     async def _check_rate(self, event: EventDefinition, points: int) -> None:
@@ -107,29 +116,50 @@ class PointsFlows(FlowBase):
             return
         engine_points = -reactor_points(results)
         if engine_points and engine_points != points:
-            log.warning("the engine deducts %s points for %s reported; the configured rate stays in force",
-                        engine_points, points)
-            self.events.publish("error", {"code": "rate_mismatch", "message": "The engine's points rule differs "
-                                          "from the configured rate; tell a technician."})
+            log.warning(
+                "the engine deducts %s points for %s reported; the configured rate stays in force",
+                engine_points,
+                points,
+            )
+            self.events.publish(
+                "error",
+                {
+                    "code": "rate_mismatch",
+                    "message": "The engine's points rule differs from the configured rate; tell a technician.",
+                },
+            )
 
     def _unknown_deduction(self, tx_id: str, key: str, points: int, member: Member) -> None:
         """The deduction may or may not have landed: queue a refund that is sent only if it did."""
-        refund = self._event(self.config.engine.event_types.points_refund, member,
-                             {"transactionId": tx_id, "points": points, "reverses": key})
+        refund = self._event(
+            self.config.engine.event_types.points_refund,
+            member,
+            {"transactionId": tx_id, "points": points, "reverses": key},
+        )
         with self.checkouts.transaction() as tx:
             self.checkouts.set_deduction(tx, key, "unknown")
-            self.outbox.enqueue(tx, kind="event", stream=tx_id, body=refund.body(),
-                                event_key=refund.payload["eventKey"], requires_key=key)
+            self.outbox.enqueue(
+                tx,
+                kind="event",
+                stream=tx_id,
+                body=refund.body(),
+                event_key=refund.payload["eventKey"],
+                requires_key=key,
+            )
         self.wake_outbox()
 
     def _refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
         total = 0
         with self.checkouts.transaction() as tx:
             for d in deductions:
-                refund = self._event(self.config.engine.event_types.points_refund, member,
-                                     {"transactionId": tx_id, "points": d.points, "reverses": d.event_key})
-                self.outbox.enqueue(tx, kind="event", stream=tx_id, body=refund.body(),
-                                    event_key=refund.payload["eventKey"])
+                refund = self._event(
+                    self.config.engine.event_types.points_refund,
+                    member,
+                    {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
+                )
+                self.outbox.enqueue(
+                    tx, kind="event", stream=tx_id, body=refund.body(), event_key=refund.payload["eventKey"]
+                )
                 self.checkouts.set_deduction(tx, d.event_key, "refunded")
                 total += d.points
         self.wake_outbox()
@@ -144,4 +174,3 @@ class PointsFlows(FlowBase):
                 self._unknown_deduction(d.tx_id, d.event_key, d.points, checkout.member)
                 count += 1
         return count
-

@@ -43,7 +43,9 @@ class Loyalty(PointsFlows, VoucherFlows):
 
     # -- 2. completion and voids ---------------------------------------------------
 
-    async def complete(self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool) -> dict[str, Any]:
+    async def complete(
+        self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
+    ) -> dict[str, Any]:
         if not payment_confirmed:
             raise InvalidRequest("Complete the sale only once payment is confirmed.")
         if not isinstance(total, int) or isinstance(total, bool) or total < 0:
@@ -54,19 +56,34 @@ class Loyalty(PointsFlows, VoucherFlows):
             member = checkout.member
             types = self.config.engine.event_types
             lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
-            payload = {"transactionId": tx_id, "cashierId": checkout.cashier_id, "total": total,
-                       "currency": self.config.currency, "basket": lines,
-                       "pointsRedeemed": sum(d.points for d in self.checkouts.deductions(tx_id, "confirmed"))}
+            payload = {
+                "transactionId": tx_id,
+                "cashierId": checkout.cashier_id,
+                "total": total,
+                "currency": self.config.currency,
+                "basket": lines,
+                "pointsRedeemed": sum(d.points for d in self.checkouts.deductions(tx_id, "confirmed")),
+            }
             event = self._event(types.transaction, member, {k: v for k, v in payload.items() if v is not None})
             key = event.payload["eventKey"]
             checkout.state, checkout.total = "completed", total
             with self.checkouts.transaction() as tx:
                 if self.config.engine.earn_mode == "orders":
-                    order = Order(orderId=tx_id, totalSpend=total, currency=self.config.currency, lines=lines,
-                                  submitter={"authIdentifier": member.auth_identifier}
-                                  if member and member.auth_identifier else None,
-                                  metadata={"eventKey": key, "tillId": self.config.till_id,
-                                            "branchId": self.config.branch_id, "cashierId": checkout.cashier_id})
+                    order = Order(
+                        orderId=tx_id,
+                        totalSpend=total,
+                        currency=self.config.currency,
+                        lines=lines,
+                        submitter={"authIdentifier": member.auth_identifier}
+                        if member and member.auth_identifier
+                        else None,
+                        metadata={
+                            "eventKey": key,
+                            "tillId": self.config.till_id,
+                            "branchId": self.config.branch_id,
+                            "cashierId": checkout.cashier_id,
+                        },
+                    )
                     self.outbox.enqueue(tx, kind="order", stream=tx_id, body=order.body(), event_key=key)
                 else:
                     self.outbox.enqueue(tx, kind="event", stream=tx_id, body=event.body(), event_key=key)
@@ -74,13 +91,20 @@ class Loyalty(PointsFlows, VoucherFlows):
         self._closed(checkout)
         self.wake_outbox()
         expected = await self._expected_points(event, total) if member else 0
-        result = {"transactionId": tx_id, "state": "completed", "expectedPoints": expected, "eventKey": key,
-                  "voucherBurnFailures": burn_failures}
-        self.events.publish("checkout_completed", {k: v for k, v in result.items() if k != "eventKey"},
-                            lane=checkout.lane)
+        result = {
+            "transactionId": tx_id,
+            "state": "completed",
+            "expectedPoints": expected,
+            "eventKey": key,
+            "voucherBurnFailures": burn_failures,
+        }
+        self.events.publish(
+            "checkout_completed", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane
+        )
         if member and self.config.receipts.sale_summary:
             result["printed"] = await self._print(
-                checkout.lane, templates.sale_summary(self.slip, tx_id, self.money(total), expected))
+                checkout.lane, templates.sale_summary(self.slip, tx_id, self.money(total), expected)
+            )
         return result
 
     async def _burn_checked(self, checkout: Checkout) -> list[dict[str, str]]:
@@ -90,7 +114,9 @@ class Loyalty(PointsFlows, VoucherFlows):
             if v.burned:
                 continue
             try:
-                await self.client.validate_voucher(v.code, user_identifier=checkout.member.id if checkout.member else None)
+                await self.client.validate_voucher(
+                    v.code, user_identifier=checkout.member.id if checkout.member else None
+                )
                 v.burned = True
             except TillplugError as exc:
                 log.warning("could not burn voucher at completion of %s: %s", checkout.tx_id, exc.code)
@@ -116,8 +142,12 @@ class Loyalty(PointsFlows, VoucherFlows):
                 self.checkouts.save(tx, checkout)
             self._closed(checkout)
         burned = [v.code for v in checkout.vouchers if v.burned]
-        result = {"transactionId": tx_id, "state": "voided", "pointsRefunded": refunded,
-                  "vouchersNotReinstated": burned}
+        result = {
+            "transactionId": tx_id,
+            "state": "voided",
+            "pointsRefunded": refunded,
+            "vouchersNotReinstated": burned,
+        }
         self.events.publish("checkout_voided", result, lane=checkout.lane)
         if refunded and self.config.receipts.points_slip:
             result["printed"] = await self._print(checkout.lane, templates.refund_slip(self.slip, tx_id, refunded))
@@ -145,19 +175,32 @@ class Loyalty(PointsFlows, VoucherFlows):
                     try:
                         b = await self.client.validate_voucher(classified.code, check_only=True)
                     except VoucherError as exc:
-                        self.events.publish("voucher_result", {"code": classified.code, "ok": False, "checkOnly": True,
-                                                               "error": exc.code, "message": exc.message}, lane=lane)
+                        self.events.publish(
+                            "voucher_result",
+                            {
+                                "code": classified.code,
+                                "ok": False,
+                                "checkOnly": True,
+                                "error": exc.code,
+                                "message": exc.message,
+                            },
+                            lane=lane,
+                        )
                         raise
-                    self.events.publish("voucher_result", {"code": classified.code, "ok": True, "checkOnly": True,
-                                                           **benefit_view(b)}, lane=lane)
+                    self.events.publish(
+                        "voucher_result",
+                        {"code": classified.code, "ok": True, "checkOnly": True, **benefit_view(b)},
+                        lane=lane,
+                    )
             elif kind is ScanKind.LOCAL_POOL:
                 self.events.publish("scan", {**base, "code": classified.code}, lane=lane)
             else:
                 self.events.publish("scan", {**base, "text": text, **classified.details}, lane=lane)
         except TillplugError as exc:
             if not isinstance(exc, VoucherError):  # voucher outcomes were already published
-                self.events.publish("error", {"code": exc.code, "message": exc.message, "scanKind": kind.value},
-                                    lane=lane)
+                self.events.publish(
+                    "error", {"code": exc.code, "message": exc.message, "scanKind": kind.value}, lane=lane
+                )
         return classified
 
 

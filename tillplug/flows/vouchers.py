@@ -45,16 +45,23 @@ class VoucherFlows(FlowBase):
         try:
             benefit = await self.client.validate_voucher(code, check_only=check_only, user_identifier=member_id)
         except VoucherError as exc:
-            self.events.publish("voucher_result", {"transactionId": tx_id, "code": code, "ok": False,
-                                                   "error": exc.code, "message": exc.message}, lane=checkout.lane)
+            self.events.publish(
+                "voucher_result",
+                {"transactionId": tx_id, "code": code, "ok": False, "error": exc.code, "message": exc.message},
+                lane=checkout.lane,
+            )
             raise
         return await self._applied(tx_id, benefit, burned=not check_only)
 
     async def _applied(self, tx_id: str, benefit: Benefit, *, burned: bool) -> dict[str, Any]:
         voucher = AppliedVoucher(
-            code=benefit.code.value if benefit.code else "", benefit_id=benefit.id,
+            code=benefit.code.value if benefit.code else "",
+            benefit_id=benefit.id,
             name=benefit.reward.name if benefit.reward else "Voucher",
-            discounts=[d.model_dump(exclude_none=True, by_alias=True) for d in (benefit.reward.discounts if benefit.reward else [])],
+            discounts=[
+                d.model_dump(exclude_none=True, by_alias=True)
+                for d in (benefit.reward.discounts if benefit.reward else [])
+            ],
             burned=burned,
         )
         async with self._lock(self._tx_locks, tx_id):
@@ -65,8 +72,9 @@ class VoucherFlows(FlowBase):
         result = {"transactionId": tx_id, "kind": "engine", "ok": True, **voucher.to_api()}
         self.events.publish("voucher_result", result, lane=checkout.lane)
         if self.config.receipts.voucher_receipt:
-            result["printed"] = await self._print(checkout.lane,
-                                                  templates.voucher_receipt(self.slip, benefit, burned=burned))
+            result["printed"] = await self._print(
+                checkout.lane, templates.voucher_receipt(self.slip, benefit, burned=burned)
+            )
         return result
 
     async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
@@ -87,7 +95,7 @@ class VoucherFlows(FlowBase):
             raise InvalidRequest("This voucher has no code to validate.")
         if check_only is None:
             check_only = self.config.vouchers.mode == "check_then_burn"
-        validated = await self.client.validate_voucher(benefit.code.value, check_only=check_only,
-                                                       user_identifier=member.id)
+        validated = await self.client.validate_voucher(
+            benefit.code.value, check_only=check_only, user_identifier=member.id
+        )
         return await self._applied(tx_id, validated, burned=not check_only)
-

@@ -53,8 +53,15 @@ def retry_delay(attempts: int) -> float:
 
 
 class Deliverer:
-    def __init__(self, store: OutboxStore, client: Any, *, rate: float = 10, burst: int = 20,
-                 on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: OutboxStore,
+        client: Any,
+        *,
+        rate: float = 10,
+        burst: int = 20,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.client = client
         self.bucket = TokenBucket(rate, burst)
@@ -93,8 +100,9 @@ class Deliverer:
         now = time.time()
         try:
             if row.requires_key is not None and await self._engine_has(row, row.requires_key) is None:
-                await asyncio.to_thread(store.delivered, row.id,
-                                        note="not needed: the write it reverses never reached the engine")
+                await asyncio.to_thread(
+                    store.delivered, row.id, note="not needed: the write it reverses never reached the engine"
+                )
                 return
             if row.needs_lookup:
                 found = await self._engine_has(row, row.event_key)

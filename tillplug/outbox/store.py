@@ -131,8 +131,9 @@ class OutboxStore:
 
     # -- writes ------------------------------------------------------------------
 
-    def enqueue(self, tx: Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
-                requires_key: str | None = None) -> int:
+    def enqueue(
+        self, tx: Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str, requires_key: str | None = None
+    ) -> int:
         """Add a row inside the caller's transaction (so it commits with the caller's own writes)."""
         now = self.clock()
         cur = tx.db.execute(
@@ -143,17 +144,18 @@ class OutboxStore:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def add(self, *, kind: str, stream: str, body: dict[str, Any], event_key: str,
-            requires_key: str | None = None) -> int:
+    def add(
+        self, *, kind: str, stream: str, body: dict[str, Any], event_key: str, requires_key: str | None = None
+    ) -> int:
         with self.transaction() as tx:
-            return self.enqueue(tx, kind=kind, stream=stream, body=body, event_key=event_key,
-                                requires_key=requires_key)
+            return self.enqueue(tx, kind=kind, stream=stream, body=body, event_key=event_key, requires_key=requires_key)
 
     def recover(self) -> int:
         """At start-up: rows left in 'sending' by a crash go back to pending, to be looked up first."""
         with self.transaction() as tx:
             cur = tx.db.execute(
-                "UPDATE outbox SET state='pending', needs_lookup=1, updated=? WHERE state='sending'", (self.clock(),))
+                "UPDATE outbox SET state='pending', needs_lookup=1, updated=? WHERE state='sending'", (self.clock(),)
+            )
             return cur.rowcount
 
     def claim(self, now: float | None = None) -> Row | None:
@@ -169,24 +171,30 @@ class OutboxStore:
             ).fetchone()
             if r is None:
                 return None
-            tx.db.execute("UPDATE outbox SET state='sending', attempts=attempts+1, updated=? WHERE id=?",
-                          (now, r["id"]))
+            tx.db.execute(
+                "UPDATE outbox SET state='sending', attempts=attempts+1, updated=? WHERE id=?", (now, r["id"])
+            )
             return Row.from_sql(r)
 
     def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
         self._finish(row_id, "state='delivered', engine_id=?, note=?, last_error=NULL", (engine_id, note))
 
     def retry_later(self, row_id: int, *, at: float, error: str, needs_lookup: bool) -> None:
-        self._finish(row_id, "state='pending', next_attempt=?, last_error=?, needs_lookup=MAX(needs_lookup, ?)",
-                     (at, error[:500], int(needs_lookup)))
+        self._finish(
+            row_id,
+            "state='pending', next_attempt=?, last_error=?, needs_lookup=MAX(needs_lookup, ?)",
+            (at, error[:500], int(needs_lookup)),
+        )
 
     def dead(self, row_id: int, *, error: str) -> None:
         self._finish(row_id, "state='dead', last_error=?", (error[:500],))
 
     def _finish(self, row_id: int, assignments: str, args: tuple[Any, ...]) -> None:
         with self.transaction() as tx:
-            tx.db.execute(f"UPDATE outbox SET {assignments}, updated=? WHERE id=? AND state='sending'",
-                          (*args, self.clock(), row_id))
+            tx.db.execute(
+                f"UPDATE outbox SET {assignments}, updated=? WHERE id=? AND state='sending'",
+                (*args, self.clock(), row_id),
+            )
 
     # -- the technician's commands -------------------------------------------------
 
@@ -196,7 +204,8 @@ class OutboxStore:
             cur = tx.db.execute(
                 "UPDATE outbox SET state='pending', next_attempt=?, updated=?, note=COALESCE(note, '') || "
                 "'retried by technician; ' WHERE id=? AND state IN ('dead', 'pending')",
-                (self.clock(), self.clock(), row_id))
+                (self.clock(), self.clock(), row_id),
+            )
             return cur.rowcount == 1
 
     def discard(self, row_id: int, reason: str) -> bool:
@@ -205,7 +214,8 @@ class OutboxStore:
         with self.transaction() as tx:
             cur = tx.db.execute(
                 "UPDATE outbox SET state='discarded', note=?, updated=? WHERE id=? AND state IN ('dead', 'pending')",
-                (f"discarded: {reason.strip()[:300]}", self.clock(), row_id))
+                (f"discarded: {reason.strip()[:300]}", self.clock(), row_id),
+            )
             return cur.rowcount == 1
 
     # -- reads -------------------------------------------------------------------
@@ -231,10 +241,14 @@ class OutboxStore:
     def stats(self) -> Stats:
         with self._lock:
             counts = dict(self.db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-            oldest = self.db.execute("SELECT MIN(created) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+            oldest = self.db.execute(
+                "SELECT MIN(created) FROM outbox WHERE state IN ('pending', 'sending')"
+            ).fetchone()[0]
         return Stats(
-            pending=counts.get("pending", 0), sending=counts.get("sending", 0),
-            delivered=counts.get("delivered", 0), dead=counts.get("dead", 0),
+            pending=counts.get("pending", 0),
+            sending=counts.get("sending", 0),
+            delivered=counts.get("delivered", 0),
+            dead=counts.get("dead", 0),
             discarded=counts.get("discarded", 0),
             oldest_pending_age=max(0.0, self.clock() - oldest) if oldest else 0.0,
         )

@@ -13,10 +13,31 @@ from pathlib import Path
 from typing import Any
 
 # ESC t n → Python codec (the pages tillplug pins, and the common ones).
-CODE_PAGES = {0: "cp437", 2: "cp850", 3: "cp860", 4: "cp863", 5: "cp865", 16: "cp1252", 17: "cp866",
-              18: "cp852", 19: "cp858", 40: "iso8859-15", 45: "cp1250", 46: "cp1251"}
-BARCODE_B = {65: "UPC-A", 66: "UPC-E", 67: "EAN13", 68: "EAN8", 69: "CODE39", 70: "ITF", 71: "CODABAR",
-             72: "CODE93", 73: "CODE128"}
+CODE_PAGES = {
+    0: "cp437",
+    2: "cp850",
+    3: "cp860",
+    4: "cp863",
+    5: "cp865",
+    16: "cp1252",
+    17: "cp866",
+    18: "cp852",
+    19: "cp858",
+    40: "iso8859-15",
+    45: "cp1250",
+    46: "cp1251",
+}
+BARCODE_B = {
+    65: "UPC-A",
+    66: "UPC-E",
+    67: "EAN13",
+    68: "EAN8",
+    69: "CODE39",
+    70: "ITF",
+    71: "CODABAR",
+    72: "CODE93",
+    73: "CODE128",
+}
 BARCODE_A = {0: "UPC-A", 1: "UPC-E", 2: "EAN13", 3: "EAN8", 4: "CODE39", 5: "ITF", 6: "CODABAR"}
 
 
@@ -101,10 +122,12 @@ def interpret(data: bytes) -> Preview:
             elif cmd == 0x74:  # ESC t n code page
                 codec = CODE_PAGES.get(arg(2), codec)
                 if arg(2) not in CODE_PAGES:
-                    unknown.append((i, data[i:i + 3].hex(" ")))
+                    unknown.append((i, data[i : i + 3].hex(" ")))
                 i += 3
             elif cmd == 0x61:  # ESC a n align
-                style.align = {0: "left", 1: "center", 2: "right", 48: "left", 49: "center", 50: "right"}.get(arg(2), "left")
+                style.align = {0: "left", 1: "center", 2: "right", 48: "left", 49: "center", 50: "right"}.get(
+                    arg(2), "left"
+                )
                 i += 3
             elif cmd == 0x45:  # ESC E n bold
                 style.bold = bool(arg(2) & 1)
@@ -118,7 +141,16 @@ def interpret(data: bytes) -> Preview:
             elif cmd == 0x2D:  # ESC - n underline
                 style.underline = bool(arg(2) & 3)
                 i += 3
-            elif cmd in (0x4D, 0x47, 0x7B, 0x33, 0x20, 0x56, 0x72, 0x52):  # font, strike, flip, spacing...: no effect here
+            elif cmd in (
+                0x4D,
+                0x47,
+                0x7B,
+                0x33,
+                0x20,
+                0x56,
+                0x72,
+                0x52,
+            ):  # font, strike, flip, spacing...: no effect here
                 i += 3
             elif cmd == 0x32:  # ESC 2 default spacing
                 i += 2
@@ -129,7 +161,7 @@ def interpret(data: bytes) -> Preview:
             elif cmd == 0x70:  # ESC p m t1 t2 drawer kick
                 i += 5
             else:
-                unknown.append((i, data[i:i + 2].hex(" ")))
+                unknown.append((i, data[i : i + 2].hex(" ")))
                 i += 2
         elif b == 0x1D:  # GS
             cmd = arg(1)
@@ -146,7 +178,7 @@ def interpret(data: bytes) -> Preview:
                 m = arg(2)
                 if m >= 65:
                     length = arg(3)
-                    raw = data[i + 4:i + 4 + length]
+                    raw = data[i + 4 : i + 4 + length]
                     text = raw.decode("ascii", errors="replace")
                     if m == 73 and text[:2] in ("{A", "{B", "{C"):
                         text = text[2:]
@@ -155,13 +187,20 @@ def interpret(data: bytes) -> Preview:
                 else:
                     end = data.find(b"\x00", i + 3)
                     end = n if end < 0 else end
-                    items.append(Item("barcode", data[i + 3:end].decode("ascii", errors="replace"),
-                                      Style(align=style.align), BARCODE_A.get(m, f"type {m}"), module))
+                    items.append(
+                        Item(
+                            "barcode",
+                            data[i + 3 : end].decode("ascii", errors="replace"),
+                            Style(align=style.align),
+                            BARCODE_A.get(m, f"type {m}"),
+                            module,
+                        )
+                    )
                     i = end + 1
             elif cmd == 0x28 and arg(2) == 0x6B:  # GS ( k: 2D codes
                 length = arg(3) + arg(4) * 256
                 cn, fn = arg(5), arg(6)
-                payload = data[i + 7:i + 5 + length]
+                payload = data[i + 7 : i + 5 + length]
                 if cn == 49 and fn == 80:
                     qr_data = payload[1:]
                 elif cn == 49 and fn == 81:
@@ -173,7 +212,7 @@ def interpret(data: bytes) -> Preview:
                 items.append(Item("cut"))
                 i += 3 if arg(2) in (0, 1, 48, 49) else 4
             else:
-                unknown.append((i, data[i:i + 2].hex(" ")))
+                unknown.append((i, data[i : i + 2].hex(" ")))
                 i += 2
         elif b == 0x10 and arg(1) == 0x04:  # DLE EOT n: a status query, not printed
             i += 3
@@ -247,7 +286,8 @@ def _barcode_image(text: str, symbology: str, module: int, width_px: int) -> Any
     from PIL import Image, ImageDraw
 
     kind = {"CODE128": "code128", "EAN13": "ean13", "EAN8": "ean8", "UPC-A": "upca", "CODE39": "code39"}.get(
-        symbology, "code128")
+        symbology, "code128"
+    )
     try:
         pattern = "".join(barcode.get(kind, text).build())
     except Exception:  # a value the symbology cannot hold: draw it as Code 128 instead

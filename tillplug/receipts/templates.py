@@ -93,7 +93,9 @@ def voucher_receipt(ctx: SlipContext, benefit: Any, *, burned: bool, when: datet
     return Receipt("voucher", [*blocks, *ctx.bottom(when)])
 
 
-def points_slip(ctx: SlipContext, spent: int, value: Money, balance_after: float, when: datetime | None = None) -> Receipt:
+def points_slip(
+    ctx: SlipContext, spent: int, value: Money, balance_after: float, when: datetime | None = None
+) -> Receipt:
     blocks: list[Block] = [
         *ctx.top("Points spent"),
         Columns("Points used", points(spent)),
@@ -113,8 +115,9 @@ def refund_slip(ctx: SlipContext, transaction_id: str, refunded: int, when: date
     return Receipt("refund", [*blocks, *ctx.bottom(when)])
 
 
-def sale_summary(ctx: SlipContext, transaction_id: str, total: Money, expected_points: int,
-                 when: datetime | None = None) -> Receipt:
+def sale_summary(
+    ctx: SlipContext, transaction_id: str, total: Money, expected_points: int, when: datetime | None = None
+) -> Receipt:
     blocks: list[Block] = [
         *ctx.top("Loyalty"),
         Columns("Sale", transaction_id),
@@ -125,8 +128,9 @@ def sale_summary(ctx: SlipContext, transaction_id: str, total: Money, expected_p
     return Receipt("sale", [*blocks, *ctx.bottom(when)])
 
 
-def test_page(ctx: SlipContext, printer_name: str, profile: str, columns: int, code_page: str,
-              when: datetime | None = None) -> Receipt:
+def test_page(
+    ctx: SlipContext, printer_name: str, profile: str, columns: int, code_page: str, when: datetime | None = None
+) -> Receipt:
     ruler = "".join(str(i % 10) for i in range(1, columns + 1))
     blocks: list[Block] = [
         *ctx.top("Test page"),

@@ -67,8 +67,7 @@ def ok(data: Any, status: int = 200) -> JSONResponse:
 
 def fail(err: SimError) -> JSONResponse:
     status = "error" if err.status >= 500 else "fail"
-    return JSONResponse({"status": status, "message": err.message, "data": {"code": err.code}},
-                        status_code=err.status)
+    return JSONResponse({"status": status, "message": err.message, "data": {"code": err.code}}, status_code=err.status)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -262,8 +261,9 @@ class FaultLayer:
             await JSONResponse({"message": "Too Many Requests"}, 429, headers=headers)(scope, receive, send)
             return
         if sim.rng.random() < faults.error_rate:
-            await JSONResponse({"status": "error", "message": "Internal server error"},
-                               faults.error_status)(scope, receive, send)
+            await JSONResponse({"status": "error", "message": "Internal server error"}, faults.error_status)(
+                scope, receive, send
+            )
             return
         is_write = scope["method"] == "POST" and not scope["path"].startswith("/oauth/")
         if is_write and sim.rng.random() < faults.reset_rate:
@@ -295,8 +295,13 @@ class FaultLayer:
             messages.append(message)
 
         await self.app(scope, receive, keep)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"status": "succ', "more_body": True})
         raise ConnectionAbortedError("simulated reset after the request was read")
 

@@ -30,8 +30,9 @@ def _uvicorn(app: Any) -> uvicorn.Server:
 class SimServer:
     """The simulator on 127.0.0.1 in a thread of its own.  ``port=0`` picks a free port."""
 
-    def __init__(self, seed: str | Path | dict[str, Any] | None = None, *, port: int = 0,
-                 rate: float = 100, burst: int = 400) -> None:
+    def __init__(
+        self, seed: str | Path | dict[str, Any] | None = None, *, port: int = 0, rate: float = 100, burst: int = 400
+    ) -> None:
         data = seed if isinstance(seed, dict) else load_seed(seed)
         self.state = EngineState(data)
         self.sim = Simulator(self.state, rate=rate, burst=burst)
@@ -42,8 +43,9 @@ class SimServer:
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10) -> SimServer:
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="engine-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="engine-sim", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,19 @@ from typing import Any
 OCCURRED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z?$")
 EVENT_TYPE = re.compile(r"^[A-Z]+(_[A-Z]+)*$")
 INTRINSIC = {
-    "REGISTERED_ACCOUNT", "PURCHASED_REWARD", "REDEEMED_VOUCHER", "BURNED_VOUCHER", "VOUCHER_GIVEN",
-    "POINTS_ADJUSTED", "POINTS_EXPIRED", "PROFILE_UPDATED", "CONSENT_GIVEN", "CONSENT_REVOKED",
-    "CLOSED_ACCOUNT", "REFERRAL_TRANCHE_ACTIVATION", "ORDER_PLACED",
+    "REGISTERED_ACCOUNT",
+    "PURCHASED_REWARD",
+    "REDEEMED_VOUCHER",
+    "BURNED_VOUCHER",
+    "VOUCHER_GIVEN",
+    "POINTS_ADJUSTED",
+    "POINTS_EXPIRED",
+    "PROFILE_UPDATED",
+    "CONSENT_GIVEN",
+    "CONSENT_REVOKED",
+    "CLOSED_ACCOUNT",
+    "REFERRAL_TRANCHE_ACTIVATION",
+    "ORDER_PLACED",
 }
 
 
@@ -89,14 +99,14 @@ class EngineState:
         for m in seed["members"]:
             member = copy.deepcopy(m)
             self.members[member["id"]] = member
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         for b in seed["benefits"]:
             self.benefits[b["id"]] = self._seed_benefit(b, now)
 
     # -- look-ups ------------------------------------------------------------------
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), timezone.utc)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def find_member(self, ident: str) -> dict[str, Any] | None:
         """By WLL UUID, 7-digit account number or authIdentifier."""
@@ -116,12 +126,22 @@ class EngineState:
         created = now - timedelta(days=10)
         state = b.get("state", "created")
         benefit = {
-            "id": b["id"], "type": "VOUCHER", "createdAt": iso(created),
-            "redeemedAt": None, "burnedAt": None,
+            "id": b["id"],
+            "type": "VOUCHER",
+            "createdAt": iso(created),
+            "redeemedAt": None,
+            "burnedAt": None,
             "expiresAt": iso(now - timedelta(days=1) if state == "expired" else now + timedelta(days=30)),
-            "ownerId": owner["id"], "rewardId": b["reward"],
-            "code": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, b["code"])), "value": b["code"],
-                     "createdAt": iso(created), "updatedAt": iso(created), "redeemedAt": None, "validatedAt": None},
+            "ownerId": owner["id"],
+            "rewardId": b["reward"],
+            "code": {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, b["code"])),
+                "value": b["code"],
+                "createdAt": iso(created),
+                "updatedAt": iso(created),
+                "redeemedAt": None,
+                "validatedAt": None,
+            },
         }
         if state in ("redeemed", "validated", "burned"):
             benefit["redeemedAt"] = benefit["code"]["redeemedAt"] = iso(created + timedelta(days=1))
@@ -156,21 +176,27 @@ class EngineState:
         m = self.member(ident)
         # Personal data is in the profile, as on WLL; tillplug must never copy it into events.
         return {
-            "id": m["id"], "accountNumber": m.get("accountNumber"), "authIdentifier": m.get("authIdentifier"),
-            "externalIdentifier": None, "isRestricted": False, "flags": {},
+            "id": m["id"],
+            "accountNumber": m.get("accountNumber"),
+            "authIdentifier": m.get("authIdentifier"),
+            "externalIdentifier": None,
+            "isRestricted": False,
+            "flags": {},
             "profile": {"givenName": "Sam", "familyName": "Member", "emailAddress": "member@example.invalid"},
         }
 
     # -- auth --------------------------------------------------------------------
 
     def issue_token(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("grant_type") != "client_credentials" or body.get("client_id") != self.client_id or \
-                not secrets.compare_digest(str(body.get("client_secret", "")), self.client_secret):
+        if (
+            body.get("grant_type") != "client_credentials"
+            or body.get("client_id") != self.client_id
+            or not secrets.compare_digest(str(body.get("client_secret", "")), self.client_secret)
+        ):
             raise SimError(401, "INVALID_CLIENT", "Unauthorized")
         token = secrets.token_urlsafe(24)
         self.tokens[token] = self.clock() + self.token_lifetime
-        return {"access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime,
-                "scope": "admin"}
+        return {"access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime, "scope": "admin"}
 
     def bearer_ok(self, token: str | None, event_type: str | None = None) -> bool:
         if token is None:
@@ -270,22 +296,32 @@ class EngineState:
         points = self.points_for(checked["type"], checked["payload"])
         if not points:
             return []
-        return [{"reactor": {"id": f"reactor-{checked['type'].lower()}", "name": f"{checked['type']} points"},
-                 "reactions": [{"type": "POINTS", "points": points}]}]
+        return [
+            {
+                "reactor": {"id": f"reactor-{checked['type'].lower()}", "name": f"{checked['type']} points"},
+                "reactions": [{"type": "POINTS", "points": points}],
+            }
+        ]
 
     def record_event(self, body: dict[str, Any], *, intrinsic: str | None = None) -> dict[str, Any]:
         """Store an event and return it; the reaction is applied later by ``apply_reaction``."""
         if intrinsic:
-            checked = {"type": intrinsic, "member": self.find_member(body.get("subject") or ""),
-                       "payload": body.get("payload", {})}
+            checked = {
+                "type": intrinsic,
+                "member": self.find_member(body.get("subject") or ""),
+                "payload": body.get("payload", {}),
+            }
         else:
             checked = self.check_event(body)
         now = self.now()
         event = {
-            "id": str(uuid.uuid4()), "type": checked["type"],
+            "id": str(uuid.uuid4()),
+            "type": checked["type"],
             "subject": checked["member"]["id"] if checked["member"] else None,
-            "executor": body.get("executor"), "payload": checked["payload"],
-            "occurredAt": body.get("occurredAt") or iso(now), "createdAt": iso(now),
+            "executor": body.get("executor"),
+            "payload": checked["payload"],
+            "occurredAt": body.get("occurredAt") or iso(now),
+            "createdAt": iso(now),
         }
         self.events[event["id"]] = event
         self.reactions[event["id"]] = []
@@ -303,8 +339,11 @@ class EngineState:
             self.reactions[event_id].append({"type": "POINTS", "points": points})
 
     def find_events(self, event_key: str | None, limit: int) -> list[dict[str, Any]]:
-        found = [e for e in reversed(list(self.events.values()))
-                 if event_key is None or e["payload"].get("eventKey") == event_key]
+        found = [
+            e
+            for e in reversed(list(self.events.values()))
+            if event_key is None or e["payload"].get("eventKey") == event_key
+        ]
         return copy.deepcopy(found[:limit])
 
     def submit_order(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -317,22 +356,39 @@ class EngineState:
         order = {"id": str(uuid.uuid4()), **copy.deepcopy(body), "createdAt": iso(self.now())}
         self.ledger.orders.append(order)
         event = self.record_event(
-            {"subject": auth_id, "payload": {"totalSpend": body["totalSpend"], "orderId": body["orderId"],
-                                             "eventKey": (body.get("metadata") or {}).get("eventKey")}},
+            {
+                "subject": auth_id,
+                "payload": {
+                    "totalSpend": body["totalSpend"],
+                    "orderId": body["orderId"],
+                    "eventKey": (body.get("metadata") or {}).get("eventKey"),
+                },
+            },
             intrinsic="ORDER_PLACED",
         )
         return order, event
 
     def find_orders(self, event_key: str | None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for o in self.ledger.orders
-                if event_key is None or (o.get("metadata") or {}).get("eventKey") == event_key]
+        return [
+            copy.deepcopy(o)
+            for o in self.ledger.orders
+            if event_key is None or (o.get("metadata") or {}).get("eventKey") == event_key
+        ]
 
     def ledger_view(self) -> dict[str, Any]:
         return {
-            "events": [{"id": e["id"], "type": e["type"], "subject": e["subject"],
-                        "eventKey": e["payload"].get("eventKey"), "points": e["payload"].get("points"),
-                        "total": e["payload"].get("total"), "receivedAt": e["createdAt"]}
-                       for e in self.ledger.events],
+            "events": [
+                {
+                    "id": e["id"],
+                    "type": e["type"],
+                    "subject": e["subject"],
+                    "eventKey": e["payload"].get("eventKey"),
+                    "points": e["payload"].get("points"),
+                    "total": e["payload"].get("total"),
+                    "receivedAt": e["createdAt"],
+                }
+                for e in self.ledger.events
+            ],
             "duplicates": self.ledger.duplicates(),
             "balances": {m["id"]: m["pointsBalance"] for m in self.members.values()},
             "burns": list(self.ledger.burns),

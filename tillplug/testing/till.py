@@ -66,31 +66,57 @@ class VirtualScanner:
 
 
 class VirtualTill:
-    def __init__(self, workdir: Path, *, lanes: int = 1, voucher_mode: str = "burn",
-                 sim: SimServer | None = None, till_id: str = "till-01", **overrides: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        lanes: int = 1,
+        voucher_mode: str = "burn",
+        sim: SimServer | None = None,
+        till_id: str = "till-01",
+        **overrides: Any,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._own_sim = sim is None
         self.sim = sim or SimServer().start()
         self.scanners = {lane: VirtualScanner(self.workdir / f"scanner{lane}") for lane in range(1, lanes + 1)}
-        self.config = Config.model_validate({
-            "till_id": till_id, "branch_id": "branch-0001", "currency": "GBP",
-            "state_dir": str(self.workdir / "state"), "cache_dir": str(self.workdir / "cache"),
-            "log_level": "warning",
-            "engine": {"preset": "simulator", "base_url": self.sim.url + "/v1",
-                       "auth_url": self.sim.url + "/oauth/token", "receipts_url": self.sim.url + "/receipts/v1"},
-            "vouchers": {"mode": voucher_mode},
-            "barcodes": {"local_pool": [r"^(?P<code>LOCAL-[A-Z0-9]{4,12})$"]},
-            "scanners": [{"name": f"scanner{lane}", "port": str(s.link), "lane": lane, "terminator": "CRLF"}
-                         for lane, s in self.scanners.items()],
-            "printers": [{"name": f"printer{lane}", "connection": f"capture://{self.workdir}/printer{lane}.bin",
-                          "lane": lane, "profile": "TM-T20II", "paper_width_mm": 80}
-                         for lane in self.scanners],
-            "receipts": {"header": ["Corner Shop"], "footer": ["Thank you"]},
-            "api": {"listen": "127.0.0.1:0"},
-            "outbox": {"rate_per_second": 50, "burst": 50},
-            **overrides,
-        })
+        self.config = Config.model_validate(
+            {
+                "till_id": till_id,
+                "branch_id": "branch-0001",
+                "currency": "GBP",
+                "state_dir": str(self.workdir / "state"),
+                "cache_dir": str(self.workdir / "cache"),
+                "log_level": "warning",
+                "engine": {
+                    "preset": "simulator",
+                    "base_url": self.sim.url + "/v1",
+                    "auth_url": self.sim.url + "/oauth/token",
+                    "receipts_url": self.sim.url + "/receipts/v1",
+                },
+                "vouchers": {"mode": voucher_mode},
+                "barcodes": {"local_pool": [r"^(?P<code>LOCAL-[A-Z0-9]{4,12})$"]},
+                "scanners": [
+                    {"name": f"scanner{lane}", "port": str(s.link), "lane": lane, "terminator": "CRLF"}
+                    for lane, s in self.scanners.items()
+                ],
+                "printers": [
+                    {
+                        "name": f"printer{lane}",
+                        "connection": f"capture://{self.workdir}/printer{lane}.bin",
+                        "lane": lane,
+                        "profile": "TM-T20II",
+                        "paper_width_mm": 80,
+                    }
+                    for lane in self.scanners
+                ],
+                "receipts": {"header": ["Corner Shop"], "footer": ["Thank you"]},
+                "api": {"listen": "127.0.0.1:0"},
+                "outbox": {"rate_per_second": 50, "burst": 50},
+                **overrides,
+            }
+        )
         self.daemon = Daemon(self.config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="till-daemon", daemon=True)
@@ -121,8 +147,10 @@ class VirtualTill:
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until the outbox is empty and the engine has applied every reaction."""
+
         def empty() -> bool:
             return self.daemon.store.stats().depth == 0
+
         ok = self.wait_for(empty, timeout)
         time.sleep(float(self.sim.state.reactors.get("delay_seconds", 0.05)) + 0.1)
         return ok
