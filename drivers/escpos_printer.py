@@ -20,7 +20,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus
+from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus, paper_dots
 from tillplug.errors import DeviceBusy, DeviceGone, DriverError
 from tillplug.receipts.layout import QR, Barcode, Columns, Cut, Feed, Receipt, Rule, Text, text_lines
 
@@ -48,7 +48,7 @@ def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
     return next((p for p in PREFERRED_CODE_PAGES if p in pages), next(iter(pages)))
 
 
-def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:
+def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:  # noqa: C901 -- one test per DLE EOT bit
     """Status from DLE EOT 1, 2 and 4 replies.  A missing or malformed reply means UNKNOWN.
 
     A valid reply is exactly one byte with bit 7 = 0, bit 0 = 0, bits 1 and 4 = 1.
@@ -143,7 +143,7 @@ class EscposPrinter(PrinterDriver):
     def _module_width(self, data: str) -> int | None:
         """The widest bars (3 or 2 dots; ESC/POS allows no less) at which the whole Code 128 fits."""
         modules = 11 * (len(data) + 3) + 2 + 20  # start, data, check, stop, and the quiet zones
-        dots = {32: 384, 42: 512, 48: 576}.get(self.columns, self.columns * 12)
+        dots = paper_dots(self.columns)
         return next((w for w in (3, 2) if modules * w <= dots), None)
 
     # -- connection ----------------------------------------------------------

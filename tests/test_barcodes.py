@@ -16,7 +16,7 @@ TERMS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n", "TAB": b"\t", "auto": b"\r\n
 
 def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
 
 
 @given(
@@ -44,7 +44,7 @@ def test_gs_inside_gs1_data_survives():
     assert text.symbology == "]C1" and text.text == "0109506000134352\x1d10ABC123\x1d17201225"
 
 
-@given(st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=20), st.sampled_from(sorted(TERMS) + ["none"]))
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 5000), max_size=20), st.sampled_from([*sorted(TERMS), "none"]))
 def test_garbage_never_crashes_and_memory_stays_bounded(data, cuts, term):
     framer = ScanFramer(terminator=term, max_length=64)
     now = 0.0

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -118,7 +119,9 @@ def test_sniff_shows_bytes_and_guesses_the_terminator(tmp_path):
         text=True,
     )
     try:
-        time.sleep(1.0)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready and "listening on" in proc.stdout.readline()  # the port is open: no scan is lost
         scanner.scan("]E04006381333931")
         scanner.scan("1000001")
         out, err = proc.communicate(timeout=20)
@@ -134,7 +137,8 @@ def test_metrics_for_fleet_operators(tmp_path):
         till.scan(1, "1000001")
         till.scan(1, "4006381333931")
         assert till.wait_for(lambda: len([e for e in till.events() if e["type"] == "scan"]) == 2)
-        time.sleep(0.3)
+        # The scan event goes out before the handler counts it: wait for the counters themselves.
+        assert till.wait_for(lambda: 'tillplug_scans_total{kind="other"} 1.0' in till.api.get("/metrics").text)
         text = till.api.get("/metrics").text
     assert 'tillplug_scans_total{kind="member"} 1.0' in text
     assert 'tillplug_scans_total{kind="other"} 1.0' in text
@@ -185,3 +189,22 @@ def test_no_secret_or_member_id_reaches_the_logs(tmp_path, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("tillplug"))
     assert "sim-api-key-0000" not in logged and "sim-client-secret" not in logged
     assert "5a1b2c3d-0000-4000-8000-000000000001" not in logged
+
+
+def test_stop_before_start_releases_nothing_and_does_not_crash(tmp_path):
+    """A daemon stopped before (or after a failed) start has nothing open; stop() must not raise."""
+    import asyncio
+
+    from tillplug.config import Config
+    from tillplug.daemon import Daemon
+
+    config = Config.model_validate(
+        {
+            "till_id": "till-1",
+            "branch_id": "b-1",
+            "state_dir": str(tmp_path / "s"),
+            "cache_dir": str(tmp_path / "c"),
+            "engine": {"preset": "simulator", "api_key": "/k", "client_id": "/i", "client_secret": "/s"},
+        }
+    )
+    asyncio.run(Daemon(config).stop())

@@ -2,13 +2,12 @@
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
 
 from tillplug.sim import SimServer
-from tillplug.testing.till import VirtualTill
+from tillplug.testing.till import VirtualTill, poll_until
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
 BOB = "5a1b2c3d-0000-4000-8000-000000000002"
@@ -297,7 +296,8 @@ def test_a_void_queued_during_an_outage_is_delivered_after_recovery_after_its_de
     till.sim.sim.faults.update({"down": True})
     r = till.api.post("/v1/checkouts/TV/void")
     assert r.status_code == 200 and r.json()["pointsRefunded"] == 300  # durable now, delivered later
-    time.sleep(0.3)
+    # The refund was tried against the dead engine (and kept), not merely not tried yet.
+    assert till.wait_for(lambda: any(row.attempts > 0 for row in till.daemon.store.rows("pending")), 10)
     assert [e["type"] for e in till.sim.state.ledger.events] == ["REDEEMED_POINTS"]
     till.sim.sim.faults.update({"down": False})
     till.daemon.deliverer.wake()
@@ -331,7 +331,7 @@ def test_a_deduction_interrupted_by_a_crash_is_settled_at_restart(tmp_path):
                     )
 
             asyncio.run(landed())
-        time.sleep(0.2)
+        assert poll_until(lambda: sim.state.reactions_due == 0, 10)
         assert sim.state.members[ALICE]["pointsBalance"] == 1050
         with VirtualTill(tmp_path / "t", sim=sim) as till:  # restart on the same state directory
             assert till.settle(timeout=30)

@@ -258,7 +258,7 @@ def test_503_is_retried_and_can_succeed():
 )
 def test_status_codes_map_to_the_error_tree(status, write, expected):
     response = httpx.Response(status, json={"status": "fail", "message": "engine says no"})
-    engine, coro = write_or_read(write, response)
+    _, coro = write_or_read(write, response)
     with pytest.raises(expected) as info:
         run(coro)
     assert type(info.value) is expected

@@ -286,3 +286,38 @@ class OutboxMachine(RuleBasedStateMachine):
 
 TestOutboxMachine = OutboxMachine.TestCase
 TestOutboxMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+def test_a_row_queued_while_the_deliverer_looks_is_not_left_for_the_timer(tmp_path):
+    """Deliverer.run cleared its wake flag after reading the next due time, so a row queued in
+    between waited for the 30 s timer.  Here the wake comes exactly in that gap."""
+    store = OutboxStore(tmp_path / "o.sqlite3")
+    deliverer = Deliverer(store, client=None, rate=1e9, burst=10**9)  # type: ignore[arg-type]
+    steps = 0
+    second_look = asyncio.Event()
+
+    async def step() -> bool:
+        nonlocal steps
+        steps += 1
+        if steps == 2:
+            second_look.set()
+        return False
+
+    def next_due_then_a_row_arrives() -> float | None:
+        deliverer.wake()  # a sale enqueued while the deliverer was between looks
+        return None  # nothing due: the old code then slept for 30 s
+
+    deliverer.step = step  # type: ignore[method-assign]
+    store.next_due = next_due_then_a_row_arrives  # type: ignore[method-assign]
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.ensure_future(deliverer.run(stop))
+        try:
+            await asyncio.wait_for(second_look.wait(), 5)  # far below the 30 s timer
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 5)
+
+    asyncio.run(go())
+    store.close()

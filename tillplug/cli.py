@@ -12,8 +12,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tillplug import __version__
+
+if TYPE_CHECKING:  # kept out of the start-up path: --help and --version import nothing heavy
+    from tillplug.config.model import Config
+    from tillplug.outbox.store import OutboxStore
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "/etc/tillplug/tillplug.toml"
@@ -21,6 +26,7 @@ DEFAULT_CONFIG = "/etc/tillplug/tillplug.toml"
 
 def _out(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()  # live commands (sniff, outbox drain) are read through pipes and tee
 
 
 def _err(text: str) -> None:
@@ -71,7 +77,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(path: str):
+def _load(path: str) -> Config | None:
     """The validated config, or None after printing every problem (the caller exits 2)."""
     from tillplug.config import load_config
     from tillplug.devices.registry import driver_names
@@ -84,7 +90,7 @@ def _load(path: str):
         return None
 
 
-def outbox_path(config) -> str:
+def outbox_path(config: Config) -> str:
     return str(config.state_dir / "outbox.sqlite3")
 
 
@@ -130,7 +136,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _drain(config, store, timeout: float) -> int:
+def _drain(config: Config, store: OutboxStore, timeout: float) -> int:
     import asyncio
 
     from tillplug.engine import EngineClient, load_secrets
@@ -176,8 +182,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.text or not args.png:
         _out(preview.text(args.columns))
     if args.png:
-        width = {32: 384, 42: 512, 48: 576}.get(args.columns, args.columns * 12)
-        render_png(preview, args.png, columns=args.columns, width_px=width)
+        from tillplug.devices.base import paper_dots
+
+        render_png(preview, args.png, columns=args.columns, width_px=paper_dots(args.columns))
         _err(f"wrote {args.png}")
     for offset, hexbytes in preview.unknown:
         _err(f"not understood at byte {offset}: {hexbytes}")
@@ -231,7 +238,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from tillplug.devices.registry import load_drivers
 
     registry = load_drivers()
-    ports: list[dict] = []
+    ports: list[dict[str, Any]] = []
     for cls in registry.drivers.values():
         if hasattr(cls, "discover"):
             ports.extend(cls.discover())
@@ -340,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if health["status"] == "ok" else EXIT_FAILURE
 
 
-def cmd_sniff(args: argparse.Namespace) -> int:
+def cmd_sniff(args: argparse.Namespace) -> int:  # noqa: PLR0912 -- one branch per thing a technician is told
     import time
 
     from tillplug.barcodes.framing import guess_terminator
@@ -393,7 +400,7 @@ def cmd_sniff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command table, read top to bottom
     parser = argparse.ArgumentParser(
         prog="tillplug",
         description="Loyalty plugin for shop tills: scanners, the Loyalty Engine, receipt printers.",

@@ -102,6 +102,11 @@ class Daemon:
         self._lane_locks: dict[int, asyncio.Lock] = {}
         self._last_ping = 0.0
         self.api_port: int | None = None
+        # What start() opened, closed by stop() in reverse order: a stop after a failed or
+        # missing start releases exactly what exists.
+        self._opened = contextlib.AsyncExitStack()
+        self.api_server: _ApiServer | None = None
+        self._api_task: asyncio.Task[None] | None = None
 
     # -- devices -------------------------------------------------------------------
 
@@ -259,8 +264,10 @@ class Daemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
+        self._opened.callback(self.store.close)
         recovered = self.store.recover()
         self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call)
+        self._opened.push_async_callback(self.client.aclose)
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))
         self.loyalty = Loyalty(
@@ -299,14 +306,14 @@ class Daemon:
         )
         sock = listen(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
-        self.api_server = _ApiServer(
+        api_server = self.api_server = _ApiServer(
             uvicorn.Config(api.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
         )
-        self._api_task = asyncio.ensure_future(self.api_server.serve(sockets=[sock]))
+        api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
         await self._wait_devices_tried()
-        while not self.api_server.started:
-            if self._api_task.done():
-                self._api_task.result()
+        while not api_server.started:
+            if api_task.done():
+                api_task.result()
                 raise TillplugError("the API server stopped during start-up")
             await asyncio.sleep(0.005)
         if (interval := systemd.watchdog_interval()) is not None:
@@ -326,7 +333,7 @@ class Daemon:
                 return
             await asyncio.sleep(0.01)
 
-    async def reload(self) -> None:
+    async def reload(self) -> None:  # noqa: C901 -- one step per config section, in the order they apply
         if self.config_path is None:
             return
         systemd.notify("RELOADING=1")
@@ -365,9 +372,10 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("stopping: finishing in-flight requests; queued engine writes stay queued")
         self.events.close()  # listeners on /v1/events are told the stream ends, not left hanging
-        self.api_server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._api_task, 15)
+        if self.api_server is not None and self._api_task is not None:
+            self.api_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._api_task, 15)
         self.stop_event.set()
         for sup in self.scanners.values():
             await asyncio.to_thread(sup.stop)
@@ -375,20 +383,20 @@ class Daemon:
             await asyncio.wait(self._tasks, timeout=10)
         for psup in self.printers.values():
             await psup.close()
-        await self.client.aclose()
-        self.store.close()
+        await self._opened.aclose()
 
     async def run(self) -> None:
-        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
-        await self.start()
+        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads.  A failed start still releases what it opened."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
+            await self.start()
             waiter = asyncio.ensure_future(stopping.wait())
-            done, _ = await asyncio.wait([waiter, self._api_task], return_when=asyncio.FIRST_COMPLETED)
+            assert self._api_task is not None  # start() returned, so the API is serving
+            await asyncio.wait([waiter, self._api_task], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         finally:
             await self.stop()

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from tillplug.procfs import holders, running_commands
 from tillplug.service import GROUP, RULES_NAME, USER
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -151,34 +152,10 @@ class Doctor:
                 self.add(FAIL, f"port {name}", f"{port} is held by {holder}: {HOLDERS.get(holder, '')}".rstrip(": "))
 
     def _holders(self, node: Path) -> list[str]:
-        target = os.path.realpath(node)
-        found = []
-        proc = self.path("/proc")
-        if not proc.is_dir():
-            return found
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                comm = (entry / "comm").read_text().strip()
-                for fd in (entry / "fd").iterdir():
-                    if os.path.realpath(fd) == target:
-                        found.append(comm)
-                        break
-            except OSError:
-                continue
-        return found
+        return [holder.command for holder in holders(node, self.path("/proc"))]
 
     def check_conflicting_services(self) -> None:
-        running = set()
-        proc = self.path("/proc")
-        if proc.is_dir():
-            for entry in proc.iterdir():
-                if entry.name.isdigit():
-                    try:
-                        running.add((entry / "comm").read_text().strip())
-                    except OSError:
-                        continue
+        running = running_commands(self.path("/proc"))
         for name, why in HOLDERS.items():
             if name in running:
                 self.add(WARN, name, f"{name} is running: {why}")
@@ -203,7 +180,6 @@ class Doctor:
         asyncio.run(self._engine())
 
     async def _engine(self) -> None:
-        import httpx
 
         from tillplug.engine import EngineClient, load_secrets
         from tillplug.errors import EngineAuthError, TillplugError
@@ -214,25 +190,19 @@ class Doctor:
         except TillplugError as exc:
             self.add(FAIL, "engine credentials", exc.message)
             return
-        dates: list[str] = []
-
-        async def note_date(response: httpx.Response) -> None:
-            if "date" in response.headers:
-                dates.append(response.headers["date"])
-
         async with EngineClient(cfg, secrets) as client:
-            client._http.event_hooks["response"].append(note_date)
             try:
-                seconds = await client.ping()
+                ping = await client.ping()
             except EngineAuthError as exc:
                 self.add(FAIL, "engine credentials", exc.message)
                 return
             except TillplugError as exc:
                 self.add(FAIL, "engine", f"{client.urls['base_url']}: {exc.message}")
                 return
-        self.add(OK, "engine", f"{client.urls['base_url']} answered in {seconds * 1000:.0f} ms; credentials accepted")
-        if dates:
-            skew = self.clock() - parsedate_to_datetime(dates[-1]).timestamp()
+        base = client.urls["base_url"]
+        self.add(OK, "engine", f"{base} answered in {ping.seconds * 1000:.0f} ms; credentials accepted")
+        if ping.server_date:
+            skew = self.clock() - parsedate_to_datetime(ping.server_date).timestamp()
             verdict = OK if abs(skew) < 5 else WARN if abs(skew) < 60 else FAIL
             self.add(
                 verdict,

@@ -12,7 +12,7 @@ help?*
     ├── RetryableError                 the world may change; try again later
     │   ├── EngineUnavailable          nothing reached the engine, or it said "later"
     │   │   ├── EngineUnreachable      connection refused, DNS, TLS, network down
-    │   │   ├── EngineTimeout          timed out before the request was sent
+    │   │   ├── EngineTimeout          timed out connecting, or reading an answer to a read
     │   │   ├── EngineServerError      the engine answered 5xx
     │   │   └── RateLimited            429; ``retry_after`` seconds if the engine said
     │   ├── OutcomeUnknown             the request left; we cannot tell if it was applied
@@ -298,3 +298,7 @@ class InvalidRequest(FlowError):
     code = "invalid_request"
     default_message = "The request is not valid."
     http_status = 400
+
+    def __init__(self, message: str | None = None, details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []  # one {field, problem} per invalid field of a request body

@@ -6,7 +6,9 @@ import logging
 import re
 import sys
 
-_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+from tillplug.ids import UUID_PATTERN
+
+_UUID = re.compile(rf"\b{UUID_PATTERN}\b")
 
 
 def mask(member_id: str | None) -> str:

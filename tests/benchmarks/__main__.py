@@ -63,7 +63,7 @@ def free_port() -> int:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def answers(url: str, timeout: float, every: float = 0.02) -> bool:
@@ -642,7 +642,8 @@ def table(results: list[dict[str, Any]]) -> str:
             )
         elif r["name"] == "outbox":
             rows.append(
-                f"{mark} {'outbox':<45} enqueue {r['enqueue_per_s']:.0f}/s (raw sqlite {r['enqueue_floor_raw_sqlite_per_s']:.0f}/s); "
+                f"{mark} {'outbox':<45} enqueue {r['enqueue_per_s']:.0f}/s "
+                f"(raw sqlite {r['enqueue_floor_raw_sqlite_per_s']:.0f}/s); "
                 f"drain {r['drain_unpaced_per_s']:.0f}/s (plain POSTs {r['drain_floor_plain_posts_per_s']:.0f}/s), "
                 f"{r['delivered']} delivered, {r['duplicates']} dupes; paced {r['paced_actual_per_s']:.1f}/s "
                 f"for {r['paced_target_per_s']:.0f}/s ({r['paced_error_pct']:+.1f}%)"
@@ -660,7 +661,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the README)")
     ap.add_argument("--out", default="bench-results/latest.json")
     args = ap.parse_args()
-    global PY
+    global PY  # noqa: PLW0603 -- the production interpreter is found once, before any measurement
     PY = production_python()
     n, blocks = (200, 4) if args.quick else (1000, 10)
     work = Path(tempfile.mkdtemp(prefix="tillplug-bench-"))

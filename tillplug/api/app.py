@@ -99,9 +99,7 @@ async def parse(request: Request, model: type[BaseModel]) -> Any:
             for e in exc.errors(include_url=False)
         ]
         first = details[0]
-        err = InvalidRequest(f"{first['field']}: {first['problem']}.")
-        err.details = details  # type: ignore[attr-defined]
-        raise err from None
+        raise InvalidRequest(f"{first['field']}: {first['problem']}.", details) from None
 
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -168,7 +166,7 @@ class TillApi:
             try:
                 result = await handler(request)
             except TillplugError as exc:
-                return error_response(exc, getattr(exc, "details", None))
+                return error_response(exc, exc.details if isinstance(exc, InvalidRequest) else None)
             except Exception:
                 log.exception("API %s %s failed", request.method, request.url.path)
                 return error_response(TillplugError())
@@ -241,8 +239,8 @@ class TillApi:
         async def stream() -> Any:
             try:
                 yield ": tillplug event stream\n\n"
-                for event in backlog:
-                    yield _sse(event)
+                for missed in backlog:
+                    yield _sse(missed)
                 while True:
                     try:
                         event = await asyncio.wait_for(queue.get(), HEARTBEAT)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tillplug.config.model import BarcodeRules
+from tillplug.ids import UUID_PATTERN
 
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_RE = re.compile(f"^{UUID_PATTERN}$")
 ACCOUNT_RE = re.compile(r"^\d{7}$")
 # AIM identifiers that say "this is GS1 data": never a loyalty code, whatever it looks like.
 GS1_SYMBOLOGIES = {"]C1", "]d2", "]Q3", "]e0", "]e1", "]e2", "]J1"}

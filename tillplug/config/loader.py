@@ -8,14 +8,14 @@ import stat
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tillplug.config.model import Config
+from tillplug.config.model import Config, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
 
 
@@ -206,7 +206,11 @@ def validate(
         return report
     report.config = config
     if known_drivers is not None:
-        for kind, devices in (("scanners", config.scanners), ("printers", config.printers)):
+        sections: list[tuple[str, Sequence[ScannerConfig | PrinterConfig]]] = [
+            ("scanners", config.scanners),
+            ("printers", config.printers),
+        ]
+        for kind, devices in sections:
             for i, device in enumerate(devices):
                 if device.driver not in known_drivers:
                     close = difflib.get_close_matches(device.driver, list(known_drivers), n=1)

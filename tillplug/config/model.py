@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from tillplug.ids import UUID_PATTERN
 from tillplug.money import CURRENCY_EXPONENTS
 
 # Named engine locations (engine-api.md §1).  "simulator" is the embedded one.
@@ -225,7 +226,7 @@ class BarcodeRules(Section):
 
     member: list[Regex] = Field(
         default_factory=lambda: [
-            r"^(?P<code>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$",
+            f"^(?P<code>{UUID_PATTERN})$",
             r"^(?P<code>\d{7})$",
             r"^MBR:(?P<code>[A-Za-z0-9._@-]{1,512})$",
         ]
@@ -352,11 +353,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
         seen: set[str] = set()
-        for device in [*self.scanners, *self.printers]:
+        devices: list[ScannerConfig | PrinterConfig] = [*self.scanners, *self.printers]
+        for device in devices:
             if device.name in seen:
                 raise ValueError(f"device name {device.name!r} is used twice; scanners and printers need unique names")
             seen.add(device.name)
         return self
-
-    def printer_for_lane(self, lane: int) -> PrinterConfig | None:
-        return next((p for p in self.printers if p.lane == lane), None)

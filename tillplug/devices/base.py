@@ -98,3 +98,8 @@ class PrinterDriver(ABC):
     def status(self) -> PrinterStatus:
         """Override when ``Capability.STATUS`` is declared."""
         return PrinterStatus(PrinterState.UNKNOWN, "this printer does not report status")
+
+
+def paper_dots(columns: int) -> int:
+    """Printable dots across the paper for a Font A column count (58 mm: 384, 80 mm: 512 or 576)."""
+    return {32: 384, 42: 512, 48: 576}.get(columns, columns * 12)

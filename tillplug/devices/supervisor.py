@@ -78,7 +78,7 @@ class Scan:
 
 
 def backoff(failures: int, low: float, high: float) -> float:
-    return min(high, low * 2 ** max(0, failures - 1))
+    return min(high, low * 2.0 ** max(0, failures - 1))
 
 
 def should_log(failures: int) -> bool:
@@ -213,7 +213,12 @@ class ScannerSupervisor(_Supervised):
         finally:
             if not loop.is_closed():
                 done = threading.Event()
-                loop.call_soon_threadsafe(lambda: (loop.remove_reader(fd), done.set()))
+
+                def release() -> None:
+                    loop.remove_reader(fd)
+                    done.set()
+
+                loop.call_soon_threadsafe(release)
                 done.wait(2)
         if failure:
             raise failure[0]

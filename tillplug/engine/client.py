@@ -144,6 +144,7 @@ class EngineClient:
         self._sleep = sleep
         self._on_call = on_call  # (endpoint, seconds, error code or None): for metrics
         self.tokens = TokenCache()
+        self.server_date: str | None = None  # the engine's Date header, last seen: doctor's clock check
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
         verify: ssl.SSLContext | bool = True  # always verified: no option turns this off
         if config.ca_file:
@@ -259,11 +260,11 @@ class EngineClient:
             raise EngineProtocolError("the order list is not a list")
         return [o for o in data if isinstance(o, dict) and (o.get("metadata") or {}).get("eventKey") == event_key]
 
-    async def ping(self) -> float:
-        """Seconds for one authenticated round trip (the token endpoint excluded)."""
+    async def ping(self) -> Ping:
+        """One authenticated round trip (the token endpoint excluded): its time and the engine's clock."""
         start = time.perf_counter()
         await self._call("GET", "/events/", params={"limit": "1", "skip": "0", "order": "DESC"}, endpoint="ping")
-        return time.perf_counter() - start
+        return Ping(time.perf_counter() - start, self.server_date)
 
     # -- machinery ---------------------------------------------------------------
 
@@ -299,7 +300,9 @@ class EngineClient:
         start = time.perf_counter()
         error: str | None = None
         try:
-            return await self._http.request(method, url, **kw)
+            response = await self._http.request(method, url, **kw)
+            self.server_date = response.headers.get("date", self.server_date)
+            return response
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             error = "timeout"
             raise EngineTimeout() from exc
@@ -316,7 +319,7 @@ class EngineClient:
             if self._on_call:
                 self._on_call(endpoint, time.perf_counter() - start, error)
 
-    async def _call(
+    async def _call(  # noqa: PLR0913 -- every engine call passes through here with its own options
         self,
         method: str,
         path: str,
@@ -400,7 +403,7 @@ def _engine_message(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _status_error(
+def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the order they are checked
     response: httpx.Response,
     *,
     write: bool,
@@ -448,6 +451,12 @@ def _envelope(response: httpx.Response) -> Any:
             f"The loyalty service answered status {str(body.get('status'))[:20]!r} with HTTP 2xx."
         )
     return body["data"]
+
+
+@dataclass(frozen=True)
+class Ping:
+    seconds: float
+    server_date: str | None  # the Date header, RFC 1123, when the engine sent one
 
 
 def _parse(model: type[M], data: Any) -> M:

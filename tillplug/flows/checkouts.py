@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,7 +105,7 @@ class CheckoutStore:
         with outbox.transaction() as tx:
             tx.executescript_inside(SCHEMA)
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[Tx]:
         return self.outbox.transaction()
 
     def get(self, tx_id: str) -> Checkout | None:

@@ -1,8 +1,9 @@
 """The event stream the till software listens to (served as server-sent events).
 
 Events carry no personal data: members appear only as masked ids.  A slow
-listener loses its oldest events (it is told how many) rather than slowing
-the till down or growing memory.
+listener loses its oldest events (counted in ``EventBus.dropped``) rather than
+slowing the till down or growing memory; it catches up from the history by
+reconnecting with ``Last-Event-ID``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 
 from tillplug.engine.models import (
     EventDefinition,
+    Wallet,
     points_of,
     reactor_points,
 )
@@ -21,6 +22,7 @@ from tillplug.errors import (
     RetryableError,
     TillplugError,
 )
+from tillplug.flows.base import FlowBase
 from tillplug.flows.checkouts import (
     Deduction,
     Member,
@@ -30,9 +32,6 @@ from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
 REACTION_WAIT = 3.0  # seconds to wait for the engine to apply a deduction before checking the balance
-
-
-from tillplug.flows.base import FlowBase
 
 
 class PointsFlows(FlowBase):
@@ -99,7 +98,8 @@ class PointsFlows(FlowBase):
         while time.monotonic() < deadline:
             try:
                 if points_of(await self.client.event_reactions(event_id)):
-                    return (await self.client.get_wallet(member.id)).points_balance
+                    wallet: Wallet = await self.client.get_wallet(member.id)
+                    return wallet.points_balance
             except RetryableError:
                 pass
             await asyncio.sleep(0.05)

@@ -17,6 +17,7 @@ from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.engine.models import (
     EventDefinition,
     Order,
+    OrderLine,
     reactor_points,
 )
 from tillplug.errors import (
@@ -24,18 +25,17 @@ from tillplug.errors import (
     TillplugError,
     VoucherError,
 )
+from tillplug.flows.base import benefit_view
 from tillplug.flows.checkouts import (
     Checkout,
 )
+from tillplug.flows.points import PointsFlows
+from tillplug.flows.vouchers import VoucherFlows
 from tillplug.logs import mask
 from tillplug.money import CURRENCY_EXPONENTS
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
-
-from tillplug.flows.base import benefit_view
-from tillplug.flows.points import PointsFlows
-from tillplug.flows.vouchers import VoucherFlows
 
 
 class Loyalty(PointsFlows, VoucherFlows):
@@ -73,7 +73,7 @@ class Loyalty(PointsFlows, VoucherFlows):
                         orderId=tx_id,
                         totalSpend=total,
                         currency=self.config.currency,
-                        lines=lines,
+                        lines=[OrderLine.model_validate(line) for line in lines],
                         submitter={"authIdentifier": member.auth_identifier}
                         if member and member.auth_identifier
                         else None,

@@ -12,8 +12,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
+from tillplug.engine.client import EngineClient
 from tillplug.engine.models import EventDefinition, Order
 from tillplug.errors import (
     EngineAuthError,
@@ -56,7 +56,7 @@ class Deliverer:
     def __init__(
         self,
         store: OutboxStore,
-        client: Any,
+        client: EngineClient,
         *,
         rate: float = 10,
         burst: int = 20,
@@ -147,6 +147,9 @@ class Deliverer:
         """Forever, until ``stop``: deliver what is due, then sleep until the next due row or a wake."""
         await asyncio.to_thread(self.store.recover)
         while not stop.is_set():
+            # Cleared before looking, never after: a row queued while we look keeps the flag set,
+            # so the wait below returns at once instead of sleeping until the timer.
+            self._wake.clear()
             try:
                 if await self.step():
                     continue
@@ -156,7 +159,6 @@ class Deliverer:
                 continue
             next_due = await asyncio.to_thread(self.store.next_due)
             wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - time.time()))
-            self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:

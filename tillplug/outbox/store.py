@@ -47,8 +47,6 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
 """
 
-OPEN_STATES = ("pending", "sending")
-
 
 @dataclass(frozen=True)
 class Row:
@@ -255,7 +253,10 @@ class OutboxStore:
 
     def next_due(self) -> float | None:
         with self._lock:
-            return self.db.execute("SELECT MIN(next_attempt) FROM outbox WHERE state='pending'").fetchone()[0]
+            due: float | None = self.db.execute(
+                "SELECT MIN(next_attempt) FROM outbox WHERE state='pending'"
+            ).fetchone()[0]
+            return due
 
 
 class Tx:

@@ -1,13 +1,14 @@
 """A receipt as a small layout model, independent of ESC/POS.
 
-Printer drivers turn a ``Receipt`` into bytes; ``layout_lines`` lays text out
-for a paper width so that no word or number is ever cut in half.
+Printer drivers turn a ``Receipt`` into bytes; ``wrap``, ``columns`` and
+``text_lines`` lay text out for a paper width, cutting a word only when it is
+longer than the paper.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Align = Literal["left", "center", "right"]
 
@@ -54,7 +55,7 @@ class Cut:
     pass
 
 
-Block = Union[Text, Columns, Rule, Barcode, QR, Feed, Cut]
+Block = Text | Columns | Rule | Barcode | QR | Feed | Cut
 
 
 @dataclass
@@ -74,7 +75,8 @@ def wrap(text: str, width: int) -> list[str]:
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
-        for word in paragraph.split():
+        for whole_word in paragraph.split():
+            word = whole_word
             while len(word) > width:  # unavoidable: one word longer than the paper
                 if line:
                     lines.append(line)

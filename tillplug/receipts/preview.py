@@ -88,7 +88,7 @@ class Preview:
         return "\n".join(out)
 
 
-def interpret(data: bytes) -> Preview:
+def interpret(data: bytes) -> Preview:  # noqa: C901, PLR0912, PLR0915 -- one dispatch over ESC/POS commands
     items: list[Item] = []
     unknown: list[tuple[int, str]] = []
     style = Style()

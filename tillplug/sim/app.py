@@ -107,6 +107,7 @@ class Simulator:
 
     def _schedule_reaction(self, event_id: str) -> None:
         delay = float(self.state.reactors.get("delay_seconds", 0.05))
+        self.state.reactions_due += 1
         asyncio.get_running_loop().call_later(delay, self.state.apply_reaction, event_id)
 
     def _routes(self) -> list[Route]:

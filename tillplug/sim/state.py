@@ -57,7 +57,8 @@ def _expired(benefit: dict[str, Any], now: datetime) -> bool:
 
 
 def default_seed() -> dict[str, Any]:
-    return json.loads(files("tillplug.sim").joinpath("seed.json").read_text(encoding="utf-8"))
+    seed: dict[str, Any] = json.loads(files("tillplug.sim").joinpath("seed.json").read_text(encoding="utf-8"))
+    return seed
 
 
 def load_seed(path: str | Path | None) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class EngineState:
         self.benefits: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.reactions: dict[str, list[dict[str, Any]]] = {}
+        self.reactions_due = 0  # scheduled, not yet applied: lets tests wait for the engine to settle
         self.ledger = Ledger()
         for m in seed["members"]:
             member = copy.deepcopy(m)
@@ -271,9 +273,9 @@ class EngineState:
         payload = body.get("payload", {})
         if not isinstance(payload, dict):
             raise SimError(400, "VALIDATION_ERROR", "payload must be an object")
-        if etype in (self.reactors["spend_event_type"], self.reactors["refund_event_type"]):
-            if not isinstance(payload.get("points"), (int, float)) or payload["points"] < 0:
-                raise SimError(400, "SCHEMA_MISMATCH", "payload.points must be a non-negative number")
+        moves_points = etype in (self.reactors["spend_event_type"], self.reactors["refund_event_type"])
+        if moves_points and (not isinstance(payload.get("points"), (int, float)) or payload["points"] < 0):
+            raise SimError(400, "SCHEMA_MISMATCH", "payload.points must be a non-negative number")
         subject = body.get("subject")
         member = self.find_member(subject) if isinstance(subject, str) else None
         if subject is not None and member is None:
@@ -286,9 +288,9 @@ class EngineState:
             total = payload.get("total", payload.get("totalSpend", 0))
             return (int(total) * float(r["earn_per_major_unit"])) // 100 if isinstance(total, (int, float)) else 0
         if etype == r["spend_event_type"]:
-            return -payload["points"]
+            return -float(payload["points"])
         if etype == r["refund_event_type"]:
-            return payload["points"]
+            return float(payload["points"])
         return 0
 
     def test_reaction(self, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -329,6 +331,7 @@ class EngineState:
         return event
 
     def apply_reaction(self, event_id: str) -> None:
+        self.reactions_due -= 1
         event = self.events[event_id]
         points = self.points_for(event["type"], event["payload"])
         if event["subject"] and points:

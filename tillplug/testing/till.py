@@ -143,7 +143,8 @@ class VirtualTill:
         return [e.to_dict() for e in self.daemon.events.history]
 
     def ledger(self) -> dict[str, Any]:
-        return httpx.get(self.sim.url + "/_sim/ledger", timeout=10).json()
+        ledger: dict[str, Any] = httpx.get(self.sim.url + "/_sim/ledger", timeout=10).json()
+        return ledger
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until the outbox is empty and the engine has applied every reaction."""
@@ -151,9 +152,10 @@ class VirtualTill:
         def empty() -> bool:
             return self.daemon.store.stats().depth == 0
 
-        ok = self.wait_for(empty, timeout)
-        time.sleep(float(self.sim.state.reactors.get("delay_seconds", 0.05)) + 0.1)
-        return ok
+        def applied() -> bool:
+            return empty() and self.sim.state.reactions_due == 0
+
+        return self.wait_for(applied, timeout)
 
     def close(self) -> None:
         self.api.close()
