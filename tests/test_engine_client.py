@@ -137,16 +137,16 @@ def test_every_endpoint_sends_what_the_engine_expects():
 
 
 def test_token_is_refreshed_once_on_401_then_auth_error():
-    engine = Engine({("GET", "/users/x"): [httpx.Response(401, json={"message": "Unauthorized"})]})
+    engine = Engine({("GET", "/users/1234567"): [httpx.Response(401, json={"message": "Unauthorized"})]})
     with pytest.raises(E.EngineAuthError):
-        run(call(engine, "get_user", "x"))
+        run(call(engine, "get_user", "1234567"))
     assert engine.token_calls == 2
-    assert len([r for r in engine.requests if r.url.path == "/v1/users/x"]) == 2
+    assert len([r for r in engine.requests if r.url.path == "/v1/users/1234567"]) == 2
 
 
 def test_token_refresh_after_401_succeeds():
-    engine = Engine({("GET", "/users/x"): [httpx.Response(401), ok({"id": "x"})]})
-    assert run(call(engine, "get_user", "x")).id == "x"
+    engine = Engine({("GET", "/users/1234567"): [httpx.Response(401), ok({"id": "x"})]})
+    assert run(call(engine, "get_user", "1234567")).id == "x"
     assert engine.token_calls == 2
 
 
@@ -174,11 +174,11 @@ def test_token_cached_until_shortly_before_expiry():
 
 
 def test_concurrent_callers_share_one_token_fetch():
-    engine = Engine({("GET", "/users/x"): [ok({"id": "x"})]})
+    engine = Engine({("GET", "/users/1234567"): [ok({"id": "x"})]})
 
     async def go():
         async with client(engine) as c:
-            await asyncio.gather(*(c.get_user("x") for _ in range(20)))
+            await asyncio.gather(*(c.get_user("1234567") for _ in range(20)))
 
     run(go())
     assert engine.token_calls == 1
@@ -189,8 +189,8 @@ def write_or_read(write, answer):
     if write:
         engine = Engine({("POST", "/events/"): [answer]})
         return engine, call(engine, "report_event", EventDefinition(type="TRANSACTION", payload={"eventKey": "k"}))
-    engine = Engine({("GET", "/users/x"): [answer]})
-    return engine, call(engine, "get_user", "x")
+    engine = Engine({("GET", "/users/1234567"): [answer]})
+    return engine, call(engine, "get_user", "1234567")
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_429_honours_retry_after_then_gives_up_as_rate_limited():
 
     engine = Engine(
         {
-            ("GET", "/users/x"): [
+            ("GET", "/users/1234567"): [
                 httpx.Response(429, headers={"Retry-After": "1.5"}, json={"message": "Too Many Requests"})
             ]
         }
@@ -233,7 +233,7 @@ def test_429_honours_retry_after_then_gives_up_as_rate_limited():
 
     async def go():
         async with EngineClient(CFG, secrets(), transport=httpx.MockTransport(engine), sleep=sleep) as c:
-            await c.get_user("x")
+            await c.get_user("1234567")
 
     with pytest.raises(E.RateLimited) as info:
         run(go())
@@ -241,8 +241,8 @@ def test_429_honours_retry_after_then_gives_up_as_rate_limited():
 
 
 def test_503_is_retried_and_can_succeed():
-    engine = Engine({("GET", "/users/x"): [httpx.Response(503, text="<html>down</html>"), ok({"id": "x"})]})
-    assert run(call(engine, "get_user", "x")).id == "x"
+    engine = Engine({("GET", "/users/1234567"): [httpx.Response(503, text="<html>down</html>"), ok({"id": "x"})]})
+    assert run(call(engine, "get_user", "1234567")).id == "x"
 
 
 @pytest.mark.parametrize(
@@ -367,18 +367,18 @@ def test_hostile_responses_only_ever_raise_tillplug_errors(status, body, endpoin
 
 
 def test_secrets_never_appear_in_reprs_or_errors():
-    engine = Engine({("GET", "/users/x"): [httpx.ConnectError(f"refused {API_KEY}")]})
+    engine = Engine({("GET", "/users/1234567"): [httpx.ConnectError(f"refused {API_KEY}")]})
     c = client(engine)
     assert API_KEY not in repr(c) and API_KEY not in repr(c._secrets) and CLIENT_SECRET not in repr(c._secrets)
     with pytest.raises(E.EngineUnreachable) as info:
-        run(c.get_user("x"))
+        run(c.get_user("1234567"))
     assert API_KEY not in str(info.value) and TOKEN not in repr(c.tokens.valid())
 
 
 def test_token_endpoint_refusal_is_an_auth_error():
-    engine = Engine({("GET", "/users/x"): [ok({"id": "x"})]}, token_status=401)
+    engine = Engine({("GET", "/users/1234567"): [ok({"id": "x"})]}, token_status=401)
     with pytest.raises(E.EngineAuthError):
-        run(call(engine, "get_user", "x"))
+        run(call(engine, "get_user", "1234567"))
 
 
 def test_event_type_secret_replaces_the_admin_token():

@@ -13,8 +13,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.engine_helpers import sim_client
+from tests.engine_helpers import calibrated_client
 from tillplug import errors as E
+from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, new_event_key
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.sim import SimServer
@@ -39,7 +40,7 @@ def sale(store, i, stream=None):
 
 def drain(sim, store, timeout=60, **kw):
     async def go():
-        async with sim_client(sim.url) as c:
+        async with calibrated_client(sim) as c:
             return await Deliverer(store, c, rate=10_000, burst=10_000, **kw).drain(timeout)
 
     return asyncio.run(go())
@@ -209,10 +210,10 @@ class FakeEngine:
             raise E.OutcomeUnknown()
         return Event(id=f"id-{key}", type=event.type)
 
-    async def find_events(self, key):
+    async def look_up_event(self, key):
         if self.fate == "down":
             raise E.EngineUnreachable()
-        return [Event(id=f"id-{key}", type="T")] if key in self.received else []
+        return Lookup("found", engine_id=f"id-{key}") if key in self.received else Lookup("not_found")
 
 
 class OutboxMachine(RuleBasedStateMachine):

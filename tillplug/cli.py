@@ -67,7 +67,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from tillplug.sim import serve
 
     try:
-        serve(args.port, args.seed, rate=args.rate, burst=args.burst)
+        serve(args.port, args.seed, rate=args.rate, burst=args.burst, dialect=args.dialect)
     except OSError as exc:
         _err(f"tillplug sim: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
         return EXIT_FAILURE
@@ -143,13 +143,15 @@ def _drain(config: Config, store: OutboxStore, timeout: float) -> int:
     from tillplug.outbox import Deliverer
 
     async def go() -> bool:
-        async with EngineClient(config.engine, load_secrets(config.engine)) as client:
+        token_path = config.state_dir / "engine-token.json"  # the daemon's cached token, not a new one
+        async with EngineClient(config.engine, load_secrets(config.engine), token_path=token_path) as client:
             deliverer = Deliverer(store, client, rate=config.outbox.rate_per_second, burst=config.outbox.burst)
             return await deliverer.drain(timeout)
 
     empty = asyncio.run(go())
     stats = store.stats()
-    _out(f"delivered {stats.delivered}, pending {stats.depth}, dead {stats.dead}")
+    held = f", unverifiable {stats.unverifiable} (see tillplug engine-check)" if stats.unverifiable else ""
+    _out(f"delivered {stats.delivered}, pending {stats.depth}, dead {stats.dead}{held}")
     return EXIT_OK if empty else EXIT_FAILURE
 
 
@@ -302,6 +304,51 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cmd_engine_check(args: argparse.Namespace) -> int:
+    """How this engine answers where WLL publishes nothing; the answers go to engine.dialect_file."""
+    import asyncio
+
+    from tillplug.barcodes.classify import Classifier, ScanKind
+    from tillplug.engine import EngineClient, load_secrets
+    from tillplug.engine.dialect import EngineDialect, write_dialect_file
+    from tillplug.engine_check import Report, engine_check, evidence_with_time, table
+    from tillplug.errors import TillplugError
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    classified = Classifier(config.barcodes).classify(args.card)
+    card = classified.code if classified.kind is ScanKind.MEMBER else args.card.strip()
+    out = args.out or config.engine.dialect_file
+
+    async def go() -> Report:
+        # No dialect assumed: this is what finds it out (and the file may not exist yet).
+        async with EngineClient(config.engine, load_secrets(config.engine), dialect=EngineDialect()) as client:
+            return await engine_check(client, card, event_types=config.engine.event_types, write=args.yes)
+
+    try:
+        report = asyncio.run(go())
+    except TillplugError as exc:
+        _err(f"tillplug engine-check: {exc.code}: {exc.message}")
+        return EXIT_FAILURE
+    for line in table(report):
+        _out(line)
+    if args.yes:
+        outcome = "net zero" if report.net_zero else "NOT CONFIRMED - check the member's balance"
+        _out(f"test spend of 1 point and its refund: {outcome}")
+    else:
+        _out("no write was made; --yes adds a 1-point spend and its refund (settles reactions and write bodies)")
+    if out:
+        write_dialect_file(out, report.dialect(), evidence_with_time(report))
+        _out(
+            f"answers written to {out}"
+            + ("" if config.engine.dialect_file == out else " (set engine.dialect_file to use them)")
+        )
+    else:
+        _out("set engine.dialect_file (or pass --out) to keep these answers for the daemon")
+    return EXIT_OK if report.net_zero is not False else EXIT_FAILURE
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import httpx
 
@@ -431,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p.add_argument("--seed", help="JSON seed file (members, rewards, vouchers); default: the built-in one")
     p.add_argument("--rate", type=float, default=100, help="rate limit, requests/s per API key (WLL: 100)")
     p.add_argument("--burst", type=int, default=400, help="rate-limit burst (WLL: 400)")
+    p.add_argument(
+        "--dialect",
+        default="default",
+        choices=["default", "strict", "hostile"],
+        help="how to answer where WLL publishes nothing (README: Engine dialects)",
+    )
 
     p = add("devices", "list serial ports and print a config snippet for each", cmd_devices)
     p.add_argument("--json", action="store_true")
@@ -463,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("status", "ask the running daemon for its health (exit 1 if degraded or not running)", cmd_status)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--json", action="store_true")
+
+    p = add("engine-check", "find how the engine answers where WLL publishes nothing", cmd_engine_check)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--card", required=True, help="a test member's card as scanned (or its member id)")
+    p.add_argument("--yes", action="store_true", help="also spend 1 point of that member and refund it")
+    p.add_argument("--out", help="where to write the answers (default: engine.dialect_file)")
 
     p = add("doctor", "check this till for the faults that stop tillplug working", cmd_doctor)
     p.add_argument("--config", default=DEFAULT_CONFIG)

@@ -192,7 +192,13 @@ class Daemon:
             printers.append({**sup.health.to_dict(), "paper": status.to_dict()})
         devices = [s.health.to_dict() for s in self.scanners.values()] + printers
         engine = self.engine_watch.view()
-        degraded = over or stats.dead > 0 or not engine["reachable"] or any(d["state"] != "ready" for d in devices)
+        degraded = (
+            over
+            or stats.dead > 0
+            or stats.unverifiable > 0
+            or not engine["reachable"]
+            or any(d["state"] != "ready" for d in devices)
+        )
         return {
             "status": "degraded" if degraded else "ok",
             "version": __version__,
@@ -266,7 +272,12 @@ class Daemon:
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
         self._opened.callback(self.store.close)
         recovered = self.store.recover()
-        self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call)
+        self.client = EngineClient(
+            cfg.engine,
+            load_secrets(cfg.engine),
+            on_call=self._engine_call,
+            token_path=cfg.state_dir / "engine-token.json",
+        )
         self._opened.push_async_callback(self.client.aclose)
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))

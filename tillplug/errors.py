@@ -34,7 +34,8 @@ help?*
         │       ├── VoucherExpired
         │       ├── VoucherNotRedeemed
         │       ├── VoucherWrongMember
-        │       └── VoucherWrongVenue
+        │       ├── VoucherWrongVenue
+        │       └── VoucherRefused     a refusal none of the six: the engine's message, verbatim
         └── FlowError                  a request the till should not have sent
             ├── InsufficientPoints
             ├── CheckoutNotFound
@@ -77,6 +78,7 @@ __all__ = [
     "VoucherError",
     "VoucherExpired",
     "VoucherNotRedeemed",
+    "VoucherRefused",
     "VoucherUnknown",
     "VoucherWrongMember",
     "VoucherWrongVenue",
@@ -268,6 +270,20 @@ class VoucherWrongVenue(VoucherError):
     code = "voucher_wrong_venue"
     default_message = "This voucher cannot be used in this shop."
     http_status = 403
+
+
+class VoucherRefused(VoucherError):
+    """The engine refused the voucher in words tillplug cannot classify: its message goes to the till."""
+
+    code = "voucher_refused"
+    default_message = "The loyalty service refused this voucher."
+
+    def __init__(
+        self, message: str | None = None, *, status: int | None = None, engine_message: str | None = None
+    ) -> None:
+        if message is None and engine_message:
+            message = f"The loyalty service refused this voucher: {engine_message}"
+        super().__init__(message, status=status, engine_message=engine_message)
 
 
 class FlowError(PermanentError):

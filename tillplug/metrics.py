@@ -29,6 +29,11 @@ class _Live(Collector):
             "tillplug_outbox_oldest_age_seconds", "Age of the oldest waiting write", value=stats.oldest_pending_age
         )
         yield GaugeMetricFamily("tillplug_outbox_dead", "Writes the engine refused for good", value=stats.dead)
+        yield GaugeMetricFamily(
+            "tillplug_outbox_unverifiable",
+            "Writes held because a look-up cannot tell whether the engine has them",
+            value=getattr(stats, "unverifiable", 0),
+        )
         printers = GaugeMetricFamily(
             "tillplug_printer_status", "1 for the printer's current paper/cover state", labels=["printer", "state"]
         )

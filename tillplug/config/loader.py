@@ -8,7 +8,7 @@ import stat
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,16 @@ def validate(
                             f"(installed: {', '.join(sorted(known_drivers)) or 'none'})",
                         )
                     )
+    report.problems += _member_rule_problems(config, data)
+    if config.engine.dialect_file and not Path(config.engine.dialect_file).is_file():
+        report.problems.append(
+            Problem(
+                "engine.dialect_file",
+                f"{config.engine.dialect_file} does not exist yet: run tillplug engine-check "
+                "(until then tillplug trusts nothing it has not seen)",
+                "warning",
+            )
+        )
     if config.engine.ca_file and not Path(config.engine.ca_file).is_file():
         report.problems.append(Problem("engine.ca_file", f"{config.engine.ca_file} does not exist"))
     if check_secrets:
@@ -229,6 +239,33 @@ def validate(
             for severity, message in check_secret(ref):
                 report.problems.append(Problem(path, message, severity))
     return report
+
+
+def _member_rule_problems(config: Config, data: Mapping[str, Any]) -> list[Problem]:
+    """Member rules whose codes WLL documents no look-up for (only the WLL id and account number).
+
+    Refused for a real engine when the file sets them; a warning for the built-in default
+    rules and for the simulator (which answers the undocumented list filter).
+    """
+    from tillplug.identifiers import undocumented_code
+
+    barcodes = data.get("barcodes")
+    configured = isinstance(barcodes, Mapping) and "member" in barcodes
+    severity = "error" if configured and config.engine.preset != "simulator" else "warning"
+    problems = []
+    for i, rule in enumerate(config.barcodes.member):
+        code = undocumented_code(rule)
+        if code is not None:
+            problems.append(
+                Problem(
+                    f"barcodes.member[{i}]",
+                    f"yields codes such as {code!r}, which are neither a WLL member id nor a 7-digit account "
+                    "number; WLL documents no member look-up by any other identifier (an authIdentifier "
+                    "needs the undocumented GET /users/ filter, see tillplug engine-check)",
+                    severity,
+                )
+            )
+    return problems
 
 
 def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Report:

@@ -13,13 +13,17 @@ resent here: ``OutcomeUnknown`` goes to the caller (the outbox reconciles it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
+import os
 import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -28,6 +32,8 @@ from pydantic import BaseModel, ValidationError
 
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
+from tillplug.engine.dialect import EngineDialect, read_dialect_file
+from tillplug.engine.lookup import FilterEvidence, Lookup, read_page
 from tillplug.engine.models import (
     Benefit,
     Event,
@@ -38,9 +44,12 @@ from tillplug.engine.models import (
     Token,
     User,
     Wallet,
+    points_of,
 )
+from tillplug.engine.refusals import VOUCHER_REASONS, classify_voucher_refusal
 from tillplug.errors import (
     BenefitNotFound,
+    ConfigError,
     EngineAuthError,
     EngineProtocolError,
     EngineRejected,
@@ -50,20 +59,23 @@ from tillplug.errors import (
     MemberNotFound,
     OutcomeUnknown,
     RateLimited,
-    VoucherAlreadyUsed,
-    VoucherError,
-    VoucherExpired,
-    VoucherNotRedeemed,
-    VoucherUnknown,
-    VoucherWrongMember,
-    VoucherWrongVenue,
+    RetryableError,
 )
+from tillplug.identifiers import is_documented_member_id
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BACKOFF = 4.0  # seconds: the cashier is waiting
 TOKEN_MARGIN = 300.0  # refresh the admin token this long before it expires
+PAGE = 100  # items per page of a list call
+LOOKUP_MAX_PAGES = 5  # a look-up by eventKey reads at most this many pages (newest first)
+BENEFIT_MAX_PAGES = 10
+
+
+def benefit_owned_by(benefit: Benefit, member_id: str) -> bool:
+    """True only if the benefit itself names ``member_id`` as its owner (whatever a filter did)."""
+    return member_id in benefit.owner_ids()
 
 
 @dataclass(repr=False)
@@ -77,41 +89,52 @@ class EngineSecrets:
         return "EngineSecrets(********)"
 
 
-# How the engine says which voucher outcome it is (engine-api.md part 1 §10).  The
-# real codes are unconfirmed; this table is the one place to correct them.
-VOUCHER_REASONS: dict[str, type[VoucherError]] = {
-    "VOUCHER_NOT_FOUND": VoucherUnknown,
-    "VOUCHER_ALREADY_BURNED": VoucherAlreadyUsed,
-    "VOUCHER_EXPIRED": VoucherExpired,
-    "VOUCHER_NOT_REDEEMED": VoucherNotRedeemed,
-    "VOUCHER_WRONG_USER": VoucherWrongMember,
-    "VOUCHER_WRONG_VENUE": VoucherWrongVenue,
-}
-
-
-def event_key_filter(event_key: str) -> dict[str, str]:
+def event_key_filter(event_key: str, skip: int = 0) -> dict[str, str]:
     """The query that finds our event by its payload eventKey.
 
-    WLL's filter syntax is unconfirmed (engine-api.md §6); it lives here alone.
+    WLL's filter syntax is unconfirmed (engine-api.md §6); it lives here alone.  What a
+    look-up may conclude from the answer is ``tillplug.engine.lookup``'s business.
     """
-    return {"filter[payload.eventKey]": event_key, "limit": "10", "skip": "0", "order": "DESC"}
+    return {"filter[payload.eventKey]": event_key, "limit": str(PAGE), "skip": str(skip), "order": "DESC"}
+
+
+def order_key_filter(event_key: str, skip: int = 0) -> dict[str, str]:
+    return {"filter[metadata.eventKey]": event_key, "limit": str(PAGE), "skip": str(skip), "order": "DESC"}
 
 
 class TokenCache:
-    """The admin token, fetched by client credentials and reused until shortly before it expires."""
+    """The admin token, fetched by client credentials and reused until shortly before it expires.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``path`` (in ``state_dir``) the token outlives a restart: WLL asks clients to cache
+    its 24-hour tokens and throttles minting, and a crash loop must not mint one per start.
+    The file is mode 0600, written atomically, and holds only the token, its expiry (wall
+    clock) and a fingerprint of where it is valid (auth URL, client id, audience — no
+    secret), so a changed config never reuses another tenant's token.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        scope: str = "",
+    ) -> None:
         self._token: Secret | None = None
         self._expires = 0.0
         self._clock = clock
         self._lock = asyncio.Lock()
-        self.fetches = 0
+        self._path = Path(path) if path is not None else None
+        self._scope = hashlib.sha256(scope.encode()).hexdigest()[:32]
+        self._load()
 
     def valid(self) -> Secret | None:
         return self._token if self._token and self._clock() < self._expires else None
 
     def invalidate(self) -> None:
         self._token = None
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
 
     async def get(self, fetch: Callable[[], Any]) -> Secret:
         if (token := self.valid()) is not None:
@@ -121,11 +144,49 @@ class TokenCache:
                 return token
             issued = self._clock()
             fetched: Token = await fetch()
-            self.fetches += 1
             margin = min(TOKEN_MARGIN, fetched.expires_in / 10)
             self._token = Secret(fetched.access_token)
             self._expires = issued + fetched.expires_in - margin
+            self._save(fetched.access_token)
             return self._token
+
+    def _load(self) -> None:
+        if self._path is None:
+            return
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+            token, expires, scope = data["access_token"], float(data["refresh_after"]), data["scope"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no cache, or an unreadable one: mint a new token
+        if scope == self._scope and isinstance(token, str) and token and self._clock() < expires:
+            self._token, self._expires = Secret(token), expires
+
+    def _save(self, token: str) -> None:
+        if self._path is None:
+            return
+        body = json.dumps({"access_token": token, "refresh_after": self._expires, "scope": self._scope})
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o600)  # also when the file existed with looser bits
+                f.write(body)
+            os.replace(tmp, self._path)
+        except OSError as exc:  # a cache that cannot be written costs a mint at the next start, no more
+            log.warning("the engine token cannot be cached in %s (%s)", self._path.parent, exc.strerror or exc)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An answer as engine-check saw it: status, the envelope's data (if readable), the raw body."""
+
+    status: int
+    data: Any
+    readable: bool  # a JSON {status, data} envelope
+    size: int
+    body: dict[str, Any]
+    message: str | None
 
 
 class EngineClient:
@@ -137,13 +198,21 @@ class EngineClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         on_call: Callable[[str, float, str | None], None] | None = None,
+        token_path: str | os.PathLike[str] | None = None,
+        dialect: EngineDialect | None = None,
     ) -> None:
         self.config = config
         self._secrets = secrets
         self.urls = config.urls()
         self._sleep = sleep
         self._on_call = on_call  # (endpoint, seconds, error code or None): for metrics
-        self.tokens = TokenCache()
+        client_id = secrets.client_id.reveal() if secrets.client_id else ""
+        self.tokens = TokenCache(path=token_path, scope=f"{self.urls['auth_url']} {client_id} {config.audience}")
+        # What engine-check found this engine to do; look-ups learn more as they go.
+        self.dialect = dialect if dialect is not None else _dialect_or_unknown(config.dialect_file)
+        self.filter_evidence = FilterEvidence(
+            {kind: True for kind in ("event", "order") if self.dialect.filter_works(kind)}
+        )
         self.server_date: str | None = None  # the engine's Date header, last seen: doctor's clock check
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
         verify: ssl.SSLContext | bool = True  # always verified: no option turns this off
@@ -177,19 +246,96 @@ class EngineClient:
     # -- calls -----------------------------------------------------------------
 
     async def get_user(self, member_id: str) -> User:
+        """The member, looked up only by identifiers WLL documents a look-up for.
+
+        A WLL id or account number → ``GET /users/{id}``.  Anything else (an authIdentifier)
+        is never put in that path: it goes to ``find_user_by_auth_identifier``.
+        """
+        if not is_documented_member_id(member_id):
+            return await self.find_user_by_auth_identifier(member_id)
         data = await self._call(
             "GET", f"/users/{quote(member_id, safe='')}", endpoint="users", not_found=MemberNotFound
         )
         return _parse(User, data)
+
+    async def find_user_by_auth_identifier(self, auth_identifier: str) -> User:
+        """``GET /users/?filter[authIdentifier]=…``, believed only if the answer names that member.
+
+        WLL documents no look-up by authIdentifier; an engine that ignores or rejects the
+        filter gives ``MemberNotFound`` with the reason, never somebody else.
+        """
+        params = {"filter[authIdentifier]": auth_identifier, "limit": "10", "skip": "0", "order": "DESC"}
+        why = (
+            "This card carries an identifier the loyalty service offers no look-up for; "
+            "use cards with the member id or account number."
+        )
+        try:
+            data = await self._call("GET", "/users/", params=params, endpoint="users_lookup")
+        except EngineRejected as exc:
+            if isinstance(exc, EngineAuthError):
+                raise
+            raise MemberNotFound(why, status=exc.status, engine_message=exc.engine_message) from None
+        users = [u for u in _parse_list(User, data) if u.auth_identifier == auth_identifier]
+        if len(users) != 1:
+            raise MemberNotFound(None if not users and _is_list(data) and not data else why)
+        return users[0]
 
     async def get_wallet(self, user_id: str) -> Wallet:
         path = f"/users/{quote(user_id, safe='')}/wallet"
         return _parse(Wallet, await self._call("GET", path, endpoint="wallet", not_found=MemberNotFound))
 
     async def list_benefits(self, user_id: str) -> list[Benefit]:
-        params = {"filter[owner]": user_id, "limit": "100", "skip": "0", "order": "DESC"}
-        data = await self._call("GET", "/benefits/", params=params, endpoint="benefits")
-        return _parse_list(Benefit, data)
+        """The benefits whose owner is ``user_id`` (a WLL id), checked here whatever the filter did.
+
+        ``filter[owner]`` is undocumented.  Pages are read until one comes back short; a
+        benefit naming another owner (the filter was ignored) or none at all is dropped.
+        If the filter is rejected, or shown to be ignored, the member's own wallet (a
+        documented, per-member route) is read instead.
+        """
+        owned: list[Benefit] = []
+        ignored = False
+        try:
+            for page in range(BENEFIT_MAX_PAGES):
+                params = {"filter[owner]": user_id, "limit": str(PAGE), "skip": str(page * PAGE), "order": "DESC"}
+                items = _parse_list(Benefit, await self._call("GET", "/benefits/", params=params, endpoint="benefits"))
+                for b in items:
+                    if benefit_owned_by(b, user_id):
+                        owned.append(b)
+                    else:
+                        ignored = True
+                if ignored or len(items) < PAGE:
+                    break
+        except EngineRejected as exc:
+            if isinstance(exc, EngineAuthError):
+                raise
+            ignored = True
+        if not ignored:
+            return owned
+        log.info("benefits: the engine did not filter by owner; reading the member's wallet instead")
+        wallet = await self.get_wallet(user_id)
+        return [b for b in wallet.vouchers if not b.owner_ids() or benefit_owned_by(b, user_id)]
+
+    async def get_owned_benefit(self, benefit_id: str, member_id: str) -> Benefit:
+        """One of ``member_id``'s benefits; ``BenefitNotFound`` if it is someone else's or nobody's.
+
+        Call this before anything irreversible (``redeem_benefit``, a burn) on a benefit a
+        till named by id.
+        """
+        for b in await self.list_benefits(member_id):
+            if b.id == benefit_id:
+                return b
+        raise BenefitNotFound("This voucher is not in the member's wallet.")
+
+    async def find_voucher(self, code: str, member_id: str) -> Benefit | None:
+        """The member's benefit carrying ``code``, to settle a burn whose outcome is unknown.
+
+        Its ``state()`` tells whether the burn landed (``burned``) or not.  None when the
+        member has no benefit with that code.
+        """
+        for b in await self.list_benefits(member_id):
+            if b.code is not None and b.code.value == code:
+                return b
+        return None
 
     async def get_benefit(self, benefit_id: str) -> Benefit:
         path = f"/benefits/{quote(benefit_id, safe='')}"
@@ -204,7 +350,7 @@ class EngineClient:
             write=True,
             not_found=BenefitNotFound,
         )
-        return _parse(Benefit, data)
+        return _parse_written(Benefit, data)
 
     async def validate_voucher(
         self, code: str, *, check_only: bool = False, user_identifier: str | None = None
@@ -224,47 +370,163 @@ class EngineClient:
             write=not check_only,
             voucher=True,
         )
-        return _parse(Benefit, data)
+        return _parse_written(Benefit, data) if not check_only else _parse(Benefit, data)
 
     async def report_event(self, event: EventDefinition) -> Event:
         data = await self._call(
             "POST", "/events/", json=event.body(), endpoint="events", write=True, event_type=event.type
         )
-        return _parse(Event, data)
+        return _parse_written(Event, data)
 
     async def test_reaction(self, event: EventDefinition) -> list[ReactorResult]:
         data = await self._call("POST", "/events/test_reaction", json=event.body(), endpoint="test_reaction")
         return _parse_list(ReactorResult, data)
 
     async def find_events(self, event_key: str) -> list[Event]:
-        """Events whose payload carries ``event_key``: how an unknown outcome is resolved."""
-        data = await self._call("GET", "/events/", params=event_key_filter(event_key), endpoint="events_lookup")
-        return [e for e in _parse_list(Event, data) if e.payload.get("eventKey") == event_key]
+        """Events whose payload carries ``event_key`` (checked here, whatever the filter did)."""
+        result = await self.look_up_event(event_key)
+        return [Event(id=result.engine_id or "found", type="")] if result.found else []
+
+    async def look_up_event(self, event_key: str) -> Lookup:
+        """Did a write carrying ``event_key`` reach the engine?  found / not_found / unverifiable."""
+        return await self._look_up("event", event_key)
+
+    async def look_up_order(self, event_key: str) -> Lookup:
+        """The same for a Receipts order (its ``metadata.eventKey``)."""
+        return await self._look_up("order", event_key)
+
+    async def _look_up(self, kind: str, key: str) -> Lookup:
+        foreign = False
+        for page in range(LOOKUP_MAX_PAGES):
+            try:
+                if kind == "order":
+                    data = await self._call(
+                        "GET",
+                        "/orders",
+                        params=order_key_filter(key, page * PAGE),
+                        endpoint="orders_lookup",
+                        base="receipts_url",
+                    )
+                    items = [o for o in _list(data, "order") if isinstance(o, dict)]
+                    verdict = read_page(items, key, lambda o: (o.get("metadata") or {}).get("eventKey"))
+                    engine_id = str(verdict.match.get("id", "found")) if verdict.match is not None else None
+                else:
+                    data = await self._call(
+                        "GET", "/events/", params=event_key_filter(key, page * PAGE), endpoint="events_lookup"
+                    )
+                    events = _parse_list(Event, data)
+                    verdict = read_page(events, key, lambda e: e.payload.get("eventKey"))
+                    engine_id = verdict.match.id if verdict.match is not None else None
+            except EngineAuthError:
+                raise  # credentials: the caller waits for a technician
+            except (EngineRejected, EngineProtocolError) as exc:
+                # The look-up itself was refused or unreadable: it proves nothing either way,
+                # and it must never condemn the write it was checking.
+                return Lookup("unverifiable", reason=f"the look-up was refused ({exc.code})")
+            self.filter_evidence.observe(kind, verdict)
+            if verdict.match is not None:
+                return Lookup("found", engine_id=engine_id)
+            foreign = foreign or verdict.foreign
+            if verdict.count < PAGE:
+                break
+        if not foreign and self.filter_evidence.works(kind):
+            return Lookup("not_found")
+        if foreign:
+            return Lookup("unverifiable", reason="the engine ignored the eventKey filter")
+        return Lookup("unverifiable", reason="the eventKey filter is not known to work", unproven=True)
 
     async def event_reactions(self, event_id: str) -> list[Reaction]:
+        """The reactions applied to an event, read in either shape an engine may use.
+
+        Flat ``[{type, points}]`` or nested like test_reaction ``[{reactor, reactions: [...]}]``.
+        Items in neither shape are skipped and an unreadable answer reads as "none yet":
+        this call only ever *confirms* a write, so it must never turn one into a failure.
+        """
         path = f"/events/{quote(event_id, safe='')}/reactions"
-        return _parse_list(Reaction, await self._call("GET", path, endpoint="reactions"))
+        try:
+            data = await self._call("GET", path, endpoint="reactions")
+        except EngineProtocolError:
+            log.info("reactions: the engine's answer could not be read; treated as not yet applied")
+            return []
+        return _reactions(data)
+
+    async def reaction_points(self, event_id: str) -> float | None:
+        """Points the engine applied for ``event_id`` (negative: deducted), or None if not visible.
+
+        Never raises for what the engine answers: None means "not confirmed (yet)", which a
+        caller must treat as *unconfirmed*, not as failed.  Credentials errors still raise.
+        """
+        try:
+            reactions = await self.event_reactions(event_id)
+        except EngineAuthError:
+            raise
+        except (RetryableError, EngineRejected):
+            return None
+        if not any(r.type == "POINTS" for r in reactions):
+            return None
+        return points_of(reactions)
 
     async def submit_order(self, order: Order) -> dict[str, Any]:
         data = await self._call(
             "POST", "/orders", json=order.body(), endpoint="orders", write=True, base="receipts_url"
         )
         if not isinstance(data, dict):
-            raise EngineProtocolError("the order answer is not an object")
+            raise OutcomeUnknown("The loyalty service's answer to an order could not be read; it may have landed.")
         return data
 
     async def find_orders(self, event_key: str) -> list[dict[str, Any]]:
-        params = {"filter[metadata.eventKey]": event_key, "limit": "10", "skip": "0", "order": "DESC"}
-        data = await self._call("GET", "/orders", params=params, endpoint="orders_lookup", base="receipts_url")
-        if not isinstance(data, list):
-            raise EngineProtocolError("the order list is not a list")
-        return [o for o in data if isinstance(o, dict) and (o.get("metadata") or {}).get("eventKey") == event_key]
+        """Orders whose metadata carries ``event_key`` (checked here, whatever the filter did)."""
+        result = await self.look_up_order(event_key)
+        return [{"id": result.engine_id}] if result.found else []
 
     async def ping(self) -> Ping:
         """One authenticated round trip (the token endpoint excluded): its time and the engine's clock."""
         start = time.perf_counter()
         await self._call("GET", "/events/", params={"limit": "1", "skip": "0", "order": "DESC"}, endpoint="ping")
         return Ping(time.perf_counter() - start, self.server_date)
+
+    # -- calibration (tillplug engine-check only) ---------------------------------
+
+    async def probe(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        base: str = "base_url",
+    ) -> Probe:
+        """One authenticated call whose answer is returned as seen, 4xx included, for engine-check.
+
+        Transport failures still raise from the error tree; nothing is retried.
+        """
+        headers = await self._headers(None)
+        response = await self._send(
+            method, self.urls[base] + path, params=params, json=json, headers=headers, write=False, endpoint="probe"
+        )
+        try:
+            envelope: Any = _envelope(response)
+            readable = True
+        except EngineProtocolError:
+            envelope, readable = None, False
+        body = _body(response)
+        return Probe(response.status_code, envelope, readable, len(response.content), body, _engine_message(body))
+
+    async def audience_accepted(self, audience: str) -> bool | None:
+        """Does the auth service mint a token for ``audience``?  None if its answer says neither."""
+        s = self._secrets
+        if s.client_id is None or s.client_secret is None:
+            return None
+        body = {
+            "client_id": s.client_id.reveal(),
+            "client_secret": s.client_secret.reveal(),
+            "audience": audience,
+            "grant_type": "client_credentials",
+        }
+        response = await self._send("POST", self.urls["auth_url"], json=body, write=False, endpoint="token")
+        if response.status_code in (400, 401, 403):
+            return False
+        return True if response.is_success else None
 
     # -- machinery ---------------------------------------------------------------
 
@@ -370,6 +632,15 @@ class EngineClient:
                 raise
 
 
+def _dialect_or_unknown(path: str | None) -> EngineDialect:
+    """The dialect file's answers; all unknown (the safe answer) if it is missing or unreadable."""
+    try:
+        return read_dialect_file(path)
+    except ConfigError as exc:
+        log.error("%s; trusting nothing about this engine until it is there", exc.message)
+        return EngineDialect()
+
+
 def _backoff(attempt: int) -> float:
     """Exponential with full jitter, capped."""
     return random.uniform(0, min(MAX_BACKOFF, 0.2 * 2**attempt))
@@ -419,15 +690,12 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
         if write and status != 503:  # a 500/502/504 may have been applied behind a gateway
             return OutcomeUnknown()
         return EngineServerError(f"The loyalty service had a problem (HTTP {status}).")
-    data = body.get("data")
-    reason = data.get("code") if isinstance(data, dict) else None
-    if voucher and str(reason) in VOUCHER_REASONS:  # wrong member / venue may come as 403
-        return VOUCHER_REASONS[str(reason)](status=status, engine_message=message)
-    if status in (401, 403):
+    if status == 401:  # 401 alone means credentials
         return EngineAuthError(status=status, engine_message=message)
-    if voucher:
-        cls = VoucherUnknown if status == 404 else VoucherError
-        return cls(status=status, engine_message=message)
+    if voucher:  # a 403 here is another member's or another venue's voucher, not our credentials
+        return classify_voucher_refusal(status, body, message)
+    if status == 403:
+        return EngineAuthError(status=status, engine_message=message)
     if status == 404 and not_found is not None:
         return not_found(status=status, engine_message=message)
     text = f"The loyalty service refused the request: {message}" if message else None
@@ -469,10 +737,55 @@ def _parse(model: type[M], data: Any) -> M:
         ) from None
 
 
+def _parse_written(model: type[M], data: Any) -> M:
+    """A write's answer: said 2xx but unreadable means it may well have landed (look it up)."""
+    try:
+        return _parse(model, data)
+    except EngineProtocolError as exc:
+        raise OutcomeUnknown(
+            "The loyalty service accepted the request but its answer could not be read; it will be looked up."
+        ) from exc
+
+
 def _parse_list(model: type[M], data: Any) -> list[M]:
     if not isinstance(data, list):
         raise EngineProtocolError(f"The loyalty service sent no list of {model.__name__.lower()}s.")
     return [_parse(model, item) for item in data]
 
 
-__all__ = ["EngineClient", "EngineSecrets", "TokenCache", "event_key_filter"]
+def _is_list(data: Any) -> bool:
+    return isinstance(data, list)
+
+
+def _list(data: Any, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise EngineProtocolError(f"The loyalty service sent no list of {what}s.")
+    return data
+
+
+def _reactions(data: Any) -> list[Reaction]:
+    """Flat and nested reaction lists, both read; anything else skipped."""
+    if not isinstance(data, list):
+        return []
+    found: list[Reaction] = []
+    for item in data:
+        if not isinstance(item, dict):
+            continue
+        inner = item.get("reactions")
+        for candidate in inner if isinstance(inner, list) else [item]:
+            try:
+                found.append(Reaction.model_validate(candidate))
+            except ValidationError:
+                continue
+    return found
+
+
+__all__ = [
+    "VOUCHER_REASONS",
+    "EngineClient",
+    "EngineSecrets",
+    "TokenCache",
+    "benefit_owned_by",
+    "event_key_filter",
+    "is_documented_member_id",
+]

@@ -82,6 +82,14 @@ class Benefit(Wire):
     reward: Reward | None = None
     code: BenefitCode | None = None
     owner: dict[str, Any] | None = None
+    owner_id: str | None = Field(default=None, alias="ownerId")
+
+    def owner_ids(self) -> set[str]:
+        """Every identifier the benefit names its owner by (empty: the engine did not say)."""
+        ids = {self.owner_id} if self.owner_id else set()
+        if self.owner:
+            ids |= {str(self.owner[k]) for k in ("id", "authIdentifier", "accountNumber") if self.owner.get(k)}
+        return ids
 
     def state(self, now: datetime | None = None) -> str:
         """created, redeemed, validated, burned or expired."""

@@ -3,6 +3,10 @@
 An outcome-unknown failure (timeout or reset after the request left, or an
 answer we cannot read) marks the row for look-up: before it is sent again the
 engine is asked for its ``eventKey``; found → delivered, not found → resent.
+A look-up that cannot tell (``tillplug.engine.lookup``: the filter ignored,
+rejected or not known to work) holds the row as *unverifiable*: never resent,
+never "not needed", looked up again every ``UNVERIFIABLE_RETRY`` seconds and
+reported (one log line per row, ``Stats.unverifiable``, ``unverifiable_seen``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import time
 from collections.abc import Callable
 
 from tillplug.engine.client import EngineClient
-from tillplug.engine.models import EventDefinition, Order
+from tillplug.engine.lookup import Lookup
+from tillplug.engine.models import Event, EventDefinition, Order
 from tillplug.errors import (
     EngineAuthError,
     EngineProtocolError,
@@ -28,6 +33,7 @@ from tillplug.outbox.store import OutboxStore, Row
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
+UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
 
 
 class TokenBucket:
@@ -68,6 +74,7 @@ class Deliverer:
         self.on_change = on_change or (lambda: None)
         self._wake = asyncio.Event()
         self.delivered = 0
+        self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
 
     def wake(self) -> None:
         """A row was added: look now instead of at the next timer."""
@@ -78,38 +85,79 @@ class Deliverer:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _engine_has(self, row: Row, key: str) -> str | None:
-        """The engine's id for the write carrying ``key``, or None if it never arrived."""
+    async def _look_up(self, row: Row, key: str) -> Lookup:
+        """Does the engine have the write carrying ``key``?  found, not_found or unverifiable.
+
+        If the filter was merely never seen to work, look up a key the engine surely has (a
+        write it acknowledged): results carrying only that key show the filter works, and
+        the client then trusts "not found" (once per process, in practice).
+        """
+        result = await self._ask(row.kind, key)
+        if result.verdict == "unverifiable" and result.unproven:
+            known = await asyncio.to_thread(self.store.delivered_key, row.kind)
+            if known is not None and known != key:
+                await self._ask(row.kind, known)
+                result = await self._ask(row.kind, key)
+        return result
+
+    async def _ask(self, kind: str, key: str) -> Lookup:
         await self._paced()
-        if row.kind == "order":
-            found = await self.client.find_orders(key)
-            return str(found[0].get("id", "found")) if found else None
-        events = await self.client.find_events(key)
-        return events[0].id if events else None
+        if kind == "order":
+            result: Lookup = await self.client.look_up_order(key)
+        else:
+            result = await self.client.look_up_event(key)
+        return result
+
+    async def _hold(self, row: Row, key: str, result: Lookup) -> None:
+        self.unverifiable_seen += 1
+        log.error(
+            "outbox: row %d (%s) held as unverifiable: cannot tell whether the engine has eventKey %s (%s); "
+            "it is neither resent nor dropped — run tillplug engine-check",
+            row.id,
+            row.body.get("type"),
+            key,
+            result.reason,
+        )
+        at = time.time() + UNVERIFIABLE_RETRY
+        await asyncio.to_thread(self.store.hold_unverifiable, row.id, at=at, reason=result.reason)
 
     async def _send(self, row: Row) -> str | None:
         await self._paced()
         if row.kind == "order":
             answer = await self.client.submit_order(Order.model_validate(row.body))
             return str(answer.get("id")) if answer.get("id") else None
-        event = await self.client.report_event(EventDefinition.model_validate(row.body))
+        event: Event = await self.client.report_event(EventDefinition.model_validate(row.body))
         return event.id
+
+    async def _settled_by_look_up(self, row: Row) -> bool:
+        """Look before sending; True if the row needs no send (delivered, not needed or held)."""
+        store = self.store
+        if row.needs_lookup:  # first: did this very write land already?
+            found = await self._look_up(row, row.event_key)
+            if found.verdict == "found":
+                await asyncio.to_thread(store.delivered, row.id, engine_id=found.engine_id, note="found by look-up")
+                self.delivered += 1
+                return True
+            if found.verdict == "unverifiable":
+                await self._hold(row, row.event_key, found)
+                return True
+        if row.requires_key is not None:  # a reversal: needed only if what it reverses landed
+            reversed_write = await self._look_up(row, row.requires_key)
+            if reversed_write.verdict == "not_found":
+                note = "not needed: the write it reverses never reached the engine"
+                await asyncio.to_thread(store.delivered, row.id, note=note)
+                return True
+            if reversed_write.verdict == "unverifiable":
+                await self._hold(row, row.requires_key, reversed_write)
+                return True
+        return False
 
     async def deliver(self, row: Row) -> None:
         store = self.store
         now = time.time()
         try:
-            if row.requires_key is not None and await self._engine_has(row, row.requires_key) is None:
-                await asyncio.to_thread(
-                    store.delivered, row.id, note="not needed: the write it reverses never reached the engine"
-                )
+            if await self._settled_by_look_up(row):
                 return
-            if row.needs_lookup:
-                found = await self._engine_has(row, row.event_key)
-                if found is not None:
-                    await asyncio.to_thread(store.delivered, row.id, engine_id=found, note="found by look-up")
-                    self.delivered += 1
-                    return
             engine_id = await self._send(row)
         except (OutcomeUnknown, EngineProtocolError) as exc:
             # The write may have landed: never resend without looking first.

@@ -11,6 +11,11 @@ Row life:  pending ──claim──► sending ──► delivered
 A technician may ``retry`` a dead row or ``discard`` one with a reason.
 Rows found in ``sending`` at start-up were interrupted: they go back to
 ``pending`` marked for look-up, so a crash never causes a blind resend.
+
+A pending row may be flagged ``unverifiable``: its look-up could not tell whether the
+engine has the write (the eventKey filter is ignored, rejected or not known to work).
+It is never resent and never marked "not needed"; it waits, is looked up again now and
+then, and is counted in ``Stats.unverifiable`` for health and metrics.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
 """
+# Added after the first release: created on databases that predate it.
+COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -65,12 +72,14 @@ class Row:
     note: str | None
     created: float
     updated: float
+    unverifiable: bool = False
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
         d = dict(r)
         d["body"] = json.loads(d["body"])
         d["needs_lookup"] = bool(d["needs_lookup"])
+        d["unverifiable"] = bool(d.get("unverifiable", 0))
         return cls(**d)
 
     def summary(self) -> dict[str, Any]:
@@ -86,6 +95,7 @@ class Stats:
     dead: int
     discarded: int
     oldest_pending_age: float  # seconds, 0 if none
+    unverifiable: int = 0  # pending rows whose look-up could not tell whether the engine has them
 
     @property
     def depth(self) -> int:
@@ -110,6 +120,10 @@ class OutboxStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as tx:
             tx.executescript_inside(SCHEMA)
+            have = {r[1] for r in tx.execute("PRAGMA table_info(outbox)").fetchall()}
+            for column, decl in COLUMNS_ADDED.items():
+                if column not in have:
+                    tx.execute(f"ALTER TABLE outbox ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -175,7 +189,17 @@ class OutboxStore:
             return Row.from_sql(r)
 
     def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
-        self._finish(row_id, "state='delivered', engine_id=?, note=?, last_error=NULL", (engine_id, note))
+        self._finish(
+            row_id, "state='delivered', engine_id=?, note=?, last_error=NULL, unverifiable=0", (engine_id, note)
+        )
+
+    def hold_unverifiable(self, row_id: int, *, at: float, reason: str) -> None:
+        """The look-up could not tell: keep the row pending (its stream waits behind it), flagged."""
+        self._finish(
+            row_id,
+            "state='pending', next_attempt=?, last_error=?, unverifiable=1",
+            (at, f"unverifiable: {reason}"[:500]),
+        )
 
     def retry_later(self, row_id: int, *, at: float, error: str, needs_lookup: bool) -> None:
         self._finish(
@@ -228,6 +252,16 @@ class OutboxStore:
             r = self.db.execute("SELECT * FROM outbox WHERE event_key=?", (event_key,)).fetchone()
         return Row.from_sql(r) if r else None
 
+    def delivered_key(self, kind: str) -> str | None:
+        """The eventKey of the latest write of ``kind`` the engine acknowledged (to test its filter)."""
+        with self._lock:
+            r = self.db.execute(
+                "SELECT event_key FROM outbox WHERE state='delivered' AND kind=? AND engine_id IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (kind,),
+            ).fetchone()
+        return str(r[0]) if r else None
+
     def rows(self, state: str | None = None, limit: int = 1000) -> list[Row]:
         with self._lock:
             if state:
@@ -242,6 +276,9 @@ class OutboxStore:
             oldest = self.db.execute(
                 "SELECT MIN(created) FROM outbox WHERE state IN ('pending', 'sending')"
             ).fetchone()[0]
+            unverifiable = self.db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE unverifiable=1 AND state IN ('pending', 'sending')"
+            ).fetchone()[0]
         return Stats(
             pending=counts.get("pending", 0),
             sending=counts.get("sending", 0),
@@ -249,6 +286,7 @@ class OutboxStore:
             dead=counts.get("dead", 0),
             discarded=counts.get("discarded", 0),
             oldest_pending_age=max(0.0, self.clock() - oldest) if oldest else 0.0,
+            unverifiable=unverifiable,
         )
 
     def next_due(self) -> float | None:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tillplug.sim.dialects import Dialect, dialect
 from tillplug.sim.state import EngineState, SimError
 
 
@@ -67,7 +68,10 @@ def ok(data: Any, status: int = 200) -> JSONResponse:
 
 def fail(err: SimError) -> JSONResponse:
     status = "error" if err.status >= 500 else "fail"
-    return JSONResponse({"status": status, "message": err.message, "data": {"code": err.code}}, status_code=err.status)
+    body: dict[str, Any] = {"status": status, "message": err.message}
+    if err.code:  # a refusal "by status only" carries no machine code
+        body["data"] = {"code": err.code}
+    return JSONResponse(body, status_code=err.status)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -80,9 +84,23 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+# How each voucher refusal is answered in the "statuses" dialect: another status, other words.
+OTHER_REFUSALS: dict[str, tuple[int, str]] = {
+    "VOUCHER_NOT_FOUND": (404, "No voucher matches this code"),
+    "VOUCHER_ALREADY_BURNED": (400, "This code was already burned on 2026-01-02"),
+    "VOUCHER_EXPIRED": (400, "The code expired and can no longer be validated"),
+    "VOUCHER_NOT_REDEEMED": (400, "The benefit must be redeemed before its code can be validated"),
+    "VOUCHER_WRONG_USER": (403, "The code belongs to another user"),
+    "VOUCHER_WRONG_VENUE": (422, "The reward is not available at this venue"),
+}
+
+
 class Simulator:
-    def __init__(self, state: EngineState, *, rate: float = 100, burst: int = 400) -> None:
+    def __init__(
+        self, state: EngineState, *, rate: float = 100, burst: int = 400, dialect: Dialect | None = None
+    ) -> None:
         self.state = state
+        self.dialect = dialect or Dialect()
         self.faults = Faults()
         self.rng = random.Random()
         self.buckets: dict[str, TokenBucket] = {}
@@ -108,7 +126,35 @@ class Simulator:
     def _schedule_reaction(self, event_id: str) -> None:
         delay = float(self.state.reactors.get("delay_seconds", 0.05))
         self.state.reactions_due += 1
+        if self.dialect.reactions == "delayed":
+            delay = max(delay, self.dialect.late_reaction_seconds)
         asyncio.get_running_loop().call_later(delay, self.state.apply_reaction, event_id)
+
+    def _filter(self, request: Request, name: str, behaviour: str) -> str | None:
+        """The value of ``filter[name]`` if this dialect honours it; None if it ignores it."""
+        value = request.query_params.get(f"filter[{name}]")
+        if value is None or behaviour == "ignored":
+            return None
+        if behaviour == "rejected":
+            raise SimError(400, "VALIDATION_ERROR", f"filter.{name} is not an allowed filter")
+        return value
+
+    def _written(self, data: Any, status: int = 200) -> Response:
+        """The 2xx answer to a write, as this dialect words it."""
+        if self.dialect.write_bodies == "empty":
+            return Response(b"", status)
+        if self.dialect.write_bodies == "unreadable":
+            return Response(b"<html><body>OK</body></html>", status, media_type="text/html")
+        return ok(data, status)
+
+    def _voucher_refusal(self, err: SimError) -> SimError:
+        style = self.dialect.voucher_refusals
+        if style == "codes" or err.code not in OTHER_REFUSALS:
+            return err
+        if style == "status_only":
+            return SimError(err.status, "", err.message)
+        status, message = OTHER_REFUSALS[err.code]
+        return SimError(status, "", message)
 
     def _routes(self) -> list[Route]:
         def both(path: str, endpoint: Any, methods: list[str]) -> list[Route]:
@@ -116,6 +162,7 @@ class Simulator:
 
         return [
             *both("/oauth/token", self.token, ["POST"]),
+            *both("/v1/users", self.users, ["GET"]),
             *both("/v1/users/{ident}", self.user, ["GET"]),
             *both("/v1/users/{ident}/wallet", self.wallet, ["GET"]),
             *both("/v1/benefits", self.benefits, ["GET"]),
@@ -129,17 +176,29 @@ class Simulator:
             *both("/v1/openapi.json", self.openapi, ["GET"]),
             Route("/_sim/ledger", self.ledger, methods=["GET"]),
             Route("/_sim/faults", self.set_faults, methods=["GET", "POST"]),
+            Route("/_sim/dialect", self.set_dialect, methods=["GET", "POST"]),
             Route("/_sim/health", self.health, methods=["GET"]),
         ]
 
     # -- endpoints ---------------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
-        return JSONResponse(self.state.issue_token(await _json(request)))
+        return JSONResponse(self.state.issue_token(await _json(request), check_audience=self.dialect.check_audience))
+
+    async def users(self, request: Request) -> Response:
+        self._auth(request)
+        wanted = self._filter(request, "authIdentifier", self.dialect.user_filter)
+        found = [
+            self.state.user(m["id"])
+            for m in self.state.members.values()
+            if wanted is None or m.get("authIdentifier") == wanted
+        ]
+        return ok(_page(request, found))
 
     async def user(self, request: Request) -> Response:
         self._auth(request)
-        return ok(self.state.user(request.path_params["ident"]))
+        by_auth = self.dialect.auth_identifier_lookup
+        return ok(self.state.user(request.path_params["ident"], by_auth_identifier=by_auth))
 
     async def wallet(self, request: Request) -> Response:
         self._auth(request)
@@ -147,10 +206,10 @@ class Simulator:
 
     async def benefits(self, request: Request) -> Response:
         self._auth(request)
-        owner = request.query_params.get("filter[owner]")
+        owner = self._filter(request, "owner", self.dialect.owner_filter)
         if owner:
-            return ok(self.state.benefits_of(owner))
-        return ok([self.state.benefit_view(b) for b in self.state.benefits.values()])
+            return ok(_page(request, self.state.benefits_of(owner)))
+        return ok(_page(request, [self.state.benefit_view(b) for b in self.state.benefits.values()]))
 
     async def benefit(self, request: Request) -> Response:
         self._auth(request)
@@ -164,11 +223,16 @@ class Simulator:
         body = await _json(request)
         if not isinstance(body.get("benefitId"), str):
             raise SimError(400, "VALIDATION_ERROR", "benefitId is required")
-        return ok(self.state.redeem_benefit(body["benefitId"]))
+        return self._written(self.state.redeem_benefit(body["benefitId"]))
 
     async def validate_voucher(self, request: Request) -> Response:
         self._auth(request)
-        return ok(self.state.validate_voucher(await _json(request)))
+        body = await _json(request)
+        try:
+            benefit = self.state.validate_voucher(body)
+        except SimError as err:
+            raise self._voucher_refusal(err) from None
+        return ok(benefit) if body.get("allowFutureValidation") else self._written(benefit)
 
     async def test_reaction(self, request: Request) -> Response:
         self._auth(request)
@@ -177,28 +241,35 @@ class Simulator:
     async def events(self, request: Request) -> Response:
         if request.method == "GET":
             self._auth(request)
-            limit = _limit(request)
-            return ok(self.state.find_events(request.query_params.get("filter[payload.eventKey]"), limit))
+            key = self._filter(request, "payload.eventKey", self.dialect.event_key_filter)
+            return ok(self.state.find_events(key, _limit(request), _skip(request)))
         body = await _json(request)
         self._auth(request, event_type=body.get("type") if isinstance(body.get("type"), str) else None)
         event = self.state.record_event(body)
         self._schedule_reaction(event["id"])
-        return ok(event)
+        return self._written(event)
 
     async def reactions(self, request: Request) -> Response:
         self._auth(request)
         eid = request.path_params["eid"]
         if eid not in self.state.events:
             raise SimError(404, "EVENT_NOT_FOUND", "Event not found")
-        return ok(list(self.state.reactions[eid]))
+        applied = list(self.state.reactions[eid])
+        if self.dialect.reactions == "never":
+            return ok([])
+        if self.dialect.reactions == "nested":
+            reactor = {"id": f"reactor-{self.state.events[eid]['type'].lower()}", "name": "points"}
+            return ok([{"reactor": reactor, "reactions": applied}] if applied else [])
+        return ok(applied)
 
     async def orders(self, request: Request) -> Response:
         self._auth(request)
         if request.method == "GET":
-            return ok(self.state.find_orders(request.query_params.get("filter[metadata.eventKey]")))
+            key = self._filter(request, "metadata.eventKey", self.dialect.order_key_filter)
+            return ok(_page(request, self.state.find_orders(key)))
         order, event = self.state.submit_order(await _json(request))
         self._schedule_reaction(event["id"])
-        return ok(order, status=201)
+        return self._written(order, status=201)
 
     async def openapi(self, request: Request) -> Response:
         from tillplug.sim.openapi import document
@@ -210,13 +281,30 @@ class Simulator:
 
     async def set_faults(self, request: Request) -> Response:
         if request.method == "POST":
+            values = await _json(request)
+            if "dialect" in values:  # a dialect may be switched along with the faults
+                try:
+                    self.dialect = dialect(str(values.pop("dialect")))
+                except ValueError as exc:
+                    raise SimError(400, "UNKNOWN_DIALECT", str(exc)) from None
             try:
-                self.faults.update(await _json(request))
+                self.faults.update(values)
             except ValueError as exc:
                 raise SimError(400, "UNKNOWN_FAULT", str(exc)) from None
             if self.faults.seed is not None:
                 self.rng.seed(self.faults.seed)
         return JSONResponse(asdict(self.faults))
+
+    async def set_dialect(self, request: Request) -> Response:
+        """POST {"name": "strict"} for a named dialect, and/or single switches: {"reactions": "nested"}."""
+        if request.method == "POST":
+            values = await _json(request)
+            try:
+                base = dialect(str(values.pop("name"))) if "name" in values else self.dialect
+                self.dialect = base.with_switches(values)
+            except (ValueError, TypeError) as exc:
+                raise SimError(400, "UNKNOWN_DIALECT", str(exc)) from None
+        return JSONResponse(self.dialect.to_dict())
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "requests": self.requests})
@@ -225,6 +313,18 @@ class Simulator:
 async def _sim_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SimError)
     return fail(exc)
+
+
+def _skip(request: Request) -> int:
+    try:
+        return max(0, int(request.query_params.get("skip", "0")))
+    except ValueError:
+        raise SimError(400, "VALIDATION_ERROR", "skip must be 0 or more") from None
+
+
+def _page(request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    skip = _skip(request)
+    return items[skip : skip + _limit(request)]
 
 
 def _limit(request: Request) -> int:

@@ -12,6 +12,7 @@ import uvicorn
 
 from tillplug.net import listen
 from tillplug.sim.app import Simulator
+from tillplug.sim.dialects import Dialect, dialect
 from tillplug.sim.state import EngineState, load_seed
 
 
@@ -31,11 +32,17 @@ class SimServer:
     """The simulator on 127.0.0.1 in a thread of its own.  ``port=0`` picks a free port."""
 
     def __init__(
-        self, seed: str | Path | dict[str, Any] | None = None, *, port: int = 0, rate: float = 100, burst: int = 400
+        self,
+        seed: str | Path | dict[str, Any] | None = None,
+        *,
+        port: int = 0,
+        rate: float = 100,
+        burst: int = 400,
+        dialect: str | Dialect = "default",
     ) -> None:
         data = seed if isinstance(seed, dict) else load_seed(seed)
         self.state = EngineState(data)
-        self.sim = Simulator(self.state, rate=rate, burst=burst)
+        self.sim = Simulator(self.state, rate=rate, burst=burst, dialect=_dialect(dialect))
         self._sock = listen("127.0.0.1", port, backlog=512)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -67,12 +74,17 @@ class SimServer:
         self.stop()
 
 
-def serve(port: int, seed: str | None, *, rate: float = 100, burst: int = 400) -> None:
-    """Foreground: ``tillplug sim --port N --seed FILE``."""
+def _dialect(value: str | Dialect) -> Dialect:
+    return value if isinstance(value, Dialect) else dialect(value)
+
+
+def serve(port: int, seed: str | None, *, rate: float = 100, burst: int = 400, dialect: str = "default") -> None:
+    """Foreground: ``tillplug sim --port N --seed FILE --dialect NAME``."""
     data = load_seed(seed)
-    sim = Simulator(EngineState(data), rate=rate, burst=burst)
+    sim = Simulator(EngineState(data), rate=rate, burst=burst, dialect=_dialect(dialect))
     sock = listen("127.0.0.1", port, backlog=512)
     print(f"Loyalty Engine simulator on http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
     print(f"  X-Api-Key: {data['tenant']['api_key']}   client: {data['tenant']['client_id']} (demo credentials)")
+    print(f"  dialect: {sim.dialect.name}   switch: POST /_sim/dialect", flush=True)
     print("  ledger: /_sim/ledger   faults: POST /_sim/faults   OpenAPI: /v1/openapi.json", flush=True)
     _uvicorn(sim.app).run(sockets=[sock])

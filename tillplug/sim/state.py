@@ -117,8 +117,10 @@ class EngineState:
                 return m
         return None
 
-    def member(self, ident: str) -> dict[str, Any]:
+    def member(self, ident: str, *, by_auth_identifier: bool = True) -> dict[str, Any]:
         m = self.find_member(ident)
+        if m is not None and not by_auth_identifier and ident not in (m["id"], m.get("accountNumber")):
+            m = None  # WLL documents GET /users/{id} for the WLL id and the account number only
         if m is None:
             raise SimError(404, "USER_NOT_FOUND", "User not found")
         return m
@@ -174,8 +176,8 @@ class EngineState:
             "vouchers": self.benefits_of(m["id"]),
         }
 
-    def user(self, ident: str) -> dict[str, Any]:
-        m = self.member(ident)
+    def user(self, ident: str, *, by_auth_identifier: bool = True) -> dict[str, Any]:
+        m = self.member(ident, by_auth_identifier=by_auth_identifier)
         # Personal data is in the profile, as on WLL; tillplug must never copy it into events.
         return {
             "id": m["id"],
@@ -189,7 +191,9 @@ class EngineState:
 
     # -- auth --------------------------------------------------------------------
 
-    def issue_token(self, body: dict[str, Any]) -> dict[str, Any]:
+    def issue_token(self, body: dict[str, Any], *, check_audience: bool = False) -> dict[str, Any]:
+        if check_audience and body.get("audience") != "wlloyalty.net":
+            raise SimError(403, "INVALID_AUDIENCE", "Service not enabled within domain")
         if (
             body.get("grant_type") != "client_credentials"
             or body.get("client_id") != self.client_id
@@ -341,13 +345,13 @@ class EngineState:
                 member["lifetimeEarn"] = member.get("lifetimeEarn", 0) + points
             self.reactions[event_id].append({"type": "POINTS", "points": points})
 
-    def find_events(self, event_key: str | None, limit: int) -> list[dict[str, Any]]:
+    def find_events(self, event_key: str | None, limit: int, skip: int = 0) -> list[dict[str, Any]]:
         found = [
             e
             for e in reversed(list(self.events.values()))
             if event_key is None or e["payload"].get("eventKey") == event_key
         ]
-        return copy.deepcopy(found[:limit])
+        return copy.deepcopy(found[skip : skip + limit])
 
     def submit_order(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(body.get("orderId"), str) or not isinstance(body.get("totalSpend"), int):

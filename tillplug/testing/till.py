@@ -74,12 +74,13 @@ class VirtualTill:
         voucher_mode: str = "burn",
         sim: SimServer | None = None,
         till_id: str = "till-01",
+        dialect: str = "default",
         **overrides: Any,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._own_sim = sim is None
-        self.sim = sim or SimServer().start()
+        self.sim = sim or SimServer(dialect=dialect).start()  # dialect: README "Engine dialects"
         self.scanners = {lane: VirtualScanner(self.workdir / f"scanner{lane}") for lane in range(1, lanes + 1)}
         self.config = Config.model_validate(
             {
