@@ -1,11 +1,13 @@
 """Serial barcode scanner (RS-232, USB CDC-ACM, or any pyserial URL such as socket://).
 
-Read-only: this driver never writes a byte to the port.  Framing into scans
-happens above, in ``tillplug.barcodes.framing``, so it is a pure function.
+It reads; it writes only the feedback commands (beep, light) that the scanner's config
+declares, and only when routing asks.  Framing into scans happens above, in
+``tillplug.barcodes.framing``, so it is a pure function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -14,16 +16,18 @@ import termios
 
 import serial
 
+from tillplug.config.model import ScannerConfig
 from tillplug.devices.base import ScannerDriver
 from tillplug.errors import DeviceBusy, DeviceGone
+from tillplug.procfs import holders
 
 READ_TIMEOUT = 0.05  # seconds: short, so idle-gap framing and shutdown stay responsive
 
 
 class SerialScanner(ScannerDriver):
-    def __init__(self, config) -> None:
+    def __init__(self, config: ScannerConfig) -> None:
         super().__init__(config)
-        self._port: serial.SerialBase | None = None
+        self._port: serial.Serial | None = None
 
     def open(self) -> None:
         cfg = self.config
@@ -48,10 +52,8 @@ class SerialScanner(ScannerDriver):
             raise DeviceGone(f"{cfg.port}: {exc}") from exc
         fd = getattr(port, "fd", None)
         if fd is not None:
-            try:  # kernel-level exclusivity too, as gpsd does
+            with contextlib.suppress(OSError):  # kernel-level exclusivity too, as gpsd does
                 fcntl.ioctl(fd, termios.TIOCEXCL)
-            except OSError:
-                pass
         self._port = port
 
     def read(self) -> bytes:
@@ -72,6 +74,16 @@ class SerialScanner(ScannerDriver):
         if not data:  # readable but empty: the device went away (pyserial says the same)
             raise DeviceGone(f"{self.config.port}: the device reports readiness to read but returned no data")
         return data
+
+    def write(self, data: bytes) -> None:
+        """A feedback command to the scanner (config feedback_good / feedback_bad)."""
+        port = self._port
+        if port is None:
+            raise DeviceGone(f"{self.config.port} is not open")
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError, termios.error) as exc:
+            raise DeviceGone(f"{self.config.port}: {exc}") from exc
 
     def fileno(self) -> int | None:
         """Real ttys are watched by the event loop (no thread hop per scan); URL handlers are not."""
@@ -122,10 +134,9 @@ class SerialScanner(ScannerDriver):
     def close(self) -> None:
         port, self._port = self._port, None
         if port is not None:
-            try:
+            # The device may already be gone; closing still frees the minor number.
+            with contextlib.suppress(serial.SerialException, OSError, termios.error):
                 port.close()
-            except (serial.SerialException, OSError, termios.error):
-                pass  # the device is already gone; closing frees the minor number
 
 
 def _translate(name: str, exc: serial.SerialException) -> Exception:
@@ -138,20 +149,5 @@ def _translate(name: str, exc: serial.SerialException) -> Exception:
 
 def who_holds(path: str) -> str:
     """' (held by PID 123 ModemManager)' where /proc tells, else ''."""
-    from pathlib import Path
-
-    try:
-        target = os.path.realpath(path)
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                for fd in (proc / "fd").iterdir():
-                    if os.path.realpath(fd) == target:
-                        comm = (proc / "comm").read_text().strip()
-                        return f" (held by PID {proc.name} {comm})"
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return ""
+    found = holders(path)
+    return f" (held by PID {found[0].pid} {found[0].command})" if found else ""
