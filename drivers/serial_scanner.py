@@ -1,7 +1,8 @@
 """Serial barcode scanner (RS-232, USB CDC-ACM, or any pyserial URL such as socket://).
 
-Read-only: this driver never writes a byte to the port.  Framing into scans
-happens above, in ``tillplug.barcodes.framing``, so it is a pure function.
+It reads; it writes only the feedback commands (beep, light) that the scanner's config
+declares, and only when routing asks.  Framing into scans happens above, in
+``tillplug.barcodes.framing``, so it is a pure function.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ class SerialScanner(ScannerDriver):
         if not data:  # readable but empty: the device went away (pyserial says the same)
             raise DeviceGone(f"{self.config.port}: the device reports readiness to read but returned no data")
         return data
+
+    def write(self, data: bytes) -> None:
+        """A feedback command to the scanner (config feedback_good / feedback_bad)."""
+        port = self._port
+        if port is None:
+            raise DeviceGone(f"{self.config.port} is not open")
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError, termios.error) as exc:
+            raise DeviceGone(f"{self.config.port}: {exc}") from exc
 
     def fileno(self) -> int | None:
         """Real ttys are watched by the event loop (no thread hop per scan); URL handlers are not."""

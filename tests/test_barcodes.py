@@ -107,3 +107,40 @@ def test_other_scans_carry_what_biip_reads():
 @given(st.text(max_size=80), st.sampled_from([None, "]E0", "]C1", "]Q3", "]d2", "]X0"]))
 def test_classifier_never_raises(text, symbology):
     assert Classifier(RULES).classify(text, symbology).kind in ScanKind
+
+
+@given(
+    st.sampled_from([*sorted(TERMS), "auto-mixed"]),
+    st.lists(body.filter(lambda b: b"\t" not in b), min_size=1, max_size=20),
+    st.lists(st.integers(0, 10_000), max_size=30),
+)
+def test_frames_keep_every_byte_the_scanner_sent_in_order(term, scans, cuts):
+    """Pass-through to the till rests on this: the raw parts of the frames, put back together,
+    are the stream exactly (terminators, prefixes, a CR LF split across reads)."""
+    terms = [b"\r", b"\n", b"\r\n"]
+    if term == "auto-mixed":
+        stream = b"".join(s + terms[i % 3] for i, s in enumerate(scans))
+        framer = ScanFramer(terminator="auto", max_length=100)
+    else:
+        stream = b"".join(s + TERMS[term] for s in scans)
+        framer = ScanFramer(terminator=term, max_length=100)
+    frames = [f for chunk in split(stream, cuts) for f in framer.feed_frames(chunk)]
+    assert b"".join(f.raw for f in frames) == stream
+    assert [f.data for f in frames if f.data] == scans
+    # Each scan's raw is its data plus a terminator; a lone LF only ever continues a CR.
+    for before, frame in zip([None, *frames], frames, strict=False):
+        if frame.continuation:
+            assert frame.raw == b"\n" and before is not None and before.raw.endswith(b"\r")
+        else:
+            assert frame.raw.startswith(frame.data) and frame.raw[len(frame.data) :] in (b"\r", b"\n", b"\r\n", b"\t")
+
+
+def test_a_crlf_split_across_reads_is_one_terminator():
+    framer = ScanFramer()
+    first = framer.feed_frames(b"4006381333931\r")
+    second = framer.feed_frames(b"\n1000001\r\n")
+    assert [(f.data, f.raw, f.continuation) for f in first + second] == [
+        (b"4006381333931", b"4006381333931\r", False),
+        (b"", b"\n", True),
+        (b"1000001", b"1000001\r\n", False),
+    ]

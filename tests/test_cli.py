@@ -125,3 +125,29 @@ def test_devices_lists_ports_with_ids_guess_and_a_config_snippet(monkeypatch, ca
     assert "/dev/ttyACM0  USB 0c2e:0b61  serial 17012345  Honeywell" in out
     assert 'port = "/dev/serial/by-id/usb-Honeywell_Xenon_17012345-if00"' in out
     assert "Epson TM-T20II (printer)" in out and 'connection = "serial:///dev/ttyUSB0"' in out
+
+
+def test_devices_lists_keyboard_mode_scanners_with_a_snippet_and_plain_keyboards_without(monkeypatch, capsys):
+    from tillplug.drivers.hid_scanner import HidScanner
+    from tillplug.drivers.serial_scanner import SerialScanner
+
+    monkeypatch.setattr(SerialScanner, "discover", classmethod(lambda cls: []))
+    by_id = "/dev/input/by-id/usb-Honeywell_Voyager_17A001-event-kbd"
+    monkeypatch.setattr(
+        HidScanner,
+        "discover",
+        classmethod(
+            lambda cls: [
+                {"device": "/dev/input/event5", "input": True, "name": "Honeywell Scanner", "vid": 0x0C2E}
+                | {"pid": 0x0200, "serial": "17A001", "by_id": by_id},
+                {"device": "/dev/input/event2", "input": True, "name": "Cherry keyboard", "vid": 0x046A}
+                | {"pid": 0x0011, "serial": None, "by_id": None},
+            ]
+        ),
+    )
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    assert "/dev/input/event5  USB 0c2e:0200  serial 17A001  'Honeywell Scanner': Honeywell/Metrologic" in out
+    assert f'driver = "hid-scanner"\n    port = "{by_id}"\n    layout = "us"' in out
+    assert "/dev/input/event2  USB 046a:0011  serial -  'Cherry keyboard': a keyboard, or a scanner" in out
+    assert out.count("[[scanners]]") == 1  # a plain keyboard gets no snippet: it must never be grabbed by mistake

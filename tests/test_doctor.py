@@ -117,3 +117,65 @@ def test_doctor_engine_credentials_refused(tmp_path):
         )
         findings = Doctor(str(cfg), root=tmp_path).run(printers=False)
     assert any(f.check == "engine credentials" and f.verdict == FAIL for f in findings), findings
+
+
+def test_the_layout_test_code_tells_every_supported_layout_from_every_other():
+    from tillplug.barcodes.keymaps import decode, encode
+    from tillplug.barcodes.keymaps_data import LAYOUTS
+    from tillplug.doctor import LAYOUT_TEST_CODE
+
+    for scanner in LAYOUTS:
+        typed = encode(LAYOUT_TEST_CODE, scanner)
+        readings = {host: decode(typed, host) for host in LAYOUTS}
+        assert [host for host, text in readings.items() if text == LAYOUT_TEST_CODE] == [scanner]
+
+
+def hid_config(tmp_path, layout="us", port="usb://dead:beef"):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\n[[scanners]]\nname="kbd"\n'
+        f'driver="hid-scanner"\nport="{port}"\nlayout="{layout}"\n'
+    )
+    return cfg
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="staging device groups needs root (CI runs as root)")
+def test_doctor_checks_uinput_the_grab_and_the_layout_of_keyboard_scanners(tmp_path):
+    pytest.importorskip("evdev")
+    from tillplug.barcodes.keymaps import encode
+    from tillplug.doctor import LAYOUT_TEST_CODE
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/group").write_text("root:x:0:\ntillplug:x:990:\n")
+    doctor = Doctor(str(hid_config(tmp_path, layout="us")), root=tmp_path)
+    doctor.scan_test = lambda cfg: encode(LAYOUT_TEST_CODE + "\r", "fr")  # the scanner is really AZERTY
+    findings = {(f.check, f.verdict): f.detail for f in doctor.run(engine=False, printers=False)}
+    assert "/dev/uinput is missing" in findings[("uinput", FAIL)]
+    assert "no input device usb://dead:beef is plugged in" in findings[("scanner kbd", FAIL)]
+    assert 'the scanner is set to fr, the config says us: set layout = "fr"' in findings[("layout kbd", FAIL)]
+
+    (tmp_path / "dev").mkdir()
+    uinput = tmp_path / "dev/uinput"
+    uinput.write_text("")
+    os.chown(uinput, -1, 990)
+    uinput.chmod(0o660)
+    doctor = Doctor(str(hid_config(tmp_path, layout="fr")), root=tmp_path)
+    doctor.scan_test = lambda cfg: encode(LAYOUT_TEST_CODE + "\r", "fr")
+    findings = {(f.check, f.verdict): f.detail for f in doctor.run(engine=False, printers=False)}
+    assert ("uinput", OK) in findings
+    assert findings[("layout kbd", OK)] == "the scanner types in the fr layout, as configured"
+
+    os.chown(uinput, -1, 0)
+    findings = Doctor(str(hid_config(tmp_path)), root=tmp_path).run(engine=False, printers=False)
+    assert any(f.check == "uinput" and f.verdict == FAIL and "group root" in f.detail for f in findings)
+
+
+def test_the_layout_code_is_drawn_as_a_barcode_that_reads_back(tmp_path):
+    import zxingcpp
+    from PIL import Image
+
+    from tillplug.cli import main
+    from tillplug.doctor import LAYOUT_TEST_CODE
+
+    assert main(["doctor", "--layout-code", str(tmp_path / "code.png")]) == 0
+    assert [r.text for r in zxingcpp.read_barcodes(Image.open(tmp_path / "code.png"))] == [LAYOUT_TEST_CODE]

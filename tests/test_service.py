@@ -14,7 +14,7 @@ from tillplug.devices.known import KNOWN_DEVICES
 REPO = Path(__file__).resolve().parent.parent
 RULE_TOKEN = re.compile(r'^(?P<key>[A-Z_]+)(\{(?P<attr>[A-Za-z0-9_]+)\})?(?P<op>==|!=|\+=|-=|:=|=)"(?P<value>[^"]*)"$')
 MATCH_KEYS = {"ACTION", "SUBSYSTEM", "KERNEL", "ATTRS", "ENV"}
-ASSIGN_KEYS = {"SYMLINK", "GROUP", "MODE", "ENV", "TAG", "GOTO", "LABEL"}
+ASSIGN_KEYS = {"SYMLINK", "GROUP", "MODE", "ENV", "TAG", "GOTO", "LABEL", "OPTIONS"}
 
 
 def parse_rules(text):
@@ -148,3 +148,24 @@ def test_install_into_a_staging_root_writes_the_files(tmp_path, capsys):
     assert main(["install", "--root", str(tmp_path)]) == 0  # a second install keeps the config
     assert (tmp_path / "etc/tillplug/tillplug.toml").read_text() == "# the technician's own"
     assert "skipped (files staged" in capsys.readouterr().out
+
+
+def test_keyboard_mode_scanners_and_uinput_get_the_service_group():
+    """Keyboard-mode scanners: their keyboard event device (for tillplug to grab) and /dev/uinput
+    (to re-type scans for the till) are in group tillplug; the unit lets the service reach both,
+    and the ptys behind till_port, and gives it /run/tillplug for the till_port links."""
+    rules = parse_rules(service.udev_rules())
+    hid = [d for d in KNOWN_DEVICES if d.driver == "hid-scanner"]
+    assert hid
+    for d in hid:
+        rule = next(r for r in rules if any(t["attr"] == "idProduct" and t["value"] == d.pid for t in r))
+        tokens = {(t["key"], t["attr"], t["value"]) for t in rule}
+        assert ("SUBSYSTEM", None, "input") in tokens and ("ENV", "ID_INPUT_KEYBOARD", "1") in tokens
+        assert ("GROUP", None, "tillplug") in tokens
+        assert ("SYMLINK", None, f"tillplug/hid-scanner-{d.vid}-{d.pid}-%E{{TILLPLUG_ID}}") in tokens
+    uinput = next(r for r in rules if any(t["key"] == "KERNEL" and t["value"] == "uinput" for t in r))
+    assert {(t["key"], t["value"]) for t in uinput} >= {("GROUP", "tillplug"), ("MODE", "0660")}
+    unit = service.unit()
+    for line in ("DeviceAllow=char-input rw", "DeviceAllow=/dev/uinput rw", "DeviceAllow=char-pts rw"):
+        assert line in unit
+    assert "RuntimeDirectory=tillplug" in unit

@@ -247,11 +247,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         _out(json.dumps(ports, indent=2, default=str))
         return EXIT_OK
+    keyboards = [p for p in ports if p.get("input")]
+    ports = [p for p in ports if not p.get("input")]
     if not ports:
-        _out(
-            "no serial ports found (USB scanners in keyboard mode do not appear here; "
-            "switch them to USB serial / CDC-ACM mode)"
-        )
+        _out("no serial ports found")
     for i, port in enumerate(ports):
         known = lookup(port.get("vid"), port.get("pid"))
         ids = f"{port['vid']:04x}:{port['pid']:04x}" if port.get("vid") is not None else "-"
@@ -264,9 +263,33 @@ def cmd_devices(args: argparse.Namespace) -> int:
             _out(f'    [[scanners]]\n    name = "scanner{i}"\n    port = "{path}"\n    baudrate = 9600')
         if known is not None and known.kind in ("printer", "bridge"):
             _out(f'    [[printers]]\n    name = "printer{i}"\n    connection = "serial://{path}"')
+    _list_keyboards(keyboards, first=len(ports), hid_driver="hid-scanner" in registry.drivers)
     for name, why in registry.broken.items():
         _err(f"driver {name} did not load: {why}")
     return EXIT_OK
+
+
+def _list_keyboards(keyboards: list[dict[str, Any]], *, first: int, hid_driver: bool) -> None:
+    """Input devices that type: keyboard-mode scanners (known ones get a config snippet) and keyboards."""
+    from tillplug.devices.known import lookup
+
+    if not hid_driver:
+        _out("keyboard-mode scanners: not listed (the hid-scanner driver needs pip install 'tillplug[hid]')")
+        return
+    for i, kbd in enumerate(keyboards, start=first):
+        known = lookup(kbd.get("vid"), kbd.get("pid"))
+        ids = f"{kbd['vid']:04x}:{kbd['pid']:04x}" if kbd.get("vid") is not None else "-"
+        scanner = known is not None and known.driver == "hid-scanner"
+        guess = f"{known.vendor} {known.model}" if scanner and known else "a keyboard, or a scanner in keyboard mode"
+        _out(f"{kbd['device']}  USB {ids}  serial {kbd.get('serial') or '-'}  {kbd.get('name')!r}: {guess}")
+        if kbd.get("by_id"):
+            _out(f"    by-id: {kbd['by_id']}")
+        if scanner:
+            path = kbd.get("by_id") or kbd["device"]
+            _out(
+                f'    [[scanners]]\n    name = "scanner{i}"\n    driver = "hid-scanner"\n    port = "{path}"\n'
+                '    layout = "us"   # the keyboard layout the scanner is set to: us gb de fr be es it nl'
+            )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -294,9 +317,18 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from tillplug.doctor import FAIL, Doctor
+    from tillplug.doctor import FAIL, Doctor, read_test_scan, write_layout_code
 
-    findings = Doctor(args.config, root=args.root).run(engine=not args.offline, printers=not args.offline)
+    if args.layout_code:
+        write_layout_code(args.layout_code)
+        _out(
+            f"wrote {args.layout_code}: scan it with `tillplug doctor --scan-test` to check a keyboard scanner's layout"
+        )
+        return EXIT_OK
+    doctor = Doctor(args.config, root=args.root)
+    if args.scan_test:
+        doctor.scan_test = lambda cfg: read_test_scan(cfg, out=_out)
+    findings = doctor.run(engine=not args.offline, printers=not args.offline)
     for finding in findings:
         _out(str(finding))
     failed = sum(f.verdict == FAIL for f in findings)
@@ -381,6 +413,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for d in health["devices"]:
             paper = f"  paper {d['paper']['state']} {d['paper']['reason']}".rstrip() if "paper" in d else ""
             _out(f"  {d['kind']:<8}{d['name']:<16}{d['state']:<11}{d['reason']}{paper}")
+            if "tillPort" in d:
+                t = d["tillPort"]
+                _out(
+                    f"          till side {t['path']}: {'open' if t['tillHasItOpen'] else 'NOT open'} "
+                    f"({t['passed']} passed, {t['dropped']} dropped)"
+                )
         e = health["engine"]
         _out(
             f"  engine  {'reachable' if e['reachable'] else 'NOT reachable'}"
@@ -394,10 +432,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if health["status"] == "ok" else EXIT_FAILURE
 
 
-def cmd_sniff(args: argparse.Namespace) -> int:  # noqa: PLR0912 -- one branch per thing a technician is told
+def cmd_sniff(args: argparse.Namespace) -> int:
     import time
 
-    from tillplug.barcodes.framing import guess_terminator
+    if args.port.startswith(("/dev/input/", "usb://")) or "hid-scanner" in args.port:
+        return _sniff_keyboard(args)
+
     from tillplug.config.model import ScannerConfig
     from tillplug.devices.registry import load_drivers
     from tillplug.errors import DeviceError, DriverError
@@ -412,6 +452,10 @@ def cmd_sniff(args: argparse.Namespace) -> int:  # noqa: PLR0912 -- one branch p
     except ValueError as exc:
         _err(f"tillplug sniff: {exc}")
         return EXIT_USAGE
+    route = _sniff_router(args)
+    if route is None:
+        driver.close()
+        return EXIT_USAGE
     _out(f"listening on {args.port} at {args.baudrate} baud for {args.seconds:g} s (read only); scan something…")
     seen = bytearray()
     start = time.monotonic()
@@ -425,6 +469,8 @@ def cmd_sniff(args: argparse.Namespace) -> int:  # noqa: PLR0912 -- one branch p
             seen += chunk
             text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
             _out(f"{time.monotonic() - start:8.3f}  {chunk.hex(' '):<48}  {text}")
+            for line in route(chunk):
+                _out(f"          → {line}")
             if args.count and seen.count(b"\n") + seen.count(b"\r") >= args.count:
                 break
     except DeviceError as exc:
@@ -433,18 +479,108 @@ def cmd_sniff(args: argparse.Namespace) -> int:  # noqa: PLR0912 -- one branch p
         pass
     finally:
         driver.close()
+    return _sniff_verdict(bytes(seen), args.baudrate)
+
+
+def _sniff_verdict(seen: bytes, baudrate: int) -> int:
+    """What the bytes a scanner sent say about its settings."""
+    from tillplug.barcodes.framing import guess_terminator
+
     if not seen:
         _out("nothing arrived: check the cable, the port, and that the scanner is in serial (not keyboard) mode")
         return EXIT_FAILURE
     printable = sum(32 <= b < 127 or b in (9, 10, 13, 29) for b in seen) / len(seen)
-    _out(f"{len(seen)} bytes; terminator looks like: {guess_terminator(bytes(seen))}")
+    _out(f"{len(seen)} bytes; terminator looks like: {guess_terminator(seen)}")
     if printable < 0.9:
         _out("many bytes are not text: the baud rate is probably wrong; try 9600, 19200, 38400 or 115200")
     else:
-        _out(f'config: baudrate = {args.baudrate}, terminator = "{guess_terminator(bytes(seen))}"')
-        if bytes(seen).startswith(b"]"):
+        _out(f'config: baudrate = {baudrate}, terminator = "{guess_terminator(seen)}"')
+        if seen.startswith(b"]"):
             _out("the scanner sends AIM symbology identifiers (]E0, ]C1, ...): tillplug keeps them as metadata")
     return EXIT_OK
+
+
+def _sniff_keyboard(args: argparse.Namespace) -> int:
+    """A keyboard-mode scanner: what it types under the given layout (and others), scan by scan."""
+    import time
+
+    from tillplug.barcodes.framing import decode
+    from tillplug.barcodes.keymaps import decode as decode_keys
+    from tillplug.barcodes.keymaps_data import LAYOUTS
+    from tillplug.config.model import ScannerConfig
+    from tillplug.devices.registry import load_drivers
+    from tillplug.errors import DeviceError, DriverError
+
+    try:
+        cfg = ScannerConfig(name="sniff", driver="hid-scanner", port=args.port, layout=args.layout, retype=False)
+        driver = load_drivers().get("hid-scanner")(cfg)
+        driver.open()
+    except (DeviceError, DriverError) as exc:
+        _err(f"tillplug sniff: {exc.message}")
+        return EXIT_FAILURE
+    except ValueError as exc:
+        _err(f"tillplug sniff: {exc}")
+        return EXIT_USAGE
+    route = _sniff_router(args)
+    if route is None:
+        driver.close()
+        return EXIT_USAGE
+    _out(f"listening to {args.port} as a {args.layout} keyboard for {args.seconds:g} s (the session sees nothing)")
+    start, count = time.monotonic(), 0
+    try:
+        while time.monotonic() - start < args.seconds and not (args.count and count >= args.count):
+            for frame in driver.read_frames():
+                count += 1
+                _out(f"{time.monotonic() - start:8.3f}  {len(frame.keys)} key events  {frame.raw!r}")
+                others = {decode_keys(frame.keys, lay) for lay in LAYOUTS if lay != args.layout}
+                if others - {decode_keys(frame.keys, args.layout)}:
+                    _out("          other layouts read it differently: check --layout (tillplug doctor --scan-test)")
+                text = decode(frame.data)
+                for line in route(frame.raw) if text else []:
+                    _out(f"          → {line}")
+    except DeviceError as exc:
+        _err(f"tillplug sniff: {exc.message}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        driver.close()
+    return EXIT_OK if count else EXIT_FAILURE
+
+
+def _sniff_router(args: argparse.Namespace) -> Callable[[bytes], list[str]] | None:
+    """What routing would do with each scan in the bytes: the config's barcode rules if given
+    (and the scanner there with this port, for pass_loyalty), else the default rules."""
+    from tillplug.barcodes.classify import Classifier
+    from tillplug.barcodes.framing import ScanFramer, decode
+    from tillplug.config.model import BarcodeRules
+    from tillplug.routing import Decision, PassThrough, Route, decide
+
+    rules, pass_loyalty, has_till = BarcodeRules(), False, False
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return None
+        rules = config.barcodes
+        mine = next((s for s in config.scanners if s.port == args.port), None)
+        if mine is not None:
+            pass_loyalty, has_till = mine.pass_loyalty, mine.till_port is not None
+    classifier, framer = Classifier(rules), ScanFramer("auto")
+
+    def route(chunk: bytes) -> list[str]:
+        lines = []
+        for frame in framer.feed(chunk):
+            text = decode(frame)
+            if text is None:
+                continue
+            kind = classifier.kind_of(text.text, text.symbology)
+            where = decide(kind, pass_loyalty=pass_loyalty)
+            passing = PassThrough.WITHHELD if where is Route.LOYALTY else PassThrough.NONE
+            if where is not Route.LOYALTY and has_till:
+                passing = PassThrough.PASSED
+            lines.append(f"{text.text!r}: {Decision(kind, where, passing).describe()}")
+        return lines
+
+    return route
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command table, read top to bottom
@@ -527,12 +663,18 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--root", default="/", help=argparse.SUPPRESS)
     p.add_argument("--offline", action="store_true", help="skip the engine and printer checks")
+    p.add_argument("--scan-test", action="store_true", help="check each keyboard scanner's layout with a test scan")
+    p.add_argument("--layout-code", metavar="FILE", help="write the layout test barcode as a PNG, and stop")
 
     p = add("sniff", "show what a scanner sends, to find its terminator and baud rate", cmd_sniff)
     p.add_argument("port")
     p.add_argument("--baudrate", type=int, default=9600)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--count", type=int, default=0, help="stop after this many lines")
+    p.add_argument("--config", help="route each scan by this config's barcode rules (default: the built-in rules)")
+    p.add_argument(
+        "--layout", default="us", help="keyboard-mode scanners (/dev/input/…, usb://…): the layout it is set to"
+    )
 
     p = add("install", "install the udev rules and the systemd unit, create the user and folders", cmd_install)
     p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")

@@ -23,6 +23,7 @@ import uvicorn
 
 from tillplug import __version__, systemd
 from tillplug.api.app import TillApi
+from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import (
@@ -46,6 +47,7 @@ from tillplug.net import listen
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Receipt
+from tillplug.routing import Decision, Router, ScanEvents
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
@@ -91,7 +93,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.registry = registry or load_drivers()
-        self.events = EventBus()
+        self.events: EventBus = ScanEvents()
+        self.router = Router(config, self._on_scan)
         self.engine_watch = EngineWatch()
         self.metrics = Metrics()
         self.scanners: dict[str, ScannerSupervisor] = {}
@@ -114,21 +117,26 @@ class Daemon:
         """Called from scanner threads too: hop onto the loop."""
         self.loop.call_soon_threadsafe(self.events.publish, "device_state", health.to_dict())
 
-    def _on_scan(self, scan: Scan) -> None:
+    def _on_scan(self, scan: Scan, decision: Decision) -> None:
+        """From the router, once a scan for the till has been passed on: now the flows and the event stream."""
         if threading.get_ident() == self._loop_thread:  # read by the loop itself: no hop needed
-            self._spawn_scan(scan)
+            self._spawn_scan(scan, decision)
         else:
-            self.loop.call_soon_threadsafe(self._spawn_scan, scan)
+            self.loop.call_soon_threadsafe(self._spawn_scan, scan, decision)
 
-    def _spawn_scan(self, scan: Scan) -> None:
-        self._tasks.append(asyncio.ensure_future(self._handle_scan(scan)))
+    def _spawn_scan(self, scan: Scan, decision: Decision) -> None:
+        self._tasks.append(asyncio.ensure_future(self._handle_scan(scan, decision)))
         self._tasks = [t for t in self._tasks if not t.done()]
 
-    async def _handle_scan(self, scan: Scan) -> None:
+    async def _handle_scan(self, scan: Scan, decision: Decision) -> None:
         async with self._lane_locks.setdefault(scan.lane, asyncio.Lock()):  # scans on a lane in order
             try:
-                classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
+                with self.router.handling(scan, decision) as record:
+                    classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
                 self.metrics.scans.labels(classified.kind.value).inc()
+                sup = self.scanners.get(scan.device)
+                if sup is not None:
+                    self.router.feedback(record, sup.send_to_scanner)
             except Exception:
                 log.exception("scan on lane %d could not be handled", scan.lane)
 
@@ -138,8 +146,9 @@ class Daemon:
         except DriverError as exc:
             log.error("scanner %s: %s", cfg.name, exc.message)
             return
-        sup = ScannerSupervisor(cfg, driver_cls, self._on_scan, self._device_state, loop=self.loop)
+        sup = ScannerSupervisor(cfg, driver_cls, self.router.on_scan, self._device_state, loop=self.loop)
         self.scanners[cfg.name] = sup
+        self.router.attach(cfg, sup, self.loop)
         sup.start()
 
     async def _start_printer(self, cfg: Any) -> None:
@@ -190,7 +199,7 @@ class Daemon:
         for sup in self.printers.values():
             status = await sup.status()
             printers.append({**sup.health.to_dict(), "paper": status.to_dict()})
-        devices = [s.health.to_dict() for s in self.scanners.values()] + printers
+        devices = [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers
         engine = self.engine_watch.view()
         degraded = (
             over
@@ -301,7 +310,10 @@ class Daemon:
         self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
             self._start_scanner(s)
+        if self.router.sinks:  # a till waits on pass-through: read product codes before the first one comes
+            self._tasks.append(asyncio.ensure_future(asyncio.to_thread(classify.preload)))
         token = read_secret(cfg.api.token).reveal() if cfg.api.token else None
+        self.metrics.registry.register(self.router.collector())
         self.metrics.watch(
             self.store.stats,
             lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
@@ -359,6 +371,7 @@ class Daemon:
         for name, sup in list(self.scanners.items()):
             if new_s.get(name) != old_s.get(name):
                 await asyncio.to_thread(sup.stop)
+                self.router.detach(name)
                 del self.scanners[name]
         old_p, new_p = {p.name: p for p in old.printers}, {p.name: p for p in new.printers}
         for name, psup in list(self.printers.items()):
@@ -367,6 +380,7 @@ class Daemon:
                 del self.printers[name]
         self.config = new.model_copy(update={"engine": old.engine, "api": old.api, "state_dir": old.state_dir})
         self.loyalty.reconfigure(self.config)
+        self.router.reconfigure(self.config)
         for name, cfg in new_s.items():
             if name not in self.scanners:
                 self._start_scanner(cfg)
@@ -388,8 +402,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api_task, 15)
         self.stop_event.set()
-        for sup in self.scanners.values():
+        for name, sup in self.scanners.items():
             await asyncio.to_thread(sup.stop)
+            self.router.detach(name)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         for psup in self.printers.values():

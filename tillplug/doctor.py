@@ -28,6 +28,10 @@ HOLDERS = {
     "brltty": "brltty grabs USB-serial adapters (CH340, CP210x, FTDI): apt remove brltty, or mask its udev rules",
 }
 
+# Scanned by `tillplug doctor --scan-test`: under every pair of the supported layouts, typed under
+# one and read under another, it comes out different (tests/test_doctor.py holds it to that).
+LAYOUT_TEST_CODE = "Tq1Zy-Am@/.:#"
+
 
 @dataclass
 class Finding:
@@ -54,6 +58,7 @@ class Doctor:
         self.disk_usage = disk_usage
         self.findings: list[Finding] = []
         self.config: Any = None
+        self.scan_test: Callable[[Any], list[tuple[int, int]] | None] | None = None
 
     def add(self, verdict: str, check: str, detail: str) -> None:
         self.findings.append(Finding(verdict, check, detail))
@@ -230,10 +235,65 @@ class Doctor:
             verdict = {"ok": OK, "warning": WARN}.get(status.state.value, FAIL)
             self.add(verdict, f"printer {p.name}", f"{status.state.value} {status.reason}".strip())
 
+    def check_keyboard_scanners(self, scan_test: Callable[[Any], list[tuple[int, int]] | None] | None = None) -> None:
+        """Keyboard-mode scanners: /dev/uinput for re-typing, no other program holding the grab, and,
+        with ``scan_test`` (reads one test scan's key events), the layout the scanner is really set to."""
+        if self.config is None:
+            return
+        hid = [s for s in self.config.scanners if s.driver == "hid-scanner"]
+        if any(s.retype for s in hid):
+            self._check_uinput()
+        for cfg in hid:
+            self._check_grab(cfg)
+            if scan_test is not None:
+                events = scan_test(cfg)
+                if events is None:
+                    self.add(WARN, f"layout {cfg.name}", f"no test scan arrived; scan {LAYOUT_TEST_CODE!r} (Code 128)")
+                else:
+                    verdict, detail = layout_verdict(events, cfg.layout)
+                    self.add(verdict, f"layout {cfg.name}", detail)
+
+    def _check_uinput(self) -> None:
+        node = self.path("/dev/uinput")
+        if not node.exists():
+            self.add(
+                FAIL,
+                "uinput",
+                "/dev/uinput is missing: keyboard-mode scans cannot be re-typed for the till "
+                "(modprobe uinput; `tillplug install` loads it at boot)",
+            )
+            return
+        st = os.stat(node)
+        group = self._group_name(st.st_gid)
+        if group != GROUP or not st.st_mode & stat.S_IWGRP:
+            self.add(
+                FAIL,
+                "uinput",
+                f"/dev/uinput is group {group}, mode {stat.S_IMODE(st.st_mode):o}: the service cannot re-type scans "
+                f"(the udev rules set group {GROUP}, mode 660: `tillplug install`, then `udevadm trigger`)",
+            )
+        else:
+            self.add(OK, "uinput", f"/dev/uinput (group {group}, mode {stat.S_IMODE(st.st_mode):o})")
+
+    def _check_grab(self, cfg: Any) -> None:
+        from tillplug.devices.registry import load_drivers
+        from tillplug.errors import TillplugError
+
+        try:
+            holder = load_drivers().get(cfg.driver).grab_holder(cfg.port)
+        except TillplugError as exc:
+            self.add(FAIL, f"scanner {cfg.name}", exc.message)
+            return
+        if holder:
+            self.add(FAIL, f"scanner {cfg.name}", f"{cfg.port} is grabbed by another program{holder}")
+        else:
+            self.add(OK, f"scanner {cfg.name}", f"{cfg.port} can be grabbed (no other program holds it)")
+
     def run(self, *, engine: bool = True, printers: bool = True) -> list[Finding]:
         self.check_config()
         self.check_udev()
         self.check_ports()
+        self.check_keyboard_scanners(self.scan_test)
         self.check_conflicting_services()
         self.check_disk()
         if engine:
@@ -241,3 +301,55 @@ class Doctor:
         if printers:
             self.check_printers()
         return self.findings
+
+
+def layout_verdict(events: list[tuple[int, int]], configured: str) -> tuple[str, str]:
+    """What a test scan of LAYOUT_TEST_CODE says about the layout setting."""
+    from tillplug.barcodes.keymaps import decode
+    from tillplug.barcodes.keymaps_data import LAYOUTS
+
+    read = {layout: decode(events, layout).rstrip("\r\t") for layout in LAYOUTS}
+    if read[configured] == LAYOUT_TEST_CODE:
+        return OK, f"the scanner types in the {configured} layout, as configured"
+    matching = [layout for layout, text in read.items() if text == LAYOUT_TEST_CODE]
+    if matching:
+        return FAIL, f'the scanner is set to {matching[0]}, the config says {configured}: set layout = "{matching[0]}"'
+    return FAIL, (
+        f"read as {configured}: {read[configured]!r}, not {LAYOUT_TEST_CODE!r}; no supported layout reads it right "
+        "(set the scanner to one of: " + ", ".join(LAYOUTS) + ")"
+    )
+
+
+def read_test_scan(cfg: Any, timeout: float = 30.0, out: Callable[[str], None] = print) -> list[tuple[int, int]] | None:
+    """Ask for one scan of LAYOUT_TEST_CODE on a keyboard-mode scanner; its key events, or None."""
+    from tillplug.devices.registry import load_drivers
+    from tillplug.errors import TillplugError
+
+    try:
+        driver = load_drivers().get(cfg.driver)(cfg.model_copy(update={"retype": False}))
+        driver.open()
+    except TillplugError as exc:
+        out(f"cannot read {cfg.name}: {exc.message}")
+        return None
+    out(f"scan the layout test code ({LAYOUT_TEST_CODE!r}, Code 128; `tillplug doctor --layout-code FILE` draws it) ")
+    out(f"with {cfg.name} within {timeout:g} s…")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            frames = driver.read_frames()
+            if frames:
+                return list(frames[0].keys)
+    except TillplugError as exc:
+        out(f"cannot read {cfg.name}: {exc.message}")
+    finally:
+        driver.close()
+    return None
+
+
+def write_layout_code(path: str) -> None:
+    """LAYOUT_TEST_CODE as a Code 128 barcode image (PNG), to print or show on a screen."""
+    import barcode
+    from barcode.writer import ImageWriter
+
+    target = path[:-4] if path.endswith(".png") else path  # python-barcode adds the extension
+    barcode.get("code128", LAYOUT_TEST_CODE, writer=ImageWriter()).save(target)

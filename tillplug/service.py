@@ -41,12 +41,22 @@ def udev_rules() -> str:
             name = f"{kind}-{d.vid}-{d.pid}-%E{{TILLPLUG_ID}}"
             common = f'GROUP="{GROUP}", MODE="0660", ENV{{ID_MM_DEVICE_IGNORE}}="1", TAG+="systemd"'
             lines.append(f"# {d.vendor} {d.model}")
+            if d.driver == "hid-scanner":  # keyboard mode: its keyboard event device, for tillplug to grab
+                name = f"hid-{name}"
+                keyboard = 'SUBSYSTEM=="input", KERNEL=="event*", ENV{ID_INPUT_KEYBOARD}=="1"'
+                lines.append(f'{keyboard}, {match}, SYMLINK+="tillplug/{name}", {common}')
+                continue
             lines.append(f'SUBSYSTEM=="tty", {match}, SYMLINK+="tillplug/{name}", {common}')
             if kind == "printer":
                 lines.append(f'SUBSYSTEM=="usbmisc", KERNEL=="lp[0-9]*", {match}, SYMLINK+="tillplug/{name}", {common}')
                 lines.append(f'SUBSYSTEM=="usb", ENV{{DEVTYPE}}=="usb_device", {match}, GROUP="{GROUP}", MODE="0660"')
         lines.append("")
-    lines.append('LABEL="tillplug_end"')
+    lines += [
+        "# The virtual keyboard that re-types the scans of keyboard-mode scanners for the till.",
+        f'KERNEL=="uinput", SUBSYSTEM=="misc", GROUP="{GROUP}", MODE="0660", OPTIONS+="static_node=uinput"',
+        "",
+        'LABEL="tillplug_end"',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +89,9 @@ StateDirectory=tillplug
 StateDirectoryMode=0700
 CacheDirectory=tillplug
 ConfigurationDirectory=tillplug
+# till_port links for tills that read their scanner through tillplug: /run/tillplug/<name>.
+RuntimeDirectory=tillplug
+RuntimeDirectoryMode=0755
 Environment=ESCPOS_CAPABILITIES_PICKLE_DIR=%C/tillplug
 # Two malloc arenas are plenty for a few threads and keep the resident memory small.
 Environment=MALLOC_ARENA_MAX=2
@@ -119,6 +132,12 @@ DeviceAllow=char-ttyUSB rw
 DeviceAllow=char-ttyS rw
 DeviceAllow=char-usb_device rw
 DeviceAllow=char-usbmisc rw
+# Keyboard-mode scanners (evdev), the virtual keyboard that re-types their scans, and the ptys
+# behind till_port.
+DeviceAllow=char-input rw
+DeviceAllow=/dev/uinput rw
+DeviceAllow=/dev/ptmx rw
+DeviceAllow=char-pts rw
 
 [Install]
 WantedBy=multi-user.target
@@ -171,12 +190,17 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
     )
     steps.append(write(etc / "udev" / "rules.d" / RULES_NAME, udev_rules(), 0o644))
     steps.append(write(etc / "systemd" / "system" / UNIT_NAME, unit(exec_path), 0o644))
+    # Keyboard-mode scanners need uinput (the service may not load modules itself).
+    steps.append(write(etc / "modules-load.d" / "tillplug.conf", "uinput\n", 0o644))
     steps.append(write(etc / "tillplug" / "tillplug.toml", example_text(), 0o640, keep=True))
     steps.append(
         Step(
             f"create {etc / 'tillplug' / 'credentials'} (mode 700)",
             lambda: (etc / "tillplug" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True),
         )
+    )
+    steps.append(
+        command("sh", "-c", "modprobe uinput || echo 'uinput is not available: keyboard-mode scanners cannot re-type'")
     )
     steps.append(command("udevadm", "control", "--reload"))
     steps.append(
@@ -187,6 +211,8 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
             "--subsystem-match=tty",
             "--subsystem-match=usb",
             "--subsystem-match=usbmisc",
+            "--subsystem-match=input",
+            "--subsystem-match=misc",
         )
     )
     steps.append(command("systemctl", "daemon-reload"))

@@ -54,15 +54,32 @@ class Classifier:
         ]
 
     def classify(self, text: str, symbology: str | None = None) -> Classified:
-        if symbology in GS1_SYMBOLOGIES or "\x1d" in text:
+        kind, m = self._match(text, symbology)
+        if m is None:
             return Classified(ScanKind.OTHER, text, text, symbology, gs1_details(text, symbology))
+        code = m.groupdict().get("code") or m.group(0)
+        return Classified(kind, code, text, symbology)
+
+    def kind_of(self, text: str, symbology: str | None = None) -> ScanKind:
+        """The kind alone, without reading product codes (what routing a scan needs, fast)."""
+        return self._match(text, symbology)[0]
+
+    def _match(self, text: str, symbology: str | None) -> tuple[ScanKind, re.Match[str] | None]:
+        if symbology in GS1_SYMBOLOGIES or "\x1d" in text:
+            return ScanKind.OTHER, None
         for kind, patterns in self._rules:
             for pattern in patterns:
                 m = pattern.search(text)
                 if m:
-                    code = m.groupdict().get("code") or m.group(0)
-                    return Classified(kind, code, text, symbology)
-        return Classified(ScanKind.OTHER, text, text, symbology, gs1_details(text, symbology))
+                    return kind, m
+        return ScanKind.OTHER, None
+
+
+def preload() -> None:
+    """Import biip now (in a worker thread), not at the first product scan: its ~0.1 s import in the
+    event loop would hold up the scans behind it, which pass-through promises the till within ms.
+    A first parse loads its tables too."""
+    gs1_details("0109506000134352", "]C1")
 
 
 def gs1_details(text: str, symbology: str | None) -> dict[str, Any]:

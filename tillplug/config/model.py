@@ -126,6 +126,16 @@ def _proxy_url(value: str) -> str:
     return value
 
 
+def _hex_bytes(value: str) -> str:
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise ValueError("must be bytes in hex, e.g. '16 4d 0d' (spaces allowed)") from None
+    if not value.strip():
+        raise ValueError("must be at least one byte in hex, e.g. '16 4d 0d'")
+    return value
+
+
 def _abs_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
@@ -254,11 +264,24 @@ class ScannerConfig(Section):
     max_length: int = Field(default=512, ge=8, le=8192)
     strip_prefix: str = ""
     strip_suffix: str = ""
+    # Drop-in at an existing till.  Serial scanners: a pty whose other end appears at this path,
+    # for the till to open as if it were the scanner; scans tillplug does not consume are passed
+    # there byte for byte.  Keyboard (HID) scanners: such scans are re-typed unless retype = false.
+    till_port: Annotated[str, AfterValidator(_abs_path)] | None = None
+    retype: bool = True
+    pass_loyalty: bool = False  # member cards and vouchers go to the till too (as well as to loyalty)
+    layout: Literal["us", "gb", "de", "fr", "be", "es", "it", "nl"] = "us"  # keyboard scanners only
+    # Feedback at the scanner: bytes (hex) that make it beep or light, for a refused and an accepted
+    # loyalty scan.  Off unless set; written only to this scanner's own port.
+    feedback_good: Annotated[str, AfterValidator(_hex_bytes)] | None = None
+    feedback_bad: Annotated[str, AfterValidator(_hex_bytes)] | None = None
 
     @model_validator(mode="after")
     def _port_shape(self) -> ScannerConfig:
         if not (self.port.startswith("/") or re.match(r"^[a-z0-9+]+://", self.port)):
             raise ValueError("port must be a device path like /dev/tillplug/scanner0 or a URL like socket://host:port")
+        if self.till_port is not None and self.till_port == self.port:
+            raise ValueError("till_port must be a new path for the till to open, not the scanner's own port")
         return self
 
 

@@ -14,6 +14,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tillplug.barcodes.framing import Frame
+from tillplug.errors import DriverError
+
 
 class Capability(enum.Enum):
     CUT = "cut"
@@ -40,10 +43,14 @@ class PrinterStatus:
 
 
 class ScannerDriver(ABC):
-    """Reads bytes from a scanner.  Never writes to the port."""
+    """Reads bytes from a scanner.  Writes to it only feedback commands the config declares."""
 
     kind: ClassVar[str] = "scanner"
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # Keyboard scanners frame scans themselves (Enter or Tab key events): ``read_frames`` instead of ``read``.
+    frames_itself: ClassVar[bool] = False
+    # Drivers that hand the till the scans tillplug does not consume themselves (keyboard scanners re-type them).
+    passes_through: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -67,6 +74,19 @@ class ScannerDriver(ABC):
     def read_available(self) -> bytes:
         """With ``fileno()``: the bytes that are there now, without waiting; raise DeviceGone on unplug."""
         return self.read()
+
+    def read_frames(self) -> list[Frame]:
+        """With ``frames_itself``: the scans completed now, or [] after a short timeout."""
+        raise NotImplementedError(f"{type(self).__name__} does not frame scans itself")
+
+    def write(self, data: bytes) -> None:
+        """Send a command to the scanner (feedback); raise DeviceGone, or DriverError if it takes none."""
+        raise DriverError(f"{type(self).__name__} cannot send commands to its scanner")
+
+    def pass_through(self, frame: Frame) -> bool:
+        """Hand the till a scan tillplug does not consume, the way the scanner gave it (keyboard
+        scanners re-type it); False if this driver has no way to."""
+        return False
 
 
 class PrinterDriver(ABC):

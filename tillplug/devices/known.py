@@ -27,6 +27,9 @@ KNOWN_DEVICES: tuple[KnownDevice, ...] = (
     KnownDevice("05f9", "4001", "Datalogic", "Magellan (USB-COM)", "scanner", "serial-scanner"),
     KnownDevice("1eab", "1d06", "Newland", "HR/NLS series (USB-CDC)", "scanner", "serial-scanner"),
     KnownDevice("1eab", "8006", "Newland", "FR/NLS series (USB-CDC)", "scanner", "serial-scanner"),
+    # scanners in USB keyboard (HID) mode: the hid-scanner driver
+    KnownDevice("0c2e", "0200", "Honeywell/Metrologic", "Voyager 1200g (USB keyboard)", "scanner", "hid-scanner"),
+    KnownDevice("05e0", "1200", "Zebra/Symbol", "LS2208 (USB keyboard)", "scanner", "hid-scanner"),
     # ESC/POS receipt printers
     KnownDevice("04b8", "0e15", "Epson", "TM-T20II", "printer", "escpos"),
     KnownDevice("04b8", "0e28", "Epson", "TM-T20III", "printer", "escpos"),

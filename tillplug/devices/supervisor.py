@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tillplug.barcodes.framing import ScanFramer, decode
+from tillplug.barcodes.framing import Frame, ScanFramer, decode
 from tillplug.devices.base import (
     PrinterDriver,
     PrinterState,
@@ -70,11 +70,14 @@ class DeviceHealth:
 
 @dataclass(frozen=True)
 class Scan:
-    text: str
+    text: str  # "" for a frame with nothing to read (an empty line, the LF of a split CR LF)
     symbology: str | None
     device: str
     lane: int
     at: float  # time.time() when the scan completed
+    raw: bytes = b""  # exactly what the scanner sent for it, terminator included (for pass-through)
+    keys: tuple[tuple[int, int], ...] = ()  # keyboard scanners: the key events (code, value) that typed it
+    continuation: bool = False  # raw only: the end of the previous frame's terminator
 
 
 def backoff(failures: int, low: float, high: float) -> float:
@@ -120,6 +123,7 @@ class ScannerSupervisor(_Supervised):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self.driver: ScannerDriver | None = None  # the open driver, for feedback and re-typing
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"scanner-{self.config.name}", daemon=True)
@@ -148,6 +152,7 @@ class ScannerSupervisor(_Supervised):
                 log.info("scanner %s is back on %s after %d failed attempt(s)", h.name, self.config.port, h.failures)
             h.failures = 0
             self._set(DeviceState.READY)
+            self.driver = driver
             try:
                 fd = driver.fileno() if self.loop is not None else None
                 if fd is not None:
@@ -159,7 +164,20 @@ class ScannerSupervisor(_Supervised):
             except Exception as exc:  # a driver bug must not kill the supervisor
                 self._failed(DeviceGone(f"driver error: {type(exc).__name__}: {exc}"), DeviceState.STALE)
             finally:
+                self.driver = None
                 driver.close()
+
+    def send_to_scanner(self, data: bytes) -> bool:
+        """Write a command to the scanner (feedback: beep, light); False if it is not open now."""
+        driver = self.driver
+        if driver is None:
+            return False
+        try:
+            driver.write(data)
+        except (DeviceError, DriverError) as exc:
+            log.warning("scanner %s: could not send feedback: %s", self.health.name, getattr(exc, "message", exc))
+            return False
+        return True
 
     def _failed(self, exc: Exception, state: DeviceState) -> None:
         h = self.health
@@ -175,11 +193,15 @@ class ScannerSupervisor(_Supervised):
         return ScanFramer(terminator=cfg.terminator, max_length=cfg.max_length, idle_gap=cfg.idle_gap_ms / 1000)
 
     def _read_loop(self, driver: ScannerDriver) -> None:
+        if driver.frames_itself:  # keyboard scanners: the driver decodes key events into frames
+            while not self._stop.is_set():
+                self._deliver_frames(driver.read_frames())
+            return
         framer = self._framer()
         while not self._stop.is_set():
             data = driver.read()
             now = time.monotonic()
-            self._deliver(framer, framer.feed(data, now) if data else framer.tick(now))
+            self._deliver(framer, framer.feed_frames(data, now) if data else framer.tick_frames(now))
 
     def _watch_in_loop(self, driver: ScannerDriver, fd: int) -> None:
         """Reads happen in the event loop (one wake-up per scan, no hand-off); this thread waits
@@ -199,10 +221,10 @@ class ScannerSupervisor(_Supervised):
                 lost.set()
                 return
             if data:
-                self._deliver(framer, framer.feed(data, time.monotonic()))
+                self._deliver(framer, framer.feed_frames(data, time.monotonic()))
 
         def tick() -> None:
-            self._deliver(framer, framer.tick(time.monotonic()))
+            self._deliver(framer, framer.tick_frames(time.monotonic()))
 
         loop.call_soon_threadsafe(loop.add_reader, fd, readable)
         idle_gap = self.config.terminator == "none"
@@ -223,7 +245,7 @@ class ScannerSupervisor(_Supervised):
         if failure:
             raise failure[0]
 
-    def _deliver(self, framer: ScanFramer, frames: list[bytes]) -> None:
+    def _deliver(self, framer: ScanFramer, frames: list[Frame]) -> None:
         cfg = self.config
         if framer.dropped != self.dropped:
             self.dropped = framer.dropped
@@ -232,10 +254,25 @@ class ScannerSupervisor(_Supervised):
                 cfg.name,
                 cfg.max_length,
             )
+        self._deliver_frames(frames)
+
+    def _deliver_frames(self, frames: list[Frame]) -> None:
+        """Every frame goes on, in order, with its raw bytes; one with no text only for pass-through."""
+        cfg = self.config
         for frame in frames:
-            text = decode(frame, strip_prefix=cfg.strip_prefix, strip_suffix=cfg.strip_suffix)
-            if text is not None:
-                self.on_scan(Scan(text.text, text.symbology, cfg.name, cfg.lane, time.time()))
+            text = decode(frame.data, strip_prefix=cfg.strip_prefix, strip_suffix=cfg.strip_suffix)
+            self.on_scan(
+                Scan(
+                    text.text if text else "",
+                    text.symbology if text else None,
+                    cfg.name,
+                    cfg.lane,
+                    time.time(),
+                    frame.raw,
+                    frame.keys,
+                    frame.continuation,
+                )
+            )
 
 
 class PrinterSupervisor(_Supervised):

@@ -75,6 +75,7 @@ class VirtualTill:
         sim: SimServer | None = None,
         till_id: str = "till-01",
         dialect: str = "default",
+        scanner_options: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         self.workdir = Path(workdir)
@@ -99,7 +100,13 @@ class VirtualTill:
                 "vouchers": {"mode": voucher_mode},
                 "barcodes": {"local_pool": [r"^(?P<code>LOCAL-[A-Z0-9]{4,12})$"]},
                 "scanners": [
-                    {"name": f"scanner{lane}", "port": str(s.link), "lane": lane, "terminator": "CRLF"}
+                    {
+                        "name": f"scanner{lane}",
+                        "port": str(s.link),
+                        "lane": lane,
+                        "terminator": "CRLF",
+                        **(scanner_options or {}),
+                    }
                     for lane, s in self.scanners.items()
                 ],
                 "printers": [
