@@ -39,7 +39,9 @@ help?*
             ├── InsufficientPoints
             ├── CheckoutNotFound
             ├── CheckoutConflict       e.g. a second completion, a void after completion
-            └── InvalidRequest
+            ├── InvalidRequest
+            ├── PrintJobNotFound
+            └── PrintJobConflict       e.g. cancelling a job that has printed
 
 Messages never contain secrets: errors are built from what was sent and
 received, never from headers or credentials.
@@ -69,6 +71,8 @@ __all__ = [
     "MemberNotFound",
     "OutcomeUnknown",
     "PermanentError",
+    "PrintJobConflict",
+    "PrintJobNotFound",
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
@@ -298,3 +302,15 @@ class InvalidRequest(FlowError):
     code = "invalid_request"
     default_message = "The request is not valid."
     http_status = 400
+
+
+class PrintJobNotFound(FlowError):
+    code = "print_job_not_found"
+    default_message = "There is no such print job."
+    http_status = 404
+
+
+class PrintJobConflict(FlowError):
+    code = "print_job_conflict"
+    default_message = "The print job is not in a state that allows this."
+    http_status = 409

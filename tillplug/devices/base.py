@@ -98,3 +98,11 @@ class PrinterDriver(ABC):
     def status(self) -> PrinterStatus:
         """Override when ``Capability.STATUS`` is declared."""
         return PrinterStatus(PrinterState.UNKNOWN, "this printer does not report status")
+
+    def answers_status(self) -> bool:
+        """Can ``status()`` get an answer over this connection?  Without one a job is only ever ``sent``."""
+        return Capability.STATUS in self.capabilities
+
+    def alive(self) -> bool:
+        """Checked before each job: False when the open connection has died (the driver is then reopened)."""
+        return True

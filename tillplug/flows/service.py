@@ -102,8 +102,18 @@ class Loyalty(PointsFlows, VoucherFlows):
             "checkout_completed", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane
         )
         if member and self.config.receipts.sale_summary:
-            result["printed"] = await self._print(
-                checkout.lane, templates.sale_summary(self.slip, tx_id, self.money(total), expected)
+            result["print"] = await self._print(
+                checkout.lane,
+                templates.sale_summary(
+                    self.slip,
+                    tx_id,
+                    self.money(total),
+                    expected,
+                    member=member.masked,
+                    redeemed=templates.Redeemed(
+                        int(payload["pointsRedeemed"]), [v.name or v.code for v in checkout.vouchers if v.burned]
+                    ),
+                ),
             )
         return result
 
@@ -149,8 +159,11 @@ class Loyalty(PointsFlows, VoucherFlows):
             "vouchersNotReinstated": burned,
         }
         self.events.publish("checkout_voided", result, lane=checkout.lane)
-        if refunded and self.config.receipts.points_slip:
-            result["printed"] = await self._print(checkout.lane, templates.refund_slip(self.slip, tx_id, refunded))
+        if (refunded or burned) and self.config.receipts.points_slip:
+            kept = [v.name or v.code for v in checkout.vouchers if v.burned]
+            result["print"] = await self._print(
+                checkout.lane, templates.refund_slip(self.slip, tx_id, refunded, not_reinstated=kept)
+            )
         return result
 
     # -- scans -------------------------------------------------------------------

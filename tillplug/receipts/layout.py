@@ -7,7 +7,7 @@ for a paper width so that no word or number is ever cut in half.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Align = Literal["left", "center", "right"]
 
@@ -18,6 +18,7 @@ class Text:
     bold: bool = False
     double: bool = False  # double width and height: half the columns
     align: Align = "left"
+    whole: bool = False  # a code: printed in the small font rather than split, if that fits it on one line
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class QR:
 
 
 @dataclass(frozen=True)
+class Image:
+    """A picture (the shop's logo), rasterised by the printer driver."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Feed:
     lines: int = 1
 
@@ -54,7 +62,7 @@ class Cut:
     pass
 
 
-Block = Union[Text, Columns, Rule, Barcode, QR, Feed, Cut]
+Block = Text | Columns | Rule | Barcode | QR | Image | Feed | Cut
 
 
 @dataclass
@@ -74,7 +82,8 @@ def wrap(text: str, width: int) -> list[str]:
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
-        for word in paragraph.split():
+        for whole in paragraph.split():
+            word = whole
             while len(word) > width:  # unavoidable: one word longer than the paper
                 if line:
                     lines.append(line)
