@@ -4,9 +4,12 @@ python-escpos encodes the commands (with the profile from escpos-printer-db);
 this driver owns the connection, so it can time out a status query and tell
 "no answer" apart from "no paper", which python-escpos cannot.
 
-Connections: ``serial:///dev/…``, ``tcp://host:9100``, ``usb://VID:PID``,
-``file:///dev/usb/lp0`` and ``capture:///path`` / ``capture://memory`` (the exact
-byte stream kept for tests, the demo and ``tillplug preview``).
+One class per connection kind, as python-escpos has one per printer kind:
+``serial:///dev/…`` (``SerialConnection``), ``tcp://host:9100`` (``TcpConnection``),
+``usb://VID:PID`` (``UsbConnection``), ``file:///dev/usb/lp0`` (``FileConnection``) and
+``capture:///path`` / ``capture://memory`` (``CaptureConnection``: the exact byte stream
+kept for tests, the demo and ``tillplug preview``).  Each answers DLE EOT status
+queries where its wire can carry the answer, and says "unknown" where it cannot.
 """
 
 from __future__ import annotations
@@ -17,24 +20,49 @@ import logging
 import os
 import select
 import socket
-from typing import Any
-from urllib.parse import urlsplit
+import unicodedata
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
 
-from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus, paper_dots
+from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus
 from tillplug.errors import DeviceBusy, DeviceGone, DriverError
-from tillplug.receipts.layout import QR, Barcode, Columns, Cut, Feed, Receipt, Rule, Text, text_lines
+from tillplug.receipts.code128 import escpos_payload, symbol_count
+from tillplug.receipts.layout import QR, Barcode, Columns, Cut, Feed, Image, Receipt, Rule, Text, text_lines
+from tillplug.receipts.paper import paper_layout, small_font_columns
 
+log = logging.getLogger(__name__)
 # One code page per printer, pinned, so £ € é ß always print the same way.
 PREFERRED_CODE_PAGES = ("CP858", "CP1252", "ISO_8859-15", "CP850", "CP437")
 DLE_EOT = b"\x10\x04"
+BARCODE_MODULE_WIDTHS = (3, 2)  # ESC/POS GS w: 2 is the narrowest most printers accept and scanners read
+# ISO/IEC 15417 asks for ten modules of white each side: the paper's unprinted edge (about 4 mm, over
+# 30 dots) gives it to a left-aligned code at widths 2 and 3, so only the bars must fit the printable dots.
+BARCODE_QUIET_MODULES = 10
 
 
 def _escpos() -> Any:
-    """Import python-escpos once, with its capabilities cache in our cache directory."""
+    """Import python-escpos once, quietly."""
     import escpos.printer
 
     logging.getLogger("escpos").setLevel(logging.WARNING)
     return escpos
+
+
+def use_cache_dir(cache_dir: str | None) -> None:
+    """python-escpos pickles its capabilities into ``ESCPOS_CAPABILITIES_PICKLE_DIR`` and fails with
+    FileNotFoundError when that directory is missing (a fresh install before the daemon ran):
+    create it, or leave python-escpos on its own default when we may not."""
+    if not cache_dir or "ESCPOS_CAPABILITIES_PICKLE_DIR" in os.environ:
+        return
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    if os.access(cache_dir, os.W_OK):
+        os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(cache_dir)
 
 
 def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
@@ -48,7 +76,16 @@ def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
     return next((p for p in PREFERRED_CODE_PAGES if p in pages), next(iter(pages)))
 
 
-def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:  # noqa: C901 -- one test per DLE EOT bit
+def _offline_reasons(offline: int | None, paper: int | None) -> str:
+    """Why an offline printer is offline, from the DLE EOT 2 (offline cause) and 4 (paper) bytes."""
+    causes = ((0x04, "cover open"), (0x20, "paper out"), (0x40, "printer error"))
+    reasons = [name for bit, name in causes if offline is not None and offline & bit]
+    if paper is not None and paper & 0x60 and "paper out" not in reasons:
+        reasons.append("paper out")
+    return ", ".join(reasons) or "offline"
+
+
+def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:
     """Status from DLE EOT 1, 2 and 4 replies.  A missing or malformed reply means UNKNOWN.
 
     A valid reply is exactly one byte with bit 7 = 0, bit 0 = 0, bits 1 and 4 = 1.
@@ -64,17 +101,7 @@ def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:  # noqa: C9
     if printer is None:
         return PrinterStatus(PrinterState.UNKNOWN, "the printer did not answer")
     if printer & 0x08:  # offline: ask why
-        reasons = []
-        if offline is not None:
-            if offline & 0x04:
-                reasons.append("cover open")
-            if offline & 0x20:
-                reasons.append("paper out")
-            if offline & 0x40:
-                reasons.append("printer error")
-        if paper is not None and paper & 0x60 and "paper out" not in reasons:
-            reasons.append("paper out")
-        return PrinterStatus(PrinterState.ERROR, ", ".join(reasons) or "offline")
+        return PrinterStatus(PrinterState.ERROR, _offline_reasons(offline, paper))
     if paper is None:
         return PrinterStatus(PrinterState.UNKNOWN, "the printer did not report its paper")
     if paper & 0x60:
@@ -84,18 +111,337 @@ def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:  # noqa: C9
     return PrinterStatus(PrinterState.OK, "")
 
 
+# -- connections ---------------------------------------------------------------
+
+
+class Connection(ABC):
+    """One wire to a printer.  Blocking; raises DeviceGone/DeviceBusy/DriverError, nothing foreign."""
+
+    scheme: ClassVar[str]
+    answers_status: ClassVar[bool] = False  # can a DLE EOT reply come back over this wire?
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        self.config = config
+        self.url = url
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def ask(self, n: int) -> bytes | None:
+        """One DLE EOT n round trip, bounded by ``status_timeout``; None when nothing (valid) came back."""
+        return None
+
+    def alive(self) -> bool:
+        """Cheap check before a job that the connection has not died since it was opened."""
+        return True
+
+    def _gone(self, what: str, exc: BaseException) -> DeviceGone:
+        return DeviceGone(f"{self.config.connection}: {what} ({exc})")
+
+
+class CaptureConnection(Connection):
+    """Keeps the byte stream (``capture://memory``) or appends it to a file: a printer that always works."""
+
+    scheme = "capture"
+    answers_status = True
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        super().__init__(config, url)
+        self.captured = bytearray()
+        self._file: Any = None
+
+    def open(self) -> None:
+        if self.url.netloc != "memory":
+            try:
+                self._file = open(self.url.path, "ab")  # noqa: SIM115 - kept open across jobs, closed in close()
+            except OSError as exc:
+                raise self._gone("cannot open", exc) from exc
+
+    def write(self, data: bytes) -> None:
+        self.captured += data
+        if self._file is not None:
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except OSError as exc:
+                raise self._gone("write failed", exc) from exc
+
+    def ask(self, n: int) -> bytes | None:
+        return b"\x12"  # online, cover closed, paper present: every DLE EOT n reads as "all well"
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+class TcpConnection(Connection):
+    """A network printer on port 9100.  Connects with a short timeout, notices a socket the
+    printer has closed (restart, power cycle) before writing, and reads DLE EOT replies."""
+
+    scheme = "tcp"
+    answers_status = True
+    write_timeout = 10.0
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        super().__init__(config, url)
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        self.close()
+        try:
+            sock = socket.create_connection(
+                (self.url.hostname, self.url.port or 9100), timeout=self.config.connect_timeout
+            )
+        except OSError as exc:
+            raise self._gone("cannot connect", exc) from exc
+        sock.settimeout(self.write_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
+    def alive(self) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            while select.select([sock], [], [], 0)[0]:
+                if not sock.recv(64):  # an orderly close by the printer
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def write(self, data: bytes) -> None:
+        if self._sock is None:
+            raise DeviceGone(f"{self.config.connection}: not connected")
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise self._gone("write failed", exc) from exc
+
+    def ask(self, n: int) -> bytes | None:
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            while select.select([sock], [], [], 0)[0]:  # a late answer to an earlier query
+                if not sock.recv(64):
+                    return None
+            sock.sendall(DLE_EOT + bytes([n]))
+            ready, _, _ = select.select([sock], [], [], self.config.status_timeout)
+            return sock.recv(16) if ready else None
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class SerialConnection(Connection):
+    scheme = "serial"
+    answers_status = True
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        super().__init__(config, url)
+        self._port: Any = None
+
+    def open(self) -> None:
+        import serial
+
+        cfg, path = self.config, self.url.path
+        flow = cfg.flow_control
+        port = serial.Serial(
+            baudrate=cfg.baudrate,
+            timeout=cfg.status_timeout,
+            write_timeout=10,
+            dsrdtr=flow == "dsrdtr",
+            rtscts=flow == "rtscts",
+            xonxoff=flow == "xonxoff",
+            exclusive=True,
+        )
+        port.port = path
+        try:
+            port.open()
+        except serial.SerialException as exc:
+            if "lock" in str(exc).lower():
+                raise DeviceBusy(f"{path} is in use by another program") from exc
+            raise DeviceGone(f"{path}: {exc}") from exc
+        self._port = port
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except Exception as exc:  # SerialException, SerialTimeoutException, OSError
+            raise self._gone("write failed", exc) from exc
+
+    def ask(self, n: int) -> bytes | None:
+        try:
+            self._port.reset_input_buffer()
+            self._port.write(DLE_EOT + bytes([n]))
+            return bytes(self._port.read(1)) or None
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+
+
+class FileConnection(Connection):
+    """A printer device node (``/dev/usb/lp0``): usblp passes DLE EOT replies back through read()."""
+
+    scheme = "file"
+    answers_status = True
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        super().__init__(config, url)
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        try:
+            self._fd = os.open(self.url.path, os.O_RDWR | os.O_NOCTTY)
+        except OSError as exc:
+            raise self._gone("cannot open", exc) from exc
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise DeviceGone(f"{self.config.connection}: not open")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise self._gone("write failed", exc) from exc
+
+    def ask(self, n: int) -> bytes | None:
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            os.write(fd, DLE_EOT + bytes([n]))
+            ready, _, _ = select.select([fd], [], [], self.config.status_timeout)
+            return os.read(fd, 16) if ready else None
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class UsbConnection(Connection):
+    """A printer claimed directly through pyusb (an optional extra).  Status replies come back
+    on the printer's bulk IN endpoint."""
+
+    scheme = "usb"
+    answers_status = True
+
+    def __init__(self, config: Any, url: SplitResult) -> None:
+        super().__init__(config, url)
+        try:
+            self.vid, self.pid = (int(x, 16) for x in url.netloc.split(":"))
+        except ValueError:
+            raise DriverError(f"usb:// needs VID:PID in hex, e.g. usb://04b8:0e15 (got {url.netloc!r})") from None
+        self._printer: Any = None
+
+    def open(self) -> None:
+        try:
+            import usb.core  # noqa: F401
+        except ImportError:
+            raise DriverError("usb:// printers need pyusb (pip install pyusb)") from None
+        from escpos.printer import Usb
+
+        printer = Usb(self.vid, self.pid, timeout=2000)
+        try:
+            printer.open()
+        except Exception as exc:  # python-escpos raises its own DeviceNotFoundError and pyusb's USBError
+            raise DeviceGone(f"USB printer {self.url.netloc}: {exc}") from exc
+        self._printer = printer
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._printer._raw(data)
+        except Exception as exc:  # usb.core.USBError
+            raise self._gone("write failed", exc) from exc
+
+    def ask(self, n: int) -> bytes | None:
+        printer = self._printer
+        if printer is None:
+            return None
+        try:
+            device = printer.device
+            device.write(printer.out_ep, DLE_EOT + bytes([n]), 1000)
+            reply = device.read(printer.in_ep, 16, int(self.config.status_timeout * 1000))
+            return bytes(reply) or None
+        except Exception:  # usb.core.USBTimeoutError and friends: no answer
+            return None
+
+    def close(self) -> None:
+        printer, self._printer = self._printer, None
+        if printer is not None:
+            with contextlib.suppress(Exception):
+                printer.close()
+
+
+CONNECTIONS: dict[str, type[Connection]] = {
+    c.scheme: c for c in (SerialConnection, TcpConnection, UsbConnection, FileConnection, CaptureConnection)
+}
+
+
+def connection_for(config: Any) -> Connection:
+    url = urlsplit(config.connection)
+    cls = CONNECTIONS.get(url.scheme)
+    if cls is None:
+        raise DriverError(f"escpos cannot use a {url.scheme}:// connection")
+    return cls(config, url)
+
+
+# -- text ----------------------------------------------------------------------
+
+
+def printable(text: str, can_encode: Any) -> str:
+    """Text the pinned code page can print: characters it lacks are transliterated (anyascii), control
+    characters (which would be printer commands) become spaces.  Never a '?' that was not there."""
+    from anyascii import anyascii
+
+    out = []
+    for ch in unicodedata.normalize("NFC", text):  # 'e' + U+0301 is the é the code page has
+        if ch == "\n" or (" " <= ch < "\x7f"):
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch.isspace():
+            out.append(" " if unicodedata.category(ch) != "Cf" else "")
+        elif can_encode(ch):
+            out.append(ch)
+        else:
+            out.append(anyascii(ch).replace("?", ""))
+    return "".join(out)
+
+
+# -- the driver ----------------------------------------------------------------
+
+
 class EscposPrinter(PrinterDriver):
-    capabilities = frozenset({Capability.CUT, Capability.BARCODE, Capability.QR, Capability.STATUS})
+    capabilities = frozenset({Capability.CUT, Capability.BARCODE, Capability.QR, Capability.STATUS, Capability.DRAWER})
 
     def __init__(self, config: Any, cache_dir: str | None = None) -> None:
         super().__init__(config, cache_dir)
-        if cache_dir:
-            os.environ.setdefault("ESCPOS_CAPABILITIES_PICKLE_DIR", str(cache_dir))
-        url = urlsplit(config.connection)
-        self.scheme = url.scheme
-        self._url = url
-        self._conn: Any = None
-        self.captured = bytearray()  # capture://memory keeps the stream here
+        use_cache_dir(cache_dir)
+        self.connection = connection_for(config)
         _escpos()
         from escpos.capabilities import get_profile
 
@@ -104,7 +450,16 @@ class EscposPrinter(PrinterDriver):
         except Exception as exc:
             raise DriverError(f"unknown printer profile '{config.profile}' (see escpos-printer-db)") from exc
         self.code_page = pinned_code_page(config.profile, config.code_page)
-        self.columns = config.effective_columns()
+        self.columns, self.dots = paper_layout(config)
+        self.small_columns = small_font_columns(config.profile, self.columns)
+        self._encoder: Any = None
+        self._logos: dict[tuple[str, int, int], bytes] = {}
+
+    @property
+    def captured(self) -> bytearray:
+        """What a ``capture://`` printer was sent (empty for the other kinds)."""
+        conn = self.connection
+        return conn.captured if isinstance(conn, CaptureConnection) else bytearray()
 
     # -- rendering ---------------------------------------------------------
 
@@ -114,25 +469,84 @@ class EscposPrinter(PrinterDriver):
         out = Dummy(profile=self.config.profile)
         out.hw("INIT")
         out.magic.force_encoding(self.code_page)
+        self._encoder = out.magic.encoder
         with contextlib.redirect_stdout(io.StringIO()):  # python-escpos prints chatter
             for block in receipt.blocks:
                 self._render_block(out, block)
         return bytes(out.output)
 
+    def logo(self, path: str) -> bytes:
+        """The image as centred raster bytes (GS v 0), at most the paper's width; rasterised once per file
+        version.  A logo that cannot be read is left out (and logged once): it never stops a slip."""
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            key: tuple[str, int, int] = (path, -1, -1)
+            if key not in self._logos:
+                log.warning("receipt logo %s cannot be read (%s); slips print without it", path, exc.strerror)
+                self._logos[key] = b""
+            return self._logos[key]
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        if key not in self._logos:
+            self._logos[key] = self._rasterise(path)
+        return self._logos[key]
+
+    def _rasterise(self, path: str) -> bytes:
+        from escpos.printer import Dummy
+        from PIL import Image as PilImage
+
+        try:
+            with PilImage.open(path) as img:
+                picture = img.convert("RGBA")
+        except (OSError, ValueError) as exc:
+            log.warning("receipt logo %s is not an image (%s); slips print without it", path, exc)
+            return b""
+        background = PilImage.new("RGBA", picture.size, "white")
+        picture = PilImage.alpha_composite(background, picture).convert("L")
+        picture.thumbnail((self.dots, self.dots * 2))
+        out = Dummy(profile=self.config.profile)
+        out.set(align="center")
+        with contextlib.redirect_stdout(io.StringIO()):
+            out.image(picture, impl="bitImageRaster")
+        out.set(align="left")
+        return bytes(out.output)
+
+    def drawer_kick(self, pin: int = 2) -> bytes:
+        """The bytes that open a cash drawer on connector pin 2 or 5."""
+        from escpos.printer import Dummy
+
+        out = Dummy(profile=self.config.profile)
+        out.cashdraw(pin)
+        return bytes(out.output)
+
+    def printable(self, text: str) -> str:
+        encoder = self._encoder
+        return printable(text, lambda ch: encoder is not None and encoder.can_encode(self.code_page, ch))
+
     def _render_block(self, out: Any, block: Any) -> None:
         if isinstance(block, (Text, Columns, Rule)):
+            block = self._printable_block(block)
             double = isinstance(block, Text) and block.double
+            small = isinstance(block, Text) and block.whole and self.columns < len(block.text) <= self.small_columns
             bold = getattr(block, "bold", False)
             out.set(bold=bold, double_width=double, double_height=double, align="left", normal_textsize=not double)
-            for line in text_lines(block, self.columns):
+            if small:
+                out._raw(b"\x1bM\x01")  # font B: a code kept on one line
+            for line in text_lines(block, self.small_columns if small else self.columns):
                 out.textln(line)
+            if small:
+                out._raw(b"\x1bM\x00")
             out.set(bold=False, normal_textsize=True)
         elif isinstance(block, Barcode):
-            width = self._module_width(block.data)
+            width = self.module_width(block.data)
             if width is not None:  # too long for this paper: the QR code beside it carries the same text
-                out.barcode("{B" + block.data, "CODE128", function_type="B", height=80, width=width, pos="BELOW")
+                out._raw(b"\x1dh\x50\x1dw" + bytes([width]) + b"\x1dH\x02\x1df\x00")  # height 80, HRI below
+                payload = escpos_payload(block.data)
+                out._raw(b"\x1dkI" + bytes([len(payload)]) + payload)
         elif isinstance(block, QR):
             out.qr(block.data, native=True, size=6, center=False)
+        elif isinstance(block, Image):
+            out._raw(self.logo(block.path))
         elif isinstance(block, Feed):
             out.ln(block.lines)
         elif isinstance(block, Cut):
@@ -140,131 +554,45 @@ class EscposPrinter(PrinterDriver):
         else:
             raise DriverError(f"cannot print a {type(block).__name__}")
 
-    def _module_width(self, data: str) -> int | None:
-        """The widest bars (3 or 2 dots; ESC/POS allows no less) at which the whole Code 128 fits."""
-        modules = 11 * (len(data) + 3) + 2 + 20  # start, data, check, stop, and the quiet zones
-        dots = paper_dots(self.columns)
-        return next((w for w in (3, 2) if modules * w <= dots), None)
+    def _printable_block(self, block: Text | Columns | Rule) -> Text | Columns | Rule:
+        if isinstance(block, Text):
+            return replace(block, text=self.printable(block.text))
+        if isinstance(block, Columns):
+            return replace(block, left=self.printable(block.left), right=self.printable(block.right))
+        return replace(block, char=self.printable(block.char) or "-")
+
+    def module_width(self, data: str) -> int | None:
+        """The widest bars at which the whole Code 128 symbol, quiet zones included, fits the paper;
+        None when it cannot fit (then no barcode at all, never a split one)."""
+        try:
+            modules = 11 * symbol_count(data) + 2
+        except ValueError:
+            return None  # a character Code 128 cannot carry
+        return next((w for w in BARCODE_MODULE_WIDTHS if modules * w <= self.dots), None)
 
     # -- connection ----------------------------------------------------------
 
+    def answers_status(self) -> bool:
+        return self.connection.answers_status
+
     def open(self) -> None:
-        url, cfg = self._url, self.config
-        try:
-            if self.scheme == "capture":
-                self._conn = None if url.netloc == "memory" else open(url.path, "ab")  # noqa: SIM115
-            elif self.scheme == "tcp":
-                self._conn = socket.create_connection((url.hostname, url.port or 9100), timeout=5)
-            elif self.scheme == "file":
-                self._conn = os.open(url.path, os.O_RDWR | os.O_NOCTTY)
-            elif self.scheme == "serial":
-                import serial
+        self.connection.open()
 
-                flow = cfg.flow_control
-                port = serial.Serial(
-                    baudrate=cfg.baudrate,
-                    timeout=cfg.status_timeout,
-                    write_timeout=10,
-                    dsrdtr=flow == "dsrdtr",
-                    rtscts=flow == "rtscts",
-                    xonxoff=flow == "xonxoff",
-                    exclusive=True,
-                )
-                port.port = url.path
-                try:
-                    port.open()
-                except serial.SerialException as exc:
-                    if "lock" in str(exc).lower():
-                        raise DeviceBusy(f"{url.path} is in use by another program") from exc
-                    raise DeviceGone(f"{url.path}: {exc}") from exc
-                self._conn = port
-            elif self.scheme == "usb":
-                self._conn = self._open_usb(url.netloc)
-            else:
-                raise DriverError(f"escpos cannot use a {self.scheme}:// connection")
-        except OSError as exc:
-            raise DeviceGone(f"{cfg.connection}: {exc}") from exc
-
-    def _open_usb(self, ids: str) -> Any:
-        try:
-            vid, pid = (int(x, 16) for x in ids.split(":"))
-        except ValueError:
-            raise DriverError(f"usb:// needs VID:PID in hex, e.g. usb://04b8:0e15 (got {ids!r})") from None
-        try:
-            import usb.core  # noqa: F401
-        except ImportError:
-            raise DriverError("usb:// printers need pyusb (pip install pyusb)") from None
-        from escpos.printer import Usb
-
-        printer = Usb(vid, pid, timeout=2000)
-        try:
-            printer.open()
-        except Exception as exc:
-            raise DeviceGone(f"USB printer {ids}: {exc}") from exc
-        return printer
+    def alive(self) -> bool:
+        return self.connection.alive()
 
     def write(self, data: bytes) -> None:
-        conn = self._conn
-        try:
-            if self.scheme == "capture":
-                self.captured += data
-                if conn is not None:
-                    conn.write(data)
-                    conn.flush()
-            elif self.scheme == "tcp":
-                conn.sendall(data)
-            elif self.scheme == "file":
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(conn, view) :]
-            elif self.scheme == "serial":
-                conn.write(data)
-                conn.flush()
-            elif self.scheme == "usb":
-                conn._raw(data)
-        except Exception as exc:
-            raise DeviceGone(f"{self.config.connection}: write failed ({exc})") from exc
-
-    def _ask(self, n: int) -> bytes | None:
-        """One DLE EOT n round trip, bounded by status_timeout."""
-        timeout = self.config.status_timeout
-        conn = self._conn
-        try:
-            if self.scheme == "tcp":
-                while select.select([conn], [], [], 0)[0]:  # a late answer to an earlier query
-                    if not conn.recv(64):
-                        return None
-                conn.sendall(DLE_EOT + bytes([n]))
-                ready, _, _ = select.select([conn], [], [], timeout)
-                return conn.recv(16) if ready else None
-            if self.scheme == "serial":
-                conn.reset_input_buffer()
-                conn.write(DLE_EOT + bytes([n]))
-                return conn.read(1) or None
-            if self.scheme == "file":
-                os.write(conn, DLE_EOT + bytes([n]))
-                ready, _, _ = select.select([conn], [], [], timeout)
-                return os.read(conn, 16) if ready else None
-        except Exception:
-            return None
-        return None
+        self.connection.write(data)
 
     def status(self) -> PrinterStatus:
-        if self.scheme == "capture":
-            return PrinterStatus(PrinterState.OK, "capture")
-        if self._conn is None:
-            return PrinterStatus(PrinterState.UNKNOWN, "not connected")
-        if self.scheme == "usb":
-            return PrinterStatus(PrinterState.UNKNOWN, "status is not read over usb:// yet; use file:///dev/usb/lp0")
-        replies = {1: self._ask(1)}
+        conn = self.connection
+        if not conn.answers_status:
+            return PrinterStatus(PrinterState.UNKNOWN, f"a {conn.scheme}:// printer cannot report its status")
+        replies = {1: conn.ask(1)}
         if replies[1] is not None:
-            replies[2] = self._ask(2)
-            replies[4] = self._ask(4)
+            replies[2] = conn.ask(2)
+            replies[4] = conn.ask(4)
         return parse_status(replies)
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            os.close(conn) if self.scheme == "file" else conn.close()
+        self.connection.close()

@@ -54,9 +54,19 @@ def all_slips():
     return {
         "balance": T.balance_slip(CTX, "…0001", WALLET, WHEN),
         "voucher": T.voucher_receipt(CTX, BENEFIT, burned=True, when=WHEN),
-        "points": T.points_slip(CTX, 500, Money(500, "GBP"), 750, WHEN),
-        "refund": T.refund_slip(CTX, "TX-1001", 500, WHEN),
-        "sale": T.sale_summary(CTX, "TX-1001", Money(2550, "GBP"), 25, WHEN),
+        "checked": T.voucher_receipt(CTX, BENEFIT, burned=False, when=WHEN),
+        "points": T.points_slip(CTX, 500, Money(500, "GBP"), 750, WHEN, member="…0001", sale="TX-1001"),
+        "refund": T.refund_slip(CTX, "TX-1001", 500, WHEN, not_reinstated=["£5 off your weekly shop"]),
+        "sale": T.sale_summary(
+            CTX,
+            "TX-1001",
+            Money(2550, "GBP"),
+            25,
+            WHEN,
+            member="…0001",
+            redeemed=T.Redeemed(500, ["£5 off your weekly shop"]),
+            balance_after=775,
+        ),
         "test": T.test_page(CTX, "printer0", "TM-T20II", 48, "CP858", WHEN),
     }
 
@@ -71,13 +81,15 @@ def printer(columns=None, width=80, profile="TM-T20II"):
 @pytest.mark.parametrize("name", sorted(all_slips()))
 def test_every_template_fits_the_paper_and_its_codes_scan(tmp_path, columns, name):
     receipt = all_slips()[name]
-    data = printer(columns=columns, width=58 if columns == 32 else 80).render(receipt)
+    p = printer(columns=columns, width=58 if columns == 32 else 80)
+    data = p.render(receipt)
     preview = interpret(data)
     assert preview.unknown == []
     for item in preview.items:
         if item.kind == "text":
-            assert len(item.text) * item.style.width <= columns, item.text
-    png = render_png(preview, tmp_path / f"{name}.png", columns=columns, width_px={32: 384, 42: 512, 48: 576}[columns])
+            cap = p.small_columns if item.style.small else columns
+            assert len(item.text) * item.style.width <= cap, item.text
+    png = render_png(preview, tmp_path / f"{name}.png", columns=columns, width_px=p.dots)
     decoded = {(r.format.name, r.text) for r in zxingcpp.read_barcodes(Image.open(png))}
     expected = {("Code128", i.text) for i in preview.items if i.kind == "barcode"} | {
         ("QRCode", i.text) for i in preview.items if i.kind == "qr"

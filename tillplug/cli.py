@@ -38,6 +38,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from tillplug.devices.registry import driver_names
 
     report = check_config(args.file, known_drivers=driver_names())
+    if report.config is not None:  # paper settings that disagree with the printer's profile
+        from tillplug.config.loader import Problem
+        from tillplug.receipts.paper import layout_warnings
+
+        for i, printer in enumerate(report.config.printers):
+            if printer.driver == "escpos":
+                report.problems += [Problem(f"printers[{i}]", w, "warning") for w in layout_warnings(printer)]
     for problem in report.problems:
         _out(str(problem))
     errors, warnings = len(report.errors), len(report.warnings)
@@ -184,9 +191,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.text or not args.png:
         _out(preview.text(args.columns))
     if args.png:
-        from tillplug.devices.base import paper_dots
+        from tillplug.receipts.paper import dots_for_columns
 
-        render_png(preview, args.png, columns=args.columns, width_px=paper_dots(args.columns))
+        render_png(preview, args.png, columns=args.columns, width_px=dots_for_columns(args.columns))
         _err(f"wrote {args.png}")
     for offset, hexbytes in preview.unknown:
         _err(f"not understood at byte {offset}: {hexbytes}")
@@ -194,12 +201,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_test_print(args: argparse.Namespace) -> int:
-    import asyncio
-
     from tillplug.devices.registry import load_drivers
-    from tillplug.devices.supervisor import PrinterSupervisor
     from tillplug.errors import TillplugError
     from tillplug.receipts import templates
+    from tillplug.spool import JobState, PrinterLink
 
     config = _load(args.config)
     if config is None:
@@ -211,28 +216,26 @@ def cmd_test_print(args: argparse.Namespace) -> int:
             f"(configured: {', '.join(p.name for p in config.printers) or 'none'})"
         )
         return EXIT_USAGE
-    ctx = templates.SlipContext(
-        config.till_id, config.branch_id, config.currency, tuple(config.receipts.header), tuple(config.receipts.footer)
-    )
-
-    async def go() -> str:
-        driver = load_drivers().get(printer.driver)(printer, str(config.cache_dir))
-        sup = PrinterSupervisor(printer, driver)
-        page = templates.test_page(
-            ctx, printer.name, printer.profile, printer.effective_columns(), getattr(driver, "code_page", "-")
-        )
-        await sup.print(page)
-        status = await sup.status()
-        await sup.close()
-        return f"{status.state.value} {status.reason}".strip()
-
+    ctx = templates.SlipContext.from_config(config)
     try:
-        status = asyncio.run(go())
+        driver = load_drivers().get(printer.driver)(printer, str(config.cache_dir))
+        page = templates.test_page(
+            ctx, printer.name, printer.profile, getattr(driver, "columns", 0), getattr(driver, "code_page", "-")
+        )
+        link = PrinterLink(driver)
+        try:
+            status, outcome = link.print_job(driver.render(page))
+        finally:
+            link.close()
     except TillplugError as exc:
         _err(f"tillplug test-print: {exc.message}")
         return EXIT_FAILURE
-    _out(f"test page sent to {printer.name}; printer status: {status}")
-    return EXIT_OK
+    said = f"{status.state.value} {status.reason}".strip()
+    if outcome.state in (JobState.PRINTED, JobState.SENT):
+        _out(f"test page {outcome.state.value} to {printer.name}; printer status: {said}")
+        return EXIT_OK
+    _err(f"tillplug test-print: test page {outcome.state.value} on {printer.name}: {outcome.reason}")
+    return EXIT_FAILURE
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -23,12 +23,12 @@ import uvicorn
 
 from tillplug import __version__, systemd
 from tillplug.api.app import TillApi
+from tillplug.api.print_routes import print_routes
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import (
     DeviceHealth,
-    PrinterSupervisor,
     Scan,
     ScannerSupervisor,
 )
@@ -36,8 +36,6 @@ from tillplug.engine import EngineClient, load_secrets
 from tillplug.errors import (
     ConfigError,
     DriverError,
-    InvalidRequest,
-    PrinterNotReady,
     TillplugError,
 )
 from tillplug.flows.events import EventBus
@@ -46,8 +44,10 @@ from tillplug.metrics import Metrics
 from tillplug.net import listen
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.receipts import templates
-from tillplug.receipts.layout import Receipt
+from tillplug.receipts.layout import Block, Receipt
 from tillplug.routing import Decision, Router, ScanEvents
+from tillplug.spool import JobStore, PrintSpool, PrintSpools
+from tillplug.spool.sales import SaleTracker
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
@@ -98,7 +98,7 @@ class Daemon:
         self.engine_watch = EngineWatch()
         self.metrics = Metrics()
         self.scanners: dict[str, ScannerSupervisor] = {}
-        self.printers: dict[str, PrinterSupervisor] = {}
+        self.printers: dict[str, PrintSpool] = {}
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -157,29 +157,53 @@ class Daemon:
         except (DriverError, TillplugError) as exc:
             log.error("printer %s: %s", cfg.name, exc.message)
             return
-        sup = PrinterSupervisor(cfg, driver, self._device_state)
+        sup = PrintSpool(
+            cfg,
+            driver,
+            self.spools.store,
+            publish=self._print_event,
+            on_state=self._device_state,
+            hold_seconds=self.config.printing.hold_minutes * 60,
+            till_block=self._till_block,
+        )
         self.printers[cfg.name] = sup
-        await sup.open()
+        self.spools.add(sup)
+        sup.start()
 
-    async def _print_on_lane(self, lane: int, receipt: Receipt) -> None:
-        sup = next((p for p in self.printers.values() if p.config.lane == lane), None)
-        if sup is None:
-            raise PrinterNotReady(f"No printer is configured for lane {lane}.")
-        await sup.print(receipt)
+    def _till_block(self, lane: int) -> list[Block] | None:
+        """The loyalty block for the till's own receipt (receipts.append_to_till_receipt)."""
+        if not self.config.receipts.append_to_till_receipt:
+            return None
+        return self.sales.block(lane, self.loyalty.slip)
+
+    async def _follow_sales(self) -> None:
+        """What the till was told about each lane's sale, for the loyalty block on its receipt."""
+        queue = self.events.subscribe()
+        try:
+            while (event := await queue.get()) is not None:
+                self.sales.see(event.type, event.data, event.lane)
+        finally:
+            self.events.unsubscribe(queue)
+
+    def _print_event(self, type_: str, data: dict[str, Any], lane: int | None) -> None:
+        """A print job changed state: the till hears it, the metrics count it."""
+        self.events.publish(type_, data, lane=lane)
+        self.metrics.print_jobs.labels(data["printer"], data["state"]).inc()
+
+    async def _print_on_lane(self, lane: int, receipt: Receipt) -> dict[str, Any]:
+        return await self.spools.submit(lane, receipt)
 
     async def print_test(self, name: str | None) -> dict[str, Any]:
-        sup = self.printers.get(name) if name else next(iter(self.printers.values()), None)
-        if sup is None:
-            raise InvalidRequest(f"No printer named {name!r}." if name else "No printer is configured.")
+        sup = self.spools.named(name)
         page = templates.test_page(
             self.loyalty.slip,
             sup.config.name,
             sup.config.profile,
-            sup.config.effective_columns(),
+            getattr(sup.driver, "columns", 0),
             getattr(sup.driver, "code_page", "-"),
         )
-        await sup.print(page)
-        return {"printer": sup.config.name, "printed": True}
+        data = await asyncio.to_thread(sup.driver.render, page)
+        return {"printer": sup.config.name, **(await sup.submit(data, page.kind)).summary()}
 
     def _engine_call(self, endpoint: str, seconds: float, error: str | None) -> None:
         self.engine_watch(endpoint, seconds, error)
@@ -289,6 +313,11 @@ class Daemon:
         )
         self._opened.push_async_callback(self.client.aclose)
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
+        self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))
+        self._opened.callback(self.spools.store.close)
+        self.sales = SaleTracker()
+        self._tasks.append(asyncio.ensure_future(self._follow_sales()))
+        await asyncio.to_thread(self.spools.store.recover)
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))
         self.loyalty = Loyalty(
             cfg,
@@ -327,6 +356,7 @@ class Daemon:
             token=token,
             metrics=self.metrics.exposition,
         )
+        api.app.router.routes.extend(print_routes(api, self.spools))
         sock = listen(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
         api_server = self.api_server = _ApiServer(
@@ -378,6 +408,7 @@ class Daemon:
             if new_p.get(name) != old_p.get(name):
                 await psup.close()
                 del self.printers[name]
+                self.spools.remove(name)
         self.config = new.model_copy(update={"engine": old.engine, "api": old.api, "state_dir": old.state_dir})
         self.loyalty.reconfigure(self.config)
         self.router.reconfigure(self.config)

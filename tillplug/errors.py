@@ -40,7 +40,9 @@ help?*
             ├── InsufficientPoints
             ├── CheckoutNotFound
             ├── CheckoutConflict       e.g. a second completion, a void after completion
-            └── InvalidRequest
+            ├── InvalidRequest
+            ├── PrintJobNotFound
+            └── PrintJobConflict       e.g. cancelling a job that has printed
 
 Messages never contain secrets: errors are built from what was sent and
 received, never from headers or credentials.
@@ -70,6 +72,8 @@ __all__ = [
     "MemberNotFound",
     "OutcomeUnknown",
     "PermanentError",
+    "PrintJobConflict",
+    "PrintJobNotFound",
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
@@ -318,3 +322,15 @@ class InvalidRequest(FlowError):
     def __init__(self, message: str | None = None, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.details = details or []  # one {field, problem} per invalid field of a request body
+
+
+class PrintJobNotFound(FlowError):
+    code = "print_job_not_found"
+    default_message = "There is no such print job."
+    http_status = 404
+
+
+class PrintJobConflict(FlowError):
+    code = "print_job_conflict"
+    default_message = "The print job is not in a state that allows this."
+    http_status = 409

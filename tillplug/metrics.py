@@ -56,6 +56,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.scans = Counter("tillplug_scans", "Scans by kind", ["kind"], registry=self.registry)
+        self.print_jobs = Counter(
+            "tillplug_print_jobs",
+            "Print jobs entering each state, by printer",
+            ["printer", "state"],
+            registry=self.registry,
+        )
         self.engine_latency = Histogram(
             "tillplug_engine_request_seconds",
             "Engine round trips by endpoint",

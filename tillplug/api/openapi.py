@@ -7,6 +7,7 @@ from typing import Any
 
 from tillplug import __version__
 from tillplug.api import app as models
+from tillplug.api.print_routes import PRINT_ROUTES
 
 ERROR = {
     "type": "object",
@@ -67,6 +68,7 @@ ROUTES: list[tuple[str, str, str, Any, int]] = [
     ("post", "/v1/print/balance", "Print a balance slip for a member", models.PrintBalance, 200),
     ("post", "/v1/print/test", "Print the test page", models.PrintTest, 200),
 ]
+ROUTES += [route[:5] for route in PRINT_ROUTES]  # the print spool's routes (tillplug/api/print_routes.py)
 
 
 @lru_cache(maxsize=1)

@@ -303,6 +303,10 @@ class PrinterConfig(Section):
     baudrate: BAUDRATES = 9600
     flow_control: Literal["dsrdtr", "rtscts", "xonxoff", "none"] = "dsrdtr"
     status_timeout: Annotated[float, Field(gt=0, le=10)] = 0.5
+    # A network printer that does not accept the connection in this time is away: the job is held.
+    connect_timeout: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # A loopback TCP port (9100-style) the till's own ESC/POS driver can print to, sharing this printer.
+    share_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _connection_shape(self) -> PrinterConfig:
@@ -311,17 +315,47 @@ class PrinterConfig(Section):
             raise ValueError("connection must start with one of " + ", ".join(f"{s}://" for s in PRINTER_SCHEMES))
         return self
 
-    def effective_columns(self) -> int:
-        return self.columns or (32 if self.paper_width_mm == 58 else 48)
+
+def _slip_language(value: str) -> str:
+    from babel import Locale, UnknownLocaleError
+
+    from tillplug.receipts.messages import LANGUAGES, language_of
+    from tillplug.receipts.templates import babel_locale
+
+    if language_of(value) not in LANGUAGES:
+        raise ValueError(f"slips are written in {', '.join(LANGUAGES)} (a locale such as fr_BE is fine too)")
+    try:
+        Locale.parse(babel_locale(value))
+    except (ValueError, UnknownLocaleError):
+        raise ValueError(f"{value!r} is not a locale Babel knows") from None
+    return value
+
+
+FooterLines = list[Annotated[str, Field(max_length=64)]]
 
 
 class ReceiptsConfig(Section):
-    header: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
-    footer: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
+    header: FooterLines = Field(default_factory=list)
+    footer: FooterLines = Field(default_factory=list)
+    # Per slip kind, instead of ``footer``: e.g. voucher = ["Valid in every store"].
+    footers: dict[Literal["balance", "voucher", "points", "refund", "sale", "test"], FooterLines] = Field(
+        default_factory=dict
+    )
+    language: Annotated[str, AfterValidator(_slip_language)] = "en"
+    logo: Annotated[str, AfterValidator(_abs_path)] | None = None  # an image file, printed at the top of each slip
+    # Add the loyalty block (member, points spent and earned, balance) to the till's own receipt, printed
+    # through this printer's spool (POST /v1/print/raw or share_port), before its cut.
+    append_to_till_receipt: bool = False
     balance_slip: bool = True
     voucher_receipt: bool = True
     points_slip: bool = True
     sale_summary: bool = True
+
+
+class PrintingConfig(Section):
+    # A slip held (paper out, cover open, printer away) longer than this is never printed by itself,
+    # so it cannot come out for the next customer; it can still be reprinted.
+    hold_minutes: float = Field(default=2, gt=0, le=24 * 60)
 
 
 class ApiConfig(Section):
@@ -373,6 +407,7 @@ class Config(Section):
     scanners: list[ScannerConfig] = Field(default_factory=list)
     printers: list[PrinterConfig] = Field(default_factory=list)
     receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
+    printing: PrintingConfig = Field(default_factory=PrintingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
 

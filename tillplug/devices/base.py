@@ -119,7 +119,10 @@ class PrinterDriver(ABC):
         """Override when ``Capability.STATUS`` is declared."""
         return PrinterStatus(PrinterState.UNKNOWN, "this printer does not report status")
 
+    def answers_status(self) -> bool:
+        """Can ``status()`` get an answer over this connection?  Without one a job is only ever ``sent``."""
+        return Capability.STATUS in self.capabilities
 
-def paper_dots(columns: int) -> int:
-    """Printable dots across the paper for a Font A column count (58 mm: 384, 80 mm: 512 or 576)."""
-    return {32: 384, 42: 512, 48: 576}.get(columns, columns * 12)
+    def alive(self) -> bool:
+        """Checked before each job: False when the open connection has died (the driver is then reopened)."""
+        return True

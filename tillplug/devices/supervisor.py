@@ -22,9 +22,6 @@ from typing import Any
 
 from tillplug.barcodes.framing import Frame, ScanFramer, decode
 from tillplug.devices.base import (
-    PrinterDriver,
-    PrinterState,
-    PrinterStatus,
     ScannerDriver,
 )
 from tillplug.errors import (
@@ -32,7 +29,6 @@ from tillplug.errors import (
     DeviceError,
     DeviceGone,
     DriverError,
-    PrinterNotReady,
 )
 
 log = logging.getLogger(__name__)
@@ -273,69 +269,3 @@ class ScannerSupervisor(_Supervised):
                     frame.continuation,
                 )
             )
-
-
-class PrinterSupervisor(_Supervised):
-    """Prints on demand; reopens a printer that went away at the next job."""
-
-    def __init__(
-        self, config: Any, driver: PrinterDriver, on_state: Callable[[DeviceHealth], None] = lambda h: None
-    ) -> None:
-        self.config = config
-        self.driver = driver
-        self.on_state = on_state
-        self.health = DeviceHealth(config.name, "printer")
-        self._lock = asyncio.Lock()
-        self._open = False
-        self.last_status: PrinterStatus = PrinterStatus(PrinterState.UNKNOWN, "not asked yet")
-
-    def _ensure_open(self) -> None:
-        if not self._open:
-            self.driver.open()
-            self._open = True
-            if self.health.failures:
-                self.health.reconnects += 1
-                log.info("printer %s is back after %d failure(s)", self.health.name, self.health.failures)
-            self.health.failures = 0
-            self._set(DeviceState.READY)
-
-    def _print_blocking(self, receipt: Any) -> bytes:
-        data = self.driver.render(receipt)
-        try:
-            self._ensure_open()
-            self.driver.write(data)
-        except (DeviceError, DriverError) as exc:
-            self._open = False
-            self.driver.close()
-            self.health.failures += 1
-            reason = getattr(exc, "message", str(exc))
-            if should_log(self.health.failures):
-                log.warning("printer %s: %s", self.health.name, reason)
-            self._set(DeviceState.STALE if isinstance(exc, DeviceGone) else DeviceState.ERROR, reason)
-            raise PrinterNotReady(f"printer {self.health.name}: {reason}") from exc
-        return data
-
-    async def open(self) -> None:
-        """Try to open at start-up; a printer that is not there yet is not fatal."""
-        async with self._lock:
-            try:
-                await asyncio.to_thread(self._ensure_open)
-            except (DeviceError, DriverError) as exc:
-                self.health.failures += 1
-                self._set(DeviceState.STALE, getattr(exc, "message", str(exc)))
-
-    async def print(self, receipt: Any) -> bytes:
-        async with self._lock:  # one job at a time per printer
-            return await asyncio.to_thread(self._print_blocking, receipt)
-
-    async def status(self) -> PrinterStatus:
-        async with self._lock:
-            if not self._open:
-                return PrinterStatus(PrinterState.UNKNOWN, self.health.reason or "not connected")
-            self.last_status = await asyncio.to_thread(self.driver.status)
-            return self.last_status
-
-    async def close(self) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self.driver.close)
-            self._open = False

@@ -43,7 +43,8 @@ TX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MEMBER_TTL = 600.0
 MEMBER_CACHE = 1000
 
-Printer = Callable[[int, Receipt], Awaitable[None]]
+# Queues a slip on the lane's printer and answers {"job": ID, "state": "queued"} at once (tillplug.spool).
+Printer = Callable[[int, Receipt], Awaitable[dict[str, Any]]]
 
 
 def benefit_view(b: Benefit) -> dict[str, Any]:
@@ -86,13 +87,7 @@ class FlowBase:
         """Rules, rates and slip texts from a (re)loaded config; they apply from the next request."""
         self.config = config
         self.classifier = Classifier(config.barcodes)
-        self.slip = templates.SlipContext(
-            config.till_id,
-            config.branch_id,
-            config.currency,
-            tuple(config.receipts.header),
-            tuple(config.receipts.footer),
-        )
+        self.slip = templates.SlipContext.from_config(config)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -119,15 +114,15 @@ class FlowBase:
             raise CheckoutConflict("Scan the member's card first.")
         return checkout.member
 
-    async def _print(self, lane: int, receipt: Receipt) -> bool:
+    async def _print(self, lane: int, receipt: Receipt) -> dict[str, Any] | None:
+        """The queued print job, or None when there is no printer to queue it on."""
         if self.printer is None:
-            return False
+            return None
         try:
-            await self.printer(lane, receipt)
-            return True
+            return await self.printer(lane, receipt)
         except (PrinterNotReady, TillplugError) as exc:
             self.events.publish("error", {"code": exc.code, "message": exc.message}, lane=lane)
-            return False
+            return None
 
     def _event(self, type_: str, member: Member | None, payload: dict[str, Any]) -> EventDefinition:
         body = {
@@ -185,7 +180,7 @@ class FlowBase:
         view = self.wallet_view(member, wallet)
         self.events.publish("member_found", view, lane=lane)
         if print_slip and lane is not None and self.config.receipts.balance_slip:
-            view["printed"] = await self._print(lane, templates.balance_slip(self.slip, member.masked, wallet))
+            view["print"] = await self._print(lane, templates.balance_slip(self.slip, member.masked, wallet))
         return view
 
     # -- checkouts -----------------------------------------------------------------

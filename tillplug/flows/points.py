@@ -87,8 +87,16 @@ class PointsFlows(FlowBase):
         }
         self.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
         if self.config.receipts.points_slip:
-            result["printed"] = await self._print(
-                checkout.lane, templates.points_slip(self.slip, points, self.money(money), balance_after)
+            result["print"] = await self._print(
+                checkout.lane,
+                templates.points_slip(
+                    self.slip,
+                    points,
+                    self.money(money),
+                    balance_after,
+                    member=checkout.member.masked if checkout.member else None,
+                    sale=tx_id,
+                ),
             )
         return result
 

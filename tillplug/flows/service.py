@@ -56,13 +56,14 @@ class Loyalty(PointsFlows, VoucherFlows):
             member = checkout.member
             types = self.config.engine.event_types
             lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
+            points_redeemed = sum(d.points for d in self.checkouts.deductions(tx_id, "confirmed"))
             payload = {
                 "transactionId": tx_id,
                 "cashierId": checkout.cashier_id,
                 "total": total,
                 "currency": self.config.currency,
                 "basket": lines,
-                "pointsRedeemed": sum(d.points for d in self.checkouts.deductions(tx_id, "confirmed")),
+                "pointsRedeemed": points_redeemed,
             }
             event = self._event(types.transaction, member, {k: v for k, v in payload.items() if v is not None})
             key = event.payload["eventKey"]
@@ -102,8 +103,18 @@ class Loyalty(PointsFlows, VoucherFlows):
             "checkout_completed", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane
         )
         if member and self.config.receipts.sale_summary:
-            result["printed"] = await self._print(
-                checkout.lane, templates.sale_summary(self.slip, tx_id, self.money(total), expected)
+            result["print"] = await self._print(
+                checkout.lane,
+                templates.sale_summary(
+                    self.slip,
+                    tx_id,
+                    self.money(total),
+                    expected,
+                    member=member.masked,
+                    redeemed=templates.Redeemed(
+                        points_redeemed, [v.name or v.code for v in checkout.vouchers if v.burned]
+                    ),
+                ),
             )
         return result
 
@@ -149,8 +160,11 @@ class Loyalty(PointsFlows, VoucherFlows):
             "vouchersNotReinstated": burned,
         }
         self.events.publish("checkout_voided", result, lane=checkout.lane)
-        if refunded and self.config.receipts.points_slip:
-            result["printed"] = await self._print(checkout.lane, templates.refund_slip(self.slip, tx_id, refunded))
+        if (refunded or burned) and self.config.receipts.points_slip:
+            kept = [v.name or v.code for v in checkout.vouchers if v.burned]
+            result["print"] = await self._print(
+                checkout.lane, templates.refund_slip(self.slip, tx_id, refunded, not_reinstated=kept)
+            )
         return result
 
     # -- scans -------------------------------------------------------------------

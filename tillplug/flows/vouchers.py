@@ -72,7 +72,7 @@ class VoucherFlows(FlowBase):
         result = {"transactionId": tx_id, "kind": "engine", "ok": True, **voucher.to_api()}
         self.events.publish("voucher_result", result, lane=checkout.lane)
         if self.config.receipts.voucher_receipt:
-            result["printed"] = await self._print(
+            result["print"] = await self._print(
                 checkout.lane, templates.voucher_receipt(self.slip, benefit, burned=burned)
             )
         return result

@@ -19,6 +19,7 @@ class Text:
     bold: bool = False
     double: bool = False  # double width and height: half the columns
     align: Align = "left"
+    whole: bool = False  # a code: printed in the small font rather than split, if that fits it on one line
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ class QR:
 
 
 @dataclass(frozen=True)
+class Image:
+    """A picture (the shop's logo), rasterised by the printer driver."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Feed:
     lines: int = 1
 
@@ -55,7 +63,7 @@ class Cut:
     pass
 
 
-Block = Text | Columns | Rule | Barcode | QR | Feed | Cut
+Block = Text | Columns | Rule | Barcode | QR | Image | Feed | Cut
 
 
 @dataclass
@@ -75,8 +83,8 @@ def wrap(text: str, width: int) -> list[str]:
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
-        for whole_word in paragraph.split():
-            word = whole_word
+        for whole in paragraph.split():
+            word = whole
             while len(word) > width:  # unavoidable: one word longer than the paper
                 if line:
                     lines.append(line)

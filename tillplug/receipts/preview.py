@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tillplug.receipts.code128 import from_escpos_payload
+
 # ESC t n → Python codec (the pages tillplug pins, and the common ones).
 CODE_PAGES = {
     0: "cp437",
@@ -27,6 +29,9 @@ CODE_PAGES = {
     45: "cp1250",
     46: "cp1251",
 }
+# The unprinted edge of thermal paper either side of the printable dots (about 4 mm at 203 dpi), drawn
+# as the preview's margin: it is also a left-aligned barcode's quiet zone.
+PAPER_MARGIN = 32
 BARCODE_B = {
     65: "UPC-A",
     66: "UPC-E",
@@ -48,6 +53,7 @@ class Style:
     height: int = 1
     align: str = "left"
     underline: bool = False
+    small: bool = False  # font B (ESC M 1): four columns in the space of three
 
 
 @dataclass
@@ -57,6 +63,8 @@ class Item:
     style: Style = field(default_factory=Style)
     symbology: str = ""
     module: int = 2  # barcode bar width in printer dots (GS w)
+    symbols: list[int] = field(default_factory=list)  # Code 128 symbol values, as the printer encodes them
+    raster: tuple[int, int, bytes] | None = None  # an image: (width in bytes, height in dots, the bits)
 
 
 @dataclass
@@ -68,7 +76,7 @@ class Preview:
         out: list[str] = []
         for item in self.items:
             if item.kind == "text":
-                cols = max(1, columns // item.style.width)
+                cols = max(1, (columns * 4 // 3 if item.style.small else columns) // item.style.width)
                 line = item.text
                 if item.style.align == "center":
                     line = line.center(cols).rstrip()
@@ -80,150 +88,183 @@ class Preview:
             elif item.kind == "feed":
                 out.append("")
             elif item.kind == "barcode":
-                out.append(f"[{item.symbology} barcode: {item.text}]".center(columns).rstrip())
+                out.append(_aligned(f"[{item.symbology} barcode: {item.text}]", columns, item.style.align))
             elif item.kind == "qr":
-                out.append(f"[QR code: {item.text}]".center(columns).rstrip())
+                out.append(_aligned(f"[QR code: {item.text}]", columns, item.style.align))
+            elif item.kind == "image" and item.raster is not None:
+                out.append(_aligned(f"[image {item.raster[0] * 8}x{item.raster[1]} dots]", columns, item.style.align))
             elif item.kind == "cut":
                 out.append("✂" + "-" * (columns - 1))
         return "\n".join(out)
 
 
-def interpret(data: bytes) -> Preview:  # noqa: C901, PLR0912, PLR0915 -- one dispatch over ESC/POS commands
-    items: list[Item] = []
-    unknown: list[tuple[int, str]] = []
-    style = Style()
-    codec = "cp437"
-    line = bytearray()
-    qr_data = b""
-    module = 3  # GS w default
-    i, n = 0, len(data)
+def _aligned(line: str, columns: int, how: str) -> str:
+    """As the printer places it: codes follow ESC a like text does."""
+    return line.center(columns).rstrip() if how == "center" else line.rjust(columns) if how == "right" else line
 
-    def flush(force: bool = False) -> None:
-        nonlocal line
-        if line or force:
-            items.append(Item("text", line.decode(codec, errors="replace"), Style(**style.__dict__)))
-            line = bytearray()
 
-    def arg(k: int = 0) -> int:
-        return data[i + k] if i + k < n else 0
+ALIGN = {0: "left", 1: "center", 2: "right", 48: "left", 49: "center", 50: "right"}
+# ESC commands with one argument byte that change nothing the preview draws: font, strike, flip, spacing...
+ESC_IGNORED = (0x47, 0x7B, 0x33, 0x20, 0x56, 0x72, 0x52)
+# Their lengths: ESC 2 (default line spacing), ESC p m t1 t2 (drawer kick), and the ignored ones.
+ESC_FIXED = {0x32: 2, 0x70: 5, **dict.fromkeys(ESC_IGNORED, 3)}
+# GS commands with fixed arguments that change nothing drawn: barcode height/font/HRI, invert; margins
+GS_IGNORED = {0x68: 3, 0x66: 3, 0x48: 3, 0x42: 3, 0x4C: 4, 0x57: 4}
 
-    while i < n:
-        b = data[i]
-        if b == 0x0A:
-            flush(force=True)
-            i += 1
-        elif b == 0x0D:
-            i += 1
-        elif b == 0x1B:  # ESC
-            cmd = arg(1)
-            if cmd == 0x40:  # ESC @ initialise
-                style, codec = Style(), "cp437"
-                i += 2
-            elif cmd == 0x74:  # ESC t n code page
-                codec = CODE_PAGES.get(arg(2), codec)
-                if arg(2) not in CODE_PAGES:
-                    unknown.append((i, data[i : i + 3].hex(" ")))
-                i += 3
-            elif cmd == 0x61:  # ESC a n align
-                style.align = {0: "left", 1: "center", 2: "right", 48: "left", 49: "center", 50: "right"}.get(
-                    arg(2), "left"
-                )
-                i += 3
-            elif cmd == 0x45:  # ESC E n bold
-                style.bold = bool(arg(2) & 1)
-                i += 3
-            elif cmd == 0x21:  # ESC ! n print mode
-                m = arg(2)
-                style.bold = bool(m & 0x08)
-                style.height = 2 if m & 0x10 else 1
-                style.width = 2 if m & 0x20 else 1
-                i += 3
-            elif cmd == 0x2D:  # ESC - n underline
-                style.underline = bool(arg(2) & 3)
-                i += 3
-            elif cmd in (
-                0x4D,
-                0x47,
-                0x7B,
-                0x33,
-                0x20,
-                0x56,
-                0x72,
-                0x52,
-            ):  # font, strike, flip, spacing...: no effect here
-                i += 3
-            elif cmd == 0x32:  # ESC 2 default spacing
-                i += 2
-            elif cmd == 0x64:  # ESC d n feed lines
-                flush()
-                items.extend(Item("feed") for _ in range(arg(2)))
-                i += 3
-            elif cmd == 0x70:  # ESC p m t1 t2 drawer kick
-                i += 5
+
+class _Interpreter:
+    """Reads the stream once; each command family has its method, which returns the bytes it took."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.items: list[Item] = []
+        self.unknown: list[tuple[int, str]] = []
+        self.style = Style()
+        self.codec = "cp437"
+        self.line = bytearray()
+        self.qr_data = b""
+        self.module = 3  # GS w default
+        self.i = 0
+
+    def arg(self, k: int = 0) -> int:
+        return self.data[self.i + k] if self.i + k < len(self.data) else 0
+
+    def flush(self, force: bool = False) -> None:
+        if self.line or force:
+            self.items.append(
+                Item("text", self.line.decode(self.codec, errors="replace"), Style(**self.style.__dict__))
+            )
+            self.line = bytearray()
+
+    def not_understood(self, length: int) -> int:
+        self.unknown.append((self.i, self.data[self.i : self.i + length].hex(" ")))
+        return length
+
+    def run(self) -> Preview:
+        while self.i < len(self.data):
+            b = self.data[self.i]
+            if b == 0x0A:
+                self.flush(force=True)
+                self.i += 1
+            elif b == 0x1B:
+                self.i += self.esc(self.arg(1))
+            elif b == 0x1D:
+                self.i += self.gs(self.arg(1))
+            elif b == 0x10 and self.arg(1) == 0x04:  # DLE EOT n: a status query, not printed
+                self.i += 3
+            elif b < 0x20 and b not in (0x09, 0x0D):
+                self.i += self.not_understood(1)
             else:
-                unknown.append((i, data[i : i + 2].hex(" ")))
-                i += 2
-        elif b == 0x1D:  # GS
-            cmd = arg(1)
-            if cmd == 0x21:  # GS ! n size
-                style.width, style.height = (arg(2) >> 4) + 1, (arg(2) & 0x0F) + 1
-                i += 3
-            elif cmd == 0x77:  # GS w n: bar width
-                module = max(1, min(6, arg(2)))
-                i += 3
-            elif cmd in (0x68, 0x66, 0x48, 0x42, 0x4C, 0x57):  # barcode height/font/HRI, invert, margins
-                i += 3 if cmd not in (0x4C, 0x57) else 4
-            elif cmd == 0x6B:  # GS k barcode
-                flush()
-                m = arg(2)
-                if m >= 65:
-                    length = arg(3)
-                    raw = data[i + 4 : i + 4 + length]
-                    text = raw.decode("ascii", errors="replace")
-                    if m == 73 and text[:2] in ("{A", "{B", "{C"):
-                        text = text[2:]
-                    items.append(Item("barcode", text, Style(align=style.align), BARCODE_B.get(m, f"type {m}"), module))
-                    i += 4 + length
-                else:
-                    end = data.find(b"\x00", i + 3)
-                    end = n if end < 0 else end
-                    items.append(
-                        Item(
-                            "barcode",
-                            data[i + 3 : end].decode("ascii", errors="replace"),
-                            Style(align=style.align),
-                            BARCODE_A.get(m, f"type {m}"),
-                            module,
-                        )
-                    )
-                    i = end + 1
-            elif cmd == 0x28 and arg(2) == 0x6B:  # GS ( k: 2D codes
-                length = arg(3) + arg(4) * 256
-                cn, fn = arg(5), arg(6)
-                payload = data[i + 7 : i + 5 + length]
-                if cn == 49 and fn == 80:
-                    qr_data = payload[1:]
-                elif cn == 49 and fn == 81:
-                    flush()
-                    items.append(Item("qr", qr_data.decode("utf-8", errors="replace"), Style(align="center")))
-                i += 5 + length
-            elif cmd == 0x56:  # GS V cut
-                flush()
-                items.append(Item("cut"))
-                i += 3 if arg(2) in (0, 1, 48, 49) else 4
-            else:
-                unknown.append((i, data[i : i + 2].hex(" ")))
-                i += 2
-        elif b == 0x10 and arg(1) == 0x04:  # DLE EOT n: a status query, not printed
-            i += 3
-        elif b < 0x20 and b != 0x09:
-            unknown.append((i, f"{b:02x}"))
-            i += 1
+                if b != 0x0D:
+                    self.line.append(b)
+                self.i += 1
+        self.flush()
+        return Preview(self.items, self.unknown)
+
+    def esc(self, cmd: int) -> int:
+        if cmd == 0x40:  # ESC @ initialise
+            self.style, self.codec = Style(), "cp437"
+            return 2
+        if cmd == 0x74:  # ESC t n code page
+            if self.arg(2) not in CODE_PAGES:
+                self.not_understood(3)
+            self.codec = CODE_PAGES.get(self.arg(2), self.codec)
+            return 3
+        if cmd == 0x64:  # ESC d n feed lines
+            self.flush()
+            self.items.extend(Item("feed") for _ in range(self.arg(2)))
+            return 3
+        if cmd in ESC_FIXED:
+            return ESC_FIXED[cmd]
+        return 3 if self.text_mode(cmd, self.arg(2)) else self.not_understood(2)
+
+    def text_mode(self, cmd: int, n: int) -> bool:
+        """ESC a / E / ! / - / M: how the next text looks.  False for any other command."""
+        style = self.style
+        if cmd == 0x61:  # align
+            style.align = ALIGN.get(n, "left")
+        elif cmd == 0x45:  # bold
+            style.bold = bool(n & 1)
+        elif cmd == 0x21:  # print mode
+            style.bold, style.height, style.width = bool(n & 0x08), 2 if n & 0x10 else 1, 2 if n & 0x20 else 1
+        elif cmd == 0x2D:  # underline
+            style.underline = bool(n & 3)
+        elif cmd == 0x4D:  # font
+            style.small = n in (1, 49)
         else:
-            line.append(b)
-            i += 1
-    flush()
-    return Preview(items, unknown)
+            return False
+        return True
+
+    def gs(self, cmd: int) -> int:
+        if cmd in GS_IGNORED:
+            return GS_IGNORED[cmd]
+        handlers = {0x21: self.size, 0x77: self.bar_width, 0x6B: self.barcode, 0x56: self.cut}
+        handler = handlers.get(cmd)
+        if cmd == 0x28 and self.arg(2) == 0x6B:  # GS ( k: 2D codes
+            handler = self.two_d
+        elif cmd == 0x76 and self.arg(2) == 0x30:  # GS v 0: a raster image (the logo)
+            handler = self.raster
+        return handler() if handler else self.not_understood(2)
+
+    def size(self) -> int:  # GS ! n
+        self.style.width, self.style.height = (self.arg(2) >> 4) + 1, (self.arg(2) & 0x0F) + 1
+        return 3
+
+    def bar_width(self) -> int:  # GS w n
+        self.module = max(1, min(6, self.arg(2)))
+        return 3
+
+    def cut(self) -> int:  # GS V m [n]
+        self.flush()
+        self.items.append(Item("cut"))
+        return 3 if self.arg(2) in (0, 1, 48, 49) else 4
+
+    def barcode(self) -> int:  # GS k m ...
+        self.flush()
+        data, i, m = self.data, self.i, self.arg(2)
+        if m < 65:  # GS k m d1...dk NUL
+            end = data.find(b"\x00", i + 3)
+            end = len(data) if end < 0 else end
+            text = data[i + 3 : end].decode("ascii", errors="replace")
+            self.items.append(
+                Item("barcode", text, Style(align=self.style.align), BARCODE_A.get(m, f"type {m}"), self.module)
+            )
+            return end + 1 - i
+        length = self.arg(3)
+        raw = data[i + 4 : i + 4 + length]
+        text, symbols = raw.decode("ascii", errors="replace"), list[int]()
+        if m == 73:
+            try:
+                text, symbols = from_escpos_payload(raw)
+            except ValueError:
+                self.not_understood(4 + length)
+        symbology = BARCODE_B.get(m, f"type {m}")
+        self.items.append(Item("barcode", text, Style(align=self.style.align), symbology, self.module, symbols))
+        return 4 + length
+
+    def two_d(self) -> int:
+        length = self.arg(3) + self.arg(4) * 256
+        cn, fn = self.arg(5), self.arg(6)
+        payload = self.data[self.i + 7 : self.i + 5 + length]
+        if cn == 49 and fn == 80:
+            self.qr_data = payload[1:]
+        elif cn == 49 and fn == 81:
+            self.flush()
+            self.items.append(Item("qr", self.qr_data.decode("utf-8", errors="replace"), Style(align=self.style.align)))
+        return 5 + length
+
+    def raster(self) -> int:
+        width_bytes, height = self.arg(4) + self.arg(5) * 256, self.arg(6) + self.arg(7) * 256
+        start = self.i + 8
+        bits = self.data[start : start + width_bytes * height]
+        self.flush()
+        self.items.append(Item("image", style=Style(align=self.style.align), raster=(width_bytes, height, bytes(bits))))
+        return 8 + width_bytes * height
+
+
+def interpret(data: bytes) -> Preview:
+    """What a printer would make of the bytes, and every byte it would not understand (with its offset)."""
+    return _Interpreter(data).run()
 
 
 def _font(size: int, bold: bool) -> Any:
@@ -243,11 +284,12 @@ def render_png(preview: Preview, out: str | Path, *, columns: int = 48, width_px
 
     cell = width_px // columns
     size = int(cell / 0.61)  # DejaVu Sans Mono advances 0.602 em: keep a full line inside the paper
-    margin = 8
+    margin = PAPER_MARGIN
     blocks: list[Any] = []  # (image, align)
     for item in preview.items:
         if item.kind == "text":
-            f = _font(size * item.style.height if item.style.width == 1 else size * 2, item.style.bold)
+            base = size * 3 // 4 if item.style.small else size
+            f = _font(base * item.style.height if item.style.width == 1 else base * 2, item.style.bold)
             w = max(1, int(f.getlength(item.text or " ")))
             h = int(size * 1.25 * item.style.height)
             img = Image.new("L", (min(width_px, w), h), 255)
@@ -258,9 +300,11 @@ def render_png(preview: Preview, out: str | Path, *, columns: int = 48, width_px
         elif item.kind == "feed":
             blocks.append((Image.new("L", (1, int(size * 1.25)), 255), "left"))
         elif item.kind == "barcode":
-            blocks.append((_barcode_image(item.text, item.symbology, item.module, width_px), "center"))
+            blocks.append((_barcode_image(item, width_px), item.style.align))
         elif item.kind == "qr":
-            blocks.append((_qr_image(item.text), "center"))
+            blocks.append((_qr_image(item.text), item.style.align))
+        elif item.kind == "image" and item.raster is not None:
+            blocks.append((_raster_image(*item.raster), item.style.align))
         elif item.kind == "cut":
             cut = Image.new("L", (width_px, 24), 255)
             d = ImageDraw.Draw(cut)
@@ -280,29 +324,42 @@ def render_png(preview: Preview, out: str | Path, *, columns: int = 48, width_px
     return path
 
 
-def _barcode_image(text: str, symbology: str, module: int, width_px: int) -> Any:
-    """Bars exactly ``module`` printer dots wide, as the printer draws them, with the text below."""
+def _barcode_image(item: Item, width_px: int) -> Any:
+    """Bars exactly ``module`` printer dots wide, the symbols the printer was sent, with the text below."""
     import barcode
+    from barcode.charsets import code128
     from PIL import Image, ImageDraw
 
+    text, symbology, module = item.text, item.symbology, item.module
     kind = {"CODE128": "code128", "EAN13": "ean13", "EAN8": "ean8", "UPC-A": "upca", "CODE39": "code39"}.get(
         symbology, "code128"
     )
-    try:
-        pattern = "".join(barcode.get(kind, text).build())
-    except Exception:  # a value the symbology cannot hold: draw it as Code 128 instead
-        pattern = "".join(barcode.get("code128", text).build())
-    quiet, bar_h, text_h = 10 * module, 80, 22
-    img = Image.new("L", (len(pattern) * module + 2 * quiet, bar_h + text_h), 255)
+    if item.symbols:
+        pattern = "".join(code128.CODES[v] for v in item.symbols) + code128.STOP + "11"
+    else:
+        try:
+            pattern = "".join(barcode.get(kind, text).build())
+        except Exception:  # a value the symbology cannot hold: draw it as Code 128 instead
+            pattern = "".join(barcode.get("code128", text).build())
+    bar_h, text_h = 80, 22
+    img = Image.new("L", (len(pattern) * module, bar_h + text_h), 255)  # the quiet zones are the paper around it
     draw = ImageDraw.Draw(img)
     for x, bit in enumerate(pattern):
         if bit == "1":
-            draw.rectangle((quiet + x * module, 0, quiet + (x + 1) * module - 1, bar_h - 1), fill=0)
+            draw.rectangle((x * module, 0, (x + 1) * module - 1, bar_h - 1), fill=0)
     font = _font(16, False)
     draw.text(((img.width - font.getlength(text)) / 2, bar_h + 2), text, fill=0, font=font)
     if img.width > width_px:  # what the printer would do: the right end falls off the paper
         img = img.crop((0, 0, width_px, img.height))
     return img
+
+
+def _raster_image(width_bytes: int, height: int, bits: bytes) -> Any:
+    """GS v 0 bits (1 = black, most significant bit leftmost) as a picture."""
+    from PIL import Image, ImageOps
+
+    packed = bits.ljust(width_bytes * height, b"\x00")
+    return ImageOps.invert(Image.frombytes("1", (width_bytes * 8, height), packed).convert("L"))
 
 
 def _qr_image(text: str) -> Any:

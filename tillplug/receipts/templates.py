@@ -1,12 +1,19 @@
-"""What each slip says.  Layout (widths, wrapping) is the layout model's job."""
+"""What each slip says, in the shop's language.  Layout (widths, wrapping) is the layout model's job.
+
+Texts come from the message catalogue (``tillplug.receipts.messages``); numbers, money and dates are
+formatted for the locale by Babel (``receipts.language = "fr"`` → ``12,34 €``).  Members appear only
+masked (``****0001``).  A code is printed scannable only while it can still be used.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import cached_property
 from typing import Any
 
-from tillplug.money import Money
+from tillplug.money import CURRENCY_EXPONENTS, Money
 from tillplug.receipts.layout import (
     QR,
     Barcode,
@@ -14,10 +21,20 @@ from tillplug.receipts.layout import (
     Columns,
     Cut,
     Feed,
+    Image,
     Receipt,
     Rule,
     Text,
 )
+from tillplug.receipts.messages import translator
+
+SLIP_KINDS = ("balance", "voucher", "points", "refund", "sale", "test")
+# A bare language means the shop's usual country: English slips in a UK shop, not 11/26/26.
+DEFAULT_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "es": "es_ES", "nl": "nl_NL"}
+
+
+def babel_locale(language: str) -> str:
+    return DEFAULT_LOCALES.get(language, language.replace("-", "_"))
 
 
 @dataclass(frozen=True)
@@ -27,117 +44,248 @@ class SlipContext:
     currency: str
     header: tuple[str, ...] = ()
     footer: tuple[str, ...] = ()
+    language: str = "en"
+    footers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per slip kind, instead of ``footer``
+    logo: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> SlipContext:
+        r = config.receipts
+        return cls(
+            config.till_id,
+            config.branch_id,
+            config.currency,
+            tuple(r.header),
+            tuple(r.footer),
+            getattr(r, "language", "en"),
+            {kind: tuple(lines) for kind, lines in getattr(r, "footers", {}).items()},
+            str(r.logo) if getattr(r, "logo", None) else None,
+        )
+
+    # -- words, numbers, money, dates -------------------------------------------------
+
+    @cached_property
+    def _(self) -> Callable[[str], str]:
+        return translator(self.language)
+
+    @property
+    def locale(self) -> str:
+        return babel_locale(self.language)
+
+    def number(self, n: float) -> str:
+        from babel.numbers import format_decimal
+
+        return str(format_decimal(int(n), locale=self.locale))
+
+    def points(self, n: float) -> str:
+        return self._("{points} pts").format(points=self.number(n))
+
+    def money(self, value: Money | int) -> str:
+        from babel.numbers import format_currency
+
+        m = value if isinstance(value, Money) else Money(int(value), self.currency)
+        return str(format_currency(m.minor / 10 ** CURRENCY_EXPONENTS[m.currency], m.currency, locale=self.locale))
+
+    def when(self, at: datetime) -> str:
+        from babel.dates import format_datetime
+
+        return str(format_datetime(at, "short", locale=self.locale))
+
+    def day(self, iso: str) -> str:
+        from babel.dates import format_date
+
+        return str(format_date(date.fromisoformat(iso[:10]), "medium", locale=self.locale))
+
+    # -- the frame of every slip ---------------------------------------------------------
 
     def top(self, title: str) -> list[Block]:
-        blocks: list[Block] = [Text(line, bold=True, align="center") for line in self.header]
-        return [*blocks, Text(title, double=True, align="center"), Rule()]
+        blocks: list[Block] = [Image(self.logo)] if self.logo else []
+        blocks += [Text(line, bold=True, align="center") for line in self.header]
+        return [*blocks, Text(self._(title), double=True, align="center"), Rule()]
 
-    def bottom(self, when: datetime | None = None) -> list[Block]:
+    def bottom(self, kind: str, when: datetime | None = None) -> list[Block]:
         when = when or datetime.now()
         blocks: list[Block] = [
             Rule(),
-            Columns(f"Till {self.till_id}", when.strftime("%Y-%m-%d %H:%M")),
-            Text(f"Branch {self.branch_id}"),
+            Columns(self._("Till {till}").format(till=self.till_id), self.when(when)),
+            Text(self._("Branch {branch}").format(branch=self.branch_id)),
         ]
-        blocks += [Text(line, align="center") for line in self.footer]
+        blocks += [Text(line, align="center") for line in self.footers.get(kind, self.footer)]
         return [*blocks, Feed(1), Cut()]
 
 
-def points(n: float) -> str:
-    return f"{int(n):,} pts"
+def printed_mask(masked: str) -> str:
+    """A masked member id as a slip shows it: '…0001' (the log's form) becomes '****0001', which every
+    code page has."""
+    return "****" + masked[1:] if masked.startswith("…") else masked
 
 
-def discount_words(discount: Any, currency: str) -> str:
-    """'£5.00 off', '10% off', 'COFFEE at a fixed price of £0.00'."""
+def discount_words(ctx: SlipContext, discount: Any) -> str:
+    """'£5.00 off', '10% off on COFFEE', 'COFFEE for £0.00' — in the slip's language."""
+    _ = ctx._
     kind, value = discount.type, discount.value
-    target = f" on {discount.sku}" if getattr(discount, "sku", None) else ""
+    sku = getattr(discount, "sku", None)
     if kind == "ABSOLUTE":
-        return f"{Money(int(value), currency).format()} off{target}"
-    if kind == "PERCENTAGE":
-        return f"{value:g}% off{target}"
-    return f"{discount.sku or 'item'} for {Money(int(value), currency).format()}"
+        words = _("{amount} off").format(amount=ctx.money(int(value)))
+    elif kind == "PERCENTAGE":
+        words = _("{percent}% off").format(percent=f"{value:g}")
+    else:
+        return _("{sku} for {amount}").format(sku=sku or _("item"), amount=ctx.money(int(value)))
+    return _("{discount} on {sku}").format(discount=words, sku=sku) if sku else words
+
+
+def _usable(benefit: Any, now: datetime) -> bool:
+    from tillplug.engine.models import parse_time
+
+    if benefit.state(now) not in ("created", "redeemed", "validated"):
+        return False
+    expires = parse_time(benefit.expires_at)
+    return expires is None or expires > now
 
 
 def balance_slip(ctx: SlipContext, masked_member: str, wallet: Any, when: datetime | None = None) -> Receipt:
+    _ = ctx._
     blocks: list[Block] = [
         *ctx.top("Your points"),
-        Columns("Member", masked_member),
-        Columns("Balance", points(wallet.points_balance), bold=True),
-        Columns("Lifetime points", points(wallet.lifetime_earn)),
+        Columns(_("Member"), printed_mask(masked_member)),
+        Columns(_("Balance"), ctx.points(wallet.points_balance), bold=True),
+        Columns(_("Lifetime points"), ctx.points(wallet.lifetime_earn)),
     ]
     if wallet.tier is not None and wallet.tier.name:
-        blocks.append(Columns("Tier", wallet.tier.name))
-    available = [v for v in wallet.vouchers if v.state() in ("created", "redeemed", "validated")]
+        blocks.append(Columns(_("Tier"), wallet.tier.name))
+    now = (when or datetime.now()).astimezone(UTC)
+    available = [v for v in wallet.vouchers if _usable(v, now)]
     if available:
-        blocks += [Feed(1), Text("Your vouchers", bold=True)]
+        blocks += [Feed(1), Text(_("Your vouchers"), bold=True)]
         for v in available:
-            name = v.reward.name if v.reward else "Voucher"
-            expiry = f"until {v.expires_at[:10]}" if v.expires_at else "no expiry"
+            name = v.reward.name if v.reward else _("Voucher")
+            expiry = _("until {date}").format(date=ctx.day(v.expires_at)) if v.expires_at else _("no expiry")
             blocks += [Text(f"- {name}"), Text(f"  {expiry}")]
-    return Receipt("balance", [*blocks, *ctx.bottom(when)])
+    return Receipt("balance", [*blocks, *ctx.bottom("balance", when)])
+
+
+def _code_row(ctx: SlipContext, code: str) -> list[Block]:
+    """'Code   ALICE-5OFF-0001' when it fits any paper; a long code on a line of its own, never split."""
+    if len(code) <= 20:
+        return [Columns(ctx._("Code"), code)]
+    return [Text(ctx._("Code")), Text(code, whole=True)]
 
 
 def voucher_receipt(ctx: SlipContext, benefit: Any, *, burned: bool, when: datetime | None = None) -> Receipt:
+    """A checked voucher shows its code (scannable), expiry and terms; a used one no scannable code."""
+    _ = ctx._
     reward = benefit.reward
     code = benefit.code.value if benefit.code else ""
-    blocks: list[Block] = [*ctx.top("Voucher"), Text(reward.name if reward else "Voucher", bold=True)]
+    blocks: list[Block] = [*ctx.top("Voucher"), Text(reward.name if reward else _("Voucher"), bold=True)]
     for d in reward.discounts if reward else []:
-        blocks.append(Text(discount_words(d, ctx.currency)))
-    blocks += [
-        Feed(1),
-        Barcode(code),
-        QR(code),
-        Columns("Code", code),
-        Text("USED - applied to this sale" if burned else "CHECKED - will be used when you pay", bold=True),
-    ]
-    return Receipt("voucher", [*blocks, *ctx.bottom(when)])
+        blocks.append(Text(discount_words(ctx, d)))
+    blocks.append(Feed(1))
+    if burned:
+        blocks += [*_code_row(ctx, code), Text(_("USED - applied to this sale"), bold=True)]
+    else:
+        if code:
+            blocks += [Barcode(code), QR(code), *_code_row(ctx, code)]
+        if benefit.expires_at:
+            blocks.append(Text(_("Valid until {date}").format(date=ctx.day(benefit.expires_at))))
+        if reward and reward.summary:
+            blocks.append(Text(reward.summary))
+        blocks.append(Text(_("CHECKED - will be used when you pay"), bold=True))
+    return Receipt("voucher", [*blocks, *ctx.bottom("voucher", when)])
 
 
 def points_slip(
-    ctx: SlipContext, spent: int, value: Money, balance_after: float, when: datetime | None = None
+    ctx: SlipContext,
+    spent: int,
+    value: Money,
+    balance_after: float,
+    when: datetime | None = None,
+    *,
+    member: str | None = None,
+    sale: str | None = None,
 ) -> Receipt:
-    blocks: list[Block] = [
-        *ctx.top("Points spent"),
-        Columns("Points used", points(spent)),
-        Columns("Worth", value.format(), bold=True),
-        Columns("Balance after", points(balance_after)),
+    _ = ctx._
+    blocks: list[Block] = [*ctx.top("Points spent")]
+    if member:
+        blocks.append(Columns(_("Member"), printed_mask(member)))
+    if sale:
+        blocks.append(Columns(_("Sale"), sale))
+    blocks += [
+        Columns(_("Points used"), ctx.points(spent)),
+        Columns(_("Worth"), ctx.money(value), bold=True),
+        Columns(_("Balance after"), ctx.points(balance_after)),
     ]
-    return Receipt("points", [*blocks, *ctx.bottom(when)])
+    return Receipt("points", [*blocks, *ctx.bottom("points", when)])
 
 
-def refund_slip(ctx: SlipContext, transaction_id: str, refunded: int, when: datetime | None = None) -> Receipt:
+def refund_slip(
+    ctx: SlipContext,
+    transaction_id: str,
+    refunded: int,
+    when: datetime | None = None,
+    *,
+    not_reinstated: Sequence[str] = (),
+) -> Receipt:
+    """Points given back after a void, and the vouchers that were used and are not given back."""
+    _ = ctx._
     blocks: list[Block] = [
         *ctx.top("Points returned"),
-        Text(f"Sale {transaction_id} was cancelled."),
-        Columns("Points returned", points(refunded), bold=True),
-        Text("They will show in your balance shortly."),
+        Text(_("Sale {sale} was cancelled.").format(sale=transaction_id)),
+        Columns(_("Points returned"), ctx.points(refunded), bold=True),
+        Text(_("They will show in your balance shortly.")),
     ]
-    return Receipt("refund", [*blocks, *ctx.bottom(when)])
+    if not_reinstated:
+        blocks += [Feed(1), Text(_("Vouchers not reinstated"), bold=True), *(Text(f"- {v}") for v in not_reinstated)]
+    return Receipt("refund", [*blocks, *ctx.bottom("refund", when)])
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """What the member used in a sale: points and the names of vouchers applied."""
+
+    points: int = 0
+    vouchers: Sequence[str] = ()
 
 
 def sale_summary(
-    ctx: SlipContext, transaction_id: str, total: Money, expected_points: int, when: datetime | None = None
+    ctx: SlipContext,
+    transaction_id: str,
+    total: Money,
+    expected_points: int,
+    when: datetime | None = None,
+    *,
+    member: str | None = None,
+    redeemed: Redeemed | None = None,
+    balance_after: float | None = None,
 ) -> Receipt:
-    blocks: list[Block] = [
-        *ctx.top("Loyalty"),
-        Columns("Sale", transaction_id),
-        Columns("Total", total.format()),
-        Columns("Points for this sale", points(expected_points), bold=True),
-        Text("Points are added to your balance shortly."),
-    ]
-    return Receipt("sale", [*blocks, *ctx.bottom(when)])
+    """The sale's loyalty in one place: points spent, vouchers applied, points earned, the new balance."""
+    _ = ctx._
+    points_spent, vouchers = (redeemed.points, redeemed.vouchers) if redeemed else (0, ())
+    blocks: list[Block] = [*ctx.top("Loyalty")]
+    if member:
+        blocks.append(Columns(_("Member"), printed_mask(member)))
+    blocks += [Columns(_("Sale"), transaction_id), Columns(_("Total"), ctx.money(total))]
+    if points_spent:
+        blocks.append(Columns(_("Points spent"), ctx.points(points_spent)))
+    if vouchers:
+        blocks += [Text(_("Vouchers applied")), *(Text(f"- {v}") for v in vouchers)]
+    blocks.append(Columns(_("Points for this sale"), ctx.points(expected_points), bold=True))
+    if balance_after is not None:
+        blocks.append(Columns(_("New balance"), ctx.points(balance_after)))
+    blocks.append(Text(_("Points are added to your balance shortly.")))
+    return Receipt("sale", [*blocks, *ctx.bottom("sale", when)])
 
 
 def test_page(
     ctx: SlipContext, printer_name: str, profile: str, columns: int, code_page: str, when: datetime | None = None
 ) -> Receipt:
+    _ = ctx._
     ruler = "".join(str(i % 10) for i in range(1, columns + 1))
     blocks: list[Block] = [
         *ctx.top("Test page"),
-        Columns("Printer", printer_name),
-        Columns("Profile", profile),
-        Columns("Code page", code_page),
-        Columns("Columns", str(columns)),
+        Columns(_("Printer"), printer_name),
+        Columns(_("Profile"), profile),
+        Columns(_("Code page"), code_page),
+        Columns(_("Columns"), str(columns)),
         Text(ruler),
         Text("£ € é è à ç ü ö ä ß ñ"),
         Text("Bold text", bold=True),
@@ -147,4 +295,4 @@ def test_page(
         Barcode("TILLPLUG-TEST"),
         QR("https://example.invalid/tillplug-test"),
     ]
-    return Receipt("test", [*blocks, *ctx.bottom(when)])
+    return Receipt("test", [*blocks, *ctx.bottom("test", when)])
