@@ -40,12 +40,13 @@ from tillplug.errors import (
     TillplugError,
 )
 from tillplug.flows.events import EventBus
-from tillplug.flows.service import Loyalty
+from tillplug.flows.loyalty import Loyalty
 from tillplug.metrics import Metrics
 from tillplug.net import listen
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Receipt
+from tillplug.statelock import StateLock
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
@@ -256,7 +257,8 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything else: a second daemon on this state must stop here, not settle our writes.
+        self.state_lock = StateLock(cfg.state_dir).acquire()
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
         recovered = self.store.recover()
@@ -279,6 +281,7 @@ class Daemon:
                 interrupted,
             )
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
+        self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
         self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
@@ -377,6 +380,7 @@ class Daemon:
             await psup.close()
         await self.client.aclose()
         self.store.close()
+        self.state_lock.release()
 
     async def run(self) -> None:
         """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
