@@ -142,11 +142,17 @@ def test_user_led_voucher_burns_and_prints_a_receipt(till):
     assert r.status_code == 410 and r.json()["error"]["code"] == "voucher_expired"
 
 
-def test_check_then_burn_mode_burns_at_completion(tmp_path):
+def test_check_then_burn_burns_at_tender_before_payment_never_after(tmp_path):
+    """Observation 10: a checked voucher is burned by tender (before payment); completion refuses without it."""
     with VirtualTill(tmp_path / "t", voucher_mode="check_then_burn") as till:
         open_with_member(till, "T7")
         r = till.api.post("/v1/checkouts/T7/vouchers", json={"code": "ALICE-5OFF-0001"})
         assert r.json()["burned"] is False and till.sim.state.ledger.burns == []
+        r = till.api.post("/v1/checkouts/T7/complete", json={"total": 100, "paymentConfirmed": True})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "vouchers_not_tendered"
+        assert till.sim.state.ledger.burns == []  # never burned after payment
+        r = till.api.post("/v1/checkouts/T7/tender")
+        assert r.status_code == 200 and r.json()["burned"] == ["ALICE-5OFF-0001"] and r.json()["ready"]
         till.api.post("/v1/checkouts/T7/complete", json={"total": 100, "paymentConfirmed": True})
         assert [b["code"] for b in till.sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
 
@@ -410,3 +416,21 @@ def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_spend_with_an_unknown_outcome_answers_202_pending_and_the_verdict_comes_on_the_stream(till):
+    """The till is told exactly what is known: pending now (no discount), landed later, by the daemon's settler."""
+    open_with_member(till, "TU")
+    till.sim.sim.faults.update({"reset_rate": 1.0})  # the engine takes the write; the answer is cut off
+    r = till.api.post("/v1/checkouts/TU/points", json={"points": 300})
+    till.sim.sim.faults.update({"reset_rate": 0.0})
+    assert r.status_code == 202, r.text
+    assert r.json()["pending"] is True and r.json()["discount"]["amount"] == 0
+    assert r.json()["pendingDiscount"] == {"amount": 300, "currency": "GBP"}
+    assert till.wait_for(lambda: of_type(till, "points_settled"), timeout=15)
+    [settled] = of_type(till, "points_settled")
+    assert settled["data"]["outcome"] == "landed" and settled["data"]["discount"]["amount"] == 300
+    assert till.api.get("/v1/checkouts/TU").json()["pointsSpent"] == 300
+    assert till.api.post("/v1/checkouts/TU/void").json()["pointsRefunded"] == 300
+    assert till.settle()
+    assert balance(till) == 1250

@@ -97,49 +97,67 @@ def _load(path: str) -> Config | None:
         return None
 
 
+# Outbox commands that write: they must hold the state lock (stats and list only read).
+OUTBOX_WRITES = ("retry", "discard", "drain")
+
+
 def outbox_path(config: Config) -> str:
     return str(config.state_dir / "outbox.sqlite3")
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    from tillplug.errors import StateDirLocked
     from tillplug.outbox import OutboxStore
+    from tillplug.statelock import StateLock
 
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
+    lock = StateLock(config.state_dir)
+    if args.action in OUTBOX_WRITES:  # beside a running daemon these would race its own writes
+        try:
+            lock.acquire()
+        except StateDirLocked as exc:
+            _err(f"tillplug outbox {args.action}: {exc.message}")
+            return EXIT_FAILURE
     store = OutboxStore(outbox_path(config))
     try:
-        if args.action == "stats":
-            stats = store.stats()
-            _out(
-                json.dumps(stats.to_dict(), indent=2)
-                if args.json
-                else f"pending {stats.pending}  sending {stats.sending}  delivered {stats.delivered}  "
-                f"dead {stats.dead}  discarded {stats.discarded}  oldest {stats.oldest_pending_age:.0f}s"
-            )
-        elif args.action == "list":
-            rows = store.rows(args.state)
-            if args.json:
-                _out(json.dumps([r.summary() for r in rows], indent=2))
-            for r in rows if not args.json else []:
-                _out(
-                    f"{r.id:>6}  {r.state:<9} {r.body.get('type', r.kind):<16} tries {r.attempts:<3} "
-                    f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip()
-                )
-        elif args.action == "retry":
-            if not store.retry(args.id):
-                _err(f"row {args.id} is not dead or pending; nothing to retry")
-                return EXIT_FAILURE
-            _out(f"row {args.id} will be tried again now")
-        elif args.action == "discard":
-            if not store.discard(args.id, args.reason):
-                _err(f"row {args.id} is not dead or pending; nothing discarded")
-                return EXIT_FAILURE
-            _out(f"row {args.id} discarded: {args.reason}")
-        elif args.action == "drain":
-            return _drain(config, store, args.timeout)
+        return _outbox_action(args, config, store)
     finally:
         store.close()
+        lock.release()
+
+
+def _outbox_action(args: argparse.Namespace, config: Config, store: OutboxStore) -> int:
+    if args.action == "stats":
+        stats = store.stats()
+        _out(
+            json.dumps(stats.to_dict(), indent=2)
+            if args.json
+            else f"pending {stats.pending}  sending {stats.sending}  delivered {stats.delivered}  "
+            f"dead {stats.dead}  discarded {stats.discarded}  oldest {stats.oldest_pending_age:.0f}s"
+        )
+    elif args.action == "list":
+        rows = store.rows(args.state)
+        if args.json:
+            _out(json.dumps([r.summary() for r in rows], indent=2))
+        for r in rows if not args.json else []:
+            _out(
+                f"{r.id:>6}  {r.state:<9} {r.body.get('type', r.kind):<16} tries {r.attempts:<3} "
+                f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip()
+            )
+    elif args.action == "retry":
+        if not store.retry(args.id):
+            _err(f"row {args.id} is not dead or pending; nothing to retry")
+            return EXIT_FAILURE
+        _out(f"row {args.id} will be tried again now")
+    elif args.action == "discard":
+        if not store.discard(args.id, args.reason):
+            _err(f"row {args.id} is not dead or pending; nothing discarded")
+            return EXIT_FAILURE
+        _out(f"row {args.id} discarded: {args.reason}")
+    elif args.action == "drain":
+        return _drain(config, store, args.timeout)
     return EXIT_OK
 
 

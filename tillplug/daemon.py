@@ -39,7 +39,7 @@ from tillplug.errors import (
     TillplugError,
 )
 from tillplug.flows.events import EventBus
-from tillplug.flows.service import Loyalty
+from tillplug.flows.loyalty import Loyalty
 from tillplug.metrics import Metrics
 from tillplug.net import listen
 from tillplug.outbox import Deliverer, OutboxStore
@@ -48,6 +48,7 @@ from tillplug.receipts.layout import Block, Receipt
 from tillplug.routing import Decision, Router, ScanEvents
 from tillplug.spool import JobStore, PrintSpool, PrintSpools
 from tillplug.spool.sales import SaleTracker
+from tillplug.statelock import StateLock
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
@@ -300,7 +301,9 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything else: a second daemon on this state must stop here, not settle our writes.
+        self.state_lock = StateLock(cfg.state_dir).acquire()
+        self._opened.callback(self.state_lock.release)  # registered first: released last
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
         self._opened.callback(self.store.close)
@@ -335,6 +338,7 @@ class Daemon:
                 interrupted,
             )
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
+        self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
         self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
@@ -425,8 +429,9 @@ class Daemon:
         systemd.notify("READY=1")
 
     async def stop(self) -> None:
-        systemd.notify("STOPPING=1")
-        log.info("stopping: finishing in-flight requests; queued engine writes stay queued")
+        if self.ready.is_set():  # a start that failed has said why; "stopping" would only confuse
+            systemd.notify("STOPPING=1")
+            log.info("stopping: finishing in-flight requests; queued engine writes stay queued")
         self.events.close()  # listeners on /v1/events are told the stream ends, not left hanging
         if self.api_server is not None and self._api_task is not None:
             self.api_server.should_exit = True

@@ -16,12 +16,14 @@ help?*
     │   │   ├── EngineServerError      the engine answered 5xx
     │   │   └── RateLimited            429; ``retry_after`` seconds if the engine said
     │   ├── OutcomeUnknown             the request left; we cannot tell if it was applied
+    │   ├── MemberOffline              attached while the engine was down: no spending, no vouchers
     │   └── DeviceError
     │       ├── DeviceGone             unplugged, I/O error, port vanished
     │       ├── DeviceBusy             the port is held by another process
     │       └── PrinterNotReady        paper out, cover open, offline
     └── PermanentError                 the same request will fail the same way
         ├── ConfigError                the config file or a secret file is wrong
+        ├── StateDirLocked             another tillplug process holds the state directory
         ├── DriverError                no such driver, or it cannot load
         ├── EngineProtocolError        a body that is not the engine's JSON envelope
         ├── EngineRejected             a 4xx with the engine's own message
@@ -40,6 +42,7 @@ help?*
             ├── InsufficientPoints
             ├── CheckoutNotFound
             ├── CheckoutConflict       e.g. a second completion, a void after completion
+            │   └── VouchersNotTendered  check-only vouchers not burned before payment
             ├── InvalidRequest
             ├── PrintJobNotFound
             └── PrintJobConflict       e.g. cancelling a job that has printed
@@ -70,6 +73,7 @@ __all__ = [
     "InsufficientPoints",
     "InvalidRequest",
     "MemberNotFound",
+    "MemberOffline",
     "OutcomeUnknown",
     "PermanentError",
     "PrintJobConflict",
@@ -77,6 +81,7 @@ __all__ = [
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
+    "StateDirLocked",
     "TillplugError",
     "VoucherAlreadyUsed",
     "VoucherError",
@@ -86,6 +91,7 @@ __all__ = [
     "VoucherUnknown",
     "VoucherWrongMember",
     "VoucherWrongVenue",
+    "VouchersNotTendered",
 ]
 
 
@@ -153,8 +159,16 @@ class OutcomeUnknown(RetryableError):
     """
 
     code = "engine_outcome_unknown"
-    default_message = "The loyalty service did not confirm the request; it will be checked and retried."
+    default_message = "The loyalty service did not confirm the request; it may or may not have been applied."
     http_status = 504
+
+
+class MemberOffline(RetryableError):
+    code = "member_offline"
+    default_message = (
+        "The loyalty service is offline: this sale earns points, but points and vouchers cannot be used now."
+    )
+    http_status = 503
 
 
 class DeviceError(RetryableError):
@@ -190,6 +204,13 @@ class ConfigError(PermanentError):
     def __init__(self, message: str | None = None, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class StateDirLocked(PermanentError):
+    """Another tillplug process (a daemon, or an outbox command) holds ``state_dir``."""
+
+    code = "state_dir_locked"
+    default_message = "Another tillplug process is using the state directory."
 
 
 class DriverError(PermanentError):
@@ -312,6 +333,11 @@ class CheckoutConflict(FlowError):
     code = "checkout_conflict"
     default_message = "The checkout is not in a state that allows this."
     http_status = 409
+
+
+class VouchersNotTendered(CheckoutConflict):
+    code = "vouchers_not_tendered"
+    default_message = "Vouchers on this sale were only checked: tender the sale (burn them) before taking payment."
 
 
 class InvalidRequest(FlowError):

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from tillplug.errors import InvalidRequest, TillplugError
 from tillplug.flows.events import EventBus
-from tillplug.flows.service import Loyalty
+from tillplug.flows.loyalty import Loyalty
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 15.0
@@ -144,6 +144,7 @@ class TillApi:
                 methods=["GET"],
             ),
             Route("/v1/checkouts/{tx}/benefits/{bid}/redeem", r(self._redeem), methods=["POST"]),
+            Route("/v1/checkouts/{tx}/tender", r(lambda q: L.tender(q.path_params["tx"])), methods=["POST"]),
             Route("/v1/checkouts/{tx}/complete", r(self._complete), methods=["POST"]),
             Route("/v1/checkouts/{tx}/void", r(lambda q: L.void(q.path_params["tx"])), methods=["POST"]),
             Route("/v1/print/balance", r(self._print_balance), methods=["POST"]),
@@ -170,6 +171,8 @@ class TillApi:
             except Exception:
                 log.exception("API %s %s failed", request.method, request.url.path)
                 return error_response(TillplugError())
+            if isinstance(result, dict) and result.get("pending") is True:
+                return JSONResponse(result, status_code=202)  # an unknown outcome: the verdict comes on /v1/events
             return JSONResponse(result, status_code=status)
 
         return endpoint

@@ -194,6 +194,15 @@ def _secret_refs(config: Config) -> list[tuple[str, str]]:
     return [(p, r) for p, r in refs if r is not None]
 
 
+CHECK_THEN_BURN_RISK = (
+    "check_then_burn only checks a voucher when it is scanned; it is burned when the till calls "
+    "POST /v1/checkouts/{tx}/tender, which the till software must do before taking payment (a sale "
+    "with an unburned voucher cannot complete). Until tender, the same voucher can be checked on "
+    "another sale, and a burn refused at tender removes its discount. Use 'burn' unless the till "
+    "software calls tender."
+)
+
+
 def validate(
     data: dict[str, Any], *, known_drivers: Collection[str] | None = None, check_secrets: bool = True
 ) -> Report:
@@ -232,6 +241,8 @@ def validate(
                 "warning",
             )
         )
+    if config.vouchers.mode == "check_then_burn":
+        report.problems.append(Problem("vouchers.mode", CHECK_THEN_BURN_RISK, "warning"))
     if config.engine.ca_file and not Path(config.engine.ca_file).is_file():
         report.problems.append(Problem("engine.ca_file", f"{config.engine.ca_file} does not exist"))
     if check_secrets:

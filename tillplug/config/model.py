@@ -224,10 +224,13 @@ class PointsConfig(Section):
     # For the sale summary slip when test_reaction is not used: points per major unit spent.
     earn_per_major_unit: float = Field(default=1.0, ge=0, le=10_000)
     max_points_per_redemption: int = Field(default=1_000_000, ge=1)
+    # Reads spent confirming a deduction the engine accepted (reactions, then the balance), with
+    # backoff; past the budget the till gets success with the balance marked estimated.
+    confirm_reads: int = Field(default=3, ge=0, le=10)
 
 
 class VoucherConfig(Section):
-    # burn: validate and burn at scan.  check_then_burn: check at scan, burn on completion.
+    # burn: validate and burn at scan.  check_then_burn: check at scan, burn at tender (before payment).
     mode: Literal["burn", "check_then_burn"] = "burn"
 
 

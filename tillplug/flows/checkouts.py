@@ -1,15 +1,31 @@
-"""Checkouts and their points deductions, kept in the outbox's database.
+"""Checkouts and their money intents, kept in the outbox's database.
 
-A deduction is money: its row is written *before* the engine is asked, and its
-state moves sending → confirmed | failed | unknown → refunded.  Writes that
-change a deduction and queue an outbox row happen in one transaction, so a
-crash between them cannot leave points taken with no refund queued.
+Every engine write that moves points or burns a voucher has an *intent* row,
+committed before the engine hears of it: a deduction (points) or a burn (a
+voucher).  Its outcome is one of *landed*, *did not land* or *unknown*:
+
+    deduction   sending ──► confirmed (landed) ──► refunded (a refund is queued in the outbox)
+                        ├─► failed    (did not land)
+                        └─► unknown   (timeout, reset, unreadable 2xx: settled by look-up)
+    burn        sending ──► burned | failed | unknown
+
+``pending = 1`` on an unknown intent means the till was told ``pending`` and the
+settler owes it a verdict on the event stream.  An unknown deduction with
+``pending = 0`` was interrupted by a crash: the till got no answer, and a
+refund-if-it-landed is already queued in the outbox.
+
+Writes that change an intent and queue an outbox row happen in one transaction,
+so a crash between them cannot leave points taken with no refund queued.  The
+methods that commit are synchronous (SQLite with fsync); the flows call them
+through ``asyncio.to_thread`` so a commit never stalls the event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,14 +51,34 @@ CREATE TABLE IF NOT EXISTS deductions (
     created    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deductions_tx ON deductions (tx_id);
+CREATE TABLE IF NOT EXISTS burns (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tx_id       TEXT NOT NULL REFERENCES checkouts (tx_id),
+    code        TEXT NOT NULL,
+    benefit_id  TEXT,
+    state       TEXT NOT NULL CHECK (state IN ('sending', 'burned', 'failed', 'unknown')),
+    pending     INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS burns_tx ON burns (tx_id);
+CREATE TABLE IF NOT EXISTS member_cache (
+    ident_hash  TEXT PRIMARY KEY,   -- sha256 of the scanned identifier: the card text is not kept
+    member_id   TEXT NOT NULL,      -- the WLL id: no name, no e-mail, nothing else
+    expires     REAL NOT NULL
+);
 """
+
+# Columns added after the first release: (table, column, definition).
+MIGRATIONS = (("deductions", "pending", "INTEGER NOT NULL DEFAULT 0"),)
+MEMBER_CACHE_ROWS = 50_000
 
 
 @dataclass
 class Member:
-    id: str  # WLL UUID
+    id: str  # WLL UUID (or, offline, the identifier the engine accepts as an event subject)
     auth_identifier: str | None
     masked: str  # for slips, logs and the event stream
+    offline: bool = False  # attached while the engine was down: earns through the outbox, spends nothing
 
 
 @dataclass
@@ -97,6 +133,35 @@ class Deduction:
     points: int
     money: int
     state: str
+    pending: bool = False
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Burn:
+    id: int
+    tx_id: str
+    code: str
+    benefit_id: str | None
+    state: str
+    pending: bool
+    created: float
+
+
+def ident_hash(ident: str) -> str:
+    return hashlib.sha256(ident.encode("utf-8")).hexdigest()
+
+
+_DEDUCTION = "SELECT event_key, tx_id, points, money, state, pending, created FROM deductions"
+_BURN = "SELECT id, tx_id, code, benefit_id, state, pending, created FROM burns"
+
+
+def _deduction(r: Any) -> Deduction:
+    return Deduction(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
+
+
+def _burn(r: Any) -> Burn:
+    return Burn(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
 
 
 class CheckoutStore:
@@ -104,9 +169,15 @@ class CheckoutStore:
         self.outbox = outbox
         with outbox.transaction() as tx:
             tx.executescript_inside(SCHEMA)
+            for table, column, definition in MIGRATIONS:
+                columns = {r[1] for r in tx.execute(f"PRAGMA table_info({table})").fetchall()}
+                if column not in columns:
+                    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def transaction(self) -> AbstractContextManager[Tx]:
         return self.outbox.transaction()
+
+    # -- checkouts -------------------------------------------------------------------
 
     def get(self, tx_id: str) -> Checkout | None:
         found = self.outbox.query("SELECT tx_id, lane, state, data FROM checkouts WHERE tx_id=?", (tx_id,))
@@ -125,24 +196,103 @@ class CheckoutStore:
             (checkout.state, checkout.to_json(), time.time(), checkout.tx_id),
         )
 
+    def commit(self, checkout: Checkout) -> None:
+        """Save one checkout in a transaction of its own."""
+        with self.transaction() as tx:
+            self.save(tx, checkout)
+
+    # -- deductions ------------------------------------------------------------------
+
     def add_deduction(self, tx: Tx, d: Deduction) -> None:
         tx.execute(
-            "INSERT INTO deductions (event_key, tx_id, points, money, state, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (d.event_key, d.tx_id, d.points, d.money, d.state, time.time()),
+            "INSERT INTO deductions (event_key, tx_id, points, money, state, pending, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (d.event_key, d.tx_id, d.points, d.money, d.state, int(d.pending), d.created or time.time()),
         )
 
-    def set_deduction(self, tx: Tx, event_key: str, state: str) -> None:
-        tx.execute("UPDATE deductions SET state=? WHERE event_key=?", (state, event_key))
+    def begin_deduction(self, d: Deduction) -> None:
+        """The intent, durable before the engine hears of it."""
+        with self.transaction() as tx:
+            self.add_deduction(tx, d)
+
+    def set_deduction(self, tx: Tx, event_key: str, state: str, *, pending: bool = False) -> None:
+        tx.execute("UPDATE deductions SET state=?, pending=? WHERE event_key=?", (state, int(pending), event_key))
+
+    def settle_deduction(self, event_key: str, state: str, *, pending: bool = False) -> None:
+        with self.transaction() as tx:
+            self.set_deduction(tx, event_key, state, pending=pending)
+
+    def deduction(self, event_key: str) -> Deduction | None:
+        rows = self.outbox.query(_DEDUCTION + " WHERE event_key=?", (event_key,))
+        return _deduction(rows[0]) if rows else None
 
     def deductions(self, tx_id: str, state: str | None = None) -> list[Deduction]:
-        sql = "SELECT event_key, tx_id, points, money, state FROM deductions WHERE tx_id=?"
+        sql = _DEDUCTION + " WHERE tx_id=?"
         args: tuple[Any, ...] = (tx_id,)
         if state:
             sql += " AND state=?"
             args += (state,)
-        return [Deduction(*r) for r in self.outbox.query(sql + " ORDER BY created", args)]
+        return [_deduction(r) for r in self.outbox.query(sql + " ORDER BY created", args)]
 
     def interrupted_deductions(self) -> list[Deduction]:
         """Deductions a crash left in 'sending': their outcome is unknown."""
-        rows = self.outbox.query("SELECT event_key, tx_id, points, money, state FROM deductions WHERE state='sending'")
-        return [Deduction(*r) for r in rows]
+        return [_deduction(r) for r in self.outbox.query(_DEDUCTION + " WHERE state='sending'")]
+
+    def pending_deductions(self) -> list[Deduction]:
+        """Unknown outcomes the till was told are pending: the settler owes it a verdict."""
+        return [_deduction(r) for r in self.outbox.query(_DEDUCTION + " WHERE state='unknown' AND pending=1")]
+
+    # -- voucher burns ---------------------------------------------------------------
+
+    def begin_burn(self, tx_id: str, code: str, benefit_id: str | None) -> int:
+        with self.transaction() as tx:
+            cur = tx.execute(
+                "INSERT INTO burns (tx_id, code, benefit_id, state, pending, created)"
+                " VALUES (?, ?, ?, 'sending', 0, ?)",
+                (tx_id, code, benefit_id, time.time()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def settle_burn(self, burn_id: int, state: str, *, pending: bool = False, checkout: Checkout | None = None) -> None:
+        """The burn's outcome, and with it (same transaction) the checkout that now carries the voucher."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE burns SET state=?, pending=? WHERE id=?", (state, int(pending), burn_id))
+            if checkout is not None:
+                self.save(tx, checkout)
+
+    def burns(self, tx_id: str) -> list[Burn]:
+        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE tx_id=? ORDER BY id", (tx_id,))]
+
+    def pending_burns(self) -> list[Burn]:
+        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE state='unknown' AND pending=1 ORDER BY id")]
+
+    def interrupted_burns(self) -> list[Burn]:
+        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE state='sending' ORDER BY id")]
+
+    # -- the offline member cache -----------------------------------------------------
+
+    def remember_member(self, ident: str, member_id: str, ttl: float) -> None:
+        now = time.time()
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO member_cache (ident_hash, member_id, expires) VALUES (?, ?, ?)"
+                " ON CONFLICT (ident_hash) DO UPDATE SET member_id=excluded.member_id, expires=excluded.expires",
+                (ident_hash(ident), member_id, now + ttl),
+            )
+            tx.execute("DELETE FROM member_cache WHERE expires < ?", (now,))
+            tx.execute(
+                "DELETE FROM member_cache WHERE ident_hash IN (SELECT ident_hash FROM member_cache"
+                " ORDER BY expires DESC LIMIT -1 OFFSET ?)",
+                (MEMBER_CACHE_ROWS,),
+            )
+
+    def recall_member(self, ident: str) -> str | None:
+        rows = self.outbox.query(
+            "SELECT member_id FROM member_cache WHERE ident_hash=? AND expires >= ?", (ident_hash(ident), time.time())
+        )
+        return str(rows[0][0]) if rows else None
+
+    def open_checkouts(self) -> Iterator[tuple[int, str]]:
+        for row in self.outbox.query("SELECT lane, tx_id FROM checkouts WHERE state='open' ORDER BY created"):
+            yield row[0], row[1]

@@ -1,6 +1,14 @@
 """3.1 Spending points as money: taken before the sale completes, never more than the member has,
-given back on a void — through crashes and outages (deductions are written before the engine
-hears of them; refunds go through the outbox)."""
+given back on a void — through crashes, outages and answers tillplug cannot read.
+
+The rules, all here: the deduction's intent row is committed before the engine
+hears of it; a refusal marks it failed; an unknown outcome is settled by
+look-up (the till is told ``pending`` now and the verdict later, on the event
+stream); a deduction the engine accepted is never turned into a failure by the
+reads that only confirm it (the balance is then marked estimated); a
+deduction that lands on a checkout that is no longer open is refunded through
+the outbox.
+"""
 
 from __future__ import annotations
 
@@ -9,90 +17,107 @@ import logging
 import time
 from typing import Any
 
-from tillplug.engine.models import (
-    EventDefinition,
-    Wallet,
-    points_of,
-    reactor_points,
-)
+from tillplug.engine.client import EngineClient
+from tillplug.engine.models import EventDefinition, points_of, reactor_points
 from tillplug.errors import (
+    CheckoutConflict,
     InsufficientPoints,
     InvalidRequest,
-    OutcomeUnknown,
-    RetryableError,
     TillplugError,
 )
-from tillplug.flows.base import FlowBase
-from tillplug.flows.checkouts import (
-    Deduction,
-    Member,
-)
+from tillplug.flows.checkouts import Deduction, Member
+from tillplug.flows.context import LANDED, NOT_LANDED, UNKNOWN, FlowContext, write_outcome
 from tillplug.money import points_to_money
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
-REACTION_WAIT = 3.0  # seconds to wait for the engine to apply a deduction before checking the balance
+FIRST_CONFIRM_DELAY = 0.1  # seconds before the first confirming read; doubled before each next one
 
 
-class PointsFlows(FlowBase):
-    # -- 3.1 spending points ---------------------------------------------------------
+async def event_landed(client: EngineClient, event_key: str) -> bool | None:
+    """True if the engine has an event carrying ``event_key``, False if it surely has none, None if it
+    cannot tell: a look-up that failed, or an engine whose filter is not known to work (a "nothing
+    found" from it proves nothing), so the outcome stays pending rather than guessed."""
+    try:
+        lookup = await client.look_up_event(event_key)
+    except TillplugError as exc:
+        log.info("look-up of an unknown outcome failed (%s); tried again later", exc.code)
+        return None
+    if lookup.verdict == "unverifiable":
+        log.warning("look-up of an unknown outcome is unverifiable (%s); it stays pending", lookup.reason)
+        return None
+    return lookup.found
 
-    async def spend_points(self, tx_id: str, points: int) -> dict[str, Any]:
+
+class Points:
+    def __init__(self, ctx: FlowContext) -> None:
+        self.ctx = ctx
+
+    async def spend(self, tx_id: str, points: int) -> dict[str, Any]:
         if not isinstance(points, int) or isinstance(points, bool) or points <= 0:
             raise InvalidRequest("points must be a whole number above zero.")
-        if points > self.config.points.max_points_per_redemption:
-            raise InvalidRequest(f"At most {self.config.points.max_points_per_redemption} points per redemption.")
-        member = self._member_of(self._open(tx_id))
-        async with self._lock(self._member_locks, member.id):  # one spend per member at a time on this till
-            self._open(tx_id)
-            wallet = await self.client.get_wallet(member.id)  # re-read right before reporting
-            if points > wallet.points_balance:
-                raise InsufficientPoints(f"The member has {int(wallet.points_balance)} points.")
-            money = points_to_money(points, self.config.points.rate_points, self.config.points.rate_money)
-            if money <= 0:
-                raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
-            event = self._event(
-                self.config.engine.event_types.redeemed_points,
-                member,
-                {"transactionId": tx_id, "points": points, "value": money, "currency": self.config.currency},
-            )
-            key = event.payload["eventKey"]
-            with self.checkouts.transaction() as tx:  # durable before the engine hears of it
-                self.checkouts.add_deduction(tx, Deduction(key, tx_id, points, money, "sending"))
-            try:
-                reported = await self.client.report_event(event)
-            except OutcomeUnknown:
-                self._unknown_deduction(tx_id, key, points, member)
-                raise
-            except TillplugError:
-                with self.checkouts.transaction() as tx:
-                    self.checkouts.set_deduction(tx, key, "failed")
-                raise
-            with self.checkouts.transaction() as tx:
-                self.checkouts.set_deduction(tx, key, "confirmed")
-            balance_after = await self._confirm_balance(reported.id, member, wallet.points_balance - points)
-            if balance_after < 0:
-                # Another till spent the same points a moment ago: give these back.
-                self._refund(tx_id, [Deduction(key, tx_id, points, money, "confirmed")], member)
-                raise InsufficientPoints("Those points were just spent elsewhere; the member's balance is too low.")
-        if self.config.engine.confirm_rate_with_test_reaction:
+        ctx = self.ctx
+        cfg = ctx.config
+        if points > cfg.points.max_points_per_redemption:
+            raise InvalidRequest(f"At most {cfg.points.max_points_per_redemption} points per redemption.")
+        async with ctx.checkout_locks.hold(tx_id):
+            member = ctx.online_member_of(ctx.open(tx_id), "points")
+            async with ctx.member_locks.hold(member.id):
+                wallet = await ctx.client.get_wallet(member.id)  # re-read right before reporting
+                if points > wallet.points_balance:
+                    raise InsufficientPoints(f"The member has {int(wallet.points_balance)} points.")
+                money = points_to_money(points, cfg.points.rate_points, cfg.points.rate_money)
+                if money <= 0:
+                    raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
+                event = ctx.event(
+                    cfg.engine.event_types.redeemed_points,
+                    member,
+                    {"transactionId": tx_id, "points": points, "value": money, "currency": cfg.currency},
+                )
+                key = event.payload["eventKey"]
+                await ctx.db(ctx.store.begin_deduction, Deduction(key, tx_id, points, money, "sending"))
+                try:
+                    reported = await ctx.client.report_event(event)
+                except Exception as exc:
+                    if write_outcome(exc) == NOT_LANDED:
+                        await ctx.db(ctx.store.settle_deduction, key, "failed")
+                        raise
+                    log.warning("spend on %s: outcome unknown (%s); looking it up", tx_id, type(exc).__name__)
+                    await ctx.db(ctx.store.settle_deduction, key, "unknown", pending=True)
+                    ctx.wake_settler()
+                    return self._pending_answer(tx_id, key, points, money, lane=ctx.checkout(tx_id).lane)
+                # Landed.  Re-check the checkout: a deduction on a sale no longer open goes straight back.
+                checkout = ctx.checkout(tx_id)
+                if checkout.state != "open":
+                    await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
+                    raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
+                await ctx.db(ctx.store.settle_deduction, key, "confirmed")
+                balance_after, estimated = await self._confirm_balance(
+                    reported.id, member, wallet.points_balance, points
+                )
+                if balance_after < 0:
+                    # Another till spent the same points a moment ago: give these back.
+                    await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
+                    raise InsufficientPoints("Those points were just spent elsewhere; the member's balance is too low.")
+        if cfg.engine.confirm_rate_with_test_reaction:
             await self._check_rate(event, points)
-        checkout = self._checkout(tx_id)
-        result = {
+        result: dict[str, Any] = {
             "transactionId": tx_id,
             "points": points,
-            "discount": self.money(money).to_dict(),
+            "pending": False,
+            "discount": ctx.money(money).to_dict(),
             "balanceAfter": int(balance_after),
+            "balanceEstimated": estimated,
             "eventKey": key,
         }
-        self.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
-        if self.config.receipts.points_slip:
-            result["print"] = await self._print(
+        ctx.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
+        if cfg.receipts.points_slip:
+            result["print"] = await ctx.print(
                 checkout.lane,
                 templates.points_slip(
-                    self.slip,
+                    ctx.slip,
                     points,
-                    self.money(money),
+                    ctx.money(money),
                     balance_after,
                     member=checkout.member.masked if checkout.member else None,
                     sale=tx_id,
@@ -100,25 +125,65 @@ class PointsFlows(FlowBase):
             )
         return result
 
-    async def _confirm_balance(self, event_id: str, member: Member, expected: float) -> float:
-        """The balance once our deduction has landed (reactions are asynchronous)."""
-        deadline = time.monotonic() + REACTION_WAIT
-        while time.monotonic() < deadline:
+    @staticmethod
+    def _landed(key: str, tx_id: str, points: int, money: int) -> Deduction:
+        return Deduction(key, tx_id, points, money, "confirmed")
+
+    def _pending_answer(self, tx_id: str, key: str, points: int, money: int, *, lane: int) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "transactionId": tx_id,
+            "points": points,
+            "pending": True,
+            # Nothing to give yet: a till that reads only ``discount`` gives nothing.
+            "discount": self.ctx.money(0).to_dict(),
+            "pendingDiscount": self.ctx.money(money).to_dict(),
+            "eventKey": key,
+            "message": "The loyalty service did not confirm the points. Do not give the discount yet: "
+            "tillplug is checking and will tell the till (points_settled).",
+        }
+        self.ctx.events.publish("redemption_pending", {k: v for k, v in result.items() if k != "message"}, lane=lane)
+        return result
+
+    async def _confirm_balance(self, event_id: str, member: Member, before: float, points: int) -> tuple[float, bool]:
+        """The balance once our deduction has landed, within the read budget; else an estimate.
+
+        Reactions are applied asynchronously.  A read here only confirms a write the
+        engine accepted, so no answer it gives (slow, missing, in a shape tillplug
+        does not know) can turn the spend into a failure.
+        """
+        ctx = self.ctx
+        budget = ctx.config.points.confirm_reads
+        estimate = before - points
+        reads, delay, reactions_readable = 0, FIRST_CONFIRM_DELAY, True
+        while reads < budget:
+            await asyncio.sleep(delay)
+            delay *= 2
+            applied = False
+            if reactions_readable:
+                reads += 1
+                try:
+                    applied = points_of(await ctx.client.event_reactions(event_id)) != 0
+                except TillplugError as exc:
+                    # An unknown reactions shape: from now on, judge by the balance alone.
+                    reactions_readable = False
+                    log.info("reactions unreadable (%s); confirming by the balance", exc.code)
+                if not applied and reactions_readable:
+                    continue
+            if reads >= budget:
+                break
+            reads += 1
             try:
-                if points_of(await self.client.event_reactions(event_id)):
-                    wallet: Wallet = await self.client.get_wallet(member.id)
-                    return wallet.points_balance
-            except RetryableError:
-                pass
-            await asyncio.sleep(0.05)
-        log.warning(
-            "deduction for member %s not applied within %.0fs; trusting the pre-check", member.masked, REACTION_WAIT
-        )
-        return expected
+                balance = (await ctx.client.get_wallet(member.id)).points_balance
+            except TillplugError:
+                continue
+            if applied or balance <= estimate:
+                return balance, False
+        log.info("deduction for member %s not confirmed within %d read(s); balance estimated", member.masked, reads)
+        return estimate, True
 
     async def _check_rate(self, event: EventDefinition, points: int) -> None:
         try:
-            results = await self.client.test_reaction(event)
+            results = await self.ctx.client.test_reaction(event)
         except TillplugError as exc:
             log.info("test_reaction unavailable: %s", exc.code)
             return
@@ -129,7 +194,7 @@ class PointsFlows(FlowBase):
                 engine_points,
                 points,
             )
-            self.events.publish(
+            self.ctx.events.publish(
                 "error",
                 {
                     "code": "rate_mismatch",
@@ -137,48 +202,85 @@ class PointsFlows(FlowBase):
                 },
             )
 
-    def _unknown_deduction(self, tx_id: str, key: str, points: int, member: Member) -> None:
-        """The deduction may or may not have landed: queue a refund that is sent only if it did."""
-        refund = self._event(
-            self.config.engine.event_types.points_refund,
+    # -- refunds -------------------------------------------------------------------------
+
+    def _refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
+        """Queue a refund for each landed deduction and mark it refunded: one transaction (sync: off-loop)."""
+        ctx = self.ctx
+        total = 0
+        with ctx.store.transaction() as tx:
+            for d in deductions:
+                refund = ctx.event(
+                    ctx.config.engine.event_types.points_refund,
+                    member,
+                    {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
+                )
+                ctx.outbox.enqueue(
+                    tx, kind="event", stream=tx_id, body=refund.body(), event_key=refund.payload["eventKey"]
+                )
+                ctx.store.set_deduction(tx, d.event_key, "refunded")
+                total += d.points
+        ctx.wake_outbox()
+        return total
+
+    async def refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
+        return await self.ctx.db(self._refund, tx_id, deductions, member)
+
+    def _refund_if_landed(self, tx_id: str, d: Deduction, member: Member) -> None:
+        """A crash interrupted the spend (the till got no answer): queue a refund sent only if it landed."""
+        ctx = self.ctx
+        refund = ctx.event(
+            ctx.config.engine.event_types.points_refund,
             member,
-            {"transactionId": tx_id, "points": points, "reverses": key},
+            {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
         )
-        with self.checkouts.transaction() as tx:
-            self.checkouts.set_deduction(tx, key, "unknown")
-            self.outbox.enqueue(
+        with ctx.store.transaction() as tx:
+            ctx.store.set_deduction(tx, d.event_key, "unknown")
+            ctx.outbox.enqueue(
                 tx,
                 kind="event",
                 stream=tx_id,
                 body=refund.body(),
                 event_key=refund.payload["eventKey"],
-                requires_key=key,
+                requires_key=d.event_key,
             )
-        self.wake_outbox()
-
-    def _refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
-        total = 0
-        with self.checkouts.transaction() as tx:
-            for d in deductions:
-                refund = self._event(
-                    self.config.engine.event_types.points_refund,
-                    member,
-                    {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
-                )
-                self.outbox.enqueue(
-                    tx, kind="event", stream=tx_id, body=refund.body(), event_key=refund.payload["eventKey"]
-                )
-                self.checkouts.set_deduction(tx, d.event_key, "refunded")
-                total += d.points
-        self.wake_outbox()
-        return total
+        ctx.wake_outbox()
 
     def recover(self) -> int:
         """At start-up: deductions a crash interrupted get a refund-if-it-landed."""
         count = 0
-        for d in self.checkouts.interrupted_deductions():
-            checkout = self.checkouts.get(d.tx_id)
+        for d in self.ctx.store.interrupted_deductions():
+            checkout = self.ctx.store.get(d.tx_id)
             if checkout and checkout.member:
-                self._unknown_deduction(d.tx_id, d.event_key, d.points, checkout.member)
+                self._refund_if_landed(d.tx_id, d, checkout.member)
                 count += 1
         return count
+
+    # -- settling unknown outcomes --------------------------------------------------------
+
+    async def settle(self, d: Deduction, *, not_landed_after: float) -> str:
+        """Look one pending deduction up; tell the till the verdict.  Returns landed/not_landed/unknown."""
+        ctx = self.ctx
+        found = await event_landed(ctx.client, d.event_key)
+        if found is None or (found is False and time.time() - d.created < not_landed_after):
+            return UNKNOWN  # cannot tell yet: never guessed
+        async with ctx.checkout_locks.hold(d.tx_id):
+            current = ctx.store.deduction(d.event_key)
+            if current is None or current.state != "unknown" or not current.pending:
+                return UNKNOWN  # settled meanwhile
+            checkout = ctx.checkout(d.tx_id)
+            data: dict[str, Any] = {"transactionId": d.tx_id, "eventKey": d.event_key, "points": d.points}
+            if not found:
+                await ctx.db(ctx.store.settle_deduction, d.event_key, "failed")
+                data |= {"outcome": NOT_LANDED, "discount": ctx.money(0).to_dict()}
+            elif checkout.state == "open":
+                await ctx.db(ctx.store.settle_deduction, d.event_key, "confirmed")
+                data |= {"outcome": LANDED, "discount": ctx.money(d.money).to_dict()}
+            else:
+                # Landed on a sale that closed without it: the member gets the points back.
+                assert checkout.member is not None
+                await self.refund(d.tx_id, [d], checkout.member)
+                data |= {"outcome": "refunded", "discount": ctx.money(0).to_dict()}
+            log.info("pending deduction on %s settled: %s", d.tx_id, data["outcome"])
+            ctx.events.publish("points_settled", data, lane=checkout.lane)
+            return LANDED if found else NOT_LANDED

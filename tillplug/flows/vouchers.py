@@ -1,101 +1,370 @@
-"""3.2 user-led and 3.3 cashier-led vouchers, and the three kinds of code of the seed."""
+"""3.2 user-led and 3.3 cashier-led vouchers, the three kinds of code of the seed, and tender.
+
+A burn is irreversible, so it follows the money rules: an intent row before the
+call; a refusal is final; an unknown outcome (timeout, reset, unreadable 2xx) is
+looked up on the benefit (its ``burnedAt`` / the code's ``validatedAt``) and the
+till is told the verdict on the event stream.  Check-only vouchers (``checkOnly``
+or ``vouchers.mode = "check_then_burn"``) are burned by ``tender``, a call the till
+makes *before* taking payment; a sale with an unburned voucher cannot complete.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from tillplug.barcodes.classify import ScanKind
-from tillplug.engine.models import (
-    Benefit,
-)
+from tillplug.engine.models import Benefit, parse_time
 from tillplug.errors import (
     BenefitNotFound,
     CheckoutConflict,
     InvalidRequest,
+    OutcomeUnknown,
+    TillplugError,
     VoucherError,
 )
-from tillplug.flows.base import FlowBase, benefit_view
-from tillplug.flows.checkouts import (
-    AppliedVoucher,
-)
+from tillplug.flows.book import benefit_view
+from tillplug.flows.checkouts import AppliedVoucher, Burn, Checkout, Member
+from tillplug.flows.context import NOT_LANDED, UNKNOWN, FlowContext, write_outcome
 from tillplug.receipts import templates
 
+log = logging.getLogger(__name__)
+# A burn time this much before our intent was written is someone else's burn, not ours.
+CLOCK_SKEW = 300.0
+PENDING_MESSAGE = (
+    "The loyalty service did not confirm the voucher. Do not give its discount yet: "
+    "tillplug is checking whether it was used and will tell the till (voucher_settled)."
+)
 
-class VoucherFlows(FlowBase):
-    # -- 3.2 / 3.3 vouchers -----------------------------------------------------------
 
-    async def apply_voucher(self, tx_id: str, code: str, check_only: bool | None = None) -> dict[str, Any]:
-        code = code.strip()
-        if not code or len(code) > 128:
-            raise InvalidRequest("A voucher code is 1 to 128 characters.")
-        checkout = self._open(tx_id)
-        classified = self.classifier.classify(code)
-        if classified.kind is ScanKind.LOCAL_POOL:
-            # Codes the POS manages alone: never sent to the engine.
-            result = {"transactionId": tx_id, "kind": "local_pool", "code": classified.code}
-            self.events.publish("voucher_result", result, lane=checkout.lane)
-            return result
-        if classified.kind is ScanKind.VOUCHER:
-            code = classified.code
-        if any(v.code == code for v in checkout.vouchers):
-            raise CheckoutConflict("This voucher is already applied to this sale.")
-        if check_only is None:
-            check_only = self.config.vouchers.mode == "check_then_burn"
-        member_id = checkout.member.id if checkout.member else None
+def _applied(benefit: Benefit, *, burned: bool, code: str | None = None) -> AppliedVoucher:
+    return AppliedVoucher(
+        code=benefit.code.value if benefit.code else (code or ""),
+        benefit_id=benefit.id,
+        name=benefit.reward.name if benefit.reward else "Voucher",
+        discounts=[
+            d.model_dump(exclude_none=True, by_alias=True) for d in (benefit.reward.discounts if benefit.reward else [])
+        ],
+        burned=burned,
+    )
+
+
+def owned_by(benefit: Benefit, member: Member) -> bool:
+    """tillplug's own owner check: whatever the engine's filter did, only the member's own benefits."""
+    owner = benefit.owner or {}
+    return owner.get("id") in (None, member.id) and owner.get("authIdentifier") in (None, member.auth_identifier)
+
+
+def burned_since(benefit: Benefit, since: float) -> bool:
+    """Whether the benefit was used at or after ``since`` (epoch seconds, minus the clock skew)."""
+    for stamp in (benefit.burned_at, benefit.code.validated_at if benefit.code else None):
+        when = parse_time(stamp)
+        if when is not None:
+            return when.timestamp() >= since - CLOCK_SKEW
+    return False
+
+
+class Vouchers:
+    def __init__(self, ctx: FlowContext) -> None:
+        self.ctx = ctx
+
+    # -- the burn, with its intent row ---------------------------------------------------
+
+    async def _burn(self, checkout: Checkout, code: str, benefit_id: str | None) -> tuple[int, Benefit | None]:
+        """Burn ``code``: (intent id, benefit) if it landed, (intent id, None) if unknown (pending).
+
+        A refusal marks the intent failed and is raised.
+        """
+        ctx = self.ctx
+        member = checkout.member
+        burn_id = await ctx.db(ctx.store.begin_burn, checkout.tx_id, code, benefit_id)
         try:
-            benefit = await self.client.validate_voucher(code, check_only=check_only, user_identifier=member_id)
-        except VoucherError as exc:
-            self.events.publish(
-                "voucher_result",
-                {"transactionId": tx_id, "code": code, "ok": False, "error": exc.code, "message": exc.message},
-                lane=checkout.lane,
-            )
-            raise
-        return await self._applied(tx_id, benefit, burned=not check_only)
+            benefit = await ctx.client.validate_voucher(code, user_identifier=member.id if member else None)
+        except Exception as exc:
+            if write_outcome(exc) == NOT_LANDED:
+                await ctx.db(ctx.store.settle_burn, burn_id, "failed")
+                raise
+            log.warning("voucher burn on %s: outcome unknown (%s); looking it up", checkout.tx_id, type(exc).__name__)
+            await ctx.db(ctx.store.settle_burn, burn_id, "unknown", pending=True)
+            ctx.wake_settler()
+            return burn_id, None
+        return burn_id, benefit
 
-    async def _applied(self, tx_id: str, benefit: Benefit, *, burned: bool) -> dict[str, Any]:
-        voucher = AppliedVoucher(
-            code=benefit.code.value if benefit.code else "",
-            benefit_id=benefit.id,
-            name=benefit.reward.name if benefit.reward else "Voucher",
-            discounts=[
-                d.model_dump(exclude_none=True, by_alias=True)
-                for d in (benefit.reward.discounts if benefit.reward else [])
-            ],
-            burned=burned,
+    def _pending_answer(self, checkout: Checkout, code: str) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "transactionId": checkout.tx_id,
+            "kind": "engine",
+            "ok": False,
+            "pending": True,
+            "code": code,
+            "discounts": [],
+            "burned": False,
+            "message": PENDING_MESSAGE,
+        }
+        self.ctx.events.publish(
+            "voucher_pending", {k: v for k, v in result.items() if k != "message"}, lane=checkout.lane
         )
-        async with self._lock(self._tx_locks, tx_id):
-            checkout = self._checkout(tx_id)
-            checkout.vouchers.append(voucher)
-            with self.checkouts.transaction() as tx:
-                self.checkouts.save(tx, checkout)
-        result = {"transactionId": tx_id, "kind": "engine", "ok": True, **voucher.to_api()}
-        self.events.publish("voucher_result", result, lane=checkout.lane)
-        if self.config.receipts.voucher_receipt:
-            result["print"] = await self._print(
-                checkout.lane, templates.voucher_receipt(self.slip, benefit, burned=burned)
+        return result
+
+    async def _keep(self, tx_id: str, burn_id: int | None, voucher: AppliedVoucher) -> Checkout:
+        """Add the voucher to the checkout, re-read after the engine call; a closed sale is reported."""
+        ctx = self.ctx
+        checkout = ctx.checkout(tx_id)
+        if checkout.state != "open":
+            if burn_id is not None:
+                await ctx.db(ctx.store.settle_burn, burn_id, "burned")
+                self._burned_on_closed(checkout, voucher.code)
+            raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile.")
+        checkout.vouchers.append(voucher)
+        if burn_id is not None:
+            await ctx.db(ctx.store.settle_burn, burn_id, "burned", checkout=checkout)
+        else:
+            await ctx.db(ctx.store.commit, checkout)
+        return checkout
+
+    def _burned_on_closed(self, checkout: Checkout, code: str) -> None:
+        log.error("voucher %s was burned on checkout %s after it was %s", code, checkout.tx_id, checkout.state)
+        self.ctx.events.publish(
+            "error",
+            {
+                "code": "voucher_burned_on_closed_checkout",
+                "transactionId": checkout.tx_id,
+                "voucher": code,
+                "message": f"Voucher {code} was used up on sale {checkout.tx_id}, which is already "
+                f"{checkout.state}. It cannot be given back by tillplug; tell a supervisor.",
+            },
+            lane=checkout.lane,
+        )
+
+    async def _result(self, checkout: Checkout, voucher: AppliedVoucher, benefit: Benefit) -> dict[str, Any]:
+        ctx = self.ctx
+        result = {"transactionId": checkout.tx_id, "kind": "engine", "ok": True, "pending": False, **voucher.to_api()}
+        ctx.events.publish("voucher_result", result, lane=checkout.lane)
+        if ctx.config.receipts.voucher_receipt:
+            result["print"] = await ctx.print(
+                checkout.lane, templates.voucher_receipt(ctx.slip, benefit, burned=voucher.burned)
             )
         return result
 
-    async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
-        member = self._member_of(self._checkout(tx_id))
-        benefits = await self.client.list_benefits(member.id)
-        return [benefit_view(b) for b in benefits if b.state() in ("created", "redeemed")]
-
-    async def redeem_benefit(self, tx_id: str, benefit_id: str, check_only: bool | None = None) -> dict[str, Any]:
-        checkout = self._open(tx_id)
-        member = self._member_of(checkout)
-        owned = {b.id: b for b in await self.client.list_benefits(member.id)}
-        benefit = owned.get(benefit_id)
-        if benefit is None:
-            raise BenefitNotFound("This voucher is not in the member's wallet.")
-        if benefit.state() == "created":
-            benefit = await self.client.redeem_benefit(benefit_id)
-        if benefit.code is None:
-            raise InvalidRequest("This voucher has no code to validate.")
-        if check_only is None:
-            check_only = self.config.vouchers.mode == "check_then_burn"
-        validated = await self.client.validate_voucher(
-            benefit.code.value, check_only=check_only, user_identifier=member.id
+    def _refused(self, checkout: Checkout, code: str, exc: TillplugError) -> None:
+        self.ctx.events.publish(
+            "voucher_result",
+            {"transactionId": checkout.tx_id, "code": code, "ok": False, "error": exc.code, "message": exc.message},
+            lane=checkout.lane,
         )
-        return await self._applied(tx_id, validated, burned=not check_only)
+
+    # -- 3.2 user-led ----------------------------------------------------------------------
+
+    async def apply(self, tx_id: str, code: str, check_only: bool | None = None) -> dict[str, Any]:
+        code = code.strip()
+        if not code or len(code) > 128:
+            raise InvalidRequest("A voucher code is 1 to 128 characters.")
+        ctx = self.ctx
+        async with ctx.checkout_locks.hold(tx_id):
+            checkout = ctx.open(tx_id)
+            classified = ctx.classifier.classify(code)
+            if classified.kind is ScanKind.LOCAL_POOL:
+                # Codes the POS manages alone: never sent to the engine.
+                local = {"transactionId": tx_id, "kind": "local_pool", "code": classified.code}
+                ctx.events.publish("voucher_result", local, lane=checkout.lane)
+                return local
+            if classified.kind is ScanKind.VOUCHER:
+                code = classified.code
+            if any(v.code == code for v in checkout.vouchers):
+                raise CheckoutConflict("This voucher is already applied to this sale.")
+            if checkout.member is not None:
+                ctx.online_member_of(checkout, "vouchers")
+            if check_only is None:
+                check_only = ctx.config.vouchers.mode == "check_then_burn"
+            member_id = checkout.member.id if checkout.member else None
+            burn_id: int | None = None
+            try:
+                if check_only:
+                    benefit = await ctx.client.validate_voucher(code, check_only=True, user_identifier=member_id)
+                else:
+                    burn_id, found = await self._burn(checkout, code, None)
+                    if found is None:
+                        return self._pending_answer(checkout, code)
+                    benefit = found
+            except VoucherError as exc:
+                self._refused(checkout, code, exc)
+                raise
+            voucher = _applied(benefit, burned=not check_only, code=code)
+            checkout = await self._keep(tx_id, burn_id, voucher)
+        return await self._result(checkout, voucher, benefit)
+
+    async def check_scan(self, code: str, lane: int) -> Benefit:
+        """A voucher scanned with no sale open: only checked, never burned; the till is told."""
+        try:
+            benefit: Benefit = await self.ctx.client.validate_voucher(code, check_only=True)
+        except VoucherError as exc:
+            self.ctx.events.publish(
+                "voucher_result",
+                {"code": code, "ok": False, "checkOnly": True, "error": exc.code, "message": exc.message},
+                lane=lane,
+            )
+            raise
+        self.ctx.events.publish(
+            "voucher_result", {"code": code, "ok": True, "checkOnly": True, **benefit_view(benefit)}, lane=lane
+        )
+        return benefit
+
+    # -- 3.3 cashier-led ---------------------------------------------------------------------
+
+    async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
+        ctx = self.ctx
+        async with ctx.checkout_locks.hold(tx_id):
+            member = ctx.online_member_of(ctx.checkout(tx_id), "vouchers")
+            benefits = await ctx.client.list_benefits(member.id)
+        return [benefit_view(b) for b in benefits if owned_by(b, member) and b.state() in ("created", "redeemed")]
+
+    async def redeem(self, tx_id: str, benefit_id: str, check_only: bool | None = None) -> dict[str, Any]:
+        ctx = self.ctx
+        async with ctx.checkout_locks.hold(tx_id):
+            checkout = ctx.open(tx_id)
+            member = ctx.online_member_of(checkout, "vouchers")
+            owned = {b.id: b for b in await ctx.client.list_benefits(member.id) if owned_by(b, member)}
+            benefit = owned.get(benefit_id)
+            if benefit is None:
+                raise BenefitNotFound("This voucher is not in the member's wallet.")
+            if benefit.state() == "created":
+                benefit = await self._activate(benefit_id)
+            if benefit.code is None:
+                raise InvalidRequest("This voucher has no code to validate.")
+            code = benefit.code.value
+            checkout = ctx.open(tx_id)
+            if any(v.code == code for v in checkout.vouchers):
+                raise CheckoutConflict("This voucher is already applied to this sale.")
+            if check_only is None:
+                check_only = ctx.config.vouchers.mode == "check_then_burn"
+            burn_id: int | None = None
+            try:
+                if check_only:
+                    validated = await ctx.client.validate_voucher(code, check_only=True, user_identifier=member.id)
+                else:
+                    burn_id, found = await self._burn(checkout, code, benefit_id)
+                    if found is None:
+                        return self._pending_answer(checkout, code)
+                    validated = found
+            except VoucherError as exc:
+                self._refused(checkout, code, exc)
+                raise
+            voucher = _applied(validated, burned=not check_only, code=code)
+            checkout = await self._keep(tx_id, burn_id, voucher)
+        return await self._result(checkout, voucher, validated)
+
+    async def _activate(self, benefit_id: str) -> Benefit:
+        """redeem_benefit (activation, not a burn); an unknown outcome is looked up on the benefit at once."""
+        client = self.ctx.client
+        try:
+            activated: Benefit = await client.redeem_benefit(benefit_id)
+            return activated
+        except TillplugError as exc:
+            if write_outcome(exc) == NOT_LANDED:
+                raise
+            unknown = exc
+        try:
+            again: Benefit = await client.get_benefit(benefit_id)
+        except TillplugError:
+            again = None  # type: ignore[assignment]
+        if again is not None and again.redeemed_at:
+            return again
+        raise OutcomeUnknown(
+            "The loyalty service did not confirm activating this voucher and tillplug could not check it; "
+            "nothing was used. Try again."
+        ) from unknown
+
+    # -- tender: burn what was only checked, before payment ----------------------------------
+
+    async def tender(self, tx_id: str) -> dict[str, Any]:
+        ctx = self.ctx
+        burned: list[str] = []
+        failed: list[dict[str, Any]] = []
+        pending: list[str] = []
+        async with ctx.checkout_locks.hold(tx_id):
+            checkout = ctx.open(tx_id)
+            for voucher in [v for v in checkout.vouchers if not v.burned]:
+                try:
+                    burn_id, benefit = await self._burn(checkout, voucher.code, voucher.benefit_id)
+                except TillplugError as exc:
+                    refused = isinstance(exc, VoucherError)
+                    failed.append(
+                        {"code": voucher.code, "error": exc.code, "message": exc.message, "retry": not refused}
+                    )
+                    if refused:  # it cannot be used: it leaves the sale, and its discount with it
+                        checkout.vouchers.remove(voucher)
+                    continue
+                if benefit is None:  # unknown: the settler adds it back if the burn landed
+                    checkout.vouchers.remove(voucher)
+                    pending.append(voucher.code)
+                    continue
+                voucher.burned = True
+                burned.append(voucher.code)
+                await ctx.db(ctx.store.settle_burn, burn_id, "burned", checkout=checkout)
+            checkout = await self._save_open(checkout)
+        result = {
+            "transactionId": tx_id,
+            "burned": burned,
+            "failed": failed,
+            "pending": pending,
+            "vouchers": [v.to_api() for v in checkout.vouchers],
+            "ready": not failed and not pending,
+        }
+        ctx.events.publish("tendered", result, lane=checkout.lane)
+        return result
+
+    async def _save_open(self, checkout: Checkout) -> Checkout:
+        current = self.ctx.checkout(checkout.tx_id)
+        if current.state != "open":
+            raise CheckoutConflict(f"Checkout {checkout.tx_id} was closed meanwhile.")
+        await self.ctx.db(self.ctx.store.commit, checkout)
+        return checkout
+
+    # -- settling unknown burns ---------------------------------------------------------------
+
+    async def _look_up(self, burn: Burn, member: Member | None) -> Benefit | None:
+        client = self.ctx.client
+        try:
+            if burn.benefit_id:
+                found: Benefit = await client.get_benefit(burn.benefit_id)
+                return found
+            if member is None or member.offline:
+                return None
+            benefits: list[Benefit] = await client.list_benefits(member.id)
+            for b in benefits:
+                if b.code is not None and b.code.value == burn.code and owned_by(b, member):
+                    return b
+        except TillplugError as exc:
+            log.info("look-up of an unknown voucher burn failed (%s); tried again later", exc.code)
+        return None
+
+    async def settle(self, burn: Burn, *, not_landed_after: float) -> str:
+        ctx = self.ctx
+        checkout = ctx.checkout(burn.tx_id)
+        benefit = await self._look_up(burn, checkout.member)
+        if benefit is None:
+            return UNKNOWN
+        landed = burned_since(benefit, burn.created)
+        if not landed and time.time() - burn.created < not_landed_after:
+            return UNKNOWN
+        async with ctx.checkout_locks.hold(burn.tx_id):
+            if not any(b.id == burn.id for b in ctx.store.pending_burns()):
+                return UNKNOWN  # settled meanwhile
+            checkout = ctx.checkout(burn.tx_id)
+            data: dict[str, Any] = {"transactionId": burn.tx_id, "code": burn.code}
+            if not landed:
+                await ctx.db(ctx.store.settle_burn, burn.id, "failed")
+                data |= {"outcome": "not_burned", "applied": False, "discounts": []}
+            elif checkout.state == "open":
+                voucher = _applied(benefit, burned=True, code=burn.code)
+                checkout.vouchers.append(voucher)
+                await ctx.db(ctx.store.settle_burn, burn.id, "burned", checkout=checkout)
+                data |= {"outcome": "burned", "applied": True, "discounts": voucher.discounts}
+            else:
+                await ctx.db(ctx.store.settle_burn, burn.id, "burned")
+                self._burned_on_closed(checkout, burn.code)
+                data |= {"outcome": "burned", "applied": False, "discounts": []}
+            log.info("pending voucher burn on %s settled: %s", burn.tx_id, data["outcome"])
+            ctx.events.publish("voucher_settled", data, lane=checkout.lane)
+            return "landed" if landed else NOT_LANDED

@@ -1,0 +1,213 @@
+"""The checkout book: member look-up, opening checkouts, attaching members (online or offline), views."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from typing import Any
+
+from tillplug.barcodes.classify import ScanKind
+from tillplug.engine.models import Benefit, Wallet
+from tillplug.errors import (
+    CheckoutConflict,
+    EngineUnavailable,
+    InvalidRequest,
+    MemberNotFound,
+)
+from tillplug.flows.checkouts import Checkout, Member
+from tillplug.flows.context import FlowContext
+from tillplug.logs import mask
+from tillplug.money import points_to_money
+from tillplug.receipts import templates
+
+log = logging.getLogger(__name__)
+TX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+MEMBER_TTL = 600.0  # in memory: a card scanned at look-up and again at the checkout costs one GET /users
+MEMBER_CACHE = 1000
+# On disk, for offline attach: a card seen this recently is attached (by its WLL id) while the engine is down.
+OFFLINE_MEMBER_TTL = 14 * 24 * 3600.0
+SUBJECT_MAX = 128  # the longest identifier the engine takes as an event subject
+
+
+def benefit_view(b: Benefit) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "state": b.state(),
+        "name": b.reward.name if b.reward else "",
+        "expiresAt": b.expires_at,
+        "code": b.code.value if b.code and b.state() != "created" else None,
+        "discounts": [d.model_dump(exclude_none=True, by_alias=True) for d in (b.reward.discounts if b.reward else [])],
+    }
+
+
+class CheckoutBook:
+    def __init__(self, ctx: FlowContext) -> None:
+        self.ctx = ctx
+        # ident → (member, expiry): a card's UUID and authIdentifier do not change (engine-api.md part 1 §3).
+        self._members: OrderedDict[str, tuple[Member, float]] = OrderedDict()
+        self._open_by_lane: dict[int, str] | None = None  # lane → open checkout, mirrored from the database
+
+    # -- member look-up ----------------------------------------------------------------
+
+    def member_ident(self, code: str) -> str:
+        code = code.strip()
+        if not code or len(code) > 512:
+            raise InvalidRequest("A member code is 1 to 512 characters.")
+        classified = self.ctx.classifier.classify(code)
+        return classified.code if classified.kind is ScanKind.MEMBER else code
+
+    async def find_member(self, code: str) -> tuple[Member, Wallet]:
+        ctx = self.ctx
+        ident = self.member_ident(code)
+        cached = self._members.get(ident)
+        if cached is not None and cached[1] > time.monotonic():
+            member = cached[0]
+        else:
+            user = await ctx.client.get_user(ident)
+            member = Member(user.id, user.auth_identifier, mask(user.id))
+            self._members[ident] = (member, time.monotonic() + MEMBER_TTL)
+            self._members.move_to_end(ident)
+            while len(self._members) > MEMBER_CACHE:
+                self._members.popitem(last=False)
+        try:
+            wallet = await ctx.client.get_wallet(member.id)
+        except MemberNotFound:
+            self._members.pop(ident, None)  # closed since it was cached
+            raise
+        await ctx.db(ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
+        return member, wallet
+
+    def offline_member(self, code: str) -> Member | None:
+        """The member a card names while the engine is down, if tillplug can know it without asking.
+
+        A card seen recently is known by its cached WLL id.  Otherwise a member code
+        the engine accepts as an event subject (WLL id, account number or
+        authIdentifier, at most 128 characters) is used as the subject itself: the
+        sale's event, queued in the outbox, credits whoever the engine finds.
+        """
+        ident = self.member_ident(code)
+        cached = self.ctx.store.recall_member(ident)
+        if cached is not None:
+            return Member(cached, None, mask(cached), offline=True)
+        classified = self.ctx.classifier.classify(code.strip())
+        if classified.kind is ScanKind.MEMBER and 1 <= len(ident) <= SUBJECT_MAX:
+            return Member(ident, None, mask(ident), offline=True)
+        return None
+
+    def wallet_view(self, member: Member, wallet: Wallet) -> dict[str, Any]:
+        cfg = self.ctx.config
+        usable = [benefit_view(v) for v in wallet.vouchers if v.state() in ("created", "redeemed", "validated")]
+        return {
+            "member": member.masked,
+            "pointsBalance": int(wallet.points_balance),
+            "lifetimePoints": int(wallet.lifetime_earn),
+            "tier": wallet.tier.name if wallet.tier else None,
+            "pointsValue": self.ctx.money(
+                points_to_money(max(0, int(wallet.points_balance)), cfg.points.rate_points, cfg.points.rate_money)
+            ).to_dict(),
+            "vouchers": usable,
+        }
+
+    async def lookup(self, code: str, *, lane: int | None = None, print_slip: bool = False) -> dict[str, Any]:
+        member, wallet = await self.find_member(code)
+        view = self.wallet_view(member, wallet)
+        self.ctx.events.publish("member_found", view, lane=lane)
+        if print_slip and lane is not None and self.ctx.config.receipts.balance_slip:
+            view["print"] = await self.ctx.print(lane, templates.balance_slip(self.ctx.slip, member.masked, wallet))
+        return view
+
+    # -- checkouts -----------------------------------------------------------------------
+
+    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> dict[str, Any]:
+        if not TX_ID.match(tx_id):
+            raise InvalidRequest("transactionId must be 1-64 letters, digits, '.', '_', ':' or '-'.")
+        if cashier_id is not None and not TX_ID.match(cashier_id):
+            raise InvalidRequest("cashierId must be 1-64 letters, digits, '.', '_', ':' or '-'.")
+        if not 1 <= lane <= 999:
+            raise InvalidRequest("lane must be 1 to 999.")
+        ctx = self.ctx
+        checkout = Checkout(tx_id, lane, cashier_id)
+        async with ctx.checkout_locks.hold(tx_id):
+            if ctx.store.get(tx_id) is not None:
+                raise CheckoutConflict(f"Checkout {tx_id} already exists.")
+            await ctx.db(self._insert, checkout)
+        self.lanes()[lane] = tx_id
+        ctx.events.publish("checkout_opened", {"transactionId": tx_id}, lane=lane)
+        return self.view(checkout)
+
+    def _insert(self, checkout: Checkout) -> None:
+        with self.ctx.store.transaction() as tx:
+            self.ctx.store.insert(tx, checkout)
+
+    def lanes(self) -> dict[int, str]:
+        if self._open_by_lane is None:
+            self._open_by_lane = dict(self.ctx.store.open_checkouts())
+        return self._open_by_lane
+
+    def closed(self, checkout: Checkout) -> None:
+        if self.lanes().get(checkout.lane) == checkout.tx_id:
+            del self.lanes()[checkout.lane]
+
+    def open_on_lane(self, lane: int) -> Checkout | None:
+        tx_id = self.lanes().get(lane)
+        return self.ctx.store.get(tx_id) if tx_id else None
+
+    def view(self, checkout: Checkout) -> dict[str, Any]:
+        store = self.ctx.store
+        deductions = store.deductions(checkout.tx_id)
+        taken = [d for d in deductions if d.state == "confirmed"]
+        return {
+            "transactionId": checkout.tx_id,
+            "lane": checkout.lane,
+            "cashierId": checkout.cashier_id,
+            "state": checkout.state,
+            "member": checkout.member.masked if checkout.member else None,
+            "offline": bool(checkout.member and checkout.member.offline),
+            "pointsSpent": sum(d.points for d in taken),
+            "pointsDiscount": self.ctx.money(sum(d.money for d in taken)).to_dict(),
+            "pointsPending": sum(d.points for d in deductions if d.state == "unknown" and d.pending),
+            "refunded": sum(d.points for d in deductions if d.state == "refunded"),
+            "vouchers": [v.to_api() for v in checkout.vouchers],
+            "vouchersPending": [b.code for b in store.burns(checkout.tx_id) if b.state in ("unknown", "sending")],
+        }
+
+    def get_checkout(self, tx_id: str) -> dict[str, Any]:
+        return self.view(self.ctx.checkout(tx_id))
+
+    async def attach_member(self, tx_id: str, code: str) -> dict[str, Any]:
+        ctx = self.ctx
+        async with ctx.checkout_locks.hold(tx_id):
+            ctx.open(tx_id)
+            wallet: Wallet | None = None
+            try:
+                member, wallet = await self.find_member(code)
+            except EngineUnavailable:
+                offline = self.offline_member(code)
+                if offline is None:
+                    raise
+                member = offline
+                log.warning("engine unreachable: member %s attached offline (earns through the outbox)", member.masked)
+            checkout = ctx.open(tx_id)  # re-read after the engine call
+            if checkout.member is not None and checkout.member.id != member.id:
+                spent = ctx.store.deductions(tx_id)
+                if checkout.vouchers or any(d.state in ("confirmed", "unknown", "sending") for d in spent):
+                    # Refunds must go back to whoever spent: the member cannot change under them.
+                    raise CheckoutConflict(
+                        "Another member already used points or vouchers on this sale; void it first."
+                    )
+            checkout.member = member
+            await ctx.db(ctx.store.commit, checkout)
+        view = self.view(checkout)
+        if wallet is not None:
+            view["wallet"] = self.wallet_view(member, wallet)
+            ctx.events.publish("member_attached", {"transactionId": tx_id, **view["wallet"]}, lane=checkout.lane)
+        else:
+            view["wallet"] = None
+            ctx.events.publish(
+                "member_attached",
+                {"transactionId": tx_id, "member": member.masked, "offline": True},
+                lane=checkout.lane,
+            )
+        return view

@@ -1,0 +1,202 @@
+"""The loyalty flows of the seed document, one checkout per lane, composed of four parts.
+
+1 member look-up · 2 earning on completion · 3.1 spending points as money ·
+3.2 user-led and 3.3 cashier-led vouchers · voids.  ``Loyalty`` holds a
+checkout book, points, vouchers and completion, which share one
+``FlowContext`` (config, engine, store, locks, stream) and nothing else; every
+call on one checkout runs under that checkout's lock.  The settler settles
+unknown outcomes by look-up and tells the till on the event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tillplug.barcodes.classify import Classified, ScanKind
+from tillplug.config.model import Config
+from tillplug.errors import TillplugError, VoucherError
+from tillplug.flows.book import CheckoutBook
+from tillplug.flows.checkouts import Checkout, CheckoutStore
+from tillplug.flows.completion import Completion
+from tillplug.flows.context import UNKNOWN, FlowContext, Printer
+from tillplug.flows.events import EventBus
+from tillplug.flows.points import Points
+from tillplug.flows.vouchers import Vouchers
+from tillplug.logs import mask
+from tillplug.outbox.store import OutboxStore
+
+log = logging.getLogger(__name__)
+SETTLE_FIRST = 0.5  # seconds before the first look-up of an unknown outcome
+SETTLE_MAX = 60.0  # the longest wait between look-ups (backoff doubles up to this)
+
+
+class Loyalty:
+    """The flows of the seed, one façade: what the API, the scanners and the daemon call."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: Any,
+        outbox: OutboxStore,
+        *,
+        events: EventBus | None = None,
+        wake_outbox: Callable[[], None] = lambda: None,
+        printer: Printer | None = None,
+    ) -> None:
+        self.ctx = FlowContext(config, client, outbox, events=events, wake_outbox=wake_outbox, printer=printer)
+        self.book = CheckoutBook(self.ctx)
+        self.points = Points(self.ctx)
+        self.vouchers = Vouchers(self.ctx)
+        self.completion = Completion(self.ctx, self.book, self.points)
+        self._settle_wake = asyncio.Event()
+        self.ctx.wake_settler = self._settle_wake.set
+
+    # -- what the daemon and tests read ---------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    @property
+    def client(self) -> Any:
+        return self.ctx.client
+
+    @property
+    def checkouts(self) -> CheckoutStore:
+        return self.ctx.store
+
+    @property
+    def events(self) -> EventBus:
+        return self.ctx.events
+
+    @property
+    def slip(self) -> Any:
+        return self.ctx.slip
+
+    def reconfigure(self, config: Config) -> None:
+        self.ctx.reconfigure(config)
+
+    # -- the till's calls ---------------------------------------------------------------------
+
+    async def lookup(self, code: str, *, lane: int | None = None, print_slip: bool = False) -> dict[str, Any]:
+        return await self.book.lookup(code, lane=lane, print_slip=print_slip)
+
+    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> dict[str, Any]:
+        return await self.book.open_checkout(tx_id, lane, cashier_id)
+
+    def get_checkout(self, tx_id: str) -> dict[str, Any]:
+        return self.book.get_checkout(tx_id)
+
+    def open_on_lane(self, lane: int) -> Checkout | None:
+        return self.book.open_on_lane(lane)
+
+    async def attach_member(self, tx_id: str, code: str) -> dict[str, Any]:
+        return await self.book.attach_member(tx_id, code)
+
+    async def spend_points(self, tx_id: str, points: int) -> dict[str, Any]:
+        return await self.points.spend(tx_id, points)
+
+    async def apply_voucher(self, tx_id: str, code: str, check_only: bool | None = None) -> dict[str, Any]:
+        return await self.vouchers.apply(tx_id, code, check_only)
+
+    async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
+        return await self.vouchers.list_benefits(tx_id)
+
+    async def redeem_benefit(self, tx_id: str, benefit_id: str, check_only: bool | None = None) -> dict[str, Any]:
+        return await self.vouchers.redeem(tx_id, benefit_id, check_only)
+
+    async def tender(self, tx_id: str) -> dict[str, Any]:
+        return await self.vouchers.tender(tx_id)
+
+    async def complete(
+        self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
+    ) -> dict[str, Any]:
+        return await self.completion.complete(tx_id, total, basket, payment_confirmed)
+
+    async def void(self, tx_id: str) -> dict[str, Any]:
+        return await self.completion.void(tx_id)
+
+    # -- scans --------------------------------------------------------------------------------
+
+    async def handle_scan(self, text: str, symbology: str | None, lane: int, device: str) -> Classified:
+        events = self.ctx.events
+        classified = self.ctx.classifier.classify(text, symbology)
+        kind = classified.kind
+        base = {"device": device, "kind": kind.value, "symbology": symbology}
+        checkout = self.open_on_lane(lane)
+        try:
+            if kind is ScanKind.MEMBER:
+                events.publish("scan", {**base, "member": mask(classified.code)}, lane=lane)
+                if checkout is not None:
+                    await self.attach_member(checkout.tx_id, classified.code)
+                else:
+                    await self.lookup(classified.code, lane=lane, print_slip=True)
+            elif kind is ScanKind.VOUCHER:
+                events.publish("scan", {**base, "code": classified.code}, lane=lane)
+                if checkout is not None:
+                    await self.apply_voucher(checkout.tx_id, classified.code)
+                else:  # no sale to apply it to: only check it, never burn it
+                    await self.vouchers.check_scan(classified.code, lane)
+            elif kind is ScanKind.LOCAL_POOL:
+                events.publish("scan", {**base, "code": classified.code}, lane=lane)
+            else:
+                events.publish("scan", {**base, "text": text, **classified.details}, lane=lane)
+        except TillplugError as exc:
+            if not isinstance(exc, VoucherError):  # voucher outcomes were already published
+                events.publish("error", {"code": exc.code, "message": exc.message, "scanKind": kind.value}, lane=lane)
+        return classified
+
+    # -- recovery and settling ----------------------------------------------------------------
+
+    def recover(self) -> int:
+        """At start-up: interrupted deductions get a refund-if-landed; interrupted burns are looked up."""
+        count = self.points.recover()
+        store = self.ctx.store
+        for burn in store.interrupted_burns():
+            store.settle_burn(burn.id, "unknown", pending=True)
+            count += 1
+        return count
+
+    def _not_landed_after(self) -> float:
+        """How long after the intent a "not found" look-up is believed: past any request still in flight."""
+        engine = self.ctx.config.engine
+        return 2 * (engine.connect_timeout + engine.read_timeout)
+
+    async def settle_pending(self) -> int:
+        """One pass over every pending outcome; returns how many are still unknown."""
+        store, left = self.ctx.store, 0
+        after = self._not_landed_after()
+        for d in store.pending_deductions():
+            left += await self.points.settle(d, not_landed_after=after) == UNKNOWN
+        for b in store.pending_burns():
+            left += await self.vouchers.settle(b, not_landed_after=after) == UNKNOWN
+        return left
+
+    async def run_settler(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: settle pending outcomes, backing off while the engine cannot tell."""
+        delay = SETTLE_FIRST
+        while not stop.is_set():
+            self._settle_wake.clear()
+            try:
+                left = await self.settle_pending()
+            except Exception:  # the settler must outlive any single bug
+                log.exception("settling pending outcomes failed; trying again")
+                left = 1
+            delay = min(SETTLE_MAX, delay * 2) if left else SETTLE_FIRST
+            wait = delay if left else SETTLE_MAX
+            waiters = [asyncio.ensure_future(self._settle_wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+            if self._settle_wake.is_set():
+                await asyncio.sleep(SETTLE_FIRST)  # a fresh unknown: give the engine a moment first
+                delay = SETTLE_FIRST
+
+
+__all__ = ["Loyalty"]
