@@ -16,10 +16,12 @@ help?*
     │   │   ├── EngineServerError      the engine answered 5xx
     │   │   └── RateLimited            429; ``retry_after`` seconds if the engine said
     │   ├── OutcomeUnknown             the request left; we cannot tell if it was applied
-    │   └── DeviceError
-    │       ├── DeviceGone             unplugged, I/O error, port vanished
-    │       ├── DeviceBusy             the port is held by another process
-    │       └── PrinterNotReady        paper out, cover open, offline
+    │   ├── DeviceError
+    │   │   ├── DeviceGone             unplugged, I/O error, port vanished
+    │   │   ├── DeviceBusy             the port is held by another process
+    │   │   └── PrinterNotReady        paper out, cover open, offline
+    │   └── StorageError               the till's own disk refused a write
+    │       └── StorageFull            no space left
     └── PermanentError                 the same request will fail the same way
         ├── ConfigError                the config file or a secret file is wrong
         ├── DriverError                no such driver, or it cannot load
@@ -72,6 +74,8 @@ __all__ = [
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
+    "StorageError",
+    "StorageFull",
     "TillplugError",
     "VoucherAlreadyUsed",
     "VoucherError",
@@ -170,6 +174,20 @@ class DeviceBusy(DeviceError):
 class PrinterNotReady(DeviceError):
     code = "printer_not_ready"
     default_message = "The printer is not ready (paper, cover or offline)."
+
+
+class StorageError(RetryableError):
+    """The till's own disk failed a write: nothing was recorded, and space or repair makes it work again."""
+
+    code = "storage_unavailable"
+    default_message = "The till could not record this; nothing was changed. Call a technician."
+    http_status = 503
+
+
+class StorageFull(StorageError):
+    code = "storage_full"
+    default_message = "The till's disk is full, so this could not be recorded; nothing was changed. Call a technician."
+    http_status = 507
 
 
 # -- permanent -----------------------------------------------------------------

@@ -7,11 +7,17 @@ labels) go to the till on the event stream with what biip can read from them.
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from tillplug.config.model import BarcodeRules
+from tillplug.config.rules import MATCH_TIMEOUT
+
+log = logging.getLogger(__name__)
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 ACCOUNT_RE = re.compile(r"^\d{7}$")
@@ -46,10 +52,11 @@ class Classified:
 
 class Classifier:
     def __init__(self, rules: BarcodeRules) -> None:
+        # regex, not re: a match can be stopped after MATCH_TIMEOUT, so no rule stalls the event loop.
         self._rules = [
-            (ScanKind.MEMBER, [re.compile(r) for r in rules.member]),
-            (ScanKind.LOCAL_POOL, [re.compile(r) for r in rules.local_pool]),
-            (ScanKind.VOUCHER, [re.compile(r) for r in rules.voucher]),
+            (ScanKind.MEMBER, [regex.compile(r) for r in rules.member]),
+            (ScanKind.LOCAL_POOL, [regex.compile(r) for r in rules.local_pool]),
+            (ScanKind.VOUCHER, [regex.compile(r) for r in rules.voucher]),
         ]
 
     def classify(self, text: str, symbology: str | None = None) -> Classified:
@@ -57,7 +64,13 @@ class Classifier:
             return Classified(ScanKind.OTHER, text, text, symbology, gs1_details(text, symbology))
         for kind, patterns in self._rules:
             for pattern in patterns:
-                m = pattern.search(text)
+                try:
+                    m = pattern.search(text, timeout=MATCH_TIMEOUT)
+                except TimeoutError:
+                    log.warning(
+                        "barcode rule %r took over %g s on a scan; treated as no match", pattern.pattern, MATCH_TIMEOUT
+                    )
+                    continue
                 if m:
                     code = m.groupdict().get("code") or m.group(0)
                     return Classified(kind, code, text, symbology)

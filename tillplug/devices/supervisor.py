@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import threading
 import time
@@ -36,6 +37,34 @@ from tillplug.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# What an OS error on a printer means to a cashier (errno → what to check).
+_PRINTER_TROUBLE = {
+    errno.EIO: "stopped answering; check it is switched on and its cable is in",
+    errno.ENODEV: "is unplugged; plug it back in",
+    errno.ENOENT: "is unplugged; plug it back in",
+    errno.ENXIO: "is unplugged; plug it back in",
+    errno.EACCES: "cannot be used by tillplug (no permission); call a technician",
+    errno.EBUSY: "is in use by another program; call a technician",
+    errno.ECONNREFUSED: "refuses the connection; check it is switched on",
+    errno.EHOSTUNREACH: "cannot be reached on the network; check its cable",
+    errno.ETIMEDOUT: "did not answer in time; check it is switched on",
+    errno.EPIPE: "dropped the connection; check it is switched on",
+    errno.ECONNRESET: "dropped the connection; check it is switched on",
+}
+
+
+def printer_sentence(name: str, exc: BaseException) -> str:
+    """A sentence for the cashier about a failed print, never ``[Errno 5] Input/output error``."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    trouble = _PRINTER_TROUBLE.get(cause.errno) if isinstance(cause, OSError) and cause.errno else None
+    if trouble is None:
+        trouble = "is not working; check it is switched on, has paper and is connected"
+    return f"The receipt printer {name} {trouble}. The sale is not affected."
+
+
 LOG_FIRST = 3
 LOG_EVERY = 50
 
@@ -270,7 +299,8 @@ class PrinterSupervisor(_Supervised):
             if should_log(self.health.failures):
                 log.warning("printer %s: %s", self.health.name, reason)
             self._set(DeviceState.STALE if isinstance(exc, DeviceGone) else DeviceState.ERROR, reason)
-            raise PrinterNotReady(f"printer {self.health.name}: {reason}") from exc
+            # The technician's reason is in the log and health; the cashier gets a sentence.
+            raise PrinterNotReady(printer_sentence(self.health.name, exc)) from exc
         return data
 
     async def open(self) -> None:
