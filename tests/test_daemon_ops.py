@@ -107,7 +107,7 @@ def test_status_asks_the_running_daemon(tmp_path, capsys):
         out = capsys.readouterr().out
         assert "status ok" in out and "scanner1" in out and "printer1" in out and "outbox  0 waiting" in out
     assert main(["status", "--config", str(cfg)]) == 1  # not running any more
-    assert "not answering" in capsys.readouterr().err
+    assert "is not running" in capsys.readouterr().err
 
 
 def test_sniff_shows_bytes_and_guesses_the_terminator(tmp_path):

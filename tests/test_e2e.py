@@ -241,7 +241,12 @@ def test_bad_requests_get_a_4xx_with_a_stable_code_and_change_nothing(till, meth
     assert till.settle()
     ledger_before = len(till.sim.state.ledger.events)
     outbox_before = till.daemon.store.stats().to_dict()
-    r = till.api.request(method.upper(), path, content=json.dumps(body) if body is not None else None)
+    r = till.api.request(
+        method.upper(),
+        path,
+        content=json.dumps(body) if body is not None else None,
+        headers={"Content-Type": "application/json"} if body is not None else None,
+    )
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
     assert len(till.sim.state.ledger.events) == ledger_before
@@ -366,18 +371,30 @@ def test_the_member_cannot_change_after_points_were_spent(till):
     assert till.api.put("/v1/checkouts/TM/member", json={"code": "1000001"}).status_code == 200  # same member: fine
 
 
+def read_events(till, until, last_event_id=None):
+    """(SSE id, data) pairs from /v1/events until ``until(pairs)`` holds."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    pairs, current = [], None
+    with httpx.stream("GET", till.url + "/v1/events", headers=headers, timeout=10) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("id: "):
+                current = line[4:]
+            elif line.startswith("data: "):
+                pairs.append((current, json.loads(line[6:])))
+                if until(pairs):
+                    break
+    return pairs
+
+
 def test_the_event_stream_resumes_after_last_event_id(till):
     till.scan(1, "4006381333931")
     till.scan(1, "5901234123457")
     assert till.wait_for(lambda: len(of_type(till, "scan")) == 2)
     first = of_type(till, "scan")[0]["id"]
-    with httpx.stream("GET", till.url + "/v1/events", headers={"Last-Event-ID": str(first)}, timeout=10) as stream:
-        data = []
-        for line in stream.iter_lines():
-            if line.startswith("data: "):
-                data.append(json.loads(line[6:]))
-            if any(d["type"] == "scan" for d in data):
-                break
+    history = read_events(till, lambda p: any(d["id"] == first for _, d in p), last_event_id="another-run")
+    first_sse_id = next(i for i, d in history if d["id"] == first)
+    assert first_sse_id.endswith(f"-{first}")  # EPOCH-N: ids do not repeat across restarts
+    data = [d for _, d in read_events(till, lambda p: any(d["type"] == "scan" for _, d in p), first_sse_id)]
     assert [d["data"]["text"] for d in data if d["type"] == "scan"] == ["5901234123457"]
 
 

@@ -120,6 +120,7 @@ def test_the_unit_has_what_a_till_service_needs():
         "User=tillplug",
         "SupplementaryGroups=",
         "NoNewPrivileges=yes",
+        "LimitNOFILE=16384",  # 1,024 open files once let half-open connections stop the API
     ):
         assert line in text, line
     assert "PrivateDevices=yes" not in text  # it would hide the serial ports

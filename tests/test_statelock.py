@@ -36,6 +36,7 @@ def test_a_second_daemon_and_outbox_drain_exit_1_naming_the_running_daemon_witho
     engine.bind(("127.0.0.1", 0))
     engine.listen(16)
     engine_url = f"http://127.0.0.1:{engine.getsockname()[1]}"
+    engine2 = socket.socket()
     port = free_port()
     cfg = tmp_path / "tillplug.toml"
     cfg.write_text(
@@ -57,16 +58,21 @@ def test_a_second_daemon_and_outbox_drain_exit_1_naming_the_running_daemon_witho
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the first daemon did not start"
                 time.sleep(0.05)
-        engine.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            engine.accept()  # the first daemon has not called the engine either: a clean baseline
-        for argv in (["run", "--config", str(cfg)], ["outbox", "--config", str(cfg), "drain", "--timeout", "5"]):
+        # The second process gets an engine of its own (and the same state): the first daemon's own
+        # health pings to its engine cannot blur what the second one did.
+        engine2.bind(("127.0.0.1", 0))
+        engine2.listen(16)
+        engine2.setblocking(False)
+        url2 = f"http://127.0.0.1:{engine2.getsockname()[1]}"
+        cfg2 = tmp_path / "second.toml"
+        cfg2.write_text(cfg.read_text().replace(engine_url, url2))
+        for argv in (["run", "--config", str(cfg2)], ["outbox", "--config", str(cfg2), "drain", "--timeout", "5"]):
             second = subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=60)
             assert second.returncode == 1, (argv, second.stderr)
             lines = second.stderr.strip().splitlines()
             assert len(lines) == 1 and f"PID {daemon.pid}" in lines[0], (argv, second.stderr)
             with pytest.raises(BlockingIOError):
-                engine.accept()  # refused before any engine contact
+                engine2.accept()  # refused before any engine contact
         stats = subprocess.run([*cmd, "outbox", "--config", str(cfg), "stats"], capture_output=True, text=True)
         assert stats.returncode == 0, stats.stderr  # reading beside the daemon is fine
     finally:
@@ -75,3 +81,4 @@ def test_a_second_daemon_and_outbox_drain_exit_1_naming_the_running_daemon_witho
         if daemon.stderr:
             daemon.stderr.close()
         engine.close()
+        engine2.close()

@@ -106,8 +106,8 @@ def outbox_path(config: Config) -> str:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from tillplug.errors import StateDirLocked
-    from tillplug.outbox import OutboxStore
+    from tillplug.errors import StateDirLocked, StorageError
+    from tillplug.outbox.store import open_store
     from tillplug.statelock import StateLock
 
     config = _load(args.config)
@@ -120,7 +120,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         except StateDirLocked as exc:
             _err(f"tillplug outbox {args.action}: {exc.message}")
             return EXIT_FAILURE
-    store = OutboxStore(outbox_path(config))
+    try:
+        store = open_store(outbox_path(config))
+    except StorageError as exc:
+        _err(f"tillplug outbox: {exc.message}")
+        return EXIT_FAILURE
     try:
         return _outbox_action(args, config, store)
     finally:
@@ -421,16 +425,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         r = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=5)
         health = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        health["status"]  # an answer without it is not tillplug's health
+    except httpx.ConnectError:
+        _err(f"tillplug is not running: nothing listens on {url} (systemctl status tillplug)")
+        return EXIT_FAILURE
+    except httpx.TimeoutException:
         _err(
-            f"tillplug is not answering on {url} ({type(exc).__name__}); is the service running? "
-            "systemctl status tillplug"
+            f"tillplug is running but not answering on {url} within 5 s: its event loop may be stuck "
+            "(journalctl -u tillplug; systemctl restart tillplug)"
         )
+        return EXIT_FAILURE
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        _err(f"something on {url} answered, but not with tillplug's health ({type(exc).__name__})")
         return EXIT_FAILURE
     if args.json:
         _out(json.dumps(health, indent=2))
     else:
         _out(f"tillplug {health['version']}  till {health['tillId']}  status {health['status']}")
+        for problem in health.get("problems", []):
+            _out(f"  problem {problem['code']}: {problem['message']}")
         for d in health["devices"]:
             paper = f"  paper {d['paper']['state']} {d['paper']['reason']}".rstrip() if "paper" in d else ""
             _out(f"  {d['kind']:<8}{d['name']:<16}{d['state']:<11}{d['reason']}{paper}")

@@ -23,7 +23,8 @@ import uvicorn
 
 from tillplug import __version__, systemd
 from tillplug.api.app import TillApi
-from tillplug.api.print_routes import print_routes
+from tillplug.api.guard import GuardPolicy, allowed_host_headers
+from tillplug.api.server import server_config
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
 from tillplug.devices.registry import Registry, driver_names, load_drivers
@@ -40,9 +41,11 @@ from tillplug.errors import (
 )
 from tillplug.flows.events import EventBus
 from tillplug.flows.loyalty import Loyalty
-from tillplug.metrics import Metrics
+from tillplug.health import EngineWatch, HealthMonitor
+from tillplug.metrics import Metrics, failure_kind
 from tillplug.net import listen
-from tillplug.outbox import Deliverer, OutboxStore
+from tillplug.outbox import Deliverer
+from tillplug.outbox.store import open_store
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Block, Receipt
 from tillplug.routing import Decision, Router, ScanEvents
@@ -51,7 +54,6 @@ from tillplug.spool.sales import SaleTracker
 from tillplug.statelock import StateLock
 
 log = logging.getLogger(__name__)
-HEALTH_PING_EVERY = 10.0
 
 
 class _ApiServer(uvicorn.Server):
@@ -60,33 +62,6 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-class EngineWatch:
-    """Engine reachability from real traffic: the last success and the last failure, by endpoint."""
-
-    def __init__(self) -> None:
-        self.last_ok = 0.0
-        self.last_error: tuple[float, str, str] | None = None
-        self.latency: dict[str, float] = {}
-
-    def __call__(self, endpoint: str, seconds: float, error: str | None) -> None:
-        if error is None:
-            self.last_ok = time.time()
-            self.latency[endpoint] = seconds
-        else:
-            self.last_error = (time.time(), endpoint, error)
-
-    def view(self) -> dict[str, Any]:
-        reachable = self.last_ok > (self.last_error[0] if self.last_error else 0)
-        return {
-            "reachable": reachable,
-            "lastOk": self.last_ok or None,
-            "lastError": {"at": self.last_error[0], "endpoint": self.last_error[1], "error": self.last_error[2]}
-            if self.last_error
-            else None,
-            "latencyMs": {k: round(v * 1000, 1) for k, v in self.latency.items()},
-        }
 
 
 class Daemon:
@@ -104,13 +79,14 @@ class Daemon:
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._lane_locks: dict[int, asyncio.Lock] = {}
-        self._last_ping = 0.0
         self.api_port: int | None = None
         # What start() opened, closed by stop() in reverse order: a stop after a failed or
         # missing start releases exactly what exists.
         self._opened = contextlib.AsyncExitStack()
         self.api_server: _ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # -- devices -------------------------------------------------------------------
 
@@ -210,48 +186,28 @@ class Daemon:
         self.engine_watch(endpoint, seconds, error)
         self.metrics.engine_call(endpoint, seconds, error)
 
+    def _engine_failed(self, endpoint: str, status: int) -> None:
+        kind = failure_kind(status)
+        self.engine_watch.failed(endpoint, kind)
+        self.metrics.engine_failure(endpoint, kind)
+
     # -- health --------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        stats = await asyncio.to_thread(self.store.stats)
-        limits = self.config.outbox
-        over = limits.exceeded(stats.depth, stats.oldest_pending_age)
-        if time.time() - max(self.engine_watch.last_ok, self._last_ping) > HEALTH_PING_EVERY:
-            self._last_ping = time.time()
-            with contextlib.suppress(TillplugError):
-                await self.client.ping()
-        printers = []
-        for sup in self.printers.values():
-            status = await sup.status()
-            printers.append({**sup.health.to_dict(), "paper": status.to_dict()})
-        devices = [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers
-        engine = self.engine_watch.view()
-        degraded = (
-            over
-            or stats.dead > 0
-            or stats.unverifiable > 0
-            or not engine["reachable"]
-            or any(d["state"] != "ready" for d in devices)
-        )
-        return {
-            "status": "degraded" if degraded else "ok",
-            "version": __version__,
-            "tillId": self.config.till_id,
-            "branchId": self.config.branch_id,
-            "devices": devices,
-            "engine": engine,
-            "outbox": {
-                **stats.to_dict(),
-                "overLimit": over,
-                "maxRows": limits.max_rows,
-                "maxAgeHours": limits.max_age_hours,
-            },
-        }
+        """From state only: never waits on the engine, a printer or the database (tillplug.health)."""
+        return self.monitor.view()
+
+    def _device_views(self) -> list[dict[str, Any]]:
+        printers = [{**p.health.to_dict(), "paper": p.last_status.to_dict()} for p in self.printers.values()]
+        return [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers
 
     async def check_outbox_limits(self) -> bool:
         """Loud, never lossy: over the configured bounds the till, the log and health are told;
         sales keep queueing, and only a technician's command discards anything."""
-        stats = await asyncio.to_thread(self.store.stats)
+        await self.monitor.refresh()  # health and the alarm read the same figures
+        stats = self.monitor.snapshot.stats
+        if stats is None:  # the outbox cannot be read: health says so
+            return False
         over = self.config.outbox.exceeded(stats.depth, stats.oldest_pending_age)
         if over:
             log.error(
@@ -305,7 +261,7 @@ class Daemon:
         self.state_lock = StateLock(cfg.state_dir).acquire()
         self._opened.callback(self.state_lock.release)  # registered first: released last
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
+        self.store = open_store(cfg.state_dir / "outbox.sqlite3")
         self._opened.callback(self.store.close)
         recovered = self.store.recover()
         self.client = EngineClient(
@@ -315,6 +271,7 @@ class Daemon:
             token_path=cfg.state_dir / "engine-token.json",
         )
         self._opened.push_async_callback(self.client.aclose)
+        self.client.on_failure = self._engine_failed
         self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
         self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))
         self._opened.callback(self.spools.store.close)
@@ -337,6 +294,9 @@ class Daemon:
                 recovered,
                 interrupted,
             )
+        self.monitor = HealthMonitor(cfg, self.store, self.engine_watch, self._device_views, ping=self.client.ping)
+        await self.monitor.refresh()
+        self._tasks.append(asyncio.ensure_future(self.monitor.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
@@ -345,28 +305,13 @@ class Daemon:
             self._start_scanner(s)
         if self.router.sinks:  # a till waits on pass-through: read product codes before the first one comes
             self._tasks.append(asyncio.ensure_future(asyncio.to_thread(classify.preload)))
-        token = read_secret(cfg.api.token).reveal() if cfg.api.token else None
         self.metrics.registry.register(self.router.collector())
         self.metrics.watch(
             self.store.stats,
             lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
             lambda: {n: p.last_status.state.value for n, p in self.printers.items()},
         )
-        api = TillApi(
-            self.loyalty,
-            self.events,
-            health=self.health,
-            print_test=self.print_test,
-            token=token,
-            metrics=self.metrics.exposition,
-        )
-        api.app.router.routes.extend(print_routes(api, self.spools))
-        sock = listen(cfg.api.host, cfg.api.port)
-        self.api_port = sock.getsockname()[1]
-        api_server = self.api_server = _ApiServer(
-            uvicorn.Config(api.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
-        )
-        api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
+        api_server, api_task = self._start_api(cfg)
         await self._wait_devices_tried()
         while not api_server.started:
             if api_task.done():
@@ -382,6 +327,30 @@ class Daemon:
         self.ready.set()
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
 
+    def _start_api(self, cfg: Config) -> tuple[_ApiServer, asyncio.Task[None]]:
+        """Listen first (the Host check needs the port), then serve the API on that socket."""
+        token = read_secret(cfg.api.token).reveal() if cfg.api.token else None
+        sock = listen(cfg.api.host, cfg.api.port)
+        self.api_port = sock.getsockname()[1]
+        api = TillApi(
+            self.loyalty,
+            self.events,
+            health=self.health,
+            print_test=self.print_test,
+            token=token,
+            metrics=self.metrics.exposition,
+            spools=self.spools,
+            policy=GuardPolicy(
+                allowed_host_headers(cfg.api.host, self.api_port, cfg.api.allowed_hosts),
+                cfg.api.allowed_origins,
+                cfg.api.max_body_bytes,
+                cfg.api.request_timeout,
+            ),
+        )
+        api_server = self.api_server = _ApiServer(server_config(api.app, cfg.api))
+        api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
+        return api_server, api_task
+
     async def _wait_devices_tried(self, timeout: float = 3.0) -> None:
         """Each scanner has either opened or failed once (then we start degraded, and say so)."""
         deadline = time.monotonic() + timeout
@@ -389,6 +358,25 @@ class Daemon:
             if all(s.health.state.value != "connecting" for s in self.scanners.values()):
                 return
             await asyncio.sleep(0.01)
+
+    def request_reload(self) -> None:
+        """SIGHUP: reloads never overlap.  A SIGHUP during a reload is absorbed into one more reload after
+        it (the file may have changed again); a burst of 30 is at most two reloads.  Two reloads at once
+        once stopped and started the same scanner twice and left an orphan thread reading its port."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.ensure_future(self._reload_serially())
+
+    async def _reload_serially(self) -> None:
+        self._reload_again = True
+        while self._reload_again:
+            self._reload_again = False
+            try:
+                await self.reload()
+            except Exception:  # a failed reload keeps the running config; the daemon goes on
+                log.exception("reload failed; the running config stays in force")
+                systemd.notify("READY=1")
 
     async def reload(self) -> None:  # noqa: C901 -- one step per config section, in the order they apply
         if self.config_path is None:
@@ -433,6 +421,10 @@ class Daemon:
             systemd.notify("STOPPING=1")
             log.info("stopping: finishing in-flight requests; queued engine writes stay queued")
         self.events.close()  # listeners on /v1/events are told the stream ends, not left hanging
+        if self._reload_task is not None:  # a reload half done would leave devices half open
+            self._reload_again = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reload_task, 15)
         if self.api_server is not None and self._api_task is not None:
             self.api_server.should_exit = True
             with contextlib.suppress(Exception):
@@ -453,7 +445,7 @@ class Daemon:
         stopping = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
             waiter = asyncio.ensure_future(stopping.wait())

@@ -17,10 +17,12 @@ help?*
     │   │   └── RateLimited            429; ``retry_after`` seconds if the engine said
     │   ├── OutcomeUnknown             the request left; we cannot tell if it was applied
     │   ├── MemberOffline              attached while the engine was down: no spending, no vouchers
-    │   └── DeviceError
-    │       ├── DeviceGone             unplugged, I/O error, port vanished
-    │       ├── DeviceBusy             the port is held by another process
-    │       └── PrinterNotReady        paper out, cover open, offline
+    │   ├── DeviceError
+    │   │   ├── DeviceGone             unplugged, I/O error, port vanished
+    │   │   ├── DeviceBusy             the port is held by another process
+    │   │   └── PrinterNotReady        paper out, cover open, offline
+    │   └── StorageError               the till's own disk refused a write
+    │       └── StorageFull            no space left
     └── PermanentError                 the same request will fail the same way
         ├── ConfigError                the config file or a secret file is wrong
         ├── StateDirLocked             another tillplug process holds the state directory
@@ -82,6 +84,8 @@ __all__ = [
     "RateLimited",
     "RetryableError",
     "StateDirLocked",
+    "StorageError",
+    "StorageFull",
     "TillplugError",
     "VoucherAlreadyUsed",
     "VoucherError",
@@ -190,6 +194,20 @@ class DeviceBusy(DeviceError):
 class PrinterNotReady(DeviceError):
     code = "printer_not_ready"
     default_message = "The printer is not ready (paper, cover or offline)."
+
+
+class StorageError(RetryableError):
+    """The till's own disk failed a write: nothing was recorded, and space or repair makes it work again."""
+
+    code = "storage_unavailable"
+    default_message = "The till could not record this; nothing was changed. Call a technician."
+    http_status = 503
+
+
+class StorageFull(StorageError):
+    code = "storage_full"
+    default_message = "The till's disk is full, so this could not be recorded; nothing was changed. Call a technician."
+    http_status = 507
 
 
 # -- permanent -----------------------------------------------------------------

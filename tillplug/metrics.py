@@ -52,6 +52,17 @@ class _Live(Collector):
         yield ready
 
 
+def failure_kind(status: int) -> str:
+    """The kind of an engine answer that is a failure, as metrics, health and the log name it."""
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    if status in (401, 403):
+        return "auth"
+    return "rejected"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -71,7 +82,8 @@ class Metrics:
         )
         self.engine_failures = Counter(
             "tillplug_engine_failures",
-            "Engine calls that failed, by endpoint and error",
+            "Engine calls that failed, by endpoint and error: timeout, unreachable, transport (nothing or no answer "
+            "came back), rate_limited (429), server_error (5xx), auth (401/403), rejected (other 4xx)",
             ["endpoint", "error"],
             registry=self.registry,
         )
@@ -88,6 +100,10 @@ class Metrics:
         self.engine_latency.labels(endpoint).observe(seconds)
         if error is not None:
             self.engine_failures.labels(endpoint, error).inc()
+
+    def engine_failure(self, endpoint: str, kind: str) -> None:
+        """An engine answer that was a failure (kinds from ``failure_kind``; transport failures come by engine_call)."""
+        self.engine_failures.labels(endpoint, kind).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

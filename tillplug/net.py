@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 
@@ -14,6 +15,23 @@ def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        hint = (
+            f"another program (or another tillplug) is using it; find it with: ss -ltnp 'sport = :{port}'"
+            if exc.errno == errno.EADDRINUSE
+            else "check the address in the config"
+        )
+        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}; {hint}") from exc
     return sock
+
+
+class ListenError(OSError):
+    """A listening socket could not be had; the message names the address."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])

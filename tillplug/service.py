@@ -95,6 +95,9 @@ RuntimeDirectoryMode=0755
 Environment=ESCPOS_CAPABILITIES_PICKLE_DIR=%C/tillplug
 # Two malloc arenas are plenty for a few threads and keep the resident memory small.
 Environment=MALLOC_ARENA_MAX=2
+# Open files: the API caps its own connections (api.max_connections) far below this, so a flood
+# of connections is refused by tillplug and never starves the scanners, printers or the outbox.
+LimitNOFILE=16384
 # Every file in /etc/tillplug/credentials/ becomes a credential named tillplug_<file>, e.g.
 # wll-api-key → api_key = "credential:tillplug_wll-api-key" in the config.  The folder may
 # be empty (the simulator preset needs no secrets).

@@ -15,7 +15,8 @@ def notify(message: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            # Never block: a manager that does not read its socket must not stall the event loop.
+            sock.send(message.encode(), socket.MSG_DONTWAIT)
         return True
     except OSError:
         return False

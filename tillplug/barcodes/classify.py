@@ -7,12 +7,18 @@ labels) go to the till on the event stream with what biip can read from them.
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from tillplug.config.model import BarcodeRules
+from tillplug.config.rules import MATCH_TIMEOUT
 from tillplug.ids import UUID_PATTERN
+
+log = logging.getLogger(__name__)
 
 UUID_RE = re.compile(f"^{UUID_PATTERN}$")
 ACCOUNT_RE = re.compile(r"^\d{7}$")
@@ -47,10 +53,11 @@ class Classified:
 
 class Classifier:
     def __init__(self, rules: BarcodeRules) -> None:
+        # regex, not re: a match can be stopped after MATCH_TIMEOUT, so no rule stalls the event loop.
         self._rules = [
-            (ScanKind.MEMBER, [re.compile(r) for r in rules.member]),
-            (ScanKind.LOCAL_POOL, [re.compile(r) for r in rules.local_pool]),
-            (ScanKind.VOUCHER, [re.compile(r) for r in rules.voucher]),
+            (ScanKind.MEMBER, [regex.compile(r) for r in rules.member]),
+            (ScanKind.LOCAL_POOL, [regex.compile(r) for r in rules.local_pool]),
+            (ScanKind.VOUCHER, [regex.compile(r) for r in rules.voucher]),
         ]
 
     def classify(self, text: str, symbology: str | None = None) -> Classified:
@@ -64,12 +71,18 @@ class Classifier:
         """The kind alone, without reading product codes (what routing a scan needs, fast)."""
         return self._match(text, symbology)[0]
 
-    def _match(self, text: str, symbology: str | None) -> tuple[ScanKind, re.Match[str] | None]:
+    def _match(self, text: str, symbology: str | None) -> tuple[ScanKind, regex.Match[str] | None]:
         if symbology in GS1_SYMBOLOGIES or "\x1d" in text:
             return ScanKind.OTHER, None
         for kind, patterns in self._rules:
             for pattern in patterns:
-                m = pattern.search(text)
+                try:
+                    m = pattern.search(text, timeout=MATCH_TIMEOUT)
+                except TimeoutError:
+                    log.warning(
+                        "barcode rule %r took over %g s on a scan; treated as no match", pattern.pattern, MATCH_TIMEOUT
+                    )
+                    continue
                 if m:
                     return kind, m
         return ScanKind.OTHER, None

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tillplug.config.model import Config, PrinterConfig, ScannerConfig
+from tillplug.config.model import INLINE_SECRET, Config, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
 
 
@@ -85,18 +85,65 @@ def secret_path(ref: str) -> Path:
     return Path(ref)
 
 
-def read_secret(ref: str) -> Secret:
-    """Read one secret; errors name the reference, never the content."""
-    path = secret_path(ref)
+MAX_SECRET_BYTES = 4096
+
+
+def _credentials_dir() -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(directory).resolve() if directory else None
+
+
+def _open_secret(path: Path) -> int:
+    """A descriptor on the secret file: a regular file, reached by no symlink from outside the credentials folder."""
+    creds = _credentials_dir()
+    if path.is_symlink():
+        target = path.resolve()
+        inside = creds is not None and path.parent.resolve() == creds and target.is_relative_to(creds)
+        if not inside:
+            raise ConfigError(
+                f"secret file {path} is a symbolic link; give the file itself "
+                "(links are allowed only inside the systemd credentials folder)"
+            )
+        flags = os.O_RDONLY
+    else:
+        flags = os.O_RDONLY | os.O_NOFOLLOW  # no swap for a link between the check and the open
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang the start
     except FileNotFoundError:
         raise ConfigError(f"secret file {path} does not exist") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"secret file {path} cannot be read ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise ConfigError(f"secret file {path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"secret file {path} is not a regular file")
+    return fd
+
+
+def _secret_text(path: Path) -> str:
+    fd = _open_secret(path)
+    try:
+        raw = os.read(fd, MAX_SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes; it should hold one line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"secret file {path} is not UTF-8 text") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in value or "\r" in value:
+        lines = len(value.splitlines())
+        raise ConfigError(f"secret file {path} holds {lines} lines; it must hold the secret alone, on one line")
+    value = value.strip()
     if not value:
         raise ConfigError(f"secret file {path} is empty")
-    return Secret(value)
+    return value
+
+
+def read_secret(ref: str) -> Secret:
+    """Read one secret; errors name the reference, never the content."""
+    return Secret(_secret_text(secret_path(ref)))
 
 
 def check_secret(ref: str) -> list[tuple[str, str]]:
@@ -106,23 +153,15 @@ def check_secret(ref: str) -> list[tuple[str, str]]:
     except ConfigError as exc:
         return [("warning", exc.message)]
     try:
+        _secret_text(path)
         st = path.stat()
-    except FileNotFoundError:
-        return [("error", f"secret file {path} does not exist")]
-    except PermissionError:
-        return [("error", f"secret file {path} cannot be reached (permission denied)")]
-    found: list[tuple[str, str]] = []
-    if not stat.S_ISREG(st.st_mode):
-        return [("error", f"secret file {path} is not a regular file")]
-    try:
-        empty = not path.read_bytes().strip()
-    except PermissionError:
-        return [("error", f"secret file {path} cannot be read by this user")]
-    if empty:
-        found.append(("error", f"secret file {path} is empty"))
+    except ConfigError as exc:
+        return [("error", exc.message)]
+    except OSError as exc:
+        return [("error", f"secret file {path} cannot be reached ({exc.strerror})")]
     if st.st_mode & stat.S_IROTH:
-        found.append(("warning", f"secret file {path} is readable by every user; chmod 600 it"))
-    return found
+        return [("warning", f"secret file {path} is readable by every user; chmod 600 it")]
+    return []
 
 
 def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
@@ -165,6 +204,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+SECRET_KEYS = frozenset({"api_key", "client_id", "client_secret", "token", "event_type_secrets"})
+
+
+def _secret_at(loc: tuple[int | str, ...], kind: str) -> bool:
+    """Whether the value at ``loc`` may be a secret written inline: then it is never echoed."""
+    return kind == INLINE_SECRET or any(part in SECRET_KEYS for part in loc)
+
+
 def problems_from_validation(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -181,7 +228,7 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
             msg = f"unknown key '{key}'{hint}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif kind == "missing":
             msg = "is required but missing"
-        elif "input" in err and kind not in ("model_type", "dict_type"):
+        elif "input" in err and kind not in ("model_type", "dict_type") and not _secret_at(loc, kind):
             msg = f"{msg} (got {_short(err['input'])})"
         problems.append(Problem(path, msg))
     return problems

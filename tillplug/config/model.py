@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
+from tillplug.config.rules import check_rule
 from tillplug.ids import UUID_PATTERN
 from tillplug.money import CURRENCY_EXPONENTS
 
@@ -65,6 +67,9 @@ BAUDRATES = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
 EVENT_TYPE_RE = re.compile(r"^[A-Z]+(_[A-Z]+)*$")
 IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CREDENTIAL_RE = re.compile(r"^credential:[A-Za-z0-9._-]{1,255}$")
+INLINE_SECRET = "inline_secret"  # the error type whose input is never shown (tillplug.config.loader)
+MAX_DEVICES = 32  # per kind: a till has a handful; thousands once kept the daemon from ever becoming ready
+MAX_RULES = 32
 
 
 def _identifier(value: str) -> str:
@@ -74,20 +79,15 @@ def _identifier(value: str) -> str:
 
 
 def _secret_ref(value: str) -> str:
-    if CREDENTIAL_RE.match(value) or value.startswith("/"):
+    if CREDENTIAL_RE.match(value) or (value.startswith("/") and len(value) <= 4096):
         return value
-    raise ValueError(
-        "must be an absolute path to a file holding the secret, or 'credential:NAME' for a "
-        "systemd credential (LoadCredential=); secrets never go in this file"
+    # Not ValueError: its message would travel with the value, and the value may be the secret itself.
+    raise PydanticCustomError(
+        INLINE_SECRET,
+        "must be an absolute path to a file holding the secret, or 'credential:NAME' for a systemd "
+        "credential (LoadCredential=); what is written here is not shown, as it may be the secret itself: "
+        "put the secret in a file (chmod 600) and give the file's path",
     )
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
-    return value
 
 
 def _event_type(value: str) -> str:
@@ -142,17 +142,26 @@ def _abs_path(value: str) -> str:
     return value
 
 
+def _abs_dir(value: Path) -> Path:
+    if not value.is_absolute():
+        # The daemon and the CLI start in different folders: a relative path would be two different outboxes.
+        raise ValueError("must be an absolute path, e.g. /var/lib/tillplug")
+    return value
+
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 SecretRef = Annotated[str, AfterValidator(_secret_ref)]
-Regex = Annotated[str, AfterValidator(_regex)]
+Regex = Annotated[str, AfterValidator(check_rule)]
+AbsoluteDir = Annotated[Path, AfterValidator(_abs_dir)]
 EventType = Annotated[str, AfterValidator(_event_type)]
 Currency = Annotated[str, AfterValidator(_currency)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Seconds = Annotated[float, Field(gt=0, le=120)]
+Seconds = Annotated[float, Field(ge=0.1, le=120)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML can write nan and inf: no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EventTypes(Section):
@@ -173,7 +182,7 @@ class EngineConfig(Section):
     client_secret: SecretRef | None = None
     audience: str = Field(default="wlloyalty.net", min_length=1, max_length=200)
     # Per event type, a secret used instead of the admin token (least privilege).
-    event_type_secrets: dict[EventType, SecretRef] = Field(default_factory=dict)
+    event_type_secrets: dict[EventType, SecretRef] = Field(default_factory=dict, max_length=32)
     event_types: EventTypes = Field(default_factory=EventTypes)
     earn_mode: Literal["events", "orders"] = "events"
     venue_identifier: str | None = Field(default=None, min_length=1, max_length=128)
@@ -223,7 +232,7 @@ class PointsConfig(Section):
     rate_money: int = Field(default=100, ge=1, le=1_000_000)
     # For the sale summary slip when test_reaction is not used: points per major unit spent.
     earn_per_major_unit: float = Field(default=1.0, ge=0, le=10_000)
-    max_points_per_redemption: int = Field(default=1_000_000, ge=1)
+    max_points_per_redemption: int = Field(default=1_000_000, ge=1, le=10**12)
     # Reads spent confirming a deduction the engine accepted (reactions, then the balance), with
     # backoff; past the budget the till gets success with the balance marked estimated.
     confirm_reads: int = Field(default=3, ge=0, le=10)
@@ -241,14 +250,17 @@ class BarcodeRules(Section):
     """
 
     member: list[Regex] = Field(
+        max_length=MAX_RULES,
         default_factory=lambda: [
             f"^(?P<code>{UUID_PATTERN})$",
             r"^(?P<code>\d{7})$",
             r"^MBR:(?P<code>[A-Za-z0-9._@-]{1,512})$",
-        ]
+        ],
     )
-    local_pool: list[Regex] = Field(default_factory=list)
-    voucher: list[Regex] = Field(default_factory=lambda: [r"^(?P<code>(?=[A-Z0-9-]*[A-Z])[A-Z0-9-]{5,40})$"])
+    local_pool: list[Regex] = Field(default_factory=list, max_length=MAX_RULES)
+    voucher: list[Regex] = Field(
+        default_factory=lambda: [r"^(?P<code>(?=[A-Z0-9-]*[A-Z])[A-Z0-9-]{5,40})$"], max_length=MAX_RULES
+    )
 
 
 class ScannerConfig(Section):
@@ -338,8 +350,8 @@ FooterLines = list[Annotated[str, Field(max_length=64)]]
 
 
 class ReceiptsConfig(Section):
-    header: FooterLines = Field(default_factory=list)
-    footer: FooterLines = Field(default_factory=list)
+    header: FooterLines = Field(default_factory=list, max_length=16)
+    footer: FooterLines = Field(default_factory=list, max_length=16)
     # Per slip kind, instead of ``footer``: e.g. voucher = ["Valid in every store"].
     footers: dict[Literal["balance", "voucher", "points", "refund", "sale", "test"], FooterLines] = Field(
         default_factory=dict
@@ -361,9 +373,42 @@ class PrintingConfig(Section):
     hold_minutes: float = Field(default=2, gt=0, le=24 * 60)
 
 
+def _host_name(value: str) -> str:
+    name, _, port = value.rpartition(":") if re.search(r":\d{1,5}$", value) else (value, "", "")
+    if not (HOST_NAME_RE.match(name) or _is_ip(name.strip("[]"))) or (port and not 0 < int(port) < 65536):
+        raise ValueError("must be a host name or address as the till's browser writes it, e.g. till-07.shop.lan")
+    return value.lower()
+
+
+def _origin(value: str) -> str:
+    if not re.match(r"^https?://([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?$", value):
+        raise ValueError("must be an origin: scheme://host[:port] with no path, e.g. http://localhost:3000")
+    return value.lower()
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+
+
 class ApiConfig(Section):
     listen: str = "127.0.0.1:8765"
     token: SecretRef | None = None
+    # Names besides 127.0.0.1, localhost and [::1] by which the till's own software reaches the API.
+    allowed_hosts: list[Annotated[str, AfterValidator(_host_name)]] = Field(default_factory=list, max_length=32)
+    # Web POS pages that may call the API from a browser (CORS); every other page is refused.
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default_factory=list, max_length=32)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # Connections at once (the till software, a web POS, event-stream listeners); more are closed.
+    max_connections: int = Field(default=64, ge=4, le=1024)
+    # Seconds a client has to send a request's head, and then its body.
+    request_timeout: float = Field(default=10.0, ge=0.5, le=60)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ApiConfig:
@@ -385,8 +430,8 @@ class ApiConfig(Section):
 
 
 class OutboxConfig(Section):
-    max_rows: int = Field(default=100_000, ge=100)
-    max_age_hours: float = Field(default=72, gt=0)
+    max_rows: int = Field(default=100_000, ge=100, le=10_000_000)
+    max_age_hours: float = Field(default=72, gt=0, le=24 * 365)
     # Share of the tenant's 100 requests/s that this till may use when draining a backlog.
     rate_per_second: float = Field(default=10, gt=0, le=100)
     burst: int = Field(default=20, ge=1, le=400)
@@ -400,15 +445,15 @@ class Config(Section):
     till_id: Identifier
     branch_id: Identifier
     currency: Currency = "GBP"
-    state_dir: Path = Path("/var/lib/tillplug")
-    cache_dir: Path = Path("/var/cache/tillplug")
+    state_dir: AbsoluteDir = Path("/var/lib/tillplug")
+    cache_dir: AbsoluteDir = Path("/var/cache/tillplug")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     engine: EngineConfig
     points: PointsConfig = Field(default_factory=PointsConfig)
     vouchers: VoucherConfig = Field(default_factory=VoucherConfig)
     barcodes: BarcodeRules = Field(default_factory=BarcodeRules)
-    scanners: list[ScannerConfig] = Field(default_factory=list)
-    printers: list[PrinterConfig] = Field(default_factory=list)
+    scanners: list[ScannerConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
+    printers: list[PrinterConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
     receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
     printing: PrintingConfig = Field(default_factory=PrintingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)

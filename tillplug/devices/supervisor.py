@@ -32,6 +32,7 @@ from tillplug.errors import (
 )
 
 log = logging.getLogger(__name__)
+
 LOG_FIRST = 3
 LOG_EVERY = 50
 

@@ -214,6 +214,8 @@ class EngineClient:
             {kind: True for kind in ("event", "order") if self.dialect.filter_works(kind)}
         )
         self.server_date: str | None = None  # the engine's Date header, last seen: doctor's clock check
+        # (endpoint, status) for every answer that is a failure (429, 5xx, 401/403, other 4xx): for health and metrics
+        self.on_failure: Callable[[str, int], None] | None = None
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
         verify: ssl.SSLContext | bool = True  # always verified: no option turns this off
         if config.ca_file:
@@ -541,6 +543,8 @@ class EngineClient:
             "grant_type": "client_credentials",
         }
         response = await self._send("POST", self.urls["auth_url"], json=body, write=False, endpoint="token")
+        if response.status_code >= 400 and self.on_failure is not None:
+            self.on_failure("token", response.status_code)
         if response.status_code in (401, 403):
             raise EngineAuthError("the auth service refused the client credentials", status=response.status_code)
         if response.status_code >= 400:
@@ -613,6 +617,8 @@ class EngineClient:
                 log.debug("engine %s: %s, retrying", endpoint, exc.code)
                 continue
             status = response.status_code
+            if status >= 400 and self.on_failure is not None:
+                self.on_failure(endpoint, status)
             if status == 401 and not refreshed and event_type not in self._secrets.event_type_secrets:
                 refreshed = True  # the token may have been revoked or expired early: once
                 self.tokens.invalidate()

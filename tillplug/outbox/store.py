@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tillplug.errors import StorageError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -137,9 +139,15 @@ class OutboxStore:
             try:
                 yield Tx(self.db)
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:  # SQLite itself rolls back on a full disk (SQLITE_FULL)
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:  # a failed COMMIT (disk full, I/O) must not leave it open
+                    self.db.execute("ROLLBACK")
+                raise
 
     # -- writes ------------------------------------------------------------------
 
@@ -311,3 +319,25 @@ class Tx:
         for statement in script.split(";"):
             if statement.strip():
                 self.db.execute(statement)
+
+
+def open_store(path: str | Path) -> OutboxStore:
+    """The outbox, or a StorageError whose one line names the file and what to do (never a traceback).
+
+    The file is never deleted or rewritten here: a corrupt outbox may still hold unsent sales.
+    """
+    try:
+        return OutboxStore(path)
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise StorageError(
+                f"the outbox {path} is damaged ({exc}); it was left as it is. Stop tillplug, move the file "
+                "aside for a technician (it may hold unsent loyalty writes) and start again"
+            ) from exc
+        raise StorageError(
+            f"the outbox {path} cannot be opened for writing ({exc}); check that the disk is mounted "
+            "read-write, has space, and that the file and its folder belong to the tillplug user"
+        ) from exc
+    except OSError as exc:
+        raise StorageError(f"the outbox {path} cannot be opened ({exc.strerror or exc})") from exc

@@ -163,6 +163,10 @@ class PrintSpool:
 
     def _changed(self, job: PrintJob) -> None:
         self.publish("print_job", job.to_dict(), job.lane)
+        if job.state in (JobState.FAILED, JobState.HELD):
+            # The job's reason is the technician's detail; the cashier gets a sentence.
+            sentence = cashier_sentence(self.name, job.state, job.reason)
+            self.publish("error", {"code": "printer_not_ready", "message": sentence, "job": job.id}, job.lane)
 
     def _saw(self, status: PrinterStatus, fault: Outcome | None) -> None:
         self.last_status = status
@@ -188,3 +192,25 @@ class PrintSpool:
         if h.state is not state or h.reason != reason:
             h.state, h.reason, h.since = state, reason, time.time()
             self.on_state(h)
+
+
+# What the cashier is told, by what the printer or the wire said (the reason names the cause).
+_TROUBLE = (
+    ("paper", "is out of paper"),
+    ("cover", "has its cover open"),
+    ("cutter", "has a cutter fault"),
+)
+
+
+def cashier_sentence(printer: str, state: JobState, reason: str) -> str:
+    """A sentence for the cashier about a slip that did not print, never ``[Errno 5] Input/output error``."""
+    trouble = next(
+        (words for key, words in _TROUBLE if key in reason.lower()),
+        "is not answering; check it is switched on and connected",
+    )
+    then = (
+        "The slip prints when that is fixed, or can be reprinted."
+        if state is JobState.HELD
+        else "The slip was not printed; it can be reprinted."
+    )
+    return f"The receipt printer {printer} {trouble}. {then} The sale is not affected."

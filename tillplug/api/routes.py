@@ -1,0 +1,188 @@
+"""The one table of the till API's operations: the server's routes and the OpenAPI document both come from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from tillplug.api import schemas as s
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    handler: str  # the name of the TillApi method that answers it
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None  # None: not JSON (a stream, the metrics text)
+    status: int = 200
+    media_type: str = "application/json"
+    auth: bool = True
+    documented: bool = True
+
+    @property
+    def path_params(self) -> list[str]:
+        return [p.strip("{}") for p in self.path.split("/") if p.startswith("{")]
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("GET", "/v1/health", "Devices, engine reachability, outbox depth and age", "health", response=s.Health),
+    Operation(
+        "GET",
+        "/v1/events",
+        "Server-sent events: scans, member found, voucher results, redemptions, device states, errors "
+        "(text/event-stream; each data line is a TillEvent; Last-Event-ID resumes)",
+        "stream",
+        media_type="text/event-stream",
+    ),
+    Operation("GET", "/v1/openapi.json", "This document", "openapi", response=s.OpenApiDocument, auth=False),
+    Operation(
+        "GET",
+        "/metrics",
+        "Prometheus metrics for fleet operators",
+        "metrics",
+        media_type="text/plain",
+        documented=False,
+    ),
+    Operation(
+        "GET",
+        "/v1/members/{code}",
+        "Look a member up without a checkout (balance, vouchers)",
+        "lookup",
+        response=s.Wallet,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts",
+        "Open a checkout on a lane",
+        "open_checkout",
+        request=s.CheckoutCreate,
+        response=s.CheckoutView,
+        status=201,
+    ),
+    Operation(
+        "GET",
+        "/v1/checkouts/{tx}",
+        "A checkout: member, points spent, vouchers",
+        "get_checkout",
+        response=s.CheckoutView,
+    ),
+    Operation(
+        "PUT",
+        "/v1/checkouts/{tx}/member",
+        "Attach a member (same as scanning the card)",
+        "attach_member",
+        request=s.MemberAttach,
+        response=s.CheckoutWithWallet,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/points",
+        "Spend points as money (taken now, before completion)",
+        "spend_points",
+        request=s.SpendPoints,
+        response=s.PointsAnswer,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/vouchers",
+        "Validate a voucher code (burn, or checkOnly)",
+        "apply_voucher",
+        request=s.VoucherApply,
+        response=s.VoucherResult,
+    ),
+    Operation(
+        "GET",
+        "/v1/checkouts/{tx}/benefits",
+        "The member's vouchers a cashier can pick",
+        "list_benefits",
+        response=s.BenefitList,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/benefits/{bid}/redeem",
+        "Redeem a picked voucher and validate its code",
+        "redeem_benefit",
+        request=s.RedeemBenefit,
+        response=s.VoucherResult,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/tender",
+        "check_then_burn: burn the checked vouchers before taking payment",
+        "tender",
+        request=s.NoBody,
+        response=s.Tendered,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/complete",
+        "Complete the sale after payment: points are earned through the outbox",
+        "complete",
+        request=s.Complete,
+        response=s.Completed,
+    ),
+    Operation(
+        "POST",
+        "/v1/checkouts/{tx}/void",
+        "Void the sale: every points deduction is given back",
+        "void",
+        request=s.NoBody,
+        response=s.Voided,
+    ),
+    Operation(
+        "POST",
+        "/v1/print/balance",
+        "Print a balance slip for a member",
+        "print_balance",
+        request=s.PrintBalance,
+        response=s.Wallet,
+    ),
+    Operation(
+        "POST", "/v1/print/test", "Print the test page", "print_test", request=s.PrintTest, response=s.TestPrinted
+    ),
+    Operation(
+        "GET",
+        "/v1/print/jobs",
+        "Print jobs, newest first (?printer=&state=&limit=)",
+        "list_print_jobs",
+        response=s.PrintJobList,
+    ),
+    Operation("GET", "/v1/print/jobs/{id}", "One print job", "get_print_job", response=s.PrintJobView),
+    Operation(
+        "DELETE",
+        "/v1/print/jobs/{id}",
+        "Cancel a queued or held print job",
+        "cancel_print_job",
+        response=s.PrintJobView,
+    ),
+    Operation(
+        "POST",
+        "/v1/print/jobs/{id}/reprint",
+        "Print a job again (a new job, the same bytes)",
+        "reprint",
+        request=s.NoBody,
+        response=s.QueuedJob,
+        status=202,
+    ),
+    Operation(
+        "POST",
+        "/v1/print/raw",
+        "Print the till's own ESC/POS bytes, whole, between slips",
+        "print_raw",
+        request=s.PrintRaw,
+        response=s.QueuedJob,
+        status=202,
+    ),
+    Operation(
+        "POST",
+        "/v1/drawer/open",
+        "Open the cash drawer (dropped if not done within 5 s)",
+        "open_drawer",
+        request=s.DrawerOpen,
+        response=s.QueuedJob,
+        status=202,
+    ),
+)
