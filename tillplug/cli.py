@@ -315,6 +315,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         r = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=5)
         health = r.json()
     except (httpx.HTTPError, ValueError) as exc:
+        if args.json:  # scripts always get one JSON object on stdout
+            _out(json.dumps({"status": "not_running", "url": url, "error": type(exc).__name__}, indent=2))
         _err(
             f"tillplug is not answering on {url} ({type(exc).__name__}); is the service running? "
             "systemctl status tillplug"

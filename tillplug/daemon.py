@@ -43,9 +43,10 @@ from tillplug.flows.events import EventBus
 from tillplug.flows.service import Loyalty
 from tillplug.metrics import Metrics
 from tillplug.net import listen
-from tillplug.outbox import Deliverer, OutboxStore
+from tillplug.outbox import Deliverer, OutboxStore, Pacer, PacingPolicy
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Receipt
+from tillplug.traffic import Traffic, UseCaseMiddleware, use_case
 
 log = logging.getLogger(__name__)
 HEALTH_PING_EVERY = 10.0
@@ -94,6 +95,7 @@ class Daemon:
         self.events = EventBus()
         self.engine_watch = EngineWatch()
         self.metrics = Metrics()
+        self.traffic = Traffic()  # engine requests by use case; interactive 429s pause the outbox
         self.scanners: dict[str, ScannerSupervisor] = {}
         self.printers: dict[str, PrinterSupervisor] = {}
         self.stop_event = asyncio.Event()
@@ -122,7 +124,8 @@ class Daemon:
     async def _handle_scan(self, scan: Scan) -> None:
         async with self._lane_locks.setdefault(scan.lane, asyncio.Lock()):  # scans on a lane in order
             try:
-                classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
+                with use_case("scan"):
+                    classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
                 self.metrics.scans.labels(classified.kind.value).inc()
             except Exception:
                 log.exception("scan on lane %d could not be handled", scan.lane)
@@ -200,6 +203,7 @@ class Daemon:
                 "overLimit": over,
                 "maxRows": limits.max_rows,
                 "maxAgeHours": limits.max_age_hours,
+                "pacing": self.deliverer.pacer.view(),
             },
         }
 
@@ -260,8 +264,15 @@ class Daemon:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         self.store = OutboxStore(cfg.state_dir / "outbox.sqlite3")
         recovered = self.store.recover()
-        self.client = EngineClient(cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call)
-        self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
+        self.client = EngineClient(
+            cfg.engine, load_secrets(cfg.engine), on_call=self._engine_call, traffic=self.traffic
+        )
+        policy = PacingPolicy(
+            share=cfg.outbox.rate_per_second,
+            burst=cfg.outbox.burst,
+            fleet_interactive=cfg.outbox.fleet_interactive_per_second,
+        )
+        self.deliverer = Deliverer(self.store, self.client, pacer=Pacer(policy, traffic=self.traffic))
         await asyncio.gather(*(self._start_printer(p) for p in cfg.printers))
         self.loyalty = Loyalty(
             cfg,
@@ -289,6 +300,7 @@ class Daemon:
             lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
             lambda: {n: p.last_status.state.value for n, p in self.printers.items()},
         )
+        self.metrics.watch_traffic(self.traffic, self.deliverer.pacer.view)
         api = TillApi(
             self.loyalty,
             self.events,
@@ -300,7 +312,13 @@ class Daemon:
         sock = listen(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
         self.api_server = _ApiServer(
-            uvicorn.Config(api.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+            uvicorn.Config(
+                UseCaseMiddleware(api.app),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=10,
+            )
         )
         self._api_task = asyncio.ensure_future(self.api_server.serve(sockets=[sock]))
         await self._wait_devices_tried()

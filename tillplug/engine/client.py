@@ -58,6 +58,7 @@ from tillplug.errors import (
     VoucherWrongMember,
     VoucherWrongVenue,
 )
+from tillplug.traffic import OUTBOX, Traffic, current_use_case, parse_retry_after
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -137,8 +138,10 @@ class EngineClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         on_call: Callable[[str, float, str | None], None] | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.config = config
+        self.traffic = traffic  # requests by use case; interactive 429s make the outbox yield
         self._secrets = secrets
         self.urls = config.urls()
         self._sleep = sleep
@@ -298,6 +301,8 @@ class EngineClient:
         """One HTTP exchange with httpx's exceptions translated."""
         start = time.perf_counter()
         error: str | None = None
+        if self.traffic is not None:
+            self.traffic.request()
         try:
             return await self._http.request(method, url, **kw)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -348,11 +353,14 @@ class EngineClient:
                 log.debug("engine %s: %s, retrying", endpoint, exc.code)
                 continue
             status = response.status_code
+            if self.traffic is not None:
+                self.traffic.answered(status, parse_retry_after(response.headers.get("Retry-After")))
             if status == 401 and not refreshed and event_type not in self._secrets.event_type_secrets:
                 refreshed = True  # the token may have been revoked or expired early: once
                 self.tokens.invalidate()
                 continue
-            if status in (429, 503) and attempt < self.config.max_attempts:
+            # The outbox paces itself (tillplug/outbox/pacing.py): its 429s go straight back to it.
+            if status in (429, 503) and attempt < self.config.max_attempts and current_use_case() != OUTBOX:
                 await self._sleep(_retry_after(response) or _backoff(attempt))
                 continue
             if status >= 400:
@@ -411,7 +419,7 @@ def _status_error(
     body = _body(response)
     message = _engine_message(body)
     if status == 429:
-        return RateLimited(retry_after=_retry_after(response))
+        return RateLimited(retry_after=parse_retry_after(response.headers.get("Retry-After")))
     if status >= 500:
         if write and status != 503:  # a 500/502/504 may have been applied behind a gateway
             return OutcomeUnknown()
