@@ -406,6 +406,14 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.net_zero is not False else EXIT_FAILURE
 
 
+def _status_failure(args: argparse.Namespace, url: str, status: str, exc: Exception, sentence: str) -> int:
+    """Why there is no health to show: a sentence for people, one JSON object on stdout for scripts."""
+    if args.json:
+        _out(json.dumps({"status": status, "url": url, "error": type(exc).__name__}, indent=2))
+    _err(f"{sentence} ({type(exc).__name__})" if status == "not_tillplug" else sentence)
+    return EXIT_FAILURE
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import httpx
 
@@ -426,18 +434,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         r = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=5)
         health = r.json()
         health["status"]  # an answer without it is not tillplug's health
-    except httpx.ConnectError:
-        _err(f"tillplug is not running: nothing listens on {url} (systemctl status tillplug)")
-        return EXIT_FAILURE
-    except httpx.TimeoutException:
-        _err(
-            f"tillplug is running but not answering on {url} within 5 s: its event loop may be stuck "
-            "(journalctl -u tillplug; systemctl restart tillplug)"
+    except httpx.ConnectError as exc:
+        return _status_failure(
+            args,
+            url,
+            "not_running",
+            exc,
+            f"tillplug is not running: nothing listens on {url} (systemctl status tillplug)",
         )
-        return EXIT_FAILURE
+    except httpx.TimeoutException as exc:
+        return _status_failure(
+            args,
+            url,
+            "not_answering",
+            exc,
+            f"tillplug is running but not answering on {url} within 5 s: its event loop may be stuck "
+            "(journalctl -u tillplug; systemctl restart tillplug)",
+        )
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        _err(f"something on {url} answered, but not with tillplug's health ({type(exc).__name__})")
-        return EXIT_FAILURE
+        return _status_failure(
+            args, url, "not_tillplug", exc, f"something on {url} answered, but not with tillplug's health"
+        )
     if args.json:
         _out(json.dumps(health, indent=2))
     else:

@@ -44,7 +44,7 @@ from tillplug.flows.loyalty import Loyalty
 from tillplug.health import EngineWatch, HealthMonitor
 from tillplug.metrics import Metrics, failure_kind
 from tillplug.net import listen
-from tillplug.outbox import Deliverer
+from tillplug.outbox import Deliverer, Pacer, PacingPolicy
 from tillplug.outbox.store import open_store
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Block, Receipt
@@ -52,6 +52,7 @@ from tillplug.routing import Decision, Router, ScanEvents
 from tillplug.spool import JobStore, PrintSpool, PrintSpools
 from tillplug.spool.sales import SaleTracker
 from tillplug.statelock import StateLock
+from tillplug.traffic import Traffic, UseCaseMiddleware, use_case
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Daemon:
         self.router = Router(config, self._on_scan)
         self.engine_watch = EngineWatch()
         self.metrics = Metrics()
+        self.traffic = Traffic()  # engine requests by use case; interactive 429s pause the outbox
         self.scanners: dict[str, ScannerSupervisor] = {}
         self.printers: dict[str, PrintSpool] = {}
         self.stop_event = asyncio.Event()
@@ -108,7 +110,7 @@ class Daemon:
     async def _handle_scan(self, scan: Scan, decision: Decision) -> None:
         async with self._lane_locks.setdefault(scan.lane, asyncio.Lock()):  # scans on a lane in order
             try:
-                with self.router.handling(scan, decision) as record:
+                with use_case("scan"), self.router.handling(scan, decision) as record:
                     classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
                 self.metrics.scans.labels(classified.kind.value).inc()
                 sup = self.scanners.get(scan.device)
@@ -195,7 +197,9 @@ class Daemon:
 
     async def health(self) -> dict[str, Any]:
         """From state only: never waits on the engine, a printer or the database (tillplug.health)."""
-        return self.monitor.view()
+        view = self.monitor.view()
+        view["outbox"]["pacing"] = self.deliverer.pacer.view()
+        return view
 
     def _device_views(self) -> list[dict[str, Any]]:
         printers = [{**p.health.to_dict(), "paper": p.last_status.to_dict()} for p in self.printers.values()]
@@ -269,10 +273,16 @@ class Daemon:
             load_secrets(cfg.engine),
             on_call=self._engine_call,
             token_path=cfg.state_dir / "engine-token.json",
+            traffic=self.traffic,
         )
         self._opened.push_async_callback(self.client.aclose)
         self.client.on_failure = self._engine_failed
-        self.deliverer = Deliverer(self.store, self.client, rate=cfg.outbox.rate_per_second, burst=cfg.outbox.burst)
+        policy = PacingPolicy(
+            share=cfg.outbox.rate_per_second,
+            burst=cfg.outbox.burst,
+            fleet_interactive=cfg.outbox.fleet_interactive_per_second,
+        )
+        self.deliverer = Deliverer(self.store, self.client, pacer=Pacer(policy, traffic=self.traffic))
         self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))
         self._opened.callback(self.spools.store.close)
         self.sales = SaleTracker()
@@ -311,6 +321,7 @@ class Daemon:
             lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
             lambda: {n: p.last_status.state.value for n, p in self.printers.items()},
         )
+        self.metrics.watch_traffic(self.traffic, self.deliverer.pacer.view)
         api_server, api_task = self._start_api(cfg)
         await self._wait_devices_tried()
         while not api_server.started:
@@ -347,7 +358,7 @@ class Daemon:
                 cfg.api.request_timeout,
             ),
         )
-        api_server = self.api_server = _ApiServer(server_config(api.app, cfg.api))
+        api_server = self.api_server = _ApiServer(server_config(UseCaseMiddleware(api.app), cfg.api))
         api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
         return api_server, api_task
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -63,6 +63,36 @@ def failure_kind(status: int) -> str:
     return "rejected"
 
 
+class _Traffic(Collector):
+    """Engine requests and 429s by use case, and the outbox's current pace (tillplug/traffic.py)."""
+
+    def __init__(self, traffic: Any, pace: Callable[[], dict[str, Any]]) -> None:
+        self.traffic, self.pace = traffic, pace
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily(
+            "tillplug_engine_requests", "Engine HTTP requests by use case", labels=["use_case"]
+        )
+        for name, count in sorted(self.traffic.requests.items()):
+            requests.add_metric([name], count)
+        yield requests
+        limited = CounterMetricFamily(
+            "tillplug_engine_rate_limited", "Engine answers 429 by use case", labels=["use_case"]
+        )
+        for name, count in sorted(self.traffic.rate_limited.items()):
+            limited.add_metric([name], count)
+        yield limited
+        pace = self.pace()
+        yield GaugeMetricFamily(
+            "tillplug_outbox_rate", "Requests/s the outbox may send now (adaptive)", value=pace["ratePerSecond"]
+        )
+        yield GaugeMetricFamily(
+            "tillplug_outbox_held_seconds",
+            "Seconds the outbox still waits (Retry-After, restart)",
+            value=pace["heldSeconds"],
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -95,6 +125,9 @@ class Metrics:
         printer_states: Callable[[], dict[str, str]],
     ) -> None:
         self.registry.register(_Live(outbox_stats, devices, printer_states))
+
+    def watch_traffic(self, traffic: Any, pace: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_Traffic(traffic, pace))
 
     def engine_call(self, endpoint: str, seconds: float, error: str | None) -> None:
         self.engine_latency.labels(endpoint).observe(seconds)

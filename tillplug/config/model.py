@@ -435,6 +435,10 @@ class OutboxConfig(Section):
     # Share of the tenant's 100 requests/s that this till may use when draining a backlog.
     rate_per_second: float = Field(default=10, gt=0, le=100)
     burst: int = Field(default=20, ge=1, le=400)
+    # The chain's average interactive engine requests/s per till (the fleet dashboard shows it:
+    # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up)).  When set,
+    # the share left after interactive calls is split in proportion to how busy each till is.
+    fleet_interactive_per_second: float | None = Field(default=None, gt=0, le=100)
 
     def exceeded(self, depth: int, oldest_age_s: float) -> bool:
         """Over the bounds: the till must be told loudly (nothing is ever dropped)."""

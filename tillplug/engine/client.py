@@ -62,6 +62,7 @@ from tillplug.errors import (
     RetryableError,
 )
 from tillplug.identifiers import is_documented_member_id
+from tillplug.traffic import OUTBOX, Traffic, current_use_case, parse_retry_after
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -200,8 +201,10 @@ class EngineClient:
         on_call: Callable[[str, float, str | None], None] | None = None,
         token_path: str | os.PathLike[str] | None = None,
         dialect: EngineDialect | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.config = config
+        self.traffic = traffic  # requests by use case; interactive 429s make the outbox yield
         self._secrets = secrets
         self.urls = config.urls()
         self._sleep = sleep
@@ -565,6 +568,8 @@ class EngineClient:
         """One HTTP exchange with httpx's exceptions translated."""
         start = time.perf_counter()
         error: str | None = None
+        if self.traffic is not None:
+            self.traffic.request()
         try:
             response = await self._http.request(method, url, **kw)
             self.server_date = response.headers.get("date", self.server_date)
@@ -619,11 +624,14 @@ class EngineClient:
             status = response.status_code
             if status >= 400 and self.on_failure is not None:
                 self.on_failure(endpoint, status)
+            if self.traffic is not None:
+                self.traffic.answered(status, parse_retry_after(response.headers.get("Retry-After")))
             if status == 401 and not refreshed and event_type not in self._secrets.event_type_secrets:
                 refreshed = True  # the token may have been revoked or expired early: once
                 self.tokens.invalidate()
                 continue
-            if status in (429, 503) and attempt < self.config.max_attempts:
+            # The outbox paces itself (tillplug/outbox/pacing.py): its 429s go straight back to it.
+            if status in (429, 503) and attempt < self.config.max_attempts and current_use_case() != OUTBOX:
                 await self._sleep(_retry_after(response) or _backoff(attempt))
                 continue
             if status >= 400:
@@ -691,7 +699,7 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
     body = _body(response)
     message = _engine_message(body)
     if status == 429:
-        return RateLimited(retry_after=_retry_after(response))
+        return RateLimited(retry_after=parse_retry_after(response.headers.get("Retry-After")))
     if status >= 500:
         if write and status != 503:  # a 500/502/504 may have been applied behind a gateway
             return OutcomeUnknown()

@@ -28,29 +28,15 @@ from tillplug.errors import (
     RateLimited,
     RetryableError,
 )
+from tillplug.outbox.pacing import Pacer, PacingPolicy
 from tillplug.outbox.store import OutboxStore, Row
+from tillplug.traffic import OUTBOX, Traffic, use_case
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
 UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
-
-
-class TokenBucket:
-    """Pacing: this till's share of the tenant's rate limit."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens = float(burst)
-        self.stamp = clock()
-
-    def delay(self) -> float:
-        """Take a token; return how long to wait first (0 if one was free)."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
 
 
 def retry_delay(attempts: int) -> float:
@@ -67,11 +53,16 @@ class Deliverer:
         rate: float = 10,
         burst: int = 20,
         on_change: Callable[[], None] | None = None,
+        pacer: Pacer | None = None,
+        traffic: Traffic | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.client = client
-        self.bucket = TokenBucket(rate, burst)
+        # ``rate`` is this till's share of the tenant's limit; the pacer adapts around it.
+        self.pacer = pacer or Pacer(PacingPolicy(share=rate, burst=burst), traffic=traffic)
         self.on_change = on_change or (lambda: None)
+        self.clock = clock  # wall-clock seconds, as the store's next_attempt (a virtual one in the fleet benchmark)
         self._wake = asyncio.Event()
         self.delivered = 0
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
@@ -81,9 +72,8 @@ class Deliverer:
         self._wake.set()
 
     async def _paced(self) -> None:
-        delay = self.bucket.delay()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        while (delay := self.pacer.delay()) > 0:
+            await asyncio.sleep(min(delay, PACE_RECHECK))  # a cashier's answer may end a wait early
 
     async def _look_up(self, row: Row, key: str) -> Lookup:
         """Does the engine have the write carrying ``key``?  found, not_found or unverifiable.
@@ -154,7 +144,7 @@ class Deliverer:
 
     async def deliver(self, row: Row) -> None:
         store = self.store
-        now = time.time()
+        now = self.clock()
         try:
             if await self._settled_by_look_up(row):
                 return
@@ -174,12 +164,16 @@ class Deliverer:
         except RetryableError as exc:
             await self._later(row, now + retry_delay(row.attempts), exc)
         else:
+            self.pacer.record(None)
             await asyncio.to_thread(store.delivered, row.id, engine_id=engine_id)
+            if self.pacer.take_recovered():  # the engine is back: the pacer, not each row's backoff, spreads them
+                await asyncio.to_thread(store.release_waiting, now)
             self.delivered += 1
         finally:
             self.on_change()
 
     async def _later(self, row: Row, at: float, exc: Exception, *, needs_lookup: bool = False) -> None:
+        self.pacer.record(exc)
         code = getattr(exc, "code", type(exc).__name__)
         await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=code, needs_lookup=needs_lookup)
 
@@ -188,7 +182,8 @@ class Deliverer:
         row = await asyncio.to_thread(self.store.claim)
         if row is None:
             return False
-        await self.deliver(row)
+        with use_case(OUTBOX):  # counted as background traffic; never retried inside the client
+            await self.deliver(row)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -55,6 +55,8 @@ CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
 """
 # Added after the first release: created on databases that predate it.
 COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0"}
+# The error codes (tillplug/errors.py) of rows that waited only for the engine to be there.
+WAITED_FOR_ENGINE = ("engine_unreachable", "engine_timeout", "engine_error", "engine_busy", "engine_outcome_unknown")
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,17 @@ class OutboxStore:
             "state='pending', next_attempt=?, last_error=?, needs_lookup=MAX(needs_lookup, ?)",
             (at, error[:500], int(needs_lookup)),
         )
+
+    def release_waiting(self, now: float | None = None) -> int:
+        """After an outage: rows that waited only because the engine was unavailable are due now."""
+        now = self.clock() if now is None else now
+        with self.transaction() as tx:
+            cur = tx.db.execute(
+                "UPDATE outbox SET next_attempt=?, updated=? WHERE state='pending' AND next_attempt > ?"
+                f" AND last_error IN ({', '.join('?' * len(WAITED_FOR_ENGINE))})",
+                (now, now, now, *WAITED_FOR_ENGINE),
+            )
+            return cur.rowcount
 
     def dead(self, row_id: int, *, error: str) -> None:
         self._finish(row_id, "state='dead', last_error=?", (error[:500],))

@@ -1,0 +1,213 @@
+"""Adaptive pacing of the outbox: this till's share of the tenant's rate limit, adjusted by
+what the engine answers.
+
+The tenant's limit (100 requests/s, burst 400) is shared by every till of a chain, so the
+outbox drains a backlog at a rate that starts at the configured share and then follows the
+engine (additive increase, multiplicative decrease):
+
+* a 429, a 503, a timeout or a refused connection cuts the rate (``decrease``); a 429's
+  ``Retry-After`` is honoured, up to an hour;
+* each delivery raises it by a small step (``increase`` times the share), up to ``ceiling`` times it,
+  so a till with a large backlog may take what quieter tills leave unused;
+* the interactive calls of this till come first: their recent request rate is left free
+  out of the share, and while they are being rate limited the outbox does not send at all;
+* after an outage (failures for ``outage_after`` seconds) the first answer (to the outbox or
+  to a cashier's call) does not release the backlog at once: the till waits a random part of
+  a few request intervals (``restart_intervals`` / share, at most ``restart_jitter`` seconds)
+  and starts with an empty bucket at the share, so a fleet coming back does not arrive
+  together; then the rows that waited only for the engine are due again at once, and the
+  pacer alone spreads them.
+
+Pure: the clock and the random source are injected, nothing here sleeps or does I/O.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tillplug.errors import EngineUnavailable, OutcomeUnknown, RateLimited
+from tillplug.traffic import Traffic, bounded_hold
+
+MIN_WAIT = 0.001  # seconds: shorter waits are rounded to none (a clock need not move that little)
+
+
+@dataclass(frozen=True)
+class PacingPolicy:
+    share: float  # requests/s: this till's share of the tenant's limit
+    burst: int = 20  # requests that may go at once after a quiet spell
+    floor: float = 1 / 8  # the lowest rate, as a fraction of the share (a down engine is probed at it)
+    ceiling: float = 4.0  # the highest rate, as a multiple of the share
+    decrease: float = 0.5  # the rate is multiplied by this on a 429 or 503
+    increase: float = 0.05  # each success adds this fraction of the share
+    # Seconds in which the rate doubles while rows wait on it and nothing cuts it; None: off.
+    # Faster drains for busy tills at the price of more 429s (see the fleet benchmark in the README).
+    doubling: float | None = None
+    restart: float = 1.0  # after an outage the rate starts again at this fraction of the share
+    # The chain's average interactive requests/s per till (from the fleet dashboard), if known: the
+    # share left after interactive calls is then split in proportion to how busy this till is.
+    fleet_interactive: float | None = None
+    headroom: float = 0.9  # with fleet_interactive: of the proportional share, the part the outbox uses
+    outage_after: float = 10.0  # seconds of failures that make an outage
+    restart_intervals: float = 2.0  # the restart is spread over this many request intervals at the share...
+    restart_jitter: float = 120.0  # ...and over this many seconds at most
+
+    @property
+    def min_rate(self) -> float:
+        return self.share * self.floor
+
+    @property
+    def max_rate(self) -> float:
+        return self.share * self.ceiling
+
+
+class Pacer:
+    """When the outbox may send its next request, and how that changes with each answer."""
+
+    def __init__(
+        self,
+        policy: PacingPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        traffic: Traffic | None = None,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.traffic = traffic
+        self.rate = policy.share
+        self.tokens = float(policy.burst)
+        self.stamp = clock()
+        self.hold_until = 0.0
+        self.failing_since: float | None = None
+        self.cuts = 0
+        self._recovered = False
+        self._grown_at = self.stamp
+        self._constrained = False  # the last request had to wait for a token: the rate is what limits
+
+    # -- asking ------------------------------------------------------------------
+
+    def allowed_rate(self) -> float:
+        """The rate the outbox may use now: the adapted rate less what interactive calls use."""
+        p = self.policy
+        # The adapted rate scales what is left after the cashiers' calls (cutting before taking
+        # them off would leave nothing: half a share less a till's look-ups is about zero).
+        scale = self.rate / p.share
+        if p.fleet_interactive and self.traffic:
+            # This till's part of what the chain's tills leave free, in proportion to its own
+            # cashiers' traffic: a till twice as busy queued twice the backlog.
+            weight = min(p.ceiling, self.traffic.busy_rate() / p.fleet_interactive)
+            free = p.headroom * weight * max(0.0, p.share - p.fleet_interactive)
+        else:
+            free = max(0.0, p.share - (self.traffic.interactive_rate() if self.traffic else 0.0))
+        return min(p.max_rate, max(p.min_rate, scale * free))
+
+    def delay(self) -> float:
+        """Seconds to wait before the next request; 0 means go now (and its token is taken)."""
+        now = self.clock()
+        if self._cashiers_answered_since_failure():
+            self.answered(increase=False)  # the engine is back: the cashiers' calls say so
+        held = max(self.hold_until - now, self.traffic.interactive_hold() if self.traffic else 0.0)
+        self._grow(now, held)
+        rate = self.allowed_rate()
+        # No tokens are earned while held: a long Retry-After must not end in a burst.
+        earning_since = max(self.stamp, min(now, self.hold_until))
+        self.tokens = min(float(self.policy.burst), self.tokens + max(0.0, now - earning_since) * rate)
+        self.stamp = now
+        if held > MIN_WAIT:
+            return held
+        if self.tokens >= 1 - MIN_WAIT * rate:  # a wait shorter than a millisecond is no wait
+            self._constrained = False
+            self.tokens -= 1
+            return 0.0
+        self._constrained = True
+        return max(MIN_WAIT, (1 - self.tokens) / rate)
+
+    # -- answers -------------------------------------------------------------------
+
+    def record(self, error: BaseException | None) -> None:
+        """What the engine answered the request just made (None: it was delivered)."""
+        if isinstance(error, RateLimited):
+            self.rate_limited(error.retry_after)
+        elif isinstance(error, EngineUnavailable | OutcomeUnknown):
+            self.failed()
+        else:  # delivered, or refused on its merits: either way the engine answered
+            self.answered(increase=error is None)
+
+    def _grow(self, now: float, held: float) -> None:
+        """Rows are waiting and nothing cut the rate lately: let it rise, doubling every ``doubling`` s.
+
+        Time-based, not per delivery: a till far below its share sends too rarely for its
+        successes alone to raise it, and it is such a till (a busy one, whose cashiers use most
+        of its share) that must take what the tills that finished their backlog leave free.
+        """
+        p = self.policy
+        if p.doubling is None or held > 0 or self.failing_since is not None or not self._constrained:
+            self._grown_at = now
+            return
+        elapsed = max(0.0, now - self._grown_at)
+        self.rate = min(p.max_rate, self.rate * 2 ** (elapsed / p.doubling))
+        self._grown_at = now
+
+    def take_recovered(self) -> bool:
+        """True once after an outage ended: rows that waited only for the engine may be due now."""
+        recovered, self._recovered = self._recovered, False
+        return recovered
+
+    def _cashiers_answered_since_failure(self) -> bool:
+        ok_at = self.traffic.interactive_ok_at if self.traffic else None
+        return self.failing_since is not None and ok_at is not None and ok_at > self.failing_since
+
+    def answered(self, *, increase: bool = True) -> None:
+        now = self.clock()
+        p = self.policy
+        if self.failing_since is not None and now - self.failing_since >= p.outage_after:
+            self._restart(now)
+        self.failing_since = None
+        if increase:
+            self.rate = min(p.max_rate, self.rate + p.increase * p.share)
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """A 429: cut the rate, and send nothing until ``Retry-After`` (at most an hour) has passed."""
+        now = self.clock()
+        self._cut()
+        self.hold_until = max(self.hold_until, now + bounded_hold(retry_after, 1.0 / self.rate))
+        self.tokens = min(self.tokens, 0.0)
+
+    def failed(self) -> None:
+        """A 503, a timeout or no connection: cut the rate and note when the failures began."""
+        if self.failing_since is None:
+            self.failing_since = self.clock()
+        self._cut()
+
+    def _cut(self) -> None:
+        self.rate = max(self.policy.min_rate, self.rate * self.policy.decrease)
+        self.cuts += 1
+        self._grown_at = self.clock()
+
+    def _restart(self, now: float) -> None:
+        """The engine answers again after an outage: a jittered, empty-bucket start at the share."""
+        p = self.policy
+        spread = min(p.restart_jitter, p.restart_intervals / p.share)
+        self.hold_until = max(self.hold_until, now + self.rng.uniform(0, spread))
+        self.tokens = 0.0
+        self.stamp = max(self.stamp, now)
+        self.rate = max(p.min_rate, p.share * p.restart)
+        self._recovered = True
+
+    def view(self) -> dict[str, float | bool]:
+        """For health and status: how the outbox is paced right now."""
+        now = self.clock()
+        return {
+            "ratePerSecond": round(self.allowed_rate(), 4),
+            "sharePerSecond": self.policy.share,
+            "heldSeconds": round(max(0.0, self.hold_until - now), 1),
+            "yieldingToInteractive": bool(self.traffic and self.traffic.interactive_hold() > 0),
+            "engineFailing": self.failing_since is not None,
+        }
+
+
+__all__ = ["Pacer", "PacingPolicy"]
