@@ -1,6 +1,7 @@
 """End to end, exactly as a till drives it: pty scanner, capture printer, HTTP API, simulator."""
 
 import json
+import re
 import threading
 
 import httpx
@@ -451,3 +452,17 @@ def test_a_spend_with_an_unknown_outcome_answers_202_pending_and_the_verdict_com
     assert till.api.post("/v1/checkouts/TU/void").json()["pointsRefunded"] == 300
     assert till.settle()
     assert balance(till) == 1250
+
+
+def test_the_sale_summary_shows_points_spent_and_the_new_balance(till):
+    """The sale summary a manager signs off: points spent, points earned, and the new balance
+    (attached at 1,250, 300 spent, 25 earned: 975)."""
+    open_with_member(till, "TS")
+    assert till.api.post("/v1/checkouts/TS/points", json={"points": 300}).status_code == 200
+    r = till.api.post("/v1/checkouts/TS/complete", json={"total": 2550, "paymentConfirmed": True, "basket": []})
+    assert r.status_code == 200 and r.json()["expectedPoints"] == 25
+    assert till.wait_for(lambda: b"New balance" in till.printed(1))
+    text = till.printed(1).decode("cp437", "replace")
+    summary = text[text.rindex("Sale") :]
+    assert "Points spent" in summary and "300 pts" in summary
+    assert re.search(r"New balance +975 pts", summary), summary

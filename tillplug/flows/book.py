@@ -198,6 +198,7 @@ class CheckoutBook:
                         "Another member already used points or vouchers on this sale; void it first."
                     )
             checkout.member = member
+            checkout.balance = wallet.points_balance if wallet is not None else None
             await ctx.db(ctx.store.commit, checkout)
         view = self.view(checkout)
         if wallet is not None:

@@ -109,6 +109,9 @@ class Checkout:
     vouchers: list[AppliedVoucher] = field(default_factory=list)
     total: int | None = None
     created: float = field(default_factory=time.time)
+    # The member's points balance as read when the card was attached (None offline): with the points
+    # spent and earned on this sale it gives the sale summary's new balance.
+    balance: float | None = None
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -89,6 +89,7 @@ class Completion:
                     redeemed=templates.Redeemed(
                         points_redeemed, [v.name or v.code for v in checkout.vouchers if v.burned]
                     ),
+                    balance_after=None if checkout.balance is None else checkout.balance - points_redeemed + expected,
                 ),
             )
         return result
