@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,9 +61,15 @@ class EngineWatch:
             self.trouble.note(endpoint, error)
 
     def failed(self, endpoint: str, kind: str) -> None:
-        """An answer that was a failure; ``kind`` as in ``tillplug.metrics.failure_kind``."""
-        self.last_error = (time.time(), endpoint, kind)
+        """An answer that was a failure; ``kind`` as in ``tillplug.metrics.failure_kind``.
+
+        A refusal of one request (a 4xx other than 401/403/429) proves the engine is there: it is
+        counted and logged, but does not make the engine "unreachable".
+        """
         self.trouble.note(endpoint, kind)
+        if kind == "rejected":
+            return
+        self.last_error = (time.time(), endpoint, kind)
         if kind == "auth":
             self.auth_refused = (time.time(), endpoint)
             self._auth_mono = time.monotonic()
@@ -145,6 +152,7 @@ class Snapshot:
     at: float = 0.0  # monotonic
     stats: Stats | None = None
     stuck: int = 0
+    outcomes_pending: int = 0  # spends and voucher burns whose outcome is still being looked up
     free_bytes: int | None = None
     write_error: str | None = None  # why a test write in the state folder failed, if it did
     read_error: str | None = None  # why the outbox could not be read, if it could not
@@ -204,6 +212,12 @@ class HealthMonitor:
             snap.stuck = int(stuck[0][0])
         except Exception as exc:  # sqlite3 errors of every kind: reported, never raised
             snap.read_error = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(sqlite3.OperationalError):  # no flows tables yet: nothing is pending
+            pending = self.store.query(
+                "SELECT (SELECT COUNT(*) FROM deductions WHERE state='unknown')"
+                " + (SELECT COUNT(*) FROM burns WHERE state='unknown')"
+            )
+            snap.outcomes_pending = int(pending[0][0])
         folder = self.config.state_dir
         try:
             snap.free_bytes = shutil.disk_usage(folder).free
@@ -291,6 +305,14 @@ class HealthMonitor:
                     "outbox_unverifiable",
                     f"{n} write(s) whose arrival the engine cannot confirm are held, neither resent nor dropped; "
                     "run `tillplug engine-check`.",
+                )
+            )
+        if snap.outcomes_pending:
+            found.append(
+                _problem(
+                    "outcomes_pending",
+                    f"{snap.outcomes_pending} points spend(s) or voucher burn(s) whose outcome the engine's answer "
+                    "did not tell are being looked up; if this lasts, run `tillplug engine-check`.",
                 )
             )
         if snap.stuck:
