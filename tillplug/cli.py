@@ -18,7 +18,7 @@ from tillplug import __version__
 
 if TYPE_CHECKING:  # kept out of the start-up path: --help and --version import nothing heavy
     from tillplug.config.model import Config
-    from tillplug.outbox.store import OutboxStore
+    from tillplug.outbox.store import OutboxStore, Row
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "/etc/tillplug/tillplug.toml"
@@ -151,17 +151,68 @@ def _outbox_action(args: argparse.Namespace, config: Config, store: OutboxStore)
                 f"{r.event_key}  {r.last_error or ''} {r.note or ''}".rstrip()
             )
     elif args.action == "retry":
-        if not store.retry(args.id):
-            _err(f"row {args.id} is not dead or pending; nothing to retry")
-            return EXIT_FAILURE
-        _out(f"row {args.id} will be tried again now")
+        return _outbox_retry(store, args.id, resend_unverified=args.resend_unverified)
     elif args.action == "discard":
-        if not store.discard(args.id, args.reason):
-            _err(f"row {args.id} is not dead or pending; nothing discarded")
+        decision = store.discard(args.id, args.reason)
+        if not decision.done:
+            _err(_outbox_refusal(args.id, decision.row, "discard"))
             return EXIT_FAILURE
+        assert decision.row is not None
         _out(f"row {args.id} discarded: {args.reason}")
+        if decision.row.state == "sending" or decision.row.needs_lookup or decision.row.unverifiable:
+            _out(
+                f"  it may have reached the engine (eventKey {decision.row.event_key}): if it is not in the "
+                "Loyalty Console, the member's points must be put right there"
+            )
     elif args.action == "drain":
         return _drain(config, store, args.timeout)
+    return EXIT_OK
+
+
+def _outbox_refusal(row_id: int, row: Row | None, action: str) -> str:
+    """Why ``retry`` or ``discard`` left a row as it was, in a technician's words."""
+    if row is None:
+        return f"no outbox row {row_id} (see `tillplug outbox list`)"
+    if row.state == "delivered":
+        landed = f" as {row.engine_id}" if row.engine_id else ""
+        return f"row {row_id} was delivered to the engine{landed}; there is nothing to {action}"
+    if row.state == "discarded":
+        return f"row {row_id} was already discarded ({row.note or 'no reason kept'}); it is never sent again"
+    return (
+        f"row {row_id} is not unverifiable, so --resend-unverified does not apply; "
+        f"`tillplug outbox retry {row_id}` tries it again (looked up first where needed)"
+    )
+
+
+def _outbox_retry(store: OutboxStore, row_id: int, *, resend_unverified: bool) -> int:
+    decision = store.retry(row_id, resend_unverified=resend_unverified)
+    row = decision.row
+    if not decision.done or row is None:
+        _err(_outbox_refusal(row_id, row, "retry"))
+        return EXIT_FAILURE
+    reverses = f" and the write it reverses (eventKey {row.requires_key})" if row.requires_key else ""
+    if resend_unverified:
+        warning = (
+            f"WARNING: row {row_id} will be sent without asking the engine first. If the engine already has "
+            f"eventKey {row.event_key}, it counts the member's points twice."
+        )
+        if row.requires_key:
+            warning += f" If it does not have eventKey {row.requires_key}, this reversal moves points never counted."
+        _err(warning)
+        _out(f"row {row_id} will be sent again now, unverified")
+    elif row.unverifiable:
+        _out(
+            f"row {row_id} is unverifiable: the engine's look-up cannot tell whether it has eventKey "
+            f"{row.event_key}{reverses}. It will be looked up again now, never resent blindly.\n"
+            f"  If it stays unverifiable, look for that eventKey in the Loyalty Console, then either\n"
+            f"    tillplug outbox discard {row_id} --reason 'in the engine'   (it is there), or\n"
+            f"    tillplug outbox retry {row_id} --resend-unverified          (it is not; "
+            "the engine counts it twice if it was there after all)"
+        )
+    elif row.state == "sending":
+        _out(f"row {row_id} was interrupted mid-send; it will be looked up in the engine now and sent only if missing")
+    else:
+        _out(f"row {row_id} will be tried again now")
     return EXIT_OK
 
 
@@ -692,9 +743,15 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     acts.add_parser("stats", help="counts by state and the oldest waiting row")
     a = acts.add_parser("list", help="rows, oldest first")
     a.add_argument("--state", choices=["pending", "sending", "delivered", "dead", "discarded"])
-    a = acts.add_parser("retry", help="try a dead row again")
+    a = acts.add_parser("retry", help="try a row again now (pending, dead, interrupted or unverifiable)")
     a.add_argument("id", type=int)
-    a = acts.add_parser("discard", help="give up on a row, with a reason (kept for audit)")
+    a.add_argument(
+        "--resend-unverified",
+        action="store_true",
+        help="send an unverifiable row without a look-up (after checking the Loyalty Console: "
+        "the engine counts it twice if it has it already)",
+    )
+    a = acts.add_parser("discard", help="give up on a row in any state but delivered, with a reason (kept for audit)")
     a.add_argument("id", type=int)
     a.add_argument("--reason", required=True)
     a = acts.add_parser("drain", help="deliver everything now (the daemon does this by itself)")

@@ -69,6 +69,7 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_BACKOFF = 4.0  # seconds: the cashier is waiting
 TOKEN_MARGIN = 300.0  # refresh the admin token this long before it expires
+MAX_TOKEN_LIFETIME = 86400.0  # seconds: a cached token said to last longer than WLL's 24 h is not trusted
 PAGE = 100  # items per page of a list call
 LOOKUP_MAX_PAGES = 5  # a look-up by eventKey reads at most this many pages (newest first)
 BENEFIT_MAX_PAGES = 10
@@ -159,7 +160,10 @@ class TokenCache:
             token, expires, scope = data["access_token"], float(data["refresh_after"]), data["scope"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # no cache, or an unreadable one: mint a new token
-        if scope == self._scope and isinstance(token, str) and token and self._clock() < expires:
+        # An expiry more than a token's lifetime ahead comes from a clock that was wrong (or a damaged
+        # file): such a token is not trusted, a new one is minted.
+        now = self._clock()
+        if scope == self._scope and isinstance(token, str) and token and now < expires <= now + MAX_TOKEN_LIFETIME:
             self._token, self._expires = Secret(token), expires
 
     def _save(self, token: str) -> None:

@@ -7,11 +7,18 @@ A look-up that cannot tell (``tillplug.engine.lookup``: the filter ignored,
 rejected or not known to work) holds the row as *unverifiable*: never resent,
 never "not needed", looked up again every ``UNVERIFIABLE_RETRY`` seconds and
 reported (one log line per row, ``Stats.unverifiable``, ``unverifiable_seen``).
+
+A row is never left in ``sending``: one whose body can never be sent (not valid for its
+request, or not JSON — e.g. an infinite quantity) goes ``dead`` with the reason; any other
+unexpected failure puts it back to ``pending``, looked up before it is sent again.
+Due times come from the store's clock (a ``SteadyClock`` in the daemon), never straight from
+``time.time()``, so a clock step moves nothing; waits and pacing run on ``time.monotonic()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -29,7 +36,7 @@ from tillplug.errors import (
     RetryableError,
 )
 from tillplug.outbox.pacing import Pacer, PacingPolicy
-from tillplug.outbox.store import OutboxStore, Row
+from tillplug.outbox.store import MAX_DELAY, OutboxStore, Row
 from tillplug.traffic import OUTBOX, Traffic, use_case
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,18 @@ MAX_BACKOFF = 300.0
 AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
 UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
 PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
+
+
+def unsendable(row: Row) -> str | None:
+    """Why this row's body can never be sent as it is (None: it can), found before any request."""
+    if row.body_error is not None:
+        return row.body_error
+    try:
+        model = Order.model_validate(row.body) if row.kind == "order" else EventDefinition.model_validate(row.body)
+        json.dumps(model.body(), allow_nan=False)  # as the HTTP client encodes it: no NaN or Infinity
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        return " ".join(str(exc).split())[:300]
+    return None
 
 
 def retry_delay(attempts: int) -> float:
@@ -55,14 +74,16 @@ class Deliverer:
         on_change: Callable[[], None] | None = None,
         pacer: Pacer | None = None,
         traffic: Traffic | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.client = client
         # ``rate`` is this till's share of the tenant's limit; the pacer adapts around it.
         self.pacer = pacer or Pacer(PacingPolicy(share=rate, burst=burst), traffic=traffic)
         self.on_change = on_change or (lambda: None)
-        self.clock = clock  # wall-clock seconds, as the store's next_attempt (a virtual one in the fleet benchmark)
+        # Wall-clock seconds, as the store's next_attempt: the store's own clock (steady in the daemon)
+        # unless given (a virtual one in the fleet benchmark).
+        self.clock = clock or store.clock
         self._wake = asyncio.Event()
         self.delivered = 0
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
@@ -108,7 +129,7 @@ class Deliverer:
             key,
             result.reason,
         )
-        at = time.time() + UNVERIFIABLE_RETRY
+        at = self.clock() + UNVERIFIABLE_RETRY
         await asyncio.to_thread(self.store.hold_unverifiable, row.id, at=at, reason=result.reason)
 
     async def _send(self, row: Row) -> str | None:
@@ -148,12 +169,16 @@ class Deliverer:
         try:
             if await self._settled_by_look_up(row):
                 return
+            if (why := unsendable(row)) is not None:
+                log.error("outbox: row %d (%s) cannot be sent and is dead: %s", row.id, row.body.get("type"), why)
+                await asyncio.to_thread(store.dead, row.id, error=f"cannot be sent: {why}")
+                return
             engine_id = await self._send(row)
         except (OutcomeUnknown, EngineProtocolError) as exc:
             # The write may have landed: never resend without looking first.
             await self._later(row, now + retry_delay(row.attempts), exc, needs_lookup=True)
-        except RateLimited as exc:
-            await self._later(row, now + (exc.retry_after or retry_delay(row.attempts)), exc)
+        except RateLimited as exc:  # Retry-After honoured, up to an hour
+            await self._later(row, now + min(MAX_DELAY, exc.retry_after or retry_delay(row.attempts)), exc)
         except EngineAuthError as exc:
             log.error("outbox: the engine refuses tillplug's credentials (%s); row %d waits", exc.message, row.id)
             await self._later(row, now + AUTH_BACKOFF, exc)
@@ -163,6 +188,9 @@ class Deliverer:
             await asyncio.to_thread(store.dead, row.id, error=why)
         except RetryableError as exc:
             await self._later(row, now + retry_delay(row.attempts), exc)
+        except Exception as exc:  # a bug must not leave the row in 'sending': it may have left, so look first
+            log.exception("outbox: row %d failed unexpectedly; it waits and is looked up before any resend", row.id)
+            await self._later(row, now + retry_delay(row.attempts), exc, needs_lookup=True)
         else:
             self.pacer.record(None)
             await asyncio.to_thread(store.delivered, row.id, engine_id=engine_id)
@@ -201,7 +229,7 @@ class Deliverer:
                 await asyncio.sleep(1)
                 continue
             next_due = await asyncio.to_thread(self.store.next_due)
-            wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - time.time()))
+            wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - self.clock()))
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
@@ -217,6 +245,7 @@ class Deliverer:
             stats = await asyncio.to_thread(self.store.stats)
             if stats.depth == 0:
                 return True
-            next_due = await asyncio.to_thread(self.store.next_due) or time.time()
-            await asyncio.sleep(max(0.01, min(0.5, next_due - time.time(), deadline - time.monotonic())))
+            now = self.clock()
+            next_due = await asyncio.to_thread(self.store.next_due) or now
+            await asyncio.sleep(max(0.01, min(0.5, next_due - now, deadline - time.monotonic())))
         return (await asyncio.to_thread(self.store.stats)).depth == 0

@@ -8,9 +8,17 @@ Row life:  pending ──claim──► sending ──► delivered
               ▲                  │
               └── retry later ◄──┤ (unreachable, 5xx, 429, outcome unknown → look up first)
                                  └──► dead (a permanent rejection: kept, never dropped)
-A technician may ``retry`` a dead row or ``discard`` one with a reason.
+A technician may ``retry`` or ``discard`` (with a reason) a row in any open state —
+pending, sending (left by a crash), dead, unverifiable — never a delivered one.
 Rows found in ``sending`` at start-up were interrupted: they go back to
-``pending`` marked for look-up, so a crash never causes a blind resend.
+``pending`` marked for look-up, due at once, so a crash never causes a blind resend.
+
+Times are wall-clock seconds from ``clock`` (``open_store`` gives a ``SteadyClock``, which a
+clock step cannot move while tillplug runs).  A due time read from disk at start (``recover``)
+is trusted only as far as it is sane: a row waits at most as long after now as it was meant
+to wait when its due time was set (``next_attempt - updated``), and never more than
+``MAX_DELAY`` — so a clock set back while tillplug was stopped cannot hold a row for the
+size of the step.  Ages are never negative.
 
 A pending row may be flagged ``unverifiable``: its look-up could not tell whether the
 engine has the write (the eventKey filter is ignored, rejected or not known to work).
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tillplug.errors import StorageError
+from tillplug.outbox.clock import SteadyClock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,6 +67,10 @@ COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0"}
 # The error codes (tillplug/errors.py) of rows that waited only for the engine to be there.
 WAITED_FOR_ENGINE = ("engine_unreachable", "engine_timeout", "engine_error", "engine_busy", "engine_outcome_unknown")
 
+MAX_DELAY = 3600.0  # seconds: the longest a row is ever meant to wait (Retry-After is honoured up to an hour)
+# A stored due time, bounded (see the module's docstring).  Parameters: now, MAX_DELAY.
+DUE = "MIN(next_attempt, ? + MIN(?, MAX(0, next_attempt - updated)))"
+
 
 @dataclass(frozen=True)
 class Row:
@@ -77,11 +90,19 @@ class Row:
     created: float
     updated: float
     unverifiable: bool = False
+    body_error: str | None = None  # the stored body cannot be read (the row can never be sent)
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
         d = dict(r)
-        d["body"] = json.loads(d["body"])
+        try:
+            body = json.loads(d["body"])
+        except ValueError as exc:
+            body, d["body_error"] = {}, f"its stored body is not JSON ({exc})"
+        else:
+            if not isinstance(body, dict):
+                body, d["body_error"] = {}, "its stored body is not a JSON object"
+        d["body"] = body
         d["needs_lookup"] = bool(d["needs_lookup"])
         d["unverifiable"] = bool(d.get("unverifiable", 0))
         return cls(**d)
@@ -89,6 +110,18 @@ class Row:
     def summary(self) -> dict[str, Any]:
         """For the CLI and health: everything but the body (which may name a member)."""
         return {k: v for k, v in self.__dict__.items() if k != "body"} | {"type": self.body.get("type")}
+
+
+# States a technician's retry or discard may change ('delivered' and 'discarded' are final).
+CHANGEABLE_STATES = ("pending", "sending", "dead")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a technician's command found (``row`` as it was; None: no such row) and whether it acted."""
+
+    row: Row | None
+    done: bool
 
 
 @dataclass(frozen=True)
@@ -173,10 +206,21 @@ class OutboxStore:
             return self.enqueue(tx, kind=kind, stream=stream, body=body, event_key=event_key, requires_key=requires_key)
 
     def recover(self) -> int:
-        """At start-up: rows left in 'sending' by a crash go back to pending, to be looked up first."""
+        """At start-up: rows left in 'sending' by a crash go back to pending, due now, to be looked up first.
+
+        Due times are bounded too (see the module's docstring): the clock may have been set back
+        while tillplug was stopped.  Returns the number of interrupted rows.
+        """
+        now = self.clock()
         with self.transaction() as tx:
+            tx.db.execute(
+                f"UPDATE outbox SET next_attempt={DUE} WHERE state='pending' AND next_attempt > {DUE}",
+                (now, MAX_DELAY, now, MAX_DELAY),
+            )
             cur = tx.db.execute(
-                "UPDATE outbox SET state='pending', needs_lookup=1, updated=? WHERE state='sending'", (self.clock(),)
+                "UPDATE outbox SET state='pending', needs_lookup=1, next_attempt=MIN(next_attempt, ?), updated=?"
+                " WHERE state='sending'",
+                (now, now),
             )
             return cur.rowcount
 
@@ -199,8 +243,11 @@ class OutboxStore:
             return Row.from_sql(r)
 
     def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
+        # The note is added to what a technician wrote (kept for audit), never put in its place.
         self._finish(
-            row_id, "state='delivered', engine_id=?, note=?, last_error=NULL, unverifiable=0", (engine_id, note)
+            row_id,
+            "state='delivered', engine_id=?, note=COALESCE(note || ?, ?, note), last_error=NULL, unverifiable=0",
+            (engine_id, note, note),
         )
 
     def hold_unverifiable(self, row_id: int, *, at: float, reason: str) -> None:
@@ -241,25 +288,53 @@ class OutboxStore:
 
     # -- the technician's commands -------------------------------------------------
 
-    def retry(self, row_id: int) -> bool:
-        """A dead row (or a waiting pending one) is tried again now."""
-        with self.transaction() as tx:
-            cur = tx.db.execute(
-                "UPDATE outbox SET state='pending', next_attempt=?, updated=?, note=COALESCE(note, '') || "
-                "'retried by technician; ' WHERE id=? AND state IN ('dead', 'pending')",
-                (self.clock(), self.clock(), row_id),
-            )
-            return cur.rowcount == 1
+    def retry(self, row_id: int, *, resend_unverified: bool = False) -> Decision:
+        """Try a row again now: pending, dead, or left in 'sending' by a crash (looked up first).
 
-    def discard(self, row_id: int, reason: str) -> bool:
+        An unverifiable row is looked up again, never resent — unless ``resend_unverified``: the
+        technician has checked the Loyalty Console and accepts that the engine may count it twice.
+        A delivered or discarded row is left as it is.
+        """
+        now = self.clock()
+        with self.transaction() as tx:
+            found = tx.db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
+            if found is None:
+                return Decision(None, False)
+            row = Row.from_sql(found)
+            if row.state not in CHANGEABLE_STATES or (resend_unverified and not row.unverifiable):
+                return Decision(row, False)
+            if resend_unverified:
+                # Neither its own look-up nor that of the write it reverses: the technician decided.
+                assignments = "needs_lookup=0, unverifiable=0, requires_key=NULL"
+                reversed_key = f" (it reverses eventKey {row.requires_key})" if row.requires_key else ""
+                note = f"resent unverified by technician{reversed_key}; "
+            elif row.state == "sending":  # interrupted mid-request: it may have landed
+                assignments, note = "needs_lookup=1", "recovered from sending by technician; "
+            else:
+                assignments, note = "needs_lookup=needs_lookup", "retried by technician; "
+            tx.db.execute(
+                f"UPDATE outbox SET state='pending', {assignments}, next_attempt=?, updated=?,"
+                " note=COALESCE(note, '') || ? WHERE id=?",
+                (now, now, note, row_id),
+            )
+            return Decision(row, True)
+
+    def discard(self, row_id: int, reason: str) -> Decision:
+        """Give a row up for good (kept, with the reason): any state but delivered or discarded."""
         if not reason.strip():
             raise ValueError("a reason is required to discard a row")
         with self.transaction() as tx:
-            cur = tx.db.execute(
-                "UPDATE outbox SET state='discarded', note=?, updated=? WHERE id=? AND state IN ('dead', 'pending')",
+            found = tx.db.execute("SELECT * FROM outbox WHERE id=?", (row_id,)).fetchone()
+            if found is None:
+                return Decision(None, False)
+            row = Row.from_sql(found)
+            if row.state not in CHANGEABLE_STATES:
+                return Decision(row, False)
+            tx.db.execute(
+                "UPDATE outbox SET state='discarded', note=COALESCE(note, '') || ?, updated=? WHERE id=?",
                 (f"discarded: {reason.strip()[:300]}", self.clock(), row_id),
             )
-            return cur.rowcount == 1
+            return Decision(row, True)
 
     # -- reads -------------------------------------------------------------------
 
@@ -340,7 +415,7 @@ def open_store(path: str | Path) -> OutboxStore:
     The file is never deleted or rewritten here: a corrupt outbox may still hold unsent sales.
     """
     try:
-        return OutboxStore(path)
+        return OutboxStore(path, clock=SteadyClock())
     except sqlite3.DatabaseError as exc:
         code = getattr(exc, "sqlite_errorcode", None)
         if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
