@@ -540,24 +540,12 @@ def cmd_sniff(args: argparse.Namespace) -> int:
     if args.port.startswith(("/dev/input/", "usb://")) or "hid-scanner" in args.port:
         return _sniff_keyboard(args)
 
-    from tillplug.config.model import ScannerConfig
-    from tillplug.devices.registry import load_drivers
-    from tillplug.errors import DeviceError, DriverError
+    from tillplug.errors import DeviceError
 
-    try:
-        cfg = ScannerConfig(name="sniff", port=args.port, baudrate=args.baudrate, terminator="none")
-        driver = load_drivers().get("serial-scanner")(cfg)
-        driver.open()
-    except (DeviceError, DriverError) as exc:
-        _err(f"tillplug sniff: {exc.message}")
-        return EXIT_FAILURE
-    except ValueError as exc:
-        _err(f"tillplug sniff: {exc}")
-        return EXIT_USAGE
-    route = _sniff_router(args)
-    if route is None:
-        driver.close()
-        return EXIT_USAGE
+    opened = _open_sniffed(args, "serial-scanner", dict(baudrate=args.baudrate, terminator="none"))
+    if isinstance(opened, int):
+        return opened
+    driver, route = opened
     _out(f"listening on {args.port} at {args.baudrate} baud for {args.seconds:g} s (read only); scan something…")
     seen = bytearray()
     start = time.monotonic()
@@ -609,24 +597,12 @@ def _sniff_keyboard(args: argparse.Namespace) -> int:
     from tillplug.barcodes.framing import decode
     from tillplug.barcodes.keymaps import decode as decode_keys
     from tillplug.barcodes.keymaps_data import LAYOUTS
-    from tillplug.config.model import ScannerConfig
-    from tillplug.devices.registry import load_drivers
-    from tillplug.errors import DeviceError, DriverError
+    from tillplug.errors import DeviceError
 
-    try:
-        cfg = ScannerConfig(name="sniff", driver="hid-scanner", port=args.port, layout=args.layout, retype=False)
-        driver = load_drivers().get("hid-scanner")(cfg)
-        driver.open()
-    except (DeviceError, DriverError) as exc:
-        _err(f"tillplug sniff: {exc.message}")
-        return EXIT_FAILURE
-    except ValueError as exc:
-        _err(f"tillplug sniff: {exc}")
-        return EXIT_USAGE
-    route = _sniff_router(args)
-    if route is None:
-        driver.close()
-        return EXIT_USAGE
+    opened = _open_sniffed(args, "hid-scanner", dict(driver="hid-scanner", layout=args.layout, retype=False))
+    if isinstance(opened, int):
+        return opened
+    driver, route = opened
     _out(f"listening to {args.port} as a {args.layout} keyboard for {args.seconds:g} s (the session sees nothing)")
     start, count = time.monotonic(), 0
     try:
@@ -647,6 +623,30 @@ def _sniff_keyboard(args: argparse.Namespace) -> int:
     finally:
         driver.close()
     return EXIT_OK if count else EXIT_FAILURE
+
+
+def _open_sniffed(
+    args: argparse.Namespace, driver_name: str, settings: dict[str, Any]
+) -> tuple[Any, Callable[[bytes], list[str]]] | int:
+    """The scanner opened read-only and the routing preview, or the exit code after saying why not."""
+    from tillplug.config.model import ScannerConfig
+    from tillplug.devices.registry import load_drivers
+    from tillplug.errors import DeviceError, DriverError
+
+    try:
+        driver = load_drivers().get(driver_name)(ScannerConfig(name="sniff", port=args.port, **settings))
+        driver.open()
+    except (DeviceError, DriverError) as exc:
+        _err(f"tillplug sniff: {exc.message}")
+        return EXIT_FAILURE
+    except ValueError as exc:
+        _err(f"tillplug sniff: {exc}")
+        return EXIT_USAGE
+    route = _sniff_router(args)
+    if route is None:
+        driver.close()
+        return EXIT_USAGE
+    return driver, route
 
 
 def _sniff_router(args: argparse.Namespace) -> Callable[[bytes], list[str]] | None:
