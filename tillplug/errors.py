@@ -358,6 +358,14 @@ class VouchersNotTendered(CheckoutConflict):
     default_message = "Vouchers on this sale were only checked: tender the sale (burn them) before taking payment."
 
 
+class VouchersPending(CheckoutConflict):
+    code = "vouchers_pending"
+    default_message = (
+        "A voucher's use on this sale is still being checked: wait for its verdict (voucher_settled) "
+        "on the event stream, or void the sale."
+    )
+
+
 class InvalidRequest(FlowError):
     code = "invalid_request"
     default_message = "The request is not valid."

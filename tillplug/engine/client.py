@@ -221,6 +221,7 @@ class EngineClient:
             {kind: True for kind in ("event", "order") if self.dialect.filter_works(kind)}
         )
         self.server_date: str | None = None  # the engine's Date header, last seen: doctor's clock check
+        self.server_date_seen: float | None = None  # our clock (epoch s) when that Date header arrived
         # (endpoint, status) for every answer that is a failure (429, 5xx, 401/403, other 4xx): for health and metrics
         self.on_failure: Callable[[str, int], None] | None = None
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
@@ -344,6 +345,22 @@ class EngineClient:
         for b in await self.list_benefits(member_id):
             if b.code is not None and b.code.value == code:
                 return b
+        return None
+
+    async def find_benefit_by_code(self, code: str) -> Benefit | None:
+        """Whoever's benefit carries ``code``, newest first, at most ``BENEFIT_MAX_PAGES`` pages; None if not seen.
+
+        For settling a burn of unknown outcome on a sale with no member: only the
+        benefit tells when the code was burned.
+        """
+        for page in range(BENEFIT_MAX_PAGES):
+            params = {"limit": str(PAGE), "skip": str(page * PAGE), "order": "DESC"}
+            items = _parse_list(Benefit, await self._call("GET", "/benefits/", params=params, endpoint="benefits"))
+            for b in items:
+                if b.code is not None and b.code.value == code:
+                    return b
+            if len(items) < PAGE:
+                break
         return None
 
     async def get_benefit(self, benefit_id: str) -> Benefit:
@@ -576,7 +593,8 @@ class EngineClient:
             self.traffic.request()
         try:
             response = await self._http.request(method, url, **kw)
-            self.server_date = response.headers.get("date", self.server_date)
+            if "date" in response.headers:
+                self.server_date, self.server_date_seen = response.headers["date"], time.time()
             return response
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             error = "timeout"

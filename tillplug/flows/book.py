@@ -170,7 +170,7 @@ class CheckoutBook:
             "pointsPending": sum(d.points for d in deductions if d.state == "unknown" and d.pending),
             "refunded": sum(d.points for d in deductions if d.state == "refunded"),
             "vouchers": [v.to_api() for v in checkout.vouchers],
-            "vouchersPending": [b.code for b in store.burns(checkout.tx_id) if b.state in ("unknown", "sending")],
+            "vouchersPending": [b.code for b in store.burns(checkout.tx_id) if b.awaiting_verdict],
         }
 
     def get_checkout(self, tx_id: str) -> dict[str, Any]:
@@ -192,7 +192,8 @@ class CheckoutBook:
             checkout = ctx.open(tx_id)  # re-read after the engine call
             if checkout.member is not None and checkout.member.id != member.id:
                 spent = ctx.store.deductions(tx_id)
-                if checkout.vouchers or any(d.state in ("confirmed", "unknown", "sending") for d in spent):
+                burning = any(b.awaiting_verdict for b in ctx.store.burns(tx_id))
+                if checkout.vouchers or burning or any(d.state in ("confirmed", "unknown", "sending") for d in spent):
                     # Refunds must go back to whoever spent: the member cannot change under them.
                     raise CheckoutConflict(
                         "Another member already used points or vouchers on this sale; void it first."

@@ -150,6 +150,14 @@ class Burn:
     pending: bool
     created: float
 
+    @property
+    def awaiting_verdict(self) -> bool:
+        """Its outcome is still being looked up: unknown and pending, or interrupted while sending.
+
+        Unknown and not pending is a look-up that gave up: the burn cannot be verified.
+        """
+        return self.state == "sending" or (self.state == "unknown" and self.pending)
+
 
 def ident_hash(ident: str) -> str:
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()

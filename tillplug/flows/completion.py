@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from tillplug.engine.models import EventDefinition, Order, OrderLine, reactor_points
-from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered
+from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered, VouchersPending
 from tillplug.flows.book import CheckoutBook
 from tillplug.flows.checkouts import Checkout
 from tillplug.flows.context import FlowContext
@@ -45,6 +45,12 @@ class Completion:
                 raise VouchersNotTendered(
                     f"Voucher(s) {', '.join(unburned)} were only checked: tender the sale "
                     f"(POST /v1/checkouts/{tx_id}/tender) before taking payment, or remove them by voiding."
+                )
+            pending = [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
+            if pending:  # a burn may have landed: the sale's discount depends on its verdict
+                raise VouchersPending(
+                    f"Voucher(s) {', '.join(pending)} may have been used on this sale; tillplug is checking. "
+                    "Wait for the verdict (voucher_settled on the event stream) before completing, or void the sale."
                 )
             member = checkout.member
             lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
@@ -149,7 +155,7 @@ class Completion:
             # Points whose outcome is still being looked up: refunded if they landed (points_settled).
             "pointsPending": pending,
             "vouchersNotReinstated": [v.code for v in checkout.vouchers if v.burned],
-            "vouchersPending": [b.code for b in burns if b.state in ("unknown", "sending")],
+            "vouchersPending": [b.code for b in burns if b.awaiting_verdict],
         }
         ctx.events.publish("checkout_voided", result, lane=checkout.lane)
         kept = [v.name or v.code for v in checkout.vouchers if v.burned]

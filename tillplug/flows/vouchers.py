@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from tillplug.barcodes.classify import ScanKind
@@ -19,10 +20,15 @@ from tillplug.engine.models import Benefit, parse_time
 from tillplug.errors import (
     BenefitNotFound,
     CheckoutConflict,
+    EngineAuthError,
+    EngineRejected,
     InvalidRequest,
     OutcomeUnknown,
     TillplugError,
     VoucherError,
+    VoucherNotRedeemed,
+    VoucherUnknown,
+    VoucherWrongVenue,
 )
 from tillplug.flows.book import benefit_view
 from tillplug.flows.checkouts import AppliedVoucher, Burn, Checkout, Member
@@ -30,12 +36,20 @@ from tillplug.flows.context import NOT_LANDED, UNKNOWN, FlowContext, write_outco
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
-# A burn time this much before our intent was written is someone else's burn, not ours.
-CLOCK_SKEW = 300.0
+# What the engine's Date header (whole seconds) cannot see of a request: its round trip.
+DATE_SLACK = 0.5
 PENDING_MESSAGE = (
     "The loyalty service did not confirm the voucher. Do not give its discount yet: "
     "tillplug is checking whether it was used and will tell the till (voucher_settled)."
 )
+UNVERIFIABLE_MESSAGE = (
+    "tillplug cannot tell whether voucher {code} was used on this sale or elsewhere just before: "
+    "its discount is not given. Ask a supervisor to check the voucher in the loyalty service."
+)
+# Verdicts of a look-up of an unknown burn.
+OURS, NOT_BURNED, USED_BEFORE, UNVERIFIABLE = "burned", "not_burned", "used_before", "unverifiable"
+# A check-only refusal that shows the code is not burned now (so our burn did not land).
+_UNBURNED_REFUSALS = (VoucherUnknown, VoucherNotRedeemed, VoucherWrongVenue)
 
 
 def _applied(benefit: Benefit, *, burned: bool, code: str | None = None) -> AppliedVoucher:
@@ -56,13 +70,42 @@ def owned_by(benefit: Benefit, member: Member) -> bool:
     return owner.get("id") in (None, member.id) and owner.get("authIdentifier") in (None, member.auth_identifier)
 
 
-def burned_since(benefit: Benefit, since: float) -> bool:
-    """Whether the benefit was used at or after ``since`` (epoch seconds, minus the clock skew)."""
-    for stamp in (benefit.burned_at, benefit.code.validated_at if benefit.code else None):
-        when = parse_time(stamp)
-        if when is not None:
-            return when.timestamp() >= since - CLOCK_SKEW
-    return False
+def engine_offset(server_date: str | None, seen: float | None) -> tuple[float, float]:
+    """(estimate, lower bound) of the engine's clock minus ours, from its last Date header.
+
+    The clocks are taken to agree unless the Date header proves otherwise; then the
+    estimate is its upper bound, the latest our intent can be on the engine's clock,
+    so that no burn is taken for ours on a guess.  No Date header: (0, -DATE_SLACK).
+    """
+    if not server_date or seen is None:
+        return 0.0, -DATE_SLACK
+    try:
+        engine = parsedate_to_datetime(server_date).timestamp()
+    except (TypeError, ValueError):
+        return 0.0, -DATE_SLACK
+    low, high = engine - seen - DATE_SLACK, engine + 1 - seen + DATE_SLACK
+    return (0.0 if low <= 0.0 <= high else high), low
+
+
+def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> str:
+    """Whose burn the benefit shows, against our intent written at ``since`` (our clock).
+
+    Ours only if it was burned at or after our intent on the engine's clock; clearly
+    before it, someone else's (a code burns once: ours was refused); in between, the
+    clocks cannot tell them apart and the verdict is never "ours".
+    """
+    estimate, low = offset
+    burned = parse_time(benefit.burned_at)
+    if burned is not None:
+        if burned.timestamp() >= since + estimate:
+            return OURS
+        return USED_BEFORE if burned.timestamp() < since + low else UNVERIFIABLE
+    # An engine that shows no burnedAt: a validation since our intent is the burn's only trace
+    # (an older one is the check that came before it, not a burn).
+    validated = parse_time(benefit.code.validated_at if benefit.code else None)
+    if validated is not None and validated.timestamp() >= since + estimate:
+        return OURS
+    return NOT_BURNED
 
 
 class Vouchers:
@@ -303,6 +346,9 @@ class Vouchers:
                 burned.append(voucher.code)
                 await ctx.db(ctx.store.settle_burn, burn_id, "burned", checkout=checkout)
             checkout = await self._save_open(checkout)
+            # Burns of earlier calls still unknown: until settled, the sale's discount is not known.
+            pending += [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
+            pending = list(dict.fromkeys(pending))
         result = {
             "transactionId": tx_id,
             "burned": burned,
@@ -323,39 +369,81 @@ class Vouchers:
 
     # -- settling unknown burns ---------------------------------------------------------------
 
-    async def _look_up(self, burn: Burn, member: Member | None) -> Benefit | None:
+    async def _look_up(self, burn: Burn, member: Member | None) -> tuple[str, Benefit | None] | None:
+        """The verdict on an unknown burn and the benefit it was read from; None if the engine could not say."""
         client = self.ctx.client
         try:
+            benefit: Benefit | None = None
             if burn.benefit_id:
-                found: Benefit = await client.get_benefit(burn.benefit_id)
-                return found
-            if member is None or member.offline:
-                return None
-            benefits: list[Benefit] = await client.list_benefits(member.id)
-            for b in benefits:
-                if b.code is not None and b.code.value == burn.code and owned_by(b, member):
-                    return b
+                benefit = await client.get_benefit(burn.benefit_id)
+            elif member is not None and not member.offline:
+                benefits: list[Benefit] = await client.list_benefits(member.id)
+                owned = (
+                    b for b in benefits if b.code is not None and b.code.value == burn.code and owned_by(b, member)
+                )
+                benefit = next(owned, None)
+            if benefit is None:
+                verdict = await self._check_code(burn.code)
+                if verdict != UNVERIFIABLE:
+                    return verdict, None
+                # Used, by whom is not said: only the benefit's burn time can tell.
+                benefit = await self._find_by_code(burn.code)
+                if benefit is None:
+                    return UNVERIFIABLE, None
+            offset = engine_offset(client.server_date, client.server_date_seen)
+            return burn_verdict(benefit, burn.created, offset), benefit
         except TillplugError as exc:
             log.info("look-up of an unknown voucher burn failed (%s); tried again later", exc.code)
         return None
 
+    async def _find_by_code(self, code: str) -> Benefit | None:
+        """The benefit carrying ``code``, whoever owns it; None if not found or the engine will not list them."""
+        try:
+            found: Benefit | None = await self.ctx.client.find_benefit_by_code(code)
+        except EngineRejected as exc:
+            if isinstance(exc, EngineAuthError):
+                raise
+            log.info("unknown voucher burn: the engine refused to list benefits (%s)", exc.code)
+            return None
+        return found
+
+    async def _check_code(self, code: str) -> str:
+        """No benefit to read (no member, or not in the member's wallet): check the code without burning it.
+
+        Usable now means our burn did not land.  "Already used" says nothing of when or by
+        whom: unverifiable until the benefit itself is read.
+        """
+        try:
+            await self.ctx.client.validate_voucher(code, check_only=True)
+        except _UNBURNED_REFUSALS:
+            return NOT_BURNED
+        except VoucherError as exc:  # already used, expired, refused in other words: burned or not is not said
+            log.info("unknown voucher burn: the code's check was refused (%s)", exc.code)
+            return UNVERIFIABLE
+        return NOT_BURNED
+
     async def settle(self, burn: Burn, *, not_landed_after: float) -> str:
         ctx = self.ctx
         checkout = ctx.checkout(burn.tx_id)
-        benefit = await self._look_up(burn, checkout.member)
-        if benefit is None:
+        found = await self._look_up(burn, checkout.member)
+        if found is None:
             return UNKNOWN
-        landed = burned_since(benefit, burn.created)
-        if not landed and time.time() - burn.created < not_landed_after:
+        verdict, benefit = found
+        # Not burned yet: a late request could still land, so only believed after a while.
+        if verdict == NOT_BURNED and time.time() - burn.created < not_landed_after:
             return UNKNOWN
         async with ctx.checkout_locks.hold(burn.tx_id):
             if not any(b.id == burn.id for b in ctx.store.pending_burns()):
                 return UNKNOWN  # settled meanwhile
             checkout = ctx.checkout(burn.tx_id)
             data: dict[str, Any] = {"transactionId": burn.tx_id, "code": burn.code}
-            if not landed:
+            if verdict in (NOT_BURNED, USED_BEFORE):
                 await ctx.db(ctx.store.settle_burn, burn.id, "failed")
                 data |= {"outcome": "not_burned", "applied": False, "discounts": []}
+            elif verdict == UNVERIFIABLE or benefit is None:
+                await ctx.db(ctx.store.settle_burn, burn.id, "unknown", pending=False)
+                message = UNVERIFIABLE_MESSAGE.format(code=burn.code)
+                data |= {"outcome": UNVERIFIABLE, "applied": False, "discounts": [], "message": message}
             elif checkout.state == "open":
                 voucher = _applied(benefit, burned=True, code=burn.code)
                 checkout.vouchers.append(voucher)
@@ -367,4 +455,6 @@ class Vouchers:
                 data |= {"outcome": "burned", "applied": False, "discounts": []}
             log.info("pending voucher burn on %s settled: %s", burn.tx_id, data["outcome"])
             ctx.events.publish("voucher_settled", data, lane=checkout.lane)
-            return "landed" if landed else NOT_LANDED
+            if data["outcome"] == UNVERIFIABLE:
+                return UNVERIFIABLE
+            return "landed" if data["outcome"] == "burned" else NOT_LANDED
