@@ -88,12 +88,25 @@ def test_two_spends_on_one_checkout_cannot_take_more_points_than_the_member_has_
         assert balance(till, ALICE) >= 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine limit: WLL applies a deduction's reaction asynchronously (seconds, load-dependent), "
+    "allows a negative balance, and has no conditional or idempotent write; a till cannot see another "
+    "till's deduction before the engine applies it, so when both reactions land after both tills' "
+    "confirming reads (points.confirm_reads) both spends succeed (balanceEstimated: true). See README, "
+    "'Money is never guessed'.",
+)
 def test_two_tills_spending_one_member_at_once_cannot_overdraw_with_late_reactions(
     tmp_path: Path, late_reactions_sim: SimServer
 ) -> None:
     """FINDING: Bob has 300; two tills each spend 200 at once; both answer 200 with a 200 discount
     (``balanceAfter: 100, balanceEstimated: true``) and the engine ends at -100.
+
+    The reactions land 6 s late here, well after every read either till makes (its confirming
+    reads and the overdraw wait end within about 3 s), so the engine limit shows every time.
     """
+    switch = {"late_reaction_seconds": 6.0}
+    httpx.post(late_reactions_sim.url + "/_sim/dialect", json=switch, timeout=10).raise_for_status()
     with (
         VirtualTill(tmp_path / "a", sim=late_reactions_sim, till_id="till-01") as a,
         VirtualTill(tmp_path / "b", sim=late_reactions_sim, till_id="till-02") as b,
@@ -104,7 +117,7 @@ def test_two_tills_spending_one_member_at_once_cannot_overdraw_with_late_reactio
             lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
             lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
         )
-        assert a.settle(10) and b.settle(10)
+        assert a.settle(15) and b.settle(15)
         given = sum(discount_given(x) for x in answers)
         assert given <= 300, f"the tills were told to give {given} of discount for a member holding 300 points"
         assert balance(a, BOB) >= 0
@@ -241,8 +254,42 @@ def test_two_tills_spending_one_member_at_once_are_not_both_told_the_points_were
         assert a.settle(10) and b.settle(10)
         given = sum(discount_given(x) for x in answers)
         assert balance(a, BOB) == 300 - given, "the ledger and what the tills were told disagree"
-        told = [x.json().get("error", {}).get("code") for x in answers]
-        assert given == 200, f"both tills refused ({told}) though Bob's 300 points covered one spend"
+        # Neither till can see the other's deduction before it lands, so which one keeps its points
+        # is decided by each waiting a random time for the other to give back: exactly one keeps,
+        # unless both times fall within one refund's round trip, when both give back (never both
+        # keep).  A refused till is told what happened, not that the points were spent elsewhere.
+        assert given in (0, 200)
+        for refused in (x for x in answers if x.status_code != 200):
+            message = refused.json()["error"]["message"]
+            assert "spent elsewhere" not in message and "at the same moment" in message, message
+
+
+def test_two_tills_overdrawing_one_member_together_one_keeps_its_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The till whose wait ends first gives its points back; the other sees Bob's balance whole
+    again and keeps its own: one discount of 200, Bob at 100.  (The waits are fixed here; in use
+    they are drawn from each spend's random eventKey.)"""
+    with (
+        SimServer() as sim,
+        VirtualTill(tmp_path / "a", sim=sim, till_id="till-01") as a,
+        VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b,
+    ):
+        monkeypatch.setattr(a.daemon.loyalty.points, "_yield_after", lambda key: 0.0)
+        monkeypatch.setattr(b.daemon.loyalty.points, "_yield_after", lambda key: 2.0)
+        open_sale(a, "A1", "1000002")
+        open_sale(b, "B1", "1000002")
+        answers = at_once(
+            lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
+            lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
+        )
+        assert a.settle(10) and b.settle(10)
+        given = [discount_given(x) for x in answers]
+        if given == [200, 0]:
+            pytest.skip("till A's spend landed and was confirmed before B's: no overdraw to decide")
+        assert given == [0, 200], [x.json() for x in answers]
+        assert answers[0].status_code == 409 and answers[1].json()["balanceAfter"] == 100
+        assert balance(a, BOB) == 100
 
 
 def test_a_spend_that_can_never_be_verified_is_reported_as_such_not_as_an_unreachable_engine(

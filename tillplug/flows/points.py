@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tillplug.engine.client import EngineClient
@@ -32,6 +33,24 @@ from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
 FIRST_CONFIRM_DELAY = 0.1  # seconds before the first confirming read; doubled before each next one
+# Two tills that overdraw one member together each wait a time drawn from their own eventKey (up to
+# this many seconds), re-reading the balance: the first to reach its time gives its points back,
+# and the other then sees the balance whole again and keeps its own.
+OVERDRAW_WAIT = 2.0
+OVERDRAW_READ_EVERY = 0.1
+# How long a deduction this till made, but the engine's balance did not yet show, is still
+# subtracted from that balance here.  Reactions take "almost instant to a few seconds"; past this
+# the engine has surely applied it (erring long only refuses a spend, never allows one too many).
+UNSEEN_FOR = 60.0
+
+
+@dataclass(frozen=True)
+class UnseenDeduction:
+    """A deduction the engine accepted whose effect no read has shown yet."""
+
+    event_id: str
+    points: int
+    until: float  # time.monotonic() after which it is forgotten
 
 
 async def event_landed(client: EngineClient, event_key: str) -> bool | None:
@@ -52,6 +71,10 @@ async def event_landed(client: EngineClient, event_key: str) -> bool | None:
 class Points:
     def __init__(self, ctx: FlowContext) -> None:
         self.ctx = ctx
+        # member id -> event key -> our deduction the engine's balance may not show yet.  The
+        # engine applies deductions late and allows a negative balance, so a spend right after
+        # another on this till is checked against the balance less these.
+        self._unseen: dict[str, dict[str, UnseenDeduction]] = {}
 
     async def spend(self, tx_id: str, points: int) -> dict[str, Any]:
         if not isinstance(points, int) or isinstance(points, bool) or points <= 0:
@@ -63,9 +86,11 @@ class Points:
         async with ctx.checkout_locks.hold(tx_id):
             member = ctx.online_member_of(ctx.open(tx_id), "points")
             async with ctx.member_locks.hold(member.id):
+                unseen = await self._still_unseen(member)  # before the wallet: it may only over-count
                 wallet = await ctx.client.get_wallet(member.id)  # re-read right before reporting
-                if points > wallet.points_balance:
-                    raise InsufficientPoints(f"The member has {int(wallet.points_balance)} points.")
+                available = wallet.points_balance - unseen
+                if points > available:
+                    raise InsufficientPoints(f"The member has {int(available)} points.")
                 money = points_to_money(points, cfg.points.rate_points, cfg.points.rate_money)
                 if money <= 0:
                     raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
@@ -92,13 +117,18 @@ class Points:
                     await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
                     raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
                 await ctx.db(ctx.store.settle_deduction, key, "confirmed")
-                balance_after, estimated = await self._confirm_balance(
-                    reported.id, member, wallet.points_balance, points
-                )
+                balance_after, estimated = await self._confirm_balance(reported.id, member, available, points, key)
                 if balance_after < 0:
-                    # Another till spent the same points a moment ago: give these back.
-                    await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
-                    raise InsufficientPoints("Those points were just spent elsewhere; the member's balance is too low.")
+                    # Another till spent from the same balance at the same moment.  One of us may
+                    # keep its points: wait to see whether the other gives its own back first.
+                    kept = await self._outlast_overdraw(reported.id, member, key)
+                    if kept is None:
+                        await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
+                        raise InsufficientPoints(
+                            "The member's balance changed at another till at the same moment; "
+                            "these points were given back. Check the balance and try again."
+                        )
+                    balance_after = kept
         if cfg.engine.confirm_rate_with_test_reaction:
             await self._check_rate(event, points)
         result: dict[str, Any] = {
@@ -144,8 +174,70 @@ class Points:
         self.ctx.events.publish("redemption_pending", {k: v for k, v in result.items() if k != "message"}, lane=lane)
         return result
 
-    async def _confirm_balance(self, event_id: str, member: Member, before: float, points: int) -> tuple[float, bool]:
-        """The balance once our deduction has landed, within the read budget; else an estimate.
+    def _yield_after(self, event_key: str) -> float:
+        """Seconds this spend waits for a concurrent one to give its points back: from the random
+        eventKey, so two tills rarely draw close times and neither is always the one to yield."""
+        return OVERDRAW_WAIT * (int(event_key.replace("-", "")[:8], 16) / 0xFFFFFFFF)
+
+    async def _outlast_overdraw(self, event_id: str, member: Member, event_key: str) -> float | None:
+        """The balance once another till's concurrent deduction was given back, or None: give ours back.
+
+        Kept only if the reactions show our deduction applied and a later read shows the balance
+        (ours included, less this till's earlier deductions it does not show yet) not below zero;
+        anything that cannot be told gives ours back.  If both tills reach their time before either
+        refund shows, both give back: never both keep.
+        """
+        ctx = self.ctx
+        unseen = await self._still_unseen(member)
+        try:
+            if points_of(await ctx.client.event_reactions(event_id)) == 0:
+                return None  # not seen applied: a later read could not prove the balance covers it
+        except TillplugError:
+            return None
+        deadline = time.monotonic() + self._yield_after(event_key)
+        for _ in range(int(OVERDRAW_WAIT / OVERDRAW_READ_EVERY) + 1):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(OVERDRAW_READ_EVERY)
+            try:
+                balance: float = (await ctx.client.get_wallet(member.id)).points_balance
+            except TillplugError:
+                continue
+            if balance - unseen >= 0:
+                log.info("member %s: a concurrent spend was given back; this one kept", member.masked)
+                return balance - unseen
+        return None
+
+    async def _still_unseen(self, member: Member) -> int:
+        """Points of this till's recent deductions for ``member`` that the engine has not shown applied.
+
+        A deduction is forgotten once its reactions show it applied, or after ``UNSEEN_FOR``; any
+        member's expired ones are dropped here too, so the memory stays bounded.
+        """
+        now = time.monotonic()
+        for member_id in list(self._unseen):
+            kept = {k: d for k, d in self._unseen[member_id].items() if d.until > now}
+            if kept:
+                self._unseen[member_id] = kept
+            else:
+                del self._unseen[member_id]
+        mine = self._unseen.get(member.id, {})
+        for key, d in list(mine.items()):
+            try:
+                applied = points_of(await self.ctx.client.event_reactions(d.event_id)) != 0
+            except TillplugError:
+                applied = False  # cannot tell: keep counting it until it expires
+            if applied:
+                del mine[key]
+        if not mine:
+            self._unseen.pop(member.id, None)
+        return sum(d.points for d in mine.values())
+
+    async def _confirm_balance(
+        self, event_id: str, member: Member, before: float, points: int, event_key: str
+    ) -> tuple[float, bool]:
+        """The balance once our deduction has landed, within the read budget; else an estimate
+        (and the deduction is remembered as unseen, for this till's next spend by the member).
 
         Reactions are applied asynchronously.  A read here only confirms a write the
         engine accepted, so no answer it gives (slow, missing, in a shape tillplug
@@ -176,9 +268,13 @@ class Points:
                 balance = (await ctx.client.get_wallet(member.id)).points_balance
             except TillplugError:
                 continue
-            if applied or balance <= estimate:
+            # With earlier deductions of ours still unseen, the read may show ours but not them.
+            if (applied and member.id not in self._unseen) or balance <= estimate:
                 return balance, False
         log.info("deduction for member %s not confirmed within %d read(s); balance estimated", member.masked, reads)
+        self._unseen.setdefault(member.id, {})[event_key] = UnseenDeduction(
+            event_id, points, time.monotonic() + UNSEEN_FOR
+        )
         return estimate, True
 
     async def _check_rate(self, event: EventDefinition, points: int) -> None:
