@@ -64,3 +64,33 @@ def test_a_spend_confirmed_while_an_earlier_one_is_unseen_reports_the_balance_af
         assert second.json()["balanceAfter"] == 50
         assert till.settle(10)
         assert float(till.ledger()["balances"][ALICE]) == 50
+
+
+def test_the_confirming_reads_after_a_spend_go_out_together(tmp_path: Path) -> None:
+    """Over a WAN each sequential engine request is a round trip: after reporting a spend the
+    reactions and the balance are read at once, so the spend costs three round trips, not four.
+    Seen here as the two confirming requests both in flight at the same moment."""
+    with SimServer() as sim, VirtualTill(tmp_path, sim=sim) as till:
+        assert till.api.post("/v1/checkouts", json={"transactionId": "T1", "lane": 1, "cashierId": "c"}).is_success
+        assert till.api.put("/v1/checkouts/T1/member", json={"code": "1000001"}).is_success
+        client = till.daemon.client
+        in_flight: list[str] = []
+        overlapped: list[tuple[str, ...]] = []
+        original_send = client._send
+
+        async def watched(method: str, url: str, **kw: object) -> httpx.Response:
+            in_flight.append(url)
+            if len(in_flight) > 1:
+                overlapped.append(tuple(sorted(in_flight)))
+            try:
+                return await original_send(method, url, **kw)  # type: ignore[arg-type]
+            finally:
+                in_flight.remove(url)
+
+        client._send = watched  # type: ignore[method-assign]
+        httpx.post(sim.url + "/_sim/faults", json={"slow_ms": 50}, timeout=10).raise_for_status()
+        spent = till.api.post("/v1/checkouts/T1/points", json={"points": 100}).json()
+        assert spent["balanceAfter"] == 1150 and spent["balanceEstimated"] is False
+        assert any(
+            any("/reactions" in u for u in urls) and any(u.endswith("/wallet") for u in urls) for urls in overlapped
+        ), overlapped

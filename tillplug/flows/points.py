@@ -101,6 +101,7 @@ class Points:
                 )
                 key = event.payload["eventKey"]
                 await ctx.db(ctx.store.begin_deduction, Deduction(key, tx_id, points, money, "sending"))
+                sent_at = time.monotonic()
                 try:
                     reported = await ctx.client.report_event(event)
                 except Exception as exc:
@@ -117,7 +118,9 @@ class Points:
                     await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
                     raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
                 await ctx.db(ctx.store.settle_deduction, key, "confirmed")
-                balance_after, estimated = await self._confirm_balance(reported.id, member, available, points, key)
+                balance_after, estimated = await self._confirm_balance(
+                    reported.id, member, available, points, key, sent_at
+                )
                 if balance_after < 0:
                     # Another till spent from the same balance at the same moment.  One of us may
                     # keep its points: wait to see whether the other gives its own back first.
@@ -234,7 +237,7 @@ class Points:
         return sum(d.points for d in mine.values())
 
     async def _confirm_balance(
-        self, event_id: str, member: Member, before: float, points: int, event_key: str
+        self, event_id: str, member: Member, before: float, points: int, event_key: str, sent_at: float
     ) -> tuple[float, bool]:
         """The balance once our deduction has landed, within the read budget; else an estimate
         (and the deduction is remembered as unseen, for this till's next spend by the member).
@@ -247,10 +250,23 @@ class Points:
         budget = ctx.config.points.confirm_reads
         estimate = before - points
         reads, delay, reactions_readable = 0, FIRST_CONFIRM_DELAY, True
+        # The engine began applying the deduction when the report arrived, not when its answer came
+        # back: over a distant link most of the first wait has passed already.
+        wait = max(0.0, FIRST_CONFIRM_DELAY - (time.monotonic() - sent_at))
         while reads < budget:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(wait)
             delay *= 2
+            wait = delay
             applied = False
+            if reactions_readable and reads + 2 <= budget:
+                # The reactions and the balance at once: one round trip instead of two when the
+                # deduction is already applied.  Only a balance that shows our deduction is taken:
+                # the wallet may have been read a moment before the reaction was.
+                reads += 2
+                reactions_readable, balance_now = await self._reactions_and_balance(event_id, member)
+                if balance_now is not None and balance_now <= estimate:
+                    return balance_now, False
+                continue
             if reactions_readable:
                 reads += 1
                 try:
@@ -276,6 +292,22 @@ class Points:
             event_id, points, time.monotonic() + UNSEEN_FOR
         )
         return estimate, True
+
+    async def _reactions_and_balance(self, event_id: str, member: Member) -> tuple[bool, float | None]:
+        """Both reads at once: (are the reactions still readable, the balance or None if unread)."""
+        client = self.ctx.client
+        reactions = asyncio.ensure_future(client.event_reactions(event_id))
+        wallet = asyncio.ensure_future(client.get_wallet(member.id))
+        await asyncio.wait([reactions, wallet])
+        readable = True
+        if isinstance(trouble := reactions.exception(), TillplugError):
+            readable = False
+            log.info("reactions unreadable (%s); confirming by the balance", trouble.code)
+        elif trouble is not None:
+            raise trouble
+        if isinstance(wallet.exception(), TillplugError):
+            return readable, None
+        return readable, wallet.result().points_balance
 
     async def _check_rate(self, event: EventDefinition, points: int) -> None:
         try:
