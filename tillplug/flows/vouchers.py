@@ -180,6 +180,28 @@ class Vouchers:
             lane=checkout.lane,
         )
 
+    async def _validate_on(
+        self, checkout: Checkout, code: str, benefit_id: str | None, member_id: str | None, *, check_only: bool
+    ) -> tuple[Checkout, AppliedVoucher, Benefit] | dict[str, Any]:
+        """Check ``code`` only, or burn it behind its intent row; then keep it on the sale.
+
+        The checkout re-read with the voucher on it, or the 202 answer when the burn's outcome is unknown.
+        """
+        burn_id: int | None = None
+        try:
+            if check_only:
+                benefit = await self.ctx.client.validate_voucher(code, check_only=True, user_identifier=member_id)
+            else:
+                burn_id, found = await self._burn(checkout, code, benefit_id)
+                if found is None:
+                    return self._pending_answer(checkout, code)
+                benefit = found
+        except VoucherError as exc:
+            self._refused(checkout, code, exc)
+            raise
+        voucher = _applied(benefit, burned=not check_only, code=code)
+        return await self._keep(checkout.tx_id, burn_id, voucher), voucher, benefit
+
     async def _result(self, checkout: Checkout, voucher: AppliedVoucher, benefit: Benefit) -> dict[str, Any]:
         ctx = self.ctx
         result = {"transactionId": checkout.tx_id, "kind": "engine", "ok": True, "pending": False, **voucher.to_api()}
@@ -221,21 +243,10 @@ class Vouchers:
             if check_only is None:
                 check_only = ctx.config.vouchers.mode == "check_then_burn"
             member_id = checkout.member.id if checkout.member else None
-            burn_id: int | None = None
-            try:
-                if check_only:
-                    benefit = await ctx.client.validate_voucher(code, check_only=True, user_identifier=member_id)
-                else:
-                    burn_id, found = await self._burn(checkout, code, None)
-                    if found is None:
-                        return self._pending_answer(checkout, code)
-                    benefit = found
-            except VoucherError as exc:
-                self._refused(checkout, code, exc)
-                raise
-            voucher = _applied(benefit, burned=not check_only, code=code)
-            checkout = await self._keep(tx_id, burn_id, voucher)
-        return await self._result(checkout, voucher, benefit)
+            kept = await self._validate_on(checkout, code, None, member_id, check_only=check_only)
+            if isinstance(kept, dict):  # the burn's outcome is being looked up
+                return kept
+        return await self._result(*kept)
 
     async def check_scan(self, code: str, lane: int) -> Benefit:
         """A voucher scanned with no sale open: only checked, never burned; the till is told."""
@@ -281,21 +292,10 @@ class Vouchers:
                 raise CheckoutConflict("This voucher is already applied to this sale.")
             if check_only is None:
                 check_only = ctx.config.vouchers.mode == "check_then_burn"
-            burn_id: int | None = None
-            try:
-                if check_only:
-                    validated = await ctx.client.validate_voucher(code, check_only=True, user_identifier=member.id)
-                else:
-                    burn_id, found = await self._burn(checkout, code, benefit_id)
-                    if found is None:
-                        return self._pending_answer(checkout, code)
-                    validated = found
-            except VoucherError as exc:
-                self._refused(checkout, code, exc)
-                raise
-            voucher = _applied(validated, burned=not check_only, code=code)
-            checkout = await self._keep(tx_id, burn_id, voucher)
-        return await self._result(checkout, voucher, validated)
+            kept = await self._validate_on(checkout, code, benefit_id, member.id, check_only=check_only)
+            if isinstance(kept, dict):  # the burn's outcome is being looked up
+                return kept
+        return await self._result(*kept)
 
     async def _activate(self, benefit_id: str) -> Benefit:
         """redeem_benefit (activation, not a burn); an unknown outcome is looked up on the benefit at once."""
