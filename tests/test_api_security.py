@@ -396,7 +396,7 @@ def test_health_degrades_on_a_full_disk_a_stuck_row_and_a_printer_fault(till):
     with till.daemon.store.transaction() as tx:
         tx.execute("UPDATE outbox SET state='delivered' WHERE stream='STUCK1'")
     till.call(monitor.refresh())
-    # A printer fault, as the printer watch last read it.
+    # A printer fault, as the spool last read it.
     printer = till.daemon.printers["printer1"]
     before = printer.last_status
     printer.last_status = PrinterStatus(PrinterState.ERROR, "paper out")

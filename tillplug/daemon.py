@@ -236,18 +236,6 @@ class Daemon:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), every)
 
-    async def _printer_watch(self, every: float = 30.0) -> None:
-        """Ask each printer how it is, now and then: for health, metrics and a log line on change."""
-        while not self.stop_event.is_set():
-            for sup in list(self.printers.values()):
-                before = sup.last_status
-                status = await sup.status()
-                if status.state != before.state:
-                    level = logging.WARNING if status.state.value in ("error", "warning") else logging.INFO
-                    log.log(level, "printer %s: %s %s", sup.config.name, status.state.value, status.reason)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), every)
-
     async def _watchdog(self, interval: float) -> None:
         # Fed from the event loop itself: a hung loop stops the pings and systemd restarts us.
         while not self.stop_event.is_set():
@@ -310,7 +298,6 @@ class Daemon:
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
-        self._tasks.append(asyncio.ensure_future(self._printer_watch()))
         for s in cfg.scanners:
             self._start_scanner(s)
         if self.router.sinks:  # a till waits on pass-through: read product codes before the first one comes
