@@ -188,6 +188,7 @@ class EngineCheck:
             type=self.event_types.redeemed_points,
             subject=user.id,
             executor="tillplug-engine-check",
+            # "XXX" is ISO 4217's code for "no currency": the test spend carries no money.
             payload={"eventKey": key, "transactionId": run_id, "points": 1, "value": 0, "currency": "XXX"},
         )
         self.report.sent.append(f"POST /events/ {spend.type} points=1 eventKey={key}")
