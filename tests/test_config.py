@@ -287,3 +287,35 @@ def test_proxy_and_ca_file_are_checked():
     assert [p.path for p in bad.errors] == ["engine.proxy"]
     missing = validate({**base, "engine": {"preset": "simulator", "ca_file": "/nonexistent/ca.pem"}})
     assert [p.path for p in missing.errors] == ["engine.ca_file"]
+
+
+@pytest.mark.parametrize(
+    ("outbox", "says"),
+    [
+        ({"fleet_writes_per_second": 0.004}, "needs fleet_interactive_per_second"),
+        (
+            {"rate_per_second": 0.02, "fleet_interactive_per_second": 0.015, "fleet_writes_per_second": 0.005},
+            "must be below rate_per_second (0.02)",
+        ),
+    ],
+)
+def test_the_chains_figures_must_come_together_and_leave_room_in_the_share(outbox, says):
+    report = validate({"till_id": "t", "branch_id": "b", "engine": {"preset": "simulator"}, "outbox": outbox})
+    [problem] = report.errors
+    assert problem.path == "outbox" and says in problem.message
+
+
+def test_the_chains_figures_that_leave_room_are_accepted():
+    report = validate(
+        {
+            "till_id": "t",
+            "branch_id": "b",
+            "engine": {"preset": "simulator"},
+            "outbox": {
+                "rate_per_second": 0.02,
+                "fleet_interactive_per_second": 0.0096,
+                "fleet_writes_per_second": 0.004,
+            },
+        }
+    )
+    assert not report.errors and report.config.outbox.fleet_writes_per_second == 0.004

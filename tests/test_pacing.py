@@ -4,6 +4,7 @@ jittered restart after an outage; and the hooks in the engine client and the del
 
 import asyncio
 import random
+import time
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from tests.test_engine_client import CFG, Engine, ok, secrets
 from tillplug import errors as E
 from tillplug.engine import EngineClient
-from tillplug.engine.models import EventDefinition
+from tillplug.engine.models import Event, EventDefinition
 from tillplug.outbox import Deliverer, OutboxStore, Pacer, PacingPolicy
 from tillplug.traffic import OUTBOX, Traffic, parse_retry_after, use_case
 
@@ -288,3 +289,162 @@ def test_with_the_fleet_average_known_the_free_share_is_split_by_how_busy_each_t
     assert allowed[1.0] == pytest.approx(0.9 * (0.02 - 0.01), rel=0.1)
     assert allowed[2.0] == pytest.approx(2 * allowed[1.0], rel=0.1)
     assert allowed[0.5] == pytest.approx(0.5 * allowed[1.0], rel=0.1)
+
+
+# -- the chain's drain deadline -------------------------------------------------------------
+
+FLEET = {"fleet_interactive": 0.01, "fleet_writes": 0.004, "headroom": 0.9}
+
+
+def outage(p: Pacer, clock: Clock, *, last_ok: float, first_failure: float, last_failure: float, back: float) -> None:
+    """The engine answers at ``last_ok``, fails from ``first_failure`` to ``last_failure``, answers at ``back``."""
+    clock.now = last_ok
+    p.record(None)
+    clock.now = first_failure
+    p.record(E.EngineServerError())
+    clock.now = last_failure
+    p.record(E.EngineServerError())
+    clock.now = back
+    p.record(None)
+
+
+def drain(p: Pacer, clock: Clock, backlog: int, *, inflow: float = 0.0, limit: float = 100_000.0) -> list[float]:
+    """Send a backlog as the pacer allows (rows arriving at ``inflow``/s meanwhile); when each row left."""
+    sent, arrived_at, start = [], clock.now, clock.now
+    for _ in range(10_000):
+        if backlog == 0 or clock.now - start > limit:
+            break
+        wait = p.delay(backlog)
+        if wait == 0:
+            p.record(None)
+            backlog -= 1
+            sent.append(clock.now)
+        clock.now += wait
+        while inflow and arrived_at + 1 / inflow <= clock.now:  # sales go on during the drain
+            arrived_at += 1 / inflow
+            backlog += 1
+    return sent
+
+
+def test_with_the_chains_averages_an_outage_sets_one_deadline_from_when_the_engine_went_and_came_back():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, **FLEET)
+    outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
+    assert p.outage_began == pytest.approx(1100.0)  # between the last answer and the first failure
+    assert p.outage_length == pytest.approx(4800.0 - 1100.0)  # back: between the last failure and the answer
+    free = 0.02 - 0.01 - 0.004
+    assert p.drain_deadline == pytest.approx(4800.0 + 3700.0 * 0.004 / (0.9 * free))
+    assert p.draining and p.hold_until <= clock.now  # no jitter hold: a random phase spreads the fleet
+
+
+def test_without_the_chains_averages_there_is_no_deadline_and_the_restart_is_jittered():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, fleet_interactive=0.01)  # writes unknown
+    outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
+    assert not p.draining and p.tokens == 0.0
+
+
+def test_a_busy_and_a_quiet_till_finish_their_backlogs_together_by_the_deadline():
+    """Each sends its own backlog over the same time, so a till that queued four times as much goes four
+    times as fast; sales going on meanwhile are paced on top, so neither rushes at the end."""
+    finished, rates = {}, {}
+    for name, backlog, inflow in (("busy", 60, 0.016), ("quiet", 15, 0.004)):
+        clock = Clock()
+        p = pacer(share=0.02, clock=clock, **FLEET)
+        outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
+        deadline = p.drain_deadline
+        sent = drain(p, clock, backlog, inflow=inflow, limit=3 * (deadline - clock.now))
+        old_rows = sent[:backlog]  # first in, first out: the outage's rows go before the new ones
+        finished[name] = (old_rows[-1] - 3600.0) / (deadline - 3600.0)
+        rates[name] = backlog / (old_rows[-1] - 3600.0)
+    # The outage's rows are in well before the deadline (the new ones, paced on top, queue behind
+    # them: with these figures at about 0.59 of the way), and together.
+    assert 0.45 < finished["quiet"] <= 1.0 and 0.45 < finished["busy"] <= 1.0
+    assert finished["busy"] == pytest.approx(finished["quiet"], abs=0.15)
+    assert rates["busy"] == pytest.approx(4 * rates["quiet"], rel=0.25)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    share=st.floats(0.005, 10),
+    backlog=st.integers(2, 500),
+    down=st.floats(60, 8 * 3600),
+    cut=st.booleans(),
+)
+def test_the_drain_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(share, backlog, down, cut):
+    clock = Clock()
+    p = pacer(share=share, clock=clock, fleet_interactive=share * 0.4, fleet_writes=share * 0.2)
+    outage(p, clock, last_ok=0.0, first_failure=1.0, last_failure=down, back=down + 1)
+    assert p.draining
+    p.delay(backlog)
+    before = p.allowed_rate()
+    assert p.policy.min_rate <= before <= p.policy.max_rate
+    if cut:
+        p.record(E.RateLimited(retry_after=1.0))
+        assert p.allowed_rate() <= before
+    for _ in range(20):
+        p.record(None)  # successes never speed the plan past what the chain can take
+    assert p.allowed_rate() <= max(before, p.policy.min_rate) * 1.0001
+
+
+def test_when_its_backlog_is_in_the_till_goes_back_to_its_usual_pace():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, **FLEET)
+    outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
+    p.delay(5)
+    assert p.draining
+    p.delay(1)  # the last row waiting
+    assert not p.draining and p.view()["drainDeadlineSeconds"] == 0.0
+
+
+class DownThenUpEngine:
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[str] = []
+
+    async def report_event(self, event):
+        if not self.up:
+            raise E.EngineServerError()
+        self.sent.append(event.event_key)
+        return Event(id=f"ev-{event.event_key}", type=event.type, payload=event.payload)
+
+
+def test_a_cashiers_answer_ends_the_outage_for_the_outbox_and_its_rows_are_due_at_once(tmp_path):
+    """Without it a till hears of the engine's return only when a row's backoff (up to 5 min) runs out."""
+
+    async def scenario() -> None:
+        store = OutboxStore(tmp_path / "o.sqlite3")  # real time: the pacer's waits are real sleeps
+        for k in ("k1", "k2"):
+            store.add(event_key=k, kind="event", stream=k, body={"type": "TRANSACTION", "payload": {"eventKey": k}})
+        traffic = Traffic(time.time)
+        engine = DownThenUpEngine()
+        p = Pacer(PacingPolicy(share=10.0, outage_after=0.1, restart_jitter=0.0), clock=time.time, traffic=traffic)
+        d = Deliverer(store, engine, pacer=p, clock=time.time)
+        assert await d.step() and await d.step()  # both fail: the engine is down
+        await asyncio.sleep(0.2)
+        assert not await d.step()  # nothing due: both wait on their backoff (a second at least)
+        engine.up = True
+        with use_case("lookup"):
+            traffic.answered(200, None)  # a cashier's look-up is answered
+        assert d._wake.is_set()  # the outbox is woken...
+        assert await d.step()  # ...and the rows are due again at once
+        assert engine.sent == ["k1"] and store.next_due() <= time.time()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_outbox_loop_leaves_no_task_behind(tmp_path):
+    async def scenario() -> None:
+        store = OutboxStore(tmp_path / "o.sqlite3")
+        d = Deliverer(store, DownThenUpEngine(), pacer=pacer(share=10.0))
+        run = asyncio.ensure_future(d.run(asyncio.Event()))
+        await asyncio.sleep(0.05)  # asleep, waiting for a row or a wake
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert left == []
+        store.close()
+
+    asyncio.run(scenario())

@@ -269,6 +269,7 @@ class Daemon:
             share=cfg.outbox.rate_per_second,
             burst=cfg.outbox.burst,
             fleet_interactive=cfg.outbox.fleet_interactive_per_second,
+            fleet_writes=cfg.outbox.fleet_writes_per_second,
         )
         self.deliverer = Deliverer(self.store, self.client, pacer=Pacer(policy, traffic=self.traffic))
         self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))

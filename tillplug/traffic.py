@@ -117,6 +117,10 @@ class Traffic:
         self.rate_limited: dict[str, int] = {}  # 429 answers by use case
         self.interactive_limited_until = 0.0
         self.interactive_ok_at: float | None = None  # the engine last answered a cashier's call
+        self.interactive_failed_at: float | None = None  # a cashier's call last failed (5xx, timeout, no connection)
+        # Called when the engine answers a cashier's call: the outbox wakes on it if it was waiting
+        # out an outage, so a till learns the engine is back from its cashiers, not a row's backoff.
+        self.on_interactive_ok: Callable[[], None] | None = None
         self._rate = 0.0  # interactive requests per second, exponentially weighted
         self._busy = 0.0  # the same over an hour
         self._rate_stamp = clock()
@@ -138,9 +142,18 @@ class Traffic:
             self.rate_limited[name] = self.rate_limited.get(name, 0) + 1
         if name != OUTBOX and status < 500 and status != 429:
             self.interactive_ok_at = self.clock()
+            if self.on_interactive_ok is not None:
+                self.on_interactive_ok()
+        if name != OUTBOX and status >= 500:
+            self.interactive_failed_at = self.clock()
         if name != OUTBOX and status in (429, 503):
             until = self.clock() + bounded_hold(retry_after, INTERACTIVE_HOLD)
             self.interactive_limited_until = max(self.interactive_limited_until, until)
+
+    def unanswered(self, name: str | None = None) -> None:
+        """An exchange got no answer at all (timeout, no connection): for the outage's timing."""
+        if (name or current_use_case()) != OUTBOX:
+            self.interactive_failed_at = self.clock()
 
     def interactive_hold(self) -> float:
         """Seconds the outbox should still yield to rate-limited interactive calls (0: none)."""

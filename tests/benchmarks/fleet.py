@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import heapq
 import json
 import math
@@ -166,6 +165,9 @@ class MemoryStore:
     def next_due(self) -> float | None:
         return self.due[0][0] if self.due else None
 
+    def backlog(self) -> int:
+        return len(self.rows)
+
     @property
     def depth(self) -> int:
         return len(self.rows)
@@ -260,19 +262,10 @@ class Till:
         policy = PacingPolicy(share=share, **sim.policy)
         pacer = Pacer(policy, clock=self.clock, rng=rng, traffic=self.traffic)
         self.deliverer = Deliverer(self.store, self.engine, pacer=pacer, clock=self.clock)  # type: ignore[arg-type]
-        self.wake = asyncio.Event()
         self.sales = 0
 
     async def outbox(self, stop: asyncio.Event) -> None:
-        """Deliverer.run, on the virtual clock: deliver what is due, else sleep until due or woken."""
-        while not stop.is_set():
-            if await self.deliverer.step():
-                continue
-            next_due = self.store.next_due()
-            wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - self.clock()))
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait)
+        await self.deliverer.run(stop)
 
     async def trading(self, stop: asyncio.Event, sales_per_hour: Callable[[float], float]) -> None:
         while not stop.is_set():
@@ -301,7 +294,7 @@ class Till:
         key = f"t{self.index}-{self.sales}"
         self.store.add({"type": "TRANSACTION", "payload": {"eventKey": key}}, key)
         self.sim.queued(self.clock())
-        self.wake.set()
+        self.deliverer.wake()
 
 
 def quick_profile(_t: float) -> float:
@@ -336,6 +329,7 @@ class Fleet:
         self.before_return: set[int] = set()
         self.backlog = 0
         share = args.share or TENANT_RATE / args.tills
+        self.figures_set = not args.dashboard
         self.tills = [
             Till(
                 i,
@@ -381,6 +375,8 @@ class Fleet:
         end_cap = self.outage[1] + 4 * max(self.args.outage, 900.0)
         while self.clock() < end_cap:
             await asyncio.sleep(10)
+            if not self.figures_set and self.clock() >= self.outage[0]:
+                self.read_dashboard()
             if backlog_at_return == 0 and self.clock() >= self.outage[1]:
                 backlog_at_return = sum(t.store.depth for t in self.tills)
             if self.drained() and (self.args.quick or self.clock() > 12 * 3600):
@@ -391,6 +387,21 @@ class Fleet:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return self.report(backlog_at_return)
+
+    def read_dashboard(self) -> None:
+        """What a chain's operator copies off the fleet dashboard into every till's config before the
+        outage: the average interactive requests/s and outbox writes/s per till, measured over the
+        time before it (``fleet_interactive_per_second``, ``fleet_writes_per_second``)."""
+        self.figures_set = True
+        window = self.outage[0] - min(self.outage[0], 3600.0)
+        seen = [name for t, name, _ in self.tenant.log if window <= t < self.outage[0]]
+        per_till = len(self.tills) * (self.outage[0] - window)
+        interactive = sum(1 for name in seen if name != OUTBOX) / per_till
+        writes = sum(1 for name in seen if name == OUTBOX) / per_till
+        print(f"# the dashboard: {interactive:.5f} interactive and {writes:.5f} writes /s per till", file=sys.stderr)
+        for till in self.tills:
+            pacer = till.deliverer.pacer
+            pacer.policy = replace(pacer.policy, fleet_interactive=interactive, fleet_writes=writes)
 
     def diagnose(self, start: float) -> None:
         """On stderr: how the backlog fell, and the tills that finished last (why the tail)."""
@@ -407,7 +418,8 @@ class Fleet:
             p = till.deliverer.pacer
             print(
                 f"#   {name}: last backlog row at +{at - start:.0f}s, busyness {till.busyness:.2f}, "
-                f"sales {till.sales}, rate {p.rate:.4f}, allowed {p.allowed_rate():.4f}, cuts {p.cuts}",
+                f"sales {till.sales}, rate {p.rate:.4f}, allowed {p.allowed_rate():.4f}, cuts {p.cuts}, "
+                f"deadline {'-' if p.drain_deadline is None else f'+{p.drain_deadline - start:.0f}s'}",
                 file=sys.stderr,
             )
 
@@ -476,6 +488,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="override a PacingPolicy field (e.g. doubling=900, restart=0.8); repeatable",
     )
     p.add_argument("--share", type=float, default=None, help="each till's share (default: 100/s over the tills)")
+    p.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="set the chain's averages (fleet_interactive, fleet_writes) from the hour before the outage, "
+        "as an operator would from the fleet dashboard (--no-dashboard: leave them unset)",
+    )
     return p.parse_args(argv)
 
 

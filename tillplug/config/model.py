@@ -439,6 +439,25 @@ class OutboxConfig(Section):
     # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up)).  When set,
     # the share left after interactive calls is split in proportion to how busy each till is.
     fleet_interactive_per_second: float | None = Field(default=None, gt=0, le=100)
+    # The chain's average outbox writes/s per till (the dashboard:
+    # sum(rate(tillplug_engine_requests_total{use_case="outbox"}[1h])) / count(up)).  With the
+    # figure above, a backlog after an outage is paced towards one deadline the whole chain shares.
+    fleet_writes_per_second: float | None = Field(default=None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _fleet_figures_leave_room(self) -> OutboxConfig:
+        interactive, writes = self.fleet_interactive_per_second, self.fleet_writes_per_second
+        if writes is not None and interactive is None:
+            raise ValueError(
+                "fleet_writes_per_second needs fleet_interactive_per_second too (both off the fleet dashboard)"
+            )
+        if writes is not None and interactive is not None and interactive + writes >= self.rate_per_second:
+            raise ValueError(
+                f"fleet_interactive_per_second + fleet_writes_per_second ({interactive + writes:g}) must be below "
+                f"rate_per_second ({self.rate_per_second:g}): with them the chain's tills would use all of the "
+                "tenant's limit in normal trading and no backlog could drain (check the figures, or the share)"
+            )
+        return self
 
     def exceeded(self, depth: int, oldest_age_s: float) -> bool:
         """Over the bounds: the till must be told loudly (nothing is ever dropped)."""

@@ -609,6 +609,8 @@ class EngineClient:
             error = "transport"
             raise (OutcomeUnknown() if write else EngineUnreachable()) from exc
         finally:
+            if error is not None and self.traffic is not None:
+                self.traffic.unanswered()
             if self._on_call:
                 self._on_call(endpoint, time.perf_counter() - start, error)
 

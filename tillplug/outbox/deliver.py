@@ -85,6 +85,8 @@ class Deliverer:
         # unless given (a virtual one in the fleet benchmark).
         self.clock = clock or store.clock
         self._wake = asyncio.Event()
+        if self.pacer.traffic is not None:
+            self.pacer.traffic.on_interactive_ok = self._cashier_answered
         self.delivered = 0
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
 
@@ -92,9 +94,18 @@ class Deliverer:
         """A row was added: look now instead of at the next timer."""
         self._wake.set()
 
+    def _cashier_answered(self) -> None:
+        """The engine answered a cashier: if the outbox was waiting out an outage, it is over."""
+        if self.pacer.failing_since is not None:
+            self._wake.set()
+
     async def _paced(self) -> None:
-        while (delay := self.pacer.delay()) > 0:
+        while (delay := self.pacer.delay(await self._backlog())) > 0:
             await asyncio.sleep(min(delay, PACE_RECHECK))  # a cashier's answer may end a wait early
+
+    async def _backlog(self) -> int | None:
+        """The rows waiting, when the pacer needs it (draining towards the chain's deadline)."""
+        return await asyncio.to_thread(self.store.backlog) if self.pacer.draining else None
 
     async def _look_up(self, row: Row, key: str) -> Lookup:
         """Does the engine have the write carrying ``key``?  found, not_found or unverifiable.
@@ -207,6 +218,8 @@ class Deliverer:
 
     async def step(self) -> bool:
         """Deliver one due row; False when none is due."""
+        if self.pacer.recovered_by_cashiers():  # rows waiting on their backoff are due again
+            await asyncio.to_thread(self.store.release_waiting, self.clock())
         row = await asyncio.to_thread(self.store.claim)
         if row is None:
             return False
@@ -231,9 +244,11 @@ class Deliverer:
             next_due = await asyncio.to_thread(self.store.next_due)
             wait = 30.0 if next_due is None else max(0.01, min(30.0, next_due - self.clock()))
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled too: no waiter outlives the loop
+                for w in waiters:
+                    w.cancel()
 
     async def drain(self, timeout: float) -> bool:
         """Deliver until nothing is pending (or ``timeout``); True if empty.  For the CLI and tests."""

@@ -50,6 +50,9 @@ class PacingPolicy:
     # share left after interactive calls is then split in proportion to how busy this till is.
     fleet_interactive: float | None = None
     headroom: float = 0.9  # with fleet_interactive: of the proportional share, the part the outbox uses
+    # The chain's average outbox writes/s per till; with fleet_interactive, a backlog is paced
+    # towards a drain deadline the whole chain shares (see the module's docstring).
+    fleet_writes: float | None = None
     outage_after: float = 10.0  # seconds of failures that make an outage
     restart_intervals: float = 2.0  # the restart is spread over this many request intervals at the share...
     restart_jitter: float = 120.0  # ...and over this many seconds at most
@@ -61,6 +64,15 @@ class PacingPolicy:
     @property
     def max_rate(self) -> float:
         return self.share * self.ceiling
+
+    def drain_time(self, outage: float) -> float | None:
+        """Seconds the chain needs to drain what an outage of ``outage`` seconds left; None if unknown."""
+        if self.fleet_interactive is None or self.fleet_writes is None:
+            return None
+        free = self.share - self.fleet_interactive - self.fleet_writes
+        if free <= 0:
+            return None  # normal trading already uses the whole share: no deadline could be met
+        return outage * self.fleet_writes / (self.headroom * free)
 
 
 class Pacer:
@@ -87,12 +99,34 @@ class Pacer:
         self._recovered = False
         self._grown_at = self.stamp
         self._constrained = False  # the last request had to wait for a token: the rate is what limits
+        self.answered_at: float | None = None  # the engine last answered this till's outbox
+        self.outage_began: float | None = None  # this till's estimate of when the engine went away
+        self.failed_at: float | None = None  # the outbox's last failure
+        self.drain_deadline: float | None = None  # set after an outage when the chain's averages are known
+        self.backlog: int | None = None  # rows waiting, as the deliverer last said while draining
+        self.outage_length = 0.0  # seconds the last outage lasted, as this till reckons it
+        self.inflow: float | None = None  # rows/s this till queues, reckoned from the outage's backlog
 
     # -- asking ------------------------------------------------------------------
 
+    @property
+    def draining(self) -> bool:
+        """A backlog is being paced towards the chain's drain deadline (the deliverer then says how long it is)."""
+        return self.drain_deadline is not None
+
     def allowed_rate(self) -> float:
-        """The rate the outbox may use now: the adapted rate less what interactive calls use."""
+        """The rate the outbox may use now: the adapted rate less what interactive calls use.
+
+        While draining towards the deadline: the rows waiting over the time left.
+        """
         p = self.policy
+        if self.drain_deadline is not None and (backlog := self.backlog) is not None:
+            # A cut (429) slows the plan; successes never speed it past it (the plan is the chain's).
+            # The sales that go on meanwhile queue rows too, at about the pace the outage's backlog
+            # built up: they are paced on top, or the till would fall behind and rush at the end.
+            scale = min(1.0, self.rate / p.share)
+            left = max(1.0, self.drain_deadline - self.clock())
+            return min(p.max_rate, max(p.min_rate, scale * (backlog / left + (self.inflow or 0.0))))
         # The adapted rate scales what is left after the cashiers' calls (cutting before taking
         # them off would leave nothing: half a share less a till's look-ups is about zero).
         scale = self.rate / p.share
@@ -105,11 +139,19 @@ class Pacer:
             free = max(0.0, p.share - (self.traffic.interactive_rate() if self.traffic else 0.0))
         return min(p.max_rate, max(p.min_rate, scale * free))
 
-    def delay(self) -> float:
-        """Seconds to wait before the next request; 0 means go now (and its token is taken)."""
+    def delay(self, backlog: int | None = None) -> float:
+        """Seconds to wait before the next request; 0 means go now (and its token is taken).
+
+        ``backlog``: the rows waiting, this one included (needed only while ``draining``).
+        """
         now = self.clock()
-        if self._cashiers_answered_since_failure():
-            self.answered(increase=False)  # the engine is back: the cashiers' calls say so
+        self._heard_from_cashiers()
+        if backlog is not None:
+            self.backlog = backlog
+            if self.inflow is None and self.outage_length > 0:
+                self.inflow = backlog / self.outage_length  # the rows this till queues a second
+            if backlog <= 1:
+                self.drain_deadline = None  # this till's backlog is in: new rows go at the usual pace
         held = max(self.hold_until - now, self.traffic.interactive_hold() if self.traffic else 0.0)
         self._grow(now, held)
         rate = self.allowed_rate()
@@ -157,16 +199,26 @@ class Pacer:
         recovered, self._recovered = self._recovered, False
         return recovered
 
-    def _cashiers_answered_since_failure(self) -> bool:
-        ok_at = self.traffic.interactive_ok_at if self.traffic else None
-        return self.failing_since is not None and ok_at is not None and ok_at > self.failing_since
+    def _heard_from_cashiers(self) -> None:
+        """The engine answered a cashier's call after the outbox's failures began: it is back."""
+        ok_at = self._cashiers("interactive_ok_at")
+        if self.failing_since is not None and ok_at is not None and ok_at > self.failing_since:
+            self.answered(increase=False, at=ok_at)
 
-    def answered(self, *, increase: bool = True) -> None:
+    def recovered_by_cashiers(self) -> bool:
+        """True once when the cashiers' calls show an outage is over (the deliverer then releases its rows)."""
+        self._heard_from_cashiers()
+        return self.take_recovered()
+
+    def answered(self, *, increase: bool = True, at: float | None = None) -> None:
+        """The engine answered (``at``: when, if not now: a cashier's call the outbox hears of late)."""
         now = self.clock()
+        at = now if at is None else min(at, now)
         p = self.policy
         if self.failing_since is not None and now - self.failing_since >= p.outage_after:
-            self._restart(now)
+            self._restart(now, at)
         self.failing_since = None
+        self.answered_at = at
         if increase:
             self.rate = min(p.max_rate, self.rate + p.increase * p.share)
 
@@ -179,24 +231,55 @@ class Pacer:
 
     def failed(self) -> None:
         """A 503, a timeout or no connection: cut the rate and note when the failures began."""
+        now = self.clock()
+        self.failed_at = now
         if self.failing_since is None:
-            self.failing_since = self.clock()
+            self.failing_since = now
+            # The engine went away somewhere between its last answer and this failure.
+            self.outage_began = (_latest(now, self.answered_at, self._cashiers("interactive_ok_at")) + now) / 2
         self._cut()
+
+    def _cashiers(self, signal: str) -> float | None:
+        value: float | None = getattr(self.traffic, signal) if self.traffic else None
+        return value
 
     def _cut(self) -> None:
         self.rate = max(self.policy.min_rate, self.rate * self.policy.decrease)
         self.cuts += 1
         self._grown_at = self.clock()
 
-    def _restart(self, now: float) -> None:
-        """The engine answers again after an outage: a jittered, empty-bucket start at the share."""
+    def _restart(self, now: float, answered_at: float) -> None:
+        """The engine answers again after an outage: a jittered, empty-bucket start at the share.
+
+        With the chain's averages known, the backlog is paced towards the chain's drain deadline,
+        reckoned from when the engine came back (between the last failure and the first answer).
+        """
         p = self.policy
-        spread = min(p.restart_jitter, p.restart_intervals / p.share)
-        self.hold_until = max(self.hold_until, now + self.rng.uniform(0, spread))
-        self.tokens = 0.0
         self.stamp = max(self.stamp, now)
         self.rate = max(p.min_rate, p.share * p.restart)
         self._recovered = True
+        last_failure = _latest(
+            answered_at,
+            *(
+                t
+                for t in (self.failed_at, self._cashiers("interactive_failed_at"))
+                if t is not None and t <= answered_at
+            ),
+        )
+        back = (last_failure + answered_at) / 2 if last_failure < answered_at else answered_at
+        began = self.outage_began if self.outage_began is not None else back
+        self.outage_length = max(0.0, back - began)
+        drain = p.drain_time(self.outage_length)
+        self.drain_deadline = None if drain is None else back + drain
+        self.inflow = None  # known once the deliverer says how many rows the outage left
+        if self.drain_deadline is None:
+            spread = min(p.restart_jitter, p.restart_intervals / p.share)
+            self.hold_until = max(self.hold_until, now + self.rng.uniform(0, spread))
+            self.tokens = 0.0
+        else:
+            # Each till's rate is already its part of what is free; a random phase (part of a
+            # token) is all the spreading a fleet coming back together needs.
+            self.tokens = self.rng.random()
 
     def view(self) -> dict[str, float | bool]:
         """For health and status: how the outbox is paced right now."""
@@ -207,7 +290,13 @@ class Pacer:
             "heldSeconds": round(max(0.0, self.hold_until - now), 1),
             "yieldingToInteractive": bool(self.traffic and self.traffic.interactive_hold() > 0),
             "engineFailing": self.failing_since is not None,
+            "drainDeadlineSeconds": round(max(0.0, self.drain_deadline - now), 1) if self.drain_deadline else 0.0,
         }
+
+
+def _latest(default: float, *times: float | None) -> float:
+    """The latest of ``times`` that are known, else ``default``."""
+    return max((t for t in times if t is not None), default=default)
 
 
 __all__ = ["Pacer", "PacingPolicy"]

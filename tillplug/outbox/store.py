@@ -385,6 +385,13 @@ class OutboxStore:
             unverifiable=unverifiable,
         )
 
+    def backlog(self) -> int:
+        """Rows still to deliver (pending or sending): one query, cheap enough to ask before each send."""
+        with self._lock:
+            found = self.db.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending')")
+            count: int = found.fetchone()[0]
+            return count
+
     def next_due(self) -> float | None:
         with self._lock:
             due: float | None = self.db.execute(
