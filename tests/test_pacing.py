@@ -57,7 +57,11 @@ def test_the_rate_stays_within_its_floor_and_ceiling(share, outcomes):
         clock.now += elapsed
         p.record(outcome)
         assert p.policy.min_rate <= p.rate <= p.policy.max_rate
-        assert p.policy.min_rate <= p.allowed_rate() <= p.policy.max_rate
+        if p.in_outage():  # a down engine is probed, at most every 30 s, never above the ceiling
+            assert p.allowed_rate() == 1 / p.probe_interval() <= p.policy.max_rate
+            assert p.probe_interval() >= 30
+        else:
+            assert p.policy.min_rate <= p.allowed_rate() <= p.policy.max_rate
 
 
 @settings(max_examples=200, deadline=None)
@@ -291,7 +295,7 @@ def test_with_the_fleet_average_known_the_free_share_is_split_by_how_busy_each_t
     assert allowed[0.5] == pytest.approx(0.5 * allowed[1.0], rel=0.1)
 
 
-# -- the chain's drain deadline -------------------------------------------------------------
+# -- the chain's drain plan after an outage -----------------------------------------------------
 
 FLEET = {"fleet_interactive": 0.01, "fleet_writes": 0.004, "headroom": 0.9}
 
@@ -308,75 +312,88 @@ def outage(p: Pacer, clock: Clock, *, last_ok: float, first_failure: float, last
     p.record(None)
 
 
-def drain(p: Pacer, clock: Clock, backlog: int, *, inflow: float = 0.0, limit: float = 100_000.0) -> list[float]:
-    """Send a backlog as the pacer allows (rows arriving at ``inflow``/s meanwhile); when each row left."""
-    sent, arrived_at, start = [], clock.now, clock.now
-    for _ in range(10_000):
-        if backlog == 0 or clock.now - start > limit:
+def drain(p: Pacer, clock: Clock, old: int, *, inflow: float, limit: float) -> list[tuple[float, bool]]:
+    """Send what the outage left as the pacer allows while sales go on queueing rows at ``inflow``/s,
+    first in, first out; (when, whether an outage's row) for each row sent."""
+    queue, sent, next_sale = [True] * old, [], clock.now + 1 / inflow
+    for _ in range(100_000):
+        if not queue or clock.now > limit:
             break
-        wait = p.delay(backlog)
+        wait = p.delay((len(queue), sum(queue)))
         if wait == 0:
             p.record(None)
-            backlog -= 1
-            sent.append(clock.now)
+            sent.append((clock.now, queue.pop(0)))
         clock.now += wait
-        while inflow and arrived_at + 1 / inflow <= clock.now:  # sales go on during the drain
-            arrived_at += 1 / inflow
-            backlog += 1
+        while next_sale <= clock.now:
+            queue.append(False)
+            next_sale += 1 / inflow
     return sent
 
 
-def test_with_the_chains_averages_an_outage_sets_one_deadline_from_when_the_engine_went_and_came_back():
+def test_an_outage_sets_the_chains_deadline_from_when_the_engine_went_away_and_came_back():
     clock = Clock()
-    p = pacer(share=0.02, clock=clock, **FLEET)
+    p = pacer(share=0.02, clock=clock, start_uncertainty=1e9, **FLEET)
     outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
     assert p.outage_began == pytest.approx(1100.0)  # between the last answer and the first failure
-    assert p.outage_length == pytest.approx(4800.0 - 1100.0)  # back: between the last failure and the answer
-    free = 0.02 - 0.01 - 0.004
-    assert p.drain_deadline == pytest.approx(4800.0 + 3700.0 * 0.004 / (0.9 * free))
-    assert p.draining and p.hold_until <= clock.now  # no jitter hold: a random phase spreads the fleet
+    plan = p.plan
+    assert plan is not None and p.draining
+    assert plan.back == pytest.approx(4800.0) and plan.answered == 4900.0  # back: between last failure and answer
+    outage_s = 4800.0 - 1100.0
+    old = outage_s * 0.004 / (0.9 * (0.02 - 0.01))  # the average till's rows over what cashiers leave free
+    assert plan.old_until == pytest.approx(4800.0 + old)
+    assert plan.catch_up_until == pytest.approx(4800.0 + old + old * 0.004 / (0.9 * (0.02 - 0.01 - 0.004)))
+    assert p.hold_until <= clock.now and p.tokens == 0.0  # no jitter: the fleet hears of the return spread out
 
 
-def test_without_the_chains_averages_there_is_no_deadline_and_the_restart_is_jittered():
+def test_a_quiet_till_that_saw_the_outage_begin_late_takes_it_as_shorter():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, start_uncertainty=120.0, **FLEET)
+    outage(p, clock, last_ok=0.0, first_failure=3000.0, last_failure=4700.0, back=4900.0)
+    assert p.outage_began == 3000.0 - 120.0  # not the midpoint, 1500: half an hour of doubt
+
+
+def test_without_the_chains_averages_there_is_no_plan_and_the_restart_is_jittered():
     clock = Clock()
     p = pacer(share=0.02, clock=clock, fleet_interactive=0.01)  # writes unknown
     outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
-    assert not p.draining and p.tokens == 0.0
+    assert not p.draining and p.tokens == 0.0 and p.hold_until >= clock.now
 
 
-def test_a_busy_and_a_quiet_till_finish_their_backlogs_together_by_the_deadline():
-    """Each sends its own backlog over the same time, so a till that queued four times as much goes four
-    times as fast; sales going on meanwhile are paced on top, so neither rushes at the end."""
-    finished, rates = {}, {}
-    for name, backlog, inflow in (("busy", 60, 0.016), ("quiet", 15, 0.004)):
+def test_a_busy_and_a_quiet_till_send_the_outages_rows_by_the_same_deadline():
+    """Each sends what the outage left over the same time, so a till that queued four times as much
+    goes four times as fast; the rows of sales made meanwhile wait behind them, then catch up."""
+    finished, rates, last = {}, {}, {}
+    for name, old, inflow in (("busy", 60, 0.016), ("quiet", 15, 0.004)):
         clock = Clock()
         p = pacer(share=0.02, clock=clock, **FLEET)
         outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
-        deadline = p.drain_deadline
-        sent = drain(p, clock, backlog, inflow=inflow, limit=3 * (deadline - clock.now))
-        old_rows = sent[:backlog]  # first in, first out: the outage's rows go before the new ones
-        finished[name] = (old_rows[-1] - 3600.0) / (deadline - 3600.0)
-        rates[name] = backlog / (old_rows[-1] - 3600.0)
-    # The outage's rows are in well before the deadline (the new ones, paced on top, queue behind
-    # them: with these figures at about 0.59 of the way), and together.
-    assert 0.45 < finished["quiet"] <= 1.0 and 0.45 < finished["busy"] <= 1.0
-    assert finished["busy"] == pytest.approx(finished["quiet"], abs=0.15)
-    assert rates["busy"] == pytest.approx(4 * rates["quiet"], rel=0.25)
+        plan = p.plan
+        assert plan is not None
+        sent = drain(p, clock, old, inflow=inflow, limit=plan.catch_up_until + 3600)
+        old_sent = [t for t, was_old in sent if was_old]
+        assert len(old_sent) == old
+        finished[name] = (old_sent[-1] - plan.back) / (plan.old_until - plan.back)
+        rates[name] = old / (old_sent[-1] - plan.back)
+        last[name] = sent[-1][0] - plan.catch_up_until
+        assert not p.draining  # caught up: the usual pacing again
+    assert 0.9 < finished["quiet"] <= 1.0 and 0.9 < finished["busy"] <= 1.0
+    assert rates["busy"] == pytest.approx(4 * rates["quiet"], rel=0.15)
+    assert last["busy"] <= 60 and last["quiet"] <= 300  # and the new rows are in by the second deadline
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     share=st.floats(0.005, 10),
-    backlog=st.integers(2, 500),
+    backlog=st.integers(1, 500),
     down=st.floats(60, 8 * 3600),
     cut=st.booleans(),
 )
-def test_the_drain_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(share, backlog, down, cut):
+def test_the_planned_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(share, backlog, down, cut):
     clock = Clock()
     p = pacer(share=share, clock=clock, fleet_interactive=share * 0.4, fleet_writes=share * 0.2)
     outage(p, clock, last_ok=0.0, first_failure=1.0, last_failure=down, back=down + 1)
     assert p.draining
-    p.delay(backlog)
+    p.delay((backlog, backlog))
     before = p.allowed_rate()
     assert p.policy.min_rate <= before <= p.policy.max_rate
     if cut:
@@ -387,14 +404,36 @@ def test_the_drain_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(share,
     assert p.allowed_rate() <= max(before, p.policy.min_rate) * 1.0001
 
 
-def test_when_its_backlog_is_in_the_till_goes_back_to_its_usual_pace():
+def test_the_plan_ends_when_the_outages_rows_and_the_catch_up_are_done():
     clock = Clock()
     p = pacer(share=0.02, clock=clock, **FLEET)
     outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
-    p.delay(5)
+    p.delay((5, 5))
     assert p.draining
-    p.delay(1)  # the last row waiting
+    p.delay((1, 1))  # the last of the outage's rows keeps to the plan
+    assert p.draining and p.view()["drainDeadlineSeconds"] > 0
+    p.delay((1, 0))  # one new row, nothing of the outage's left
     assert not p.draining and p.view()["drainDeadlineSeconds"] == 0.0
+
+
+def test_a_429_after_an_outage_says_the_engine_is_back():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, **FLEET)
+    outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3590.0)
+    clock.now = 3700.0
+    p.record(E.RateLimited(retry_after=2.0))
+    assert not p.in_outage() and p.draining and p.hold_until == 3702.0
+
+
+def test_in_an_outage_rows_are_tried_at_the_probe_rate_and_not_after_a_long_backoff():
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock)
+    p.record(E.EngineServerError())
+    clock.now += 60
+    p.record(E.EngineServerError())
+    assert p.in_outage() and p.probe_interval() == 100.0  # half the share: one try every 100 s
+    assert p.allowed_rate() == 0.01
+    assert pacer(share=10.0).probe_interval() == 30.0  # a big share still tries at most every 30 s
 
 
 class DownThenUpEngine:
@@ -448,3 +487,27 @@ def test_a_cancelled_outbox_loop_leaves_no_task_behind(tmp_path):
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_in_an_outage_a_rows_backoff_is_capped_at_the_probe_interval(tmp_path):
+    """A row's own backoff grows to five minutes; while the engine is away the pacer spaces the tries
+    instead, so the till hears of the return within one probe interval."""
+
+    async def scenario() -> list[float]:
+        clock = Clock()
+        store = OutboxStore(tmp_path / "o.sqlite3", clock=clock)
+        store.add(event_key="k", kind="event", stream="k", body={"type": "TRANSACTION", "payload": {"eventKey": "k"}})
+        p = Pacer(PacingPolicy(share=1.0, burst=20, outage_after=10.0), clock=clock)
+        d = Deliverer(store, DownThenUpEngine(), pacer=p, clock=clock)
+        waits = []
+        for _ in range(12):
+            assert await d.step()
+            row = store.rows(state="pending")[0]
+            waits.append(row.next_attempt - clock.now)
+            clock.now = row.next_attempt
+        store.close()
+        return waits
+
+    waits = asyncio.run(scenario())
+    assert max(waits) <= 30.0  # the probe interval at a share of 1/s (its floor: 30 s)
+    assert max(waits[:3]) < 10  # the first failures back off as before: no outage yet

@@ -91,6 +91,11 @@ class _Traffic(Collector):
             "Seconds the outbox still waits (Retry-After, restart)",
             value=pace["heldSeconds"],
         )
+        yield GaugeMetricFamily(
+            "tillplug_outbox_drain_deadline_seconds",
+            "Seconds until the chain's drain deadline after an outage (0: not draining towards one)",
+            value=pace["drainDeadlineSeconds"],
+        )
 
 
 class Metrics:

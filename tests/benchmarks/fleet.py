@@ -22,10 +22,11 @@ The last line printed is one JSON object:
 ``{"tills", "outage_s", "backlog", "drain_s", "min_drain_s", "rate_429", "interactive_success",
 "p99_interactive_wait_s"}`` where ``backlog`` is the rows waiting when the engine comes back,
 ``drain_s`` the time until the last of them is delivered, ``min_drain_s`` the backlog over
-the rate the limiter has left once the cashiers' calls and the new sales' own writes are
-served (measured over the drain), ``rate_429`` the share of the requests that reached the
-limiter during the drain that were answered 429, and the interactive figures those of the
-cashiers' calls made while the engine was up (the wait is what rate limiting added).
+the rate the limiter has left once the cashiers' calls are served (measured over the drain;
+the sales made meanwhile queue behind the backlog, first in, first out), ``rate_429`` the
+share of the requests that reached the limiter during the drain that were answered 429, and
+the interactive figures those of the cashiers' calls made while the engine was up (the wait
+is what rate limiting added).
 ``--quick`` simulates a window around the outage; without it, a whole trading day.
 """
 
@@ -165,8 +166,8 @@ class MemoryStore:
     def next_due(self) -> float | None:
         return self.due[0][0] if self.due else None
 
-    def backlog(self) -> int:
-        return len(self.rows)
+    def backlog(self, before: float) -> tuple[int, int]:
+        return len(self.rows), sum(1 for row in self.rows.values() if row.created < before)
 
     @property
     def depth(self) -> int:
@@ -419,7 +420,7 @@ class Fleet:
             print(
                 f"#   {name}: last backlog row at +{at - start:.0f}s, busyness {till.busyness:.2f}, "
                 f"sales {till.sales}, rate {p.rate:.4f}, allowed {p.allowed_rate():.4f}, cuts {p.cuts}, "
-                f"deadline {'-' if p.drain_deadline is None else f'+{p.drain_deadline - start:.0f}s'}",
+                f"plan {'-' if p.plan is None else f'to +{p.plan.deadline() - start:.0f}s'}",
                 file=sys.stderr,
             )
 
@@ -430,13 +431,13 @@ class Fleet:
         during = [(name, status) for t, name, status in self.tenant.log if start <= t < end]
         interactive_rate = sum(1 for name, _ in during if name != OUTBOX) / max(drain_s, 1e-9)
         new_rows_rate = sum(1 for t in r.new_rows_after_return if t < end) / max(drain_s, 1e-9)
-        left = TENANT_RATE - interactive_rate - new_rows_rate
+        left = TENANT_RATE - interactive_rate
         self.diagnose(start)
         waits = sorted(w for _, ok, w in r.interactive if ok)
         ok_count = sum(1 for _, ok, _ in r.interactive if ok)
         print(
             f"# engine back at t={start:.0f}s; drained at t={end:.0f}s; interactive {interactive_rate:.1f}/s, "
-            f"new rows {new_rows_rate:.1f}/s, left for the backlog {left:.1f}/s; requests in the drain "
+            f"new rows {new_rows_rate:.1f}/s, left after the cashiers {left:.1f}/s; requests in the drain "
             f"{len(during)}; 429s over the whole run {sum(1 for *_, s in self.tenant.log if s == 429)}",
             file=sys.stderr,
         )

@@ -339,6 +339,19 @@ class EngineHealth(Answer):
     latencyMs: dict[str, float]
 
 
+class OutboxPacing(Answer):
+    """How the outbox is paced now (tillplug/outbox/pacing.py)."""
+
+    ratePerSecond: float = Field(description="Requests/s the outbox may send now.")
+    sharePerSecond: float = Field(description="This till's configured share of the tenant's limit.")
+    heldSeconds: float = Field(description="Seconds the outbox still waits (Retry-After, restart).")
+    yieldingToInteractive: bool = Field(description="Cashiers' calls are being rate limited: the outbox waits.")
+    engineFailing: bool
+    drainDeadlineSeconds: float = Field(
+        description="Seconds until the chain's drain deadline after an outage (0: not draining towards one)."
+    )
+
+
 class OutboxHealth(Answer):
     pending: int
     sending: int
@@ -353,6 +366,7 @@ class OutboxHealth(Answer):
     stuck: int = Field(description="Writes that have been sending for over 5 minutes.")
     freeBytes: int | None = Field(description="Free space where the outbox lives.")
     snapshotAgeMs: float = Field(description="How old these figures are (refreshed every second).")
+    pacing: OutboxPacing | None = None
 
 
 class Problem(Answer):

@@ -436,11 +436,11 @@ class OutboxConfig(Section):
     rate_per_second: float = Field(default=10, gt=0, le=100)
     burst: int = Field(default=20, ge=1, le=400)
     # The chain's average interactive engine requests/s per till (the fleet dashboard shows it:
-    # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up)).  When set,
+    # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up{job="tillplug"})).  When set,
     # the share left after interactive calls is split in proportion to how busy each till is.
     fleet_interactive_per_second: float | None = Field(default=None, gt=0, le=100)
     # The chain's average outbox writes/s per till (the dashboard:
-    # sum(rate(tillplug_engine_requests_total{use_case="outbox"}[1h])) / count(up)).  With the
+    # sum(rate(tillplug_engine_requests_total{use_case="outbox"}[1h])) / count(up{job="tillplug"})).  With the
     # figure above, a backlog after an outage is paced towards one deadline the whole chain shares.
     fleet_writes_per_second: float | None = Field(default=None, gt=0, le=100)
 

@@ -31,10 +31,12 @@ from tillplug.errors import (
     EngineAuthError,
     EngineProtocolError,
     EngineRejected,
+    EngineUnavailable,
     OutcomeUnknown,
     RateLimited,
     RetryableError,
 )
+from tillplug.outbox.drain import DrainPlan
 from tillplug.outbox.pacing import Pacer, PacingPolicy
 from tillplug.outbox.store import MAX_DELAY, OutboxStore, Row
 from tillplug.traffic import OUTBOX, Traffic, use_case
@@ -85,6 +87,8 @@ class Deliverer:
         # unless given (a virtual one in the fleet benchmark).
         self.clock = clock or store.clock
         self._wake = asyncio.Event()
+        self._plan_seen: DrainPlan | None = None
+        self._back = 0.0  # when the engine answered again after the last outage, on the store's clock
         if self.pacer.traffic is not None:
             self.pacer.traffic.on_interactive_ok = self._cashier_answered
         self.delivered = 0
@@ -103,9 +107,15 @@ class Deliverer:
         while (delay := self.pacer.delay(await self._backlog())) > 0:
             await asyncio.sleep(min(delay, PACE_RECHECK))  # a cashier's answer may end a wait early
 
-    async def _backlog(self) -> int | None:
-        """The rows waiting, when the pacer needs it (draining towards the chain's deadline)."""
-        return await asyncio.to_thread(self.store.backlog) if self.pacer.draining else None
+    async def _backlog(self) -> tuple[int, int] | None:
+        """While the pacer follows the chain's drain plan: the rows waiting, and how many of them
+        were queued before the engine answered again (the plan's time, on the store's clock)."""
+        plan = self.pacer.plan
+        if plan is None:
+            return None
+        if self._plan_seen is not plan:
+            self._plan_seen, self._back = plan, self.clock() - (self.pacer.clock() - plan.answered)
+        return await asyncio.to_thread(self.store.backlog, self._back)
 
     async def _look_up(self, row: Row, key: str) -> Lookup:
         """Does the engine have the write carrying ``key``?  found, not_found or unverifiable.
@@ -198,7 +208,12 @@ class Deliverer:
             log.error("outbox: row %d (%s) rejected by the engine for good: %s", row.id, row.body.get("type"), why)
             await asyncio.to_thread(store.dead, row.id, error=why)
         except RetryableError as exc:
-            await self._later(row, now + retry_delay(row.attempts), exc)
+            wait = retry_delay(row.attempts)
+            if isinstance(exc, EngineUnavailable) and self.pacer.in_outage():
+                # The engine is away, not this row: the pacer spaces the probes, so the till hears
+                # of the engine's return within one probe interval, not a row's five-minute backoff.
+                wait = min(wait, self.pacer.probe_interval())
+            await self._later(row, now + wait, exc)
         except Exception as exc:  # a bug must not leave the row in 'sending': it may have left, so look first
             log.exception("outbox: row %d failed unexpectedly; it waits and is looked up before any resend", row.id)
             await self._later(row, now + retry_delay(row.attempts), exc, needs_lookup=True)

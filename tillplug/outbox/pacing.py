@@ -16,7 +16,13 @@ engine (additive increase, multiplicative decrease):
   a few request intervals (``restart_intervals`` / share, at most ``restart_jitter`` seconds)
   and starts with an empty bucket at the share, so a fleet coming back does not arrive
   together; then the rows that waited only for the engine are due again at once, and the
-  pacer alone spreads them.
+  pacer alone spreads them;
+* with the chain's averages known (``fleet_interactive`` and ``fleet_writes``, off the fleet
+  dashboard), the restart instead follows the chain's drain plan (``drain.py``): every till
+  sends its own backlog towards one deadline the whole chain shares, from a random phase.
+  The outage's start and end are each taken as the midpoint between the last answer and the
+  first failure this till saw, and between its last failure and its first answer (a quiet
+  till sees either minutes late; the midpoint is not biased either way).
 
 Pure: the clock and the random source are injected, nothing here sleeps or does I/O.
 """
@@ -29,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tillplug.errors import EngineUnavailable, OutcomeUnknown, RateLimited
+from tillplug.outbox.drain import DrainPlan
 from tillplug.traffic import Traffic, bounded_hold
 
 MIN_WAIT = 0.001  # seconds: shorter waits are rounded to none (a clock need not move that little)
+MIN_PROBE_INTERVAL = 30.0  # seconds: a down engine is tried at most this often by one till
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,18 @@ class PacingPolicy:
     fleet_interactive: float | None = None
     headroom: float = 0.9  # with fleet_interactive: of the proportional share, the part the outbox uses
     # The chain's average outbox writes/s per till; with fleet_interactive, a backlog is paced
-    # towards a drain deadline the whole chain shares (see the module's docstring).
+    # towards a drain deadline the whole chain shares (drain.py).
     fleet_writes: float | None = None
     outage_after: float = 10.0  # seconds of failures that make an outage
+    # While the engine is away, rows are tried at this fraction of the share (one request every
+    # 100 s at a share of 0.02/s), at most every ``MIN_PROBE_INTERVAL``: the till hears of the
+    # engine's return within one interval, and its drain plan is only as exact as that.
+    probe: float = 0.5
+    # A quiet till sees an outage begin only at its next request, maybe an hour on: the drain plan
+    # then takes the outage to have begun at most this long before its first failure.  Such a till
+    # queued little, so sending it a little early costs the chain nothing, while a deadline late
+    # by half an hour would make it the last of the chain to finish.
+    start_uncertainty: float = 120.0
     restart_intervals: float = 2.0  # the restart is spread over this many request intervals at the share...
     restart_jitter: float = 120.0  # ...and over this many seconds at most
 
@@ -64,15 +81,6 @@ class PacingPolicy:
     @property
     def max_rate(self) -> float:
         return self.share * self.ceiling
-
-    def drain_time(self, outage: float) -> float | None:
-        """Seconds the chain needs to drain what an outage of ``outage`` seconds left; None if unknown."""
-        if self.fleet_interactive is None or self.fleet_writes is None:
-            return None
-        free = self.share - self.fleet_interactive - self.fleet_writes
-        if free <= 0:
-            return None  # normal trading already uses the whole share: no deadline could be met
-        return outage * self.fleet_writes / (self.headroom * free)
 
 
 class Pacer:
@@ -102,31 +110,24 @@ class Pacer:
         self.answered_at: float | None = None  # the engine last answered this till's outbox
         self.outage_began: float | None = None  # this till's estimate of when the engine went away
         self.failed_at: float | None = None  # the outbox's last failure
-        self.drain_deadline: float | None = None  # set after an outage when the chain's averages are known
-        self.backlog: int | None = None  # rows waiting, as the deliverer last said while draining
-        self.outage_length = 0.0  # seconds the last outage lasted, as this till reckons it
-        self.inflow: float | None = None  # rows/s this till queues, reckoned from the outage's backlog
+        self.plan: DrainPlan | None = None  # after an outage, when the chain's averages are known
 
     # -- asking ------------------------------------------------------------------
 
     @property
     def draining(self) -> bool:
-        """A backlog is being paced towards the chain's drain deadline (the deliverer then says how long it is)."""
-        return self.drain_deadline is not None
+        """A backlog is paced by the chain's drain plan (the deliverer then says how long it is)."""
+        return self.plan is not None
 
     def allowed_rate(self) -> float:
-        """The rate the outbox may use now: the adapted rate less what interactive calls use.
-
-        While draining towards the deadline: the rows waiting over the time left.
-        """
+        """The rate the outbox may use now: the adapted rate less what interactive calls use,
+        or after an outage what the chain's drain plan asks."""
         p = self.policy
-        if self.drain_deadline is not None and (backlog := self.backlog) is not None:
+        if self.in_outage():
+            return 1 / self.probe_interval()
+        if self.plan is not None and (planned := self.plan.rate(self.clock())) is not None:
             # A cut (429) slows the plan; successes never speed it past it (the plan is the chain's).
-            # The sales that go on meanwhile queue rows too, at about the pace the outage's backlog
-            # built up: they are paced on top, or the till would fall behind and rush at the end.
-            scale = min(1.0, self.rate / p.share)
-            left = max(1.0, self.drain_deadline - self.clock())
-            return min(p.max_rate, max(p.min_rate, scale * (backlog / left + (self.inflow or 0.0))))
+            return min(p.max_rate, max(p.min_rate, min(1.0, self.rate / p.share) * planned))
         # The adapted rate scales what is left after the cashiers' calls (cutting before taking
         # them off would leave nothing: half a share less a till's look-ups is about zero).
         scale = self.rate / p.share
@@ -139,19 +140,16 @@ class Pacer:
             free = max(0.0, p.share - (self.traffic.interactive_rate() if self.traffic else 0.0))
         return min(p.max_rate, max(p.min_rate, scale * free))
 
-    def delay(self, backlog: int | None = None) -> float:
+    def delay(self, backlog: tuple[int, int] | None = None) -> float:
         """Seconds to wait before the next request; 0 means go now (and its token is taken).
 
-        ``backlog``: the rows waiting, this one included (needed only while ``draining``).
+        ``backlog``: while ``draining``, the rows waiting (this one included) and how many of
+        them were queued before the engine answered again (``plan.answered``).
         """
         now = self.clock()
         self._heard_from_cashiers()
-        if backlog is not None:
-            self.backlog = backlog
-            if self.inflow is None and self.outage_length > 0:
-                self.inflow = backlog / self.outage_length  # the rows this till queues a second
-            if backlog <= 1:
-                self.drain_deadline = None  # this till's backlog is in: new rows go at the usual pace
+        if self.plan is not None and backlog is not None and not self.plan.told(*backlog):
+            self.plan = None  # this till's backlog is in: new rows go at the usual pace
         held = max(self.hold_until - now, self.traffic.interactive_hold() if self.traffic else 0.0)
         self._grow(now, held)
         rate = self.allowed_rate()
@@ -194,6 +192,14 @@ class Pacer:
         self.rate = min(p.max_rate, self.rate * 2 ** (elapsed / p.doubling))
         self._grown_at = now
 
+    def in_outage(self) -> bool:
+        """The engine has been failing for ``outage_after`` seconds or more."""
+        return self.failing_since is not None and self.clock() - self.failing_since >= self.policy.outage_after
+
+    def probe_interval(self) -> float:
+        """Seconds between two tries of an engine that is away."""
+        return max(MIN_PROBE_INTERVAL, 1 / (self.policy.share * self.policy.probe))
+
     def take_recovered(self) -> bool:
         """True once after an outage ended: rows that waited only for the engine may be due now."""
         recovered, self._recovered = self._recovered, False
@@ -223,7 +229,11 @@ class Pacer:
             self.rate = min(p.max_rate, self.rate + p.increase * p.share)
 
     def rate_limited(self, retry_after: float | None) -> None:
-        """A 429: cut the rate, and send nothing until ``Retry-After`` (at most an hour) has passed."""
+        """A 429: cut the rate, and send nothing until ``Retry-After`` (at most an hour) has passed.
+
+        It is an answer: after an outage it says the engine is back (and busy)."""
+        if self.failing_since is not None:
+            self.answered(increase=False)
         now = self.clock()
         self._cut()
         self.hold_until = max(self.hold_until, now + bounded_hold(retry_after, 1.0 / self.rate))
@@ -236,7 +246,8 @@ class Pacer:
         if self.failing_since is None:
             self.failing_since = now
             # The engine went away somewhere between its last answer and this failure.
-            self.outage_began = (_latest(now, self.answered_at, self._cashiers("interactive_ok_at")) + now) / 2
+            last_answer = _latest(now, self.answered_at, self._cashiers("interactive_ok_at"))
+            self.outage_began = max((last_answer + now) / 2, now - self.policy.start_uncertainty)
         self._cut()
 
     def _cashiers(self, signal: str) -> float | None:
@@ -249,11 +260,8 @@ class Pacer:
         self._grown_at = self.clock()
 
     def _restart(self, now: float, answered_at: float) -> None:
-        """The engine answers again after an outage: a jittered, empty-bucket start at the share.
-
-        With the chain's averages known, the backlog is paced towards the chain's drain deadline,
-        reckoned from when the engine came back (between the last failure and the first answer).
-        """
+        """The engine answers again after an outage: the chain's drain plan from a random phase,
+        or without it a jittered, empty-bucket start at the share."""
         p = self.policy
         self.stamp = max(self.stamp, now)
         self.rate = max(p.min_rate, p.share * p.restart)
@@ -266,20 +274,18 @@ class Pacer:
                 if t is not None and t <= answered_at
             ),
         )
-        back = (last_failure + answered_at) / 2 if last_failure < answered_at else answered_at
+        back = (last_failure + answered_at) / 2
         began = self.outage_began if self.outage_began is not None else back
-        self.outage_length = max(0.0, back - began)
-        drain = p.drain_time(self.outage_length)
-        self.drain_deadline = None if drain is None else back + drain
-        self.inflow = None  # known once the deliverer says how many rows the outage left
-        if self.drain_deadline is None:
+        self.plan = DrainPlan.after_outage(p, began=began, back=back, answered=answered_at)
+        if self.plan is None:
             spread = min(p.restart_jitter, p.restart_intervals / p.share)
             self.hold_until = max(self.hold_until, now + self.rng.uniform(0, spread))
             self.tokens = 0.0
         else:
-            # Each till's rate is already its part of what is free; a random phase (part of a
-            # token) is all the spreading a fleet coming back together needs.
-            self.tokens = self.rng.random()
+            # Each till's rate is already its part of what is free, and the fleet hears of the
+            # return spread over a probe interval: a full interval at that rate from now (most
+            # often from the probe just answered) keeps the first sends from adding to the probes.
+            self.tokens = 0.0
 
     def view(self) -> dict[str, float | bool]:
         """For health and status: how the outbox is paced right now."""
@@ -290,7 +296,7 @@ class Pacer:
             "heldSeconds": round(max(0.0, self.hold_until - now), 1),
             "yieldingToInteractive": bool(self.traffic and self.traffic.interactive_hold() > 0),
             "engineFailing": self.failing_since is not None,
-            "drainDeadlineSeconds": round(max(0.0, self.drain_deadline - now), 1) if self.drain_deadline else 0.0,
+            "drainDeadlineSeconds": round(max(0.0, self.plan.deadline() - now), 1) if self.plan else 0.0,
         }
 
 

@@ -385,12 +385,16 @@ class OutboxStore:
             unverifiable=unverifiable,
         )
 
-    def backlog(self) -> int:
-        """Rows still to deliver (pending or sending): one query, cheap enough to ask before each send."""
+    def backlog(self, before: float) -> tuple[int, int]:
+        """Rows still to deliver (pending or sending), and how many of them were queued before
+        ``before``: two counts on an index, cheap enough to ask before each send."""
         with self._lock:
-            found = self.db.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending')")
-            count: int = found.fetchone()[0]
-            return count
+            found = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(created < ?), 0) FROM outbox WHERE state IN ('pending', 'sending')",
+                (before,),
+            )
+            waiting, older = found.fetchone()
+            return int(waiting), int(older)
 
     def next_due(self) -> float | None:
         with self._lock:
