@@ -128,7 +128,7 @@ def test_confirming_a_deduction_costs_at_most_the_read_budget_then_the_balance_i
             calls = h.tamper.seen[before:]
             spend_at = calls.index("POST /v1/events/")
             confirming = [c for c in calls[spend_at + 1 :] if c.startswith("GET")]
-            assert len(confirming) <= h.config.points.confirm_reads == 3
+            assert len(confirming) <= h.config.points.confirm_reads == 2
             assert answer["pending"] is False and answer["balanceEstimated"] is True
             assert answer["balanceAfter"] == 1150 and answer["discount"]["amount"] == 100
         finally:

@@ -233,9 +233,11 @@ class PointsConfig(Section):
     # For the sale summary slip when test_reaction is not used: points per major unit spent.
     earn_per_major_unit: float = Field(default=1.0, ge=0, le=10_000)
     max_points_per_redemption: int = Field(default=1_000_000, ge=1, le=10**12)
-    # Reads spent confirming a deduction the engine accepted (reactions, then the balance), with
-    # backoff; past the budget the till gets success with the balance marked estimated.
-    confirm_reads: int = Field(default=3, ge=0, le=10)
+    # Reads spent confirming a deduction the engine accepted (the balance; with reactions known to be
+    # listed promptly, the reactions beside it), with backoff; past the budget the till gets success
+    # with the balance marked estimated.  Two: the cashier waits at most two round trips more (one
+    # with reactions listed promptly); each further read widens what is seen by a longer wait.
+    confirm_reads: int = Field(default=2, ge=0, le=10)
 
 
 class VoucherConfig(Section):

@@ -33,6 +33,8 @@ from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
 FIRST_CONFIRM_DELAY = 0.1  # seconds before the first confirming read; doubled before each next one
+# Reactions shapes engine-check saw listed promptly after a spend (the dialect file's ``reactions``).
+PROMPT_REACTIONS = ("flat", "nested")
 # Two tills that overdraw one member together each wait a time drawn from their own eventKey (up to
 # this many seconds), re-reading the balance: the first to reach its time gives its points back,
 # and the other then sees the balance whole again and keeps its own.
@@ -85,22 +87,17 @@ class Points:
             raise InvalidRequest(f"At most {cfg.points.max_points_per_redemption} points per redemption.")
         async with ctx.checkout_locks.hold(tx_id):
             member = ctx.online_member_of(ctx.open(tx_id), "points")
+            money = points_to_money(points, cfg.points.rate_points, cfg.points.rate_money)
+            if money <= 0:
+                raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
             async with ctx.member_locks.hold(member.id):
-                unseen = await self._still_unseen(member)  # before the wallet: it may only over-count
-                wallet = await ctx.client.get_wallet(member.id)  # re-read right before reporting
-                available = wallet.points_balance - unseen
-                if points > available:
-                    raise InsufficientPoints(f"The member has {int(available)} points.")
-                money = points_to_money(points, cfg.points.rate_points, cfg.points.rate_money)
-                if money <= 0:
-                    raise InvalidRequest(f"{points} points are worth less than the smallest coin; spend more.")
                 event = ctx.event(
                     cfg.engine.event_types.redeemed_points,
                     member,
                     {"transactionId": tx_id, "points": points, "value": money, "currency": cfg.currency},
                 )
                 key = event.payload["eventKey"]
-                await ctx.db(ctx.store.begin_deduction, Deduction(key, tx_id, points, money, "sending"))
+                available = await self._available_with_intent(member, Deduction(key, tx_id, points, money, "sending"))
                 sent_at = time.monotonic()
                 try:
                     reported = await ctx.client.report_event(event)
@@ -117,10 +114,15 @@ class Points:
                 if checkout.state != "open":
                     await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
                     raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
-                await ctx.db(ctx.store.settle_deduction, key, "confirmed")
-                balance_after, estimated = await self._confirm_balance(
-                    reported.id, member, available, points, key, sent_at
-                )
+                # The outcome is committed while the confirming reads are out, and before the till is
+                # told or the deduction's state is written again.
+                landed = asyncio.ensure_future(ctx.db(ctx.store.settle_deduction, key, "confirmed"))
+                try:
+                    balance_after, estimated = await self._confirm_balance(
+                        reported.id, member, available, points, key, sent_at
+                    )
+                finally:
+                    await landed
                 if balance_after < 0:
                     # Another till spent from the same balance at the same moment.  One of us may
                     # keep its points: wait to see whether the other gives its own back first.
@@ -157,6 +159,39 @@ class Points:
                 ),
             )
         return result
+
+    async def _available_with_intent(self, member: Member, intent_row: Deduction) -> float:
+        """The member's points less this till's unseen deductions, re-read right before reporting,
+        once they cover the deduction and its intent row is durable (refused: the row is failed).
+
+        The intent row is committed (fsync) while the balance is re-read, not before it: both must
+        be done before the report, and neither needs the other.
+        """
+        ctx = self.ctx
+        intent = asyncio.ensure_future(ctx.db(ctx.store.begin_deduction, intent_row))
+        try:
+            unseen = await self._still_unseen(member)  # before the wallet: it may only over-count
+            wallet = await ctx.client.get_wallet(member.id)
+            available: float = wallet.points_balance - unseen
+            if intent_row.points > available:
+                raise InsufficientPoints(f"The member has {int(available)} points.")
+        except BaseException:
+            await self._abandon_intent(intent, intent_row.event_key)
+            raise
+        await intent
+        return available
+
+    async def _abandon_intent(self, intent: asyncio.Future[None], key: str) -> None:
+        """The spend stopped before its report: once its intent row is in, mark it failed (never sent).
+
+        A row that cannot be marked stays 'sending': a restart then treats it as any interrupted
+        spend (a refund sent only if the deduction landed, which it did not).
+        """
+        try:
+            await asyncio.shield(intent)
+            await self.ctx.db(self.ctx.store.settle_deduction, key, "failed")
+        except Exception as exc:  # the spend's own error is the one the till hears of
+            log.warning("spend stopped before its report; its intent row may stay 'sending' (%s)", type(exc).__name__)
 
     @staticmethod
     def _landed(key: str, tx_id: str, points: int, money: int) -> Deduction:
@@ -242,72 +277,72 @@ class Points:
         """The balance once our deduction has landed, within the read budget; else an estimate
         (and the deduction is remembered as unseen, for this till's next spend by the member).
 
-        Reactions are applied asynchronously.  A read here only confirms a write the
-        engine accepted, so no answer it gives (slow, missing, in a shape tillplug
-        does not know) can turn the spend into a failure.
+        Reactions are applied asynchronously.  A balance is taken once it is at or below the
+        estimate.  Where engine-check saw the event's reactions listed promptly (dialect
+        ``reactions``: flat or nested), it is taken only if they also show our deduction applied:
+        another till's spend applied before ours brings the balance as low, and taking that
+        balance would hide an overdraw.  Reactions and balance are then read in pairs (one round
+        trip), and a read left over is made only if it can still confirm.  Elsewhere the balance
+        alone decides, and each read is a balance read.  A read here only confirms a write the
+        engine accepted, so no answer it gives (slow, missing, in a shape tillplug does not know)
+        can turn the spend into a failure.
         """
         ctx = self.ctx
         budget = ctx.config.points.confirm_reads
         estimate = before - points
-        reads, delay, reactions_readable = 0, FIRST_CONFIRM_DELAY, True
+        reads, delay = 0, FIRST_CONFIRM_DELAY
+        # False: not (yet) shown applied; None: the reactions are not read, the balance alone decides.
+        applied: bool | None = False if ctx.client.dialect.reactions in PROMPT_REACTIONS else None
         # The engine began applying the deduction when the report arrived, not when its answer came
         # back: over a distant link most of the first wait has passed already.
         wait = max(0.0, FIRST_CONFIRM_DELAY - (time.monotonic() - sent_at))
         while reads < budget:
+            pair = applied is False and reads + 2 <= budget
+            if not pair and applied is False:
+                break  # one read left, and a balance alone could not confirm: answer now
             await asyncio.sleep(wait)
             delay *= 2
             wait = delay
-            applied = False
-            if reactions_readable and reads + 2 <= budget:
-                # The reactions and the balance at once: one round trip instead of two when the
-                # deduction is already applied.  Only a balance that shows our deduction is taken:
-                # the wallet may have been read a moment before the reaction was.
+            if pair:
+                # One round trip, not two.  The wallet may have been read a moment before the
+                # reaction was applied: then the balance alone is read again.
                 reads += 2
-                reactions_readable, balance_now = await self._reactions_and_balance(event_id, member)
-                if balance_now is not None and balance_now <= estimate:
-                    return balance_now, False
-                continue
-            if reactions_readable:
+                applied, balance = await self._reactions_and_balance(event_id, member)
+            else:
                 reads += 1
-                try:
-                    applied = points_of(await ctx.client.event_reactions(event_id)) != 0
-                except TillplugError as exc:
-                    # An unknown reactions shape: from now on, judge by the balance alone.
-                    reactions_readable = False
-                    log.info("reactions unreadable (%s); confirming by the balance", exc.code)
-                if not applied and reactions_readable:
-                    continue
-            if reads >= budget:
-                break
-            reads += 1
-            try:
-                balance = (await ctx.client.get_wallet(member.id)).points_balance
-            except TillplugError:
-                continue
-            # With earlier deductions of ours still unseen, the read may show ours but not them.
-            if (applied and member.id not in self._unseen) or balance <= estimate:
+                balance = await self._balance_or_none(member)
+            if balance is not None and balance <= estimate and applied is not False:
                 return balance, False
         log.info("deduction for member %s not confirmed within %d read(s); balance estimated", member.masked, reads)
-        self._unseen.setdefault(member.id, {})[event_key] = UnseenDeduction(
-            event_id, points, time.monotonic() + UNSEEN_FOR
-        )
+        if applied is not True:  # shown applied, the engine's balances hold it from now on
+            self._unseen.setdefault(member.id, {})[event_key] = UnseenDeduction(
+                event_id, points, time.monotonic() + UNSEEN_FOR
+            )
         return estimate, True
 
-    async def _reactions_and_balance(self, event_id: str, member: Member) -> tuple[bool, float | None]:
-        """Both reads at once: (are the reactions still readable, the balance or None if unread)."""
+    async def _balance_or_none(self, member: Member) -> float | None:
+        try:
+            balance: float = (await self.ctx.client.get_wallet(member.id)).points_balance
+        except TillplugError:
+            return None
+        return balance
+
+    async def _reactions_and_balance(self, event_id: str, member: Member) -> tuple[bool | None, float | None]:
+        """Both reads at once: (do the reactions show the deduction applied, None if they cannot be
+        read; the balance, None if unread)."""
         client = self.ctx.client
         reactions = asyncio.ensure_future(client.event_reactions(event_id))
-        wallet = asyncio.ensure_future(client.get_wallet(member.id))
-        await asyncio.wait([reactions, wallet])
-        readable = True
+        balance = asyncio.ensure_future(self._balance_or_none(member))
+        await asyncio.wait([reactions, balance])
+        applied: bool | None
         if isinstance(trouble := reactions.exception(), TillplugError):
-            readable = False
+            applied = None
             log.info("reactions unreadable (%s); confirming by the balance", trouble.code)
         elif trouble is not None:
             raise trouble
-        if isinstance(wallet.exception(), TillplugError):
-            return readable, None
-        return readable, wallet.result().points_balance
+        else:
+            applied = points_of(reactions.result()) != 0
+        return applied, balance.result()
 
     async def _check_rate(self, event: EventDefinition, points: int) -> None:
         try:
