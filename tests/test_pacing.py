@@ -511,3 +511,26 @@ def test_in_an_outage_a_rows_backoff_is_capped_at_the_probe_interval(tmp_path):
     waits = asyncio.run(scenario())
     assert max(waits) <= 30.0  # the probe interval at a share of 1/s (its floor: 30 s)
     assert max(waits[:3]) < 10  # the first failures back off as before: no outage yet
+
+
+def test_a_429_in_the_plan_moves_its_deadline_and_deliveries_bring_it_back_never_past_the_plan():
+    """Figures that promise room the limiter does not have must not end in a rush: a 429 halves this
+    till's part and moves its deadline to match; deliveries then win the time back slowly."""
+    clock = Clock()
+    p = pacer(share=0.02, clock=clock, **FLEET)
+    outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
+    plan = p.plan
+    assert plan is not None
+    planned = plan.old_until
+    p.delay((20, 20))
+    clock.now += 100
+    before = p.allowed_rate()
+    p.record(E.RateLimited(retry_after=1.0))
+    assert plan.old_until > planned and p.allowed_rate() == pytest.approx(before / 2, rel=0.01)
+    behind = plan.old_until
+    for _ in range(50):
+        p.record(None)
+    assert planned <= plan.old_until < behind  # faster again, and never ahead of the chain's plan
+    for _ in range(2000):
+        p.record(None)
+    assert plan.old_until == pytest.approx(planned)

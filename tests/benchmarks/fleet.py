@@ -400,6 +400,9 @@ class Fleet:
         interactive = sum(1 for name in seen if name != OUTBOX) / per_till
         writes = sum(1 for name in seen if name == OUTBOX) / per_till
         print(f"# the dashboard: {interactive:.5f} interactive and {writes:.5f} writes /s per till", file=sys.stderr)
+        if self.args.misread != 1.0:  # an operator who copies figures off by a factor, or stale ones
+            interactive, writes = interactive * self.args.misread, writes * self.args.misread
+            print(f"# ...set as {interactive:.5f} and {writes:.5f} (--misread {self.args.misread})", file=sys.stderr)
         for till in self.tills:
             pacer = till.deliverer.pacer
             pacer.policy = replace(pacer.policy, fleet_interactive=interactive, fleet_writes=writes)
@@ -495,6 +498,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="set the chain's averages (fleet_interactive, fleet_writes) from the hour before the outage, "
         "as an operator would from the fleet dashboard (--no-dashboard: leave them unset)",
+    )
+    p.add_argument(
+        "--misread",
+        type=float,
+        default=1.0,
+        help="set the dashboard's figures multiplied by this (what wrong figures cost: 0.5, 1.5)",
     )
     return p.parse_args(argv)
 

@@ -73,6 +73,9 @@ class DrainPlan:
             catch_up_until=None if catch_up is None else back + old + catch_up,
         )
 
+    def __post_init__(self) -> None:
+        self.planned = (self.old_until, self.catch_up_until)  # the chain's deadlines, before any 429
+
     def told(self, backlog: int, old_rows: int) -> bool:
         """The deliverer says how many rows wait (this one included) and how many of them were
         queued before the engine came back; False when the plan is over."""
@@ -90,6 +93,31 @@ class DrainPlan:
         if self.catch_up_until is None:
             return None
         return self.backlog / max(1.0, self.catch_up_until - now) + self.inflow
+
+    def slow_down(self, now: float, factor: float) -> None:
+        """A 429: from now on ``factor`` times the rate the plan asks for, the deadlines moved to match
+        (so that falling behind never turns into a rush at the end)."""
+        if (rate := self.rate(now)) is not None and rate > 0:
+            self._repace(now, rate * factor)
+
+    def speed_up(self, now: float, factor: float) -> None:
+        """A delivery: ``factor`` times faster, back towards (never past) the chain's plan.
+
+        Multiplicative and small: a fleet of tills each halving on a 429 and growing by a fraction
+        of a percent per delivery settles where about that fraction of its requests meet a 429
+        (roughly growth / ln 2), which an additive step (a tenth of a drain rate) would not."""
+        if (rate := self.rate(now)) is not None and rate > 0:
+            self._repace(now, rate * factor)
+
+    def _repace(self, now: float, rate: float) -> None:
+        if self.old_rows:
+            old_until = max(self.planned[0], now + self.old_rows / rate)
+            if self.catch_up_until is not None:
+                self.catch_up_until += old_until - self.old_until
+            self.old_until = old_until
+        elif self.catch_up_until is not None and self.backlog and self.planned[1] is not None:
+            new_rows = max(rate - self.inflow, rate / 2)  # the sales going on keep their part
+            self.catch_up_until = max(self.planned[1], now + self.backlog / new_rows)
 
     def deadline(self) -> float:
         """The deadline being paced to now."""

@@ -61,6 +61,7 @@ class PacingPolicy:
     # The chain's average outbox writes/s per till; with fleet_interactive, a backlog is paced
     # towards a drain deadline the whole chain shares (drain.py).
     fleet_writes: float | None = None
+    plan_growth: float = 0.005  # after a 429 slowed the drain plan, each delivery speeds it up by this fraction
     outage_after: float = 10.0  # seconds of failures that make an outage
     # While the engine is away, rows are tried at this fraction of the share (one request every
     # 100 s at a share of 0.02/s), at most every ``MIN_PROBE_INTERVAL``: the till hears of the
@@ -126,8 +127,7 @@ class Pacer:
         if self.in_outage():
             return 1 / self.probe_interval()
         if self.plan is not None and (planned := self.plan.rate(self.clock())) is not None:
-            # A cut (429) slows the plan; successes never speed it past it (the plan is the chain's).
-            return min(p.max_rate, max(p.min_rate, min(1.0, self.rate / p.share) * planned))
+            return min(p.max_rate, max(p.min_rate, planned))
         # The adapted rate scales what is left after the cashiers' calls (cutting before taking
         # them off would leave nothing: half a share less a till's look-ups is about zero).
         scale = self.rate / p.share
@@ -176,6 +176,8 @@ class Pacer:
             self.failed()
         else:  # delivered, or refused on its merits: either way the engine answered
             self.answered(increase=error is None)
+            if error is None and self.plan is not None:
+                self.plan.speed_up(self.clock(), 1 + self.policy.plan_growth)
 
     def _grow(self, now: float, held: float) -> None:
         """Rows are waiting and nothing cut the rate lately: let it rise, doubling every ``doubling`` s.
@@ -236,6 +238,11 @@ class Pacer:
             self.answered(increase=False)
         now = self.clock()
         self._cut()
+        if self.plan is not None:
+            # The chain's figures promised room that is not there (stale, or a busier hour than the
+            # one they were read in): this till's part of the plan goes slower from now on, and the
+            # deadline moves with it, so falling behind never turns into a rush at the end.
+            self.plan.slow_down(now, self.policy.decrease)
         self.hold_until = max(self.hold_until, now + bounded_hold(retry_after, 1.0 / self.rate))
         self.tokens = min(self.tokens, 0.0)
 
