@@ -208,3 +208,45 @@ def test_stop_before_start_releases_nothing_and_does_not_crash(tmp_path):
         }
     )
     asyncio.run(Daemon(config).stop())
+
+
+def test_a_sighup_applies_changed_outbox_pacing_figures_at_once(tmp_path):
+    """The fleet dashboard's averages (and the share) are written into the config and the daemon is sent
+    SIGHUP: the outbox is paced by them from then on, and health shows the figures it is paced by."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    port = free_port()
+    with SimServer() as sim:
+        cfg = tmp_path / "tillplug.toml"
+        base = (
+            f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
+            f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
+            f'[api]\nlisten="127.0.0.1:{port}"\n'
+        )
+        cfg.write_text(base + "[outbox]\nrate_per_second = 2\nburst = 4\n")
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tillplug", "run", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            read_notify(notify, "READY=1")
+            pacing = httpx.get(f"http://127.0.0.1:{port}/v1/health").json()["outbox"]["pacing"]
+            assert pacing["sharePerSecond"] == 2 and pacing["fleetInteractivePerSecond"] is None
+            assert pacing["fleetWritesPerSecond"] is None
+            cfg.write_text(
+                base + "[outbox]\nrate_per_second = 1\nburst = 2\n"
+                "fleet_interactive_per_second = 0.48\nfleet_writes_per_second = 0.2\n"
+            )
+            proc.send_signal(signal.SIGHUP)
+            assert any("RELOADING=1" in m for m in read_notify(notify, "READY=1"))
+            pacing = httpx.get(f"http://127.0.0.1:{port}/v1/health").json()["outbox"]["pacing"]
+            assert pacing["sharePerSecond"] == 1
+            assert pacing["fleetInteractivePerSecond"] == 0.48 and pacing["fleetWritesPerSecond"] == 0.2
+            assert pacing["ratePerSecond"] <= 1 * 4  # at most the new ceiling: the old rate was rescaled
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            notify.close()

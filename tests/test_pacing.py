@@ -534,3 +534,70 @@ def test_a_429_in_the_plan_moves_its_deadline_and_deliveries_bring_it_back_never
     for _ in range(2000):
         p.record(None)
     assert plan.old_until == pytest.approx(planned)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    old_share=st.floats(0.001, 100),
+    new_share=st.floats(0.001, 100),
+    cuts=st.integers(0, 6),
+    burst=st.integers(1, 400),
+)
+def test_a_reloaded_policy_keeps_the_rates_ratio_to_the_share_within_the_new_bounds(old_share, new_share, cuts, burst):
+    """A reload (SIGHUP) that changes the share: a till that had been cut stays cut in proportion, never
+    above the new ceiling or below the new floor, and its bucket never holds more than the new burst."""
+    p = pacer(share=old_share, burst=40)
+    for _ in range(cuts):
+        p.record(E.EngineServerError())
+    ratio = p.rate / old_share
+    new = PacingPolicy(share=new_share, burst=burst, fleet_interactive=new_share / 3, fleet_writes=new_share / 4)
+    p.adopt(new)
+    assert p.policy is new
+    assert new.min_rate * (1 - 1e-9) <= p.rate <= new.max_rate * (1 + 1e-9)
+    assert p.rate == pytest.approx(min(new.max_rate, max(new.min_rate, ratio * new_share)))
+    assert p.tokens <= burst
+    assert p.view()["fleetInteractivePerSecond"] == new_share / 3
+
+
+def test_a_till_whose_cashiers_use_its_whole_share_still_delivers_once_its_rate_has_grown():
+    """Default pacing once held such a till at the floor for good (a scaled zero is zero): its sales'
+    writes queued all day while the tenant had room.  Its deliveries now raise what its outbox may use."""
+    clock = Clock()
+    traffic = Traffic(clock)
+    p = pacer(share=1.0, clock=clock, traffic=traffic)
+    for _ in range(270):  # 1.5 requests/s of look-ups and spends for three minutes: more than the share
+        clock.now += 2 / 3
+        traffic.request("lookup")
+    busy = traffic.interactive_rate()
+    assert busy > 1.0
+    assert p.allowed_rate() == p.policy.min_rate  # at its share: nothing left over the cashiers
+    for _ in range(30):
+        p.record(None)
+    assert p.allowed_rate() == pytest.approx(p.rate - busy)  # what the rate grew by, whole
+    assert p.allowed_rate() > 0.5  # more than the writes such a till queues
+    p.record(E.RateLimited())  # 429s still cut it: back below the share, the floor again
+    p.record(E.RateLimited())
+    assert p.rate < 1.0 and p.allowed_rate() == p.policy.min_rate
+
+
+@settings(max_examples=300, deadline=None)
+@given(share=st.floats(0.001, 100), rate_over_share=st.floats(0.125, 4.0), interactive=st.floats(0, 200))
+def test_at_or_below_its_share_the_outbox_paces_the_scaled_free_part_and_above_it_never_less(
+    share, rate_over_share, interactive
+):
+    """The default split: a till cut below its share scales what its cashiers leave (as before); a till
+    grown above it never gets less than that, nor more than the ceiling."""
+
+    class Busy(Traffic):
+        def interactive_rate(self) -> float:
+            return interactive
+
+    p = pacer(share=share, traffic=Busy(Clock()))
+    p.rate = share * rate_over_share
+    scaled = min(p.policy.max_rate, max(p.policy.min_rate, rate_over_share * max(0.0, share - interactive)))
+    allowed = p.allowed_rate()
+    if rate_over_share <= 1.0:
+        assert allowed == pytest.approx(scaled)
+    else:
+        assert scaled * (1 - 1e-9) <= allowed <= p.policy.max_rate * (1 + 1e-9)
+        assert allowed == pytest.approx(min(p.policy.max_rate, max(p.policy.min_rate, p.rate - interactive, scaled)))

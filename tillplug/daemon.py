@@ -27,6 +27,7 @@ from tillplug.api.guard import GuardPolicy, allowed_host_headers
 from tillplug.api.server import server_config
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
+from tillplug.config.model import OutboxConfig
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import (
     DeviceHealth,
@@ -265,13 +266,9 @@ class Daemon:
         )
         self._opened.push_async_callback(self.client.aclose)
         self.client.on_failure = self._engine_failed
-        policy = PacingPolicy(
-            share=cfg.outbox.rate_per_second,
-            burst=cfg.outbox.burst,
-            fleet_interactive=cfg.outbox.fleet_interactive_per_second,
-            fleet_writes=cfg.outbox.fleet_writes_per_second,
+        self.deliverer = Deliverer(
+            self.store, self.client, pacer=Pacer(pacing_policy(cfg.outbox), traffic=self.traffic)
         )
-        self.deliverer = Deliverer(self.store, self.client, pacer=Pacer(policy, traffic=self.traffic))
         self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))
         self._opened.callback(self.spools.store.close)
         self.sales = SaleTracker()
@@ -402,6 +399,7 @@ class Daemon:
                 self.spools.remove(name)
         self.config = new.model_copy(update={"engine": old.engine, "api": old.api, "state_dir": old.state_dir})
         self.loyalty.reconfigure(self.config)
+        self._repace(pacing_policy(self.config.outbox))
         self.router.reconfigure(self.config)
         for name, cfg in new_s.items():
             if name not in self.scanners:
@@ -414,6 +412,21 @@ class Daemon:
                 log.warning("config %s changed: it takes effect at the next restart", key)
         log.info("config reloaded: %d scanner(s), %d printer(s)", len(self.scanners), len(self.printers))
         systemd.notify("READY=1")
+
+    def _repace(self, policy: PacingPolicy) -> None:
+        """A reload's [outbox] pacing figures apply at once (the share, the burst, the fleet dashboard's
+        averages): a reload that kept the old ones would tell the technician they had changed."""
+        pacer = self.deliverer.pacer
+        if policy == pacer.policy:
+            return
+        pacer.adopt(policy)
+        log.info(
+            "outbox pacing reloaded: share %g/s, burst %d, fleet interactive %s/s, fleet writes %s/s",
+            policy.share,
+            policy.burst,
+            policy.fleet_interactive,
+            policy.fleet_writes,
+        )
 
     async def stop(self) -> None:
         if self.ready.is_set():  # a start that failed has said why; "stopping" would only confuse
@@ -453,6 +466,16 @@ class Daemon:
             waiter.cancel()
         finally:
             await self.stop()
+
+
+def pacing_policy(outbox: OutboxConfig) -> PacingPolicy:
+    """The outbox's pacing, from its config section (at start and at every reload)."""
+    return PacingPolicy(
+        share=outbox.rate_per_second,
+        burst=outbox.burst,
+        fleet_interactive=outbox.fleet_interactive_per_second,
+        fleet_writes=outbox.fleet_writes_per_second,
+    )
 
 
 def run_daemon(config_path: str) -> int:

@@ -344,6 +344,12 @@ class OutboxPacing(Answer):
 
     ratePerSecond: float = Field(description="Requests/s the outbox may send now.")
     sharePerSecond: float = Field(description="This till's configured share of the tenant's limit.")
+    fleetInteractivePerSecond: float | None = Field(
+        description="The chain's average cashier requests/s per till, as configured (null: unset)."
+    )
+    fleetWritesPerSecond: float | None = Field(
+        description="The chain's average outbox writes/s per till, as configured (null: unset)."
+    )
     heldSeconds: float = Field(description="Seconds the outbox still waits (Retry-After, restart).")
     yieldingToInteractive: bool = Field(description="Cashiers' calls are being rate limited: the outbox waits.")
     engineFailing: bool

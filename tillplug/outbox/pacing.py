@@ -11,6 +11,8 @@ engine (additive increase, multiplicative decrease):
   so a till with a large backlog may take what quieter tills leave unused;
 * the interactive calls of this till come first: their recent request rate is left free
   out of the share, and while they are being rate limited the outbox does not send at all;
+  once the rate has grown above the share, what it grew by goes to the outbox whole, so a till
+  whose cashiers use its whole share still delivers its sales' writes;
 * after an outage (failures for ``outage_after`` seconds) the first answer (to the outbox or
   to a cashier's call) does not release the backlog at once: the till waits a random part of
   a few request intervals (``restart_intervals`` / share, at most ``restart_jitter`` seconds)
@@ -137,7 +139,13 @@ class Pacer:
             weight = min(p.ceiling, self.traffic.busy_rate() / p.fleet_interactive)
             free = p.headroom * weight * max(0.0, p.share - p.fleet_interactive)
         else:
-            free = max(0.0, p.share - (self.traffic.interactive_rate() if self.traffic else 0.0))
+            interactive = self.traffic.interactive_rate() if self.traffic else 0.0
+            free = max(0.0, p.share - interactive)
+            # Grown above its share (deliveries while nothing cut it), a till gives its outbox all it
+            # grew by (rate - interactive exceeds scale * free exactly when rate > share): scaling only
+            # what its cashiers leave would hold a till whose cashiers use its whole share at the floor
+            # for good, its sales' writes queueing all day while the tenant has room.
+            return min(p.max_rate, max(p.min_rate, scale * free, self.rate - interactive))
         return min(p.max_rate, max(p.min_rate, scale * free))
 
     def delay(self, backlog: tuple[int, int] | None = None) -> float:
@@ -294,12 +302,23 @@ class Pacer:
             # often from the probe just answered) keeps the first sends from adding to the probes.
             self.tokens = 0.0
 
-    def view(self) -> dict[str, float | bool]:
-        """For health and status: how the outbox is paced right now."""
+    def adopt(self, policy: PacingPolicy) -> None:
+        """A reloaded config's figures, from now on: the adapted rate keeps its ratio to the share
+        (a till cut to half its old share is at half its new one), the bucket its new bound; a
+        drain deadline already set stays (it was the chain's plan when the engine came back)."""
+        old = self.policy
+        self.rate = min(policy.max_rate, max(policy.min_rate, self.rate * policy.share / old.share))
+        self.tokens = min(self.tokens, float(policy.burst))
+        self.policy = policy
+
+    def view(self) -> dict[str, float | bool | None]:
+        """For health and status: how the outbox is paced right now, and the figures it is paced by."""
         now = self.clock()
         return {
             "ratePerSecond": round(self.allowed_rate(), 4),
             "sharePerSecond": self.policy.share,
+            "fleetInteractivePerSecond": self.policy.fleet_interactive,
+            "fleetWritesPerSecond": self.policy.fleet_writes,
             "heldSeconds": round(max(0.0, self.hold_until - now), 1),
             "yieldingToInteractive": bool(self.traffic and self.traffic.interactive_hold() > 0),
             "engineFailing": self.failing_since is not None,
