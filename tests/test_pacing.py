@@ -339,9 +339,9 @@ def test_an_outage_sets_the_chains_deadline_from_when_the_engine_went_away_and_c
     assert plan is not None and p.draining
     assert plan.back == pytest.approx(4800.0) and plan.answered == 4900.0  # back: between last failure and answer
     outage_s = 4800.0 - 1100.0
-    old = outage_s * 0.004 / (0.9 * (0.02 - 0.01))  # the average till's rows over what cashiers leave free
+    old = outage_s * 0.004 / (0.95 * 0.02 - 0.01)  # the average till's rows over what cashiers leave free
     assert plan.old_until == pytest.approx(4800.0 + old)
-    assert plan.catch_up_until == pytest.approx(4800.0 + old + old * 0.004 / (0.9 * (0.02 - 0.01 - 0.004)))
+    assert plan.catch_up_until == pytest.approx(4800.0 + old + old * 0.004 / (0.95 * 0.02 - 0.01 - 0.004))
     assert p.hold_until <= clock.now and p.tokens == 0.0  # no jitter: the fleet hears of the return spread out
 
 

@@ -9,7 +9,7 @@ outage of D seconds left the average till D × fleet_writes rows, and the chain 
 (share - fleet_interactive) per till free once its cashiers are served, so every till can
 reckon the same deadline for the outage's rows::
 
-    old rows in by    back + D × fleet_writes / (headroom × (share - fleet_interactive))
+    old rows in by    back + D × fleet_writes / (0.95 × share - fleet_interactive)
 
 and sends its own backlog over the time left.  A till that queued three times the average
 sends three times as fast, and they all finish together (a rate per till could not: a busy
@@ -36,7 +36,7 @@ class ChainFigures(Protocol):
     @property
     def share(self) -> float: ...
     @property
-    def headroom(self) -> float: ...
+    def plan_headroom(self) -> float: ...
     @property
     def fleet_interactive(self) -> float | None: ...
     @property
@@ -59,12 +59,15 @@ class DrainPlan:
         """The plan for an outage from ``began`` to ``back``, first answered at ``answered``;
         None without the chain's averages."""
         interactive, writes = figures.fleet_interactive, figures.fleet_writes
-        if interactive is None or writes is None or interactive >= figures.share:
+        # The margin is kept on the whole share, not on what is free: the limiter's bursts grow with
+        # all it serves, and a chain whose cashiers use most of its share has little free to trim.
+        usable = figures.plan_headroom * figures.share
+        if interactive is None or writes is None or interactive >= usable:
             return None
         outage = max(0.0, back - began)
-        old = outage * writes / (figures.headroom * (figures.share - interactive))
-        free_for_catch_up = figures.share - interactive - writes
-        catch_up = old * writes / (figures.headroom * free_for_catch_up) if free_for_catch_up > 0 else None
+        old = outage * writes / (usable - interactive)
+        free_for_catch_up = usable - interactive - writes
+        catch_up = old * writes / free_for_catch_up if free_for_catch_up > 0 else None
         return cls(
             back=back,
             answered=answered,

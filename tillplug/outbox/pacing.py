@@ -63,6 +63,7 @@ class PacingPolicy:
     # The chain's average outbox writes/s per till; with fleet_interactive, a backlog is paced
     # towards a drain deadline the whole chain shares (drain.py).
     fleet_writes: float | None = None
+    plan_headroom: float = 0.95  # the part of the share a drain plan fills, cashiers' calls included
     plan_growth: float = 0.005  # after a 429 slowed the drain plan, each delivery speeds it up by this fraction
     outage_after: float = 10.0  # seconds of failures that make an outage
     # While the engine is away, rows are tried at this fraction of the share (one request every
