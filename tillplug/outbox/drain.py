@@ -6,8 +6,8 @@ the others, but each knows three things: how long the outage lasted (it saw the 
 how many rows it queued itself, and, off the fleet dashboard, the chain's average requests/s
 per till for cashiers' calls (``fleet_interactive``) and for writes (``fleet_writes``).  An
 outage of D seconds left the average till D × fleet_writes rows, and the chain has
-(share - fleet_interactive) per till free once its cashiers are served, so every till can
-reckon the same deadline for the outage's rows::
+(0.95 × share - fleet_interactive) per till free once its cashiers are served (the margin on
+the whole share), so every till can reckon the same deadline for the outage's rows::
 
     old rows in by    back + D × fleet_writes / (0.95 × share - fleet_interactive)
 

@@ -19,12 +19,18 @@ engine (additive increase, multiplicative decrease):
   and starts with an empty bucket at the share, so a fleet coming back does not arrive
   together; then the rows that waited only for the engine are due again at once, and the
   pacer alone spreads them;
+* while the engine is away, rows are tried at ``probe`` times the share (at most every 30 s),
+  not after each row's own backoff, and a 429 counts as an answer: a till hears of the return
+  within one probe interval;
 * with the chain's averages known (``fleet_interactive`` and ``fleet_writes``, off the fleet
   dashboard), the restart instead follows the chain's drain plan (``drain.py``): every till
-  sends its own backlog towards one deadline the whole chain shares, from a random phase.
+  sends its own backlog towards one deadline the whole chain shares, its first send a full
+  interval after it heard of the return (the fleet hears of it spread over a probe interval).
   The outage's start and end are each taken as the midpoint between the last answer and the
-  first failure this till saw, and between its last failure and its first answer (a quiet
-  till sees either minutes late; the midpoint is not biased either way).
+  first failure this till saw, and between its last failure and its first answer; a till that
+  saw the outage begin late (a quiet one) takes it to have begun at most ``start_uncertainty``
+  before its first failure.  A 429 halves this till's part of the plan and moves its deadline;
+  deliveries win it back slowly (``plan_growth``), never past the plan.
 
 Pure: the clock and the random source are injected, nothing here sleeps or does I/O.
 """
