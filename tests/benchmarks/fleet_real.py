@@ -31,8 +31,8 @@ A sale without a member is not a loyalty sale: as in the simulation it never rea
    over the engine requests made during the drain, from the daemons' /metrics),
    ``interactive_success`` (cashiers' calls — attach, spend, voucher, balance look-up — answered
    2xx, of those made while the engine was up, none that overlapped the outage),
-   ``p99_interactive_wait_s`` (of those calls, the 99th percentile of the time taken beyond their use case's median in the
-   warm-up: rate limiting's waits and the machine's load).  Diagnostics go to stderr.
+   ``p99_interactive_wait_s`` (of those calls, the 99th percentile of the time taken beyond their
+   use case's median in the warm-up: rate limiting's waits and the machine's load).  Diagnostics go to stderr.
 
 Not a test: it takes four to five minutes and about 1.5 GB of memory.  Everything runs on 127.0.0.1 and
 every process started is stopped on the way out (also on Ctrl-C or a failure).
