@@ -398,7 +398,6 @@ def test_the_planned_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(shar
     assert p.policy.min_rate <= before <= p.policy.max_rate
     if cut:
         p.record(E.RateLimited(retry_after=1.0))
-        p.record(E.RateLimited(retry_after=1.0))
         assert p.allowed_rate() <= before
     for _ in range(20):
         p.record(None)  # successes never speed the plan past what the chain can take
@@ -526,9 +525,7 @@ def test_a_429_in_the_plan_moves_its_deadline_and_deliveries_bring_it_back_never
     p.delay((20, 20))
     clock.now += 100
     before = p.allowed_rate()
-    p.record(E.RateLimited(retry_after=1.0))  # one is the limiter's bad luck: waited out, no more
-    assert plan.old_until == planned and p.allowed_rate() == pytest.approx(before)
-    p.record(E.RateLimited(retry_after=1.0))  # a second: the figures promised room that is not there
+    p.record(E.RateLimited(retry_after=1.0))
     assert plan.old_until > planned and p.allowed_rate() == pytest.approx(before / 2, rel=0.01)
     behind = plan.old_until
     for _ in range(50):

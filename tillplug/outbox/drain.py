@@ -78,7 +78,6 @@ class DrainPlan:
 
     def __post_init__(self) -> None:
         self.planned = (self.old_until, self.catch_up_until)  # the chain's deadlines, before any 429
-        self.rate_limited = 0  # 429s met while following this plan
 
     def told(self, backlog: int, old_rows: int) -> bool:
         """The deliverer says how many rows wait (this one included) and how many of them were
@@ -100,13 +99,8 @@ class DrainPlan:
 
     def slow_down(self, now: float, factor: float) -> None:
         """A 429: from now on ``factor`` times the rate the plan asks for, the deadlines moved to match
-        (so that falling behind never turns into a rush at the end).
-
-        Not on the first: one 429 in a drain is the limiter's bad luck (its Retry-After is waited
-        out anyway), and slowing for it would only make this till the chain's last; a second says
-        the figures promised room that is not there."""
-        self.rate_limited += 1
-        if self.rate_limited > 1 and (rate := self.rate(now)) is not None and rate > 0:
+        (so that falling behind never turns into a rush at the end)."""
+        if (rate := self.rate(now)) is not None and rate > 0:
             self._repace(now, rate * factor)
 
     def speed_up(self, now: float, factor: float) -> None:

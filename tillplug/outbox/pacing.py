@@ -29,7 +29,7 @@ engine (additive increase, multiplicative decrease):
   The outage's start and end are each taken as the midpoint between the last answer and the
   first failure this till saw, and between its last failure and its first answer; a till that
   saw the outage begin late (a quiet one) takes it to have begun at most ``start_uncertainty``
-  before its first failure.  From its second 429 a till halves its part of the plan and moves its deadline;
+  before its first failure.  A 429 halves this till's part of the plan and moves its deadline;
   deliveries win it back slowly (``plan_growth``), never past the plan.
 
 Pure: the clock and the random source are injected, nothing here sleeps or does I/O.
