@@ -336,7 +336,7 @@ def test_an_outage_sets_the_chains_deadline_from_when_the_engine_went_away_and_c
     outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
     assert p.outage_began == pytest.approx(1100.0)  # between the last answer and the first failure
     plan = p.plan
-    assert plan is not None and p.draining
+    assert plan is not None and p.plan is not None
     assert plan.back == pytest.approx(4800.0) and plan.answered == 4900.0  # back: between last failure and answer
     outage_s = 4800.0 - 1100.0
     old = outage_s * 0.004 / (0.95 * 0.02 - 0.01)  # the average till's rows over what cashiers leave free
@@ -356,7 +356,7 @@ def test_without_the_chains_averages_there_is_no_plan_and_the_restart_is_jittere
     clock = Clock()
     p = pacer(share=0.02, clock=clock, fleet_interactive=0.01)  # writes unknown
     outage(p, clock, last_ok=1000.0, first_failure=1200.0, last_failure=4700.0, back=4900.0)
-    assert not p.draining and p.tokens == 0.0 and p.hold_until >= clock.now
+    assert not p.plan is not None and p.tokens == 0.0 and p.hold_until >= clock.now
 
 
 def test_a_busy_and_a_quiet_till_send_the_outages_rows_by_the_same_deadline():
@@ -375,7 +375,7 @@ def test_a_busy_and_a_quiet_till_send_the_outages_rows_by_the_same_deadline():
         finished[name] = (old_sent[-1] - plan.back) / (plan.old_until - plan.back)
         rates[name] = old / (old_sent[-1] - plan.back)
         last[name] = sent[-1][0] - plan.catch_up_until
-        assert not p.draining  # caught up: the usual pacing again
+        assert not p.plan is not None  # caught up: the usual pacing again
     assert 0.9 < finished["quiet"] <= 1.0 and 0.9 < finished["busy"] <= 1.0
     assert rates["busy"] == pytest.approx(4 * rates["quiet"], rel=0.15)
     assert last["busy"] <= 60 and last["quiet"] <= 300  # and the new rows are in by the second deadline
@@ -392,7 +392,7 @@ def test_the_planned_rate_stays_within_floor_and_ceiling_and_a_429_slows_it(shar
     clock = Clock()
     p = pacer(share=share, clock=clock, fleet_interactive=share * 0.4, fleet_writes=share * 0.2)
     outage(p, clock, last_ok=0.0, first_failure=1.0, last_failure=down, back=down + 1)
-    assert p.draining
+    assert p.plan is not None
     p.delay((backlog, backlog))
     before = p.allowed_rate()
     assert p.policy.min_rate <= before <= p.policy.max_rate
@@ -409,11 +409,11 @@ def test_the_plan_ends_when_the_outages_rows_and_the_catch_up_are_done():
     p = pacer(share=0.02, clock=clock, **FLEET)
     outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3600.0)
     p.delay((5, 5))
-    assert p.draining
+    assert p.plan is not None
     p.delay((1, 1))  # the last of the outage's rows keeps to the plan
-    assert p.draining and p.view()["drainDeadlineSeconds"] > 0
+    assert p.plan is not None and p.view()["drainDeadlineSeconds"] > 0
     p.delay((1, 0))  # one new row, nothing of the outage's left
-    assert not p.draining and p.view()["drainDeadlineSeconds"] == 0.0
+    assert not p.plan is not None and p.view()["drainDeadlineSeconds"] == 0.0
 
 
 def test_a_429_after_an_outage_says_the_engine_is_back():
@@ -422,7 +422,7 @@ def test_a_429_after_an_outage_says_the_engine_is_back():
     outage(p, clock, last_ok=0.0, first_failure=10.0, last_failure=3590.0, back=3590.0)
     clock.now = 3700.0
     p.record(E.RateLimited(retry_after=2.0))
-    assert not p.in_outage() and p.draining and p.hold_until == 3702.0
+    assert not p.in_outage() and p.plan is not None and p.hold_until == 3702.0
 
 
 def test_in_an_outage_rows_are_tried_at_the_probe_rate_and_not_after_a_long_backoff():

@@ -265,9 +265,6 @@ class Till:
         self.deliverer = Deliverer(self.store, self.engine, pacer=pacer, clock=self.clock)  # type: ignore[arg-type]
         self.sales = 0
 
-    async def outbox(self, stop: asyncio.Event) -> None:
-        await self.deliverer.run(stop)
-
     async def trading(self, stop: asyncio.Event, sales_per_hour: Callable[[float], float]) -> None:
         while not stop.is_set():
             rate = sales_per_hour(self.clock()) * self.busyness / 3600
@@ -370,7 +367,7 @@ class Fleet:
 
     async def run(self) -> dict[str, Any]:
         stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(t.outbox(stop)) for t in self.tills]
+        tasks = [asyncio.ensure_future(t.deliverer.run(stop)) for t in self.tills]
         tasks += [asyncio.ensure_future(t.trading(stop, self.profile)) for t in self.tills]
         backlog_at_return = 0
         end_cap = self.outage[1] + 4 * max(self.args.outage, 900.0)

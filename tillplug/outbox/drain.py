@@ -81,7 +81,7 @@ class DrainPlan:
 
     def told(self, backlog: int, old_rows: int) -> bool:
         """The deliverer says how many rows wait (this one included) and how many of them were
-        queued before the engine came back; False when the plan is over."""
+        queued before ``answered``; False when the plan is over."""
         if self.old_rows is None:
             self.inflow = old_rows / self.outage if self.outage > 0 else 0.0
         self.backlog, self.old_rows = backlog, old_rows

@@ -124,11 +124,6 @@ class Pacer:
 
     # -- asking ------------------------------------------------------------------
 
-    @property
-    def draining(self) -> bool:
-        """A backlog is paced by the chain's drain plan (the deliverer then says how long it is)."""
-        return self.plan is not None
-
     def allowed_rate(self) -> float:
         """The rate the outbox may use now: the adapted rate less what interactive calls use,
         or after an outage what the chain's drain plan asks."""
@@ -158,7 +153,7 @@ class Pacer:
     def delay(self, backlog: tuple[int, int] | None = None) -> float:
         """Seconds to wait before the next request; 0 means go now (and its token is taken).
 
-        ``backlog``: while ``draining``, the rows waiting (this one included) and how many of
+        ``backlog``: while a drain ``plan`` runs, the rows waiting (this one included) and how many of
         them were queued before the engine answered again (``plan.answered``).
         """
         now = self.clock()
@@ -224,7 +219,7 @@ class Pacer:
 
     def _heard_from_cashiers(self) -> None:
         """The engine answered a cashier's call after the outbox's failures began: it is back."""
-        ok_at = self._cashiers("interactive_ok_at")
+        ok_at = self.traffic.interactive_ok_at if self.traffic else None
         if self.failing_since is not None and ok_at is not None and ok_at > self.failing_since:
             self.answered(increase=False, at=ok_at)
 
@@ -268,13 +263,10 @@ class Pacer:
         if self.failing_since is None:
             self.failing_since = now
             # The engine went away somewhere between its last answer and this failure.
-            last_answer = _latest(now, self.answered_at, self._cashiers("interactive_ok_at"))
+            cashiers_ok = self.traffic.interactive_ok_at if self.traffic else None
+            last_answer = _latest(now, self.answered_at, cashiers_ok)
             self.outage_began = max((last_answer + now) / 2, now - self.policy.start_uncertainty)
         self._cut()
-
-    def _cashiers(self, signal: str) -> float | None:
-        value: float | None = getattr(self.traffic, signal) if self.traffic else None
-        return value
 
     def _cut(self) -> None:
         self.rate = max(self.policy.min_rate, self.rate * self.policy.decrease)
@@ -282,7 +274,7 @@ class Pacer:
         self._grown_at = self.clock()
 
     def _restart(self, now: float, answered_at: float) -> None:
-        """The engine answers again after an outage: the chain's drain plan from a random phase,
+        """The engine answers again after an outage: the chain's drain plan from an empty bucket,
         or without it a jittered, empty-bucket start at the share."""
         p = self.policy
         self.stamp = max(self.stamp, now)
@@ -292,22 +284,20 @@ class Pacer:
             answered_at,
             *(
                 t
-                for t in (self.failed_at, self._cashiers("interactive_failed_at"))
+                for t in (self.failed_at, self.traffic.interactive_failed_at if self.traffic else None)
                 if t is not None and t <= answered_at
             ),
         )
         back = (last_failure + answered_at) / 2
         began = self.outage_began if self.outage_began is not None else back
         self.plan = DrainPlan.after_outage(p, began=began, back=back, answered=answered_at)
+        # An empty bucket: the first send waits a full interval.  With a plan that is all the
+        # spreading needed (the fleet hears of the return spread over a probe interval, and a till
+        # most often from the probe just answered); without one, a random hold spreads it too.
+        self.tokens = 0.0
         if self.plan is None:
             spread = min(p.restart_jitter, p.restart_intervals / p.share)
             self.hold_until = max(self.hold_until, now + self.rng.uniform(0, spread))
-            self.tokens = 0.0
-        else:
-            # Each till's rate is already its part of what is free, and the fleet hears of the
-            # return spread over a probe interval: a full interval at that rate from now (most
-            # often from the probe just answered) keeps the first sends from adding to the probes.
-            self.tokens = 0.0
 
     def adopt(self, policy: PacingPolicy) -> None:
         """A reloaded config's figures, from now on: the adapted rate keeps its ratio to the share
