@@ -107,6 +107,20 @@ async def reset_before(request: httpx.Request, forward: Callable[[], Awaitable[h
     raise httpx.ReadError("connection reset by peer", request=request)
 
 
+def held_in_flight(
+    in_flight: asyncio.Event, seconds: float = 0.3
+) -> Callable[[httpx.Request, Callable[[], Awaitable[httpx.Response]]], Awaitable[httpx.Response]]:
+    """A tamper handler: says the request is in flight, then holds it ``seconds`` before it goes on
+    (for racing a second call against a write the engine has not answered yet)."""
+
+    async def slow(request: httpx.Request, forward: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        in_flight.set()
+        await asyncio.sleep(seconds)
+        return await forward()
+
+    return slow
+
+
 def config(state_dir: Path, sim_url: str, **overrides: Any) -> Config:
     return Config.model_validate(
         {

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -35,6 +36,15 @@ def read_notify(sock, until, timeout=15):
     raise AssertionError(f"no {until!r} from the daemon; got {got}")
 
 
+def daemon_config(tmp_path: Path, sim: SimServer, port: int) -> str:
+    """A till's config against ``sim``, its API on ``port``: the part every daemon test shares."""
+    return (
+        f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
+        f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
+        f'[api]\nlisten="127.0.0.1:{port}"\n'
+    )
+
+
 def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
@@ -42,12 +52,7 @@ def test_the_daemon_under_systemd_notify_watchdog_reload_and_stop(tmp_path):
     port = free_port()
     with SimServer() as sim:
         cfg = tmp_path / "tillplug.toml"
-        base = (
-            f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
-            f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
-            f'[api]\nlisten="127.0.0.1:{port}"\n'
-            f'[[scanners]]\nname="s0"\nport="{scanner.link}"\n'
-        )
+        base = daemon_config(tmp_path, sim, port) + f'[[scanners]]\nname="s0"\nport="{scanner.link}"\n'
         cfg.write_text(base)
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
         proc = subprocess.Popen(
@@ -218,11 +223,7 @@ def test_a_sighup_applies_changed_outbox_pacing_figures_at_once(tmp_path):
     port = free_port()
     with SimServer() as sim:
         cfg = tmp_path / "tillplug.toml"
-        base = (
-            f'till_id="t1"\nbranch_id="b1"\nstate_dir="{tmp_path}/state"\ncache_dir="{tmp_path}/cache"\n'
-            f'[engine]\npreset="simulator"\nbase_url="{sim.url}/v1"\nauth_url="{sim.url}/oauth/token"\n'
-            f'[api]\nlisten="127.0.0.1:{port}"\n'
-        )
+        base = daemon_config(tmp_path, sim, port)
         cfg.write_text(base + "[outbox]\nrate_per_second = 2\nburst = 4\n")
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
         proc = subprocess.Popen(

@@ -17,6 +17,7 @@ from tests.flow_harness import (
     BOB,
     Harness,
     answer_2xx,
+    held_in_flight,
     is_burn,
     is_spend,
     reset_after,
@@ -143,15 +144,9 @@ def test_a_void_while_a_spend_is_in_flight_waits_for_it_and_refunds_it(tmp_path,
     async def go():
         h = Harness(tmp_path, sim)
         in_flight = asyncio.Event()
-
-        async def slow(request: httpx.Request, forward: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-            in_flight.set()
-            await asyncio.sleep(0.3)
-            return await forward()
-
         try:
             await open_sale(h, "T5")
-            h.tamper.on(is_spend, slow)
+            h.tamper.on(is_spend, held_in_flight(in_flight))
             spend = asyncio.ensure_future(h.loyalty.spend_points("T5", 500))
             await asyncio.wait_for(in_flight.wait(), 5)
             voided = await h.loyalty.void("T5")
@@ -172,15 +167,9 @@ def test_a_voucher_burn_in_flight_during_a_void_is_reported_by_the_void(tmp_path
     async def go():
         h = Harness(tmp_path, sim)
         in_flight = asyncio.Event()
-
-        async def slow(request: httpx.Request, forward: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-            in_flight.set()
-            await asyncio.sleep(0.3)
-            return await forward()
-
         try:
             await open_sale(h, "T6")
-            h.tamper.on(is_burn, slow)
+            h.tamper.on(is_burn, held_in_flight(in_flight))
             burn = asyncio.ensure_future(h.loyalty.apply_voucher("T6", "ALICE-5OFF-0001"))
             await asyncio.wait_for(in_flight.wait(), 5)
             voided = await h.loyalty.void("T6")

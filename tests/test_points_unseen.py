@@ -8,23 +8,14 @@ would refuse points the member has.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tillplug.sim import SimServer
 from tillplug.testing.till import VirtualTill
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"  # card 1000001, 1250 points
-
-
-@pytest.fixture
-def late_reactions_sim() -> Iterator[SimServer]:
-    with SimServer() as sim:
-        httpx.post(sim.url + "/_sim/dialect", json={"reactions": "delayed"}, timeout=10).raise_for_status()
-        yield sim
 
 
 def test_a_late_deduction_is_subtracted_until_its_reaction_shows_then_forgotten(

@@ -9,7 +9,7 @@ loses points, or the till is told something untrue.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,14 @@ def discount_given(answer: httpx.Response) -> int:
     return int(body["discount"]["amount"])
 
 
-@pytest.fixture
-def late_reactions_sim() -> Iterator[SimServer]:
-    """An engine that applies a deduction's reaction 1.5 s late (the hostile dialect's timing)."""
-    with SimServer() as sim:
-        httpx.post(sim.url + "/_sim/dialect", json={"reactions": "delayed"}, timeout=10).raise_for_status()
-        yield sim
+def bob_spends_200_at_two_tills_at_once(a: VirtualTill, b: VirtualTill) -> list[httpx.Response]:
+    """Bob (300 points) at two tills, each spending 200 at the same moment: the race on one member."""
+    open_sale(a, "A1", "1000002")
+    open_sale(b, "B1", "1000002")
+    return at_once(
+        lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
+        lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
+    )
 
 
 def test_two_spends_on_one_checkout_cannot_take_more_points_than_the_member_has_with_late_reactions(
@@ -111,12 +113,7 @@ def test_two_tills_spending_one_member_at_once_cannot_overdraw_with_late_reactio
         VirtualTill(tmp_path / "a", sim=late_reactions_sim, till_id="till-01") as a,
         VirtualTill(tmp_path / "b", sim=late_reactions_sim, till_id="till-02") as b,
     ):
-        open_sale(a, "A1", "1000002")
-        open_sale(b, "B1", "1000002")
-        answers = at_once(
-            lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
-            lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
-        )
+        answers = bob_spends_200_at_two_tills_at_once(a, b)
         assert a.settle(15) and b.settle(15)
         given = sum(discount_given(x) for x in answers)
         assert given <= 300, f"the tills were told to give {given} of discount for a member holding 300 points"
@@ -245,12 +242,7 @@ def test_two_tills_spending_one_member_at_once_are_not_both_told_the_points_were
         VirtualTill(tmp_path / "a", sim=sim, till_id="till-01") as a,
         VirtualTill(tmp_path / "b", sim=sim, till_id="till-02") as b,
     ):
-        open_sale(a, "A1", "1000002")
-        open_sale(b, "B1", "1000002")
-        answers = at_once(
-            lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
-            lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
-        )
+        answers = bob_spends_200_at_two_tills_at_once(a, b)
         assert a.settle(10) and b.settle(10)
         given = sum(discount_given(x) for x in answers)
         assert balance(a, BOB) == 300 - given, "the ledger and what the tills were told disagree"
@@ -277,12 +269,7 @@ def test_two_tills_overdrawing_one_member_together_one_keeps_its_points(
     ):
         monkeypatch.setattr(a.daemon.loyalty.points, "_yield_after", lambda key: 0.0)
         monkeypatch.setattr(b.daemon.loyalty.points, "_yield_after", lambda key: 2.0)
-        open_sale(a, "A1", "1000002")
-        open_sale(b, "B1", "1000002")
-        answers = at_once(
-            lambda: a.api.post("/v1/checkouts/A1/points", json={"points": 200}),
-            lambda: b.api.post("/v1/checkouts/B1/points", json={"points": 200}),
-        )
+        answers = bob_spends_200_at_two_tills_at_once(a, b)
         assert a.settle(10) and b.settle(10)
         given = [discount_given(x) for x in answers]
         if given == [200, 0]:
