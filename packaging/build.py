@@ -86,7 +86,7 @@ def staged_venv(stage: Path, wheels: Path, python: str) -> Path:
 def system_files(stage: Path) -> None:
     """The unit and the udev rules, from the same generator ``tillplug install`` uses."""
     sys.path.insert(0, str(ROOT))
-    from tillplug import service
+    from tillplug.commands import install as service
 
     (stage / "usr/lib/systemd/system").mkdir(parents=True, exist_ok=True)
     (stage / "usr/lib/udev/rules.d").mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 import sys
 
-from tillplug.cli import main
+from tillplug.commands.cli import main
 
 sys.exit(main())

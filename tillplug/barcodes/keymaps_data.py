@@ -1,6 +1,6 @@
 """Keyboard layouts for keyboard-mode scanners: what each key types, by level.
 
-Generated from xkeyboard-config by libxkbcommon (``python -m tillplug.barcodes.xkb``);
+Generated from xkeyboard-config by libxkbcommon (``python -m tools.xkb``);
 do not edit by hand.  Key: Linux evdev key code.  Value: what it types with no modifier,
 Shift, AltGr, Shift+AltGr ('' nothing; a combining mark U+03xx is a dead key).
 """

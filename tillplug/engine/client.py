@@ -47,6 +47,7 @@ from tillplug.engine.models import (
     points_of,
 )
 from tillplug.engine.refusals import VOUCHER_REASONS, classify_voucher_refusal
+from tillplug.engine.traffic import OUTBOX, Traffic, current_use_case, parse_retry_after
 from tillplug.errors import (
     BenefitNotFound,
     ConfigError,
@@ -62,7 +63,6 @@ from tillplug.errors import (
     RetryableError,
 )
 from tillplug.identifiers import is_documented_member_id
-from tillplug.traffic import OUTBOX, Traffic, current_use_case, parse_retry_after
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)

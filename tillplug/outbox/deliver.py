@@ -27,6 +27,7 @@ from collections.abc import Callable
 from tillplug.engine.client import EngineClient
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, EventDefinition, Order
+from tillplug.engine.traffic import OUTBOX, Traffic, use_case
 from tillplug.errors import (
     EngineAuthError,
     EngineProtocolError,
@@ -39,7 +40,6 @@ from tillplug.errors import (
 from tillplug.outbox.drain import DrainPlan
 from tillplug.outbox.pacing import Pacer, PacingPolicy
 from tillplug.outbox.store import MAX_DELAY, OutboxStore, Row
-from tillplug.traffic import OUTBOX, Traffic, use_case
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0

@@ -42,9 +42,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tillplug.engine.traffic import Traffic, bounded_hold
 from tillplug.errors import EngineUnavailable, OutcomeUnknown, RateLimited
 from tillplug.outbox.drain import DrainPlan
-from tillplug.traffic import Traffic, bounded_hold
 
 MIN_WAIT = 0.001  # seconds: shorter waits are rounded to none (a clock need not move that little)
 MIN_PROBE_INTERVAL = 30.0  # seconds: a down engine is tried at most this often by one till

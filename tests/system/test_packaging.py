@@ -1,0 +1,98 @@
+"""The release artefacts (packaging/build.py): a .deb with the venv, the wheels, the unit and
+the udev rules whose postinst runs `tillplug install`, and a wheelhouse tarball with its
+install script.  Builds for real (pip needs the package index, as on a build machine)."""
+
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is needed to read the package"),
+]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "build.py"), "--out", str(out)], capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return out
+
+
+def deb(dist: Path) -> Path:
+    (found,) = dist.glob(f"tillplug_{VERSION}_*.deb")
+    return found
+
+
+def test_the_deb_says_what_it_is_and_runs_tillplug_install_after_unpacking(dist):
+    info = subprocess.run(["dpkg-deb", "--info", str(deb(dist))], capture_output=True, text=True, check=True).stdout
+    fields = dict(
+        line.strip().split(": ", 1)
+        for line in info.splitlines()
+        if ": " in line and line.startswith(" ") and not line.startswith("  ")
+    )
+    assert fields["Package"] == "tillplug" and fields["Version"] == VERSION
+    assert "python3 (>= 3.11)" in fields["Depends"] and "systemd" in fields["Depends"]
+    postinst = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb(dist))], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(postinst)) as tar:
+        script = tar.extractfile("./postinst").read().decode()
+    assert "/usr/bin/tillplug install" in script
+
+
+def test_the_deb_holds_the_venv_every_wheel_the_unit_and_the_udev_rules(dist):
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb(dist))], capture_output=True, text=True, check=True
+    ).stdout
+    paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
+    wheels = {p.name for p in (dist / "wheelhouse").glob("*.whl")}
+    assert any(w.startswith("tillplug-") for w in wheels) and any(w.startswith("pydantic_core-") for w in wheels)
+    assert {f"/opt/tillplug/wheels/{w}" for w in wheels} <= paths
+    assert {
+        "/opt/tillplug/bin/tillplug",
+        "/opt/tillplug/pyvenv.cfg",
+        "/usr/bin/tillplug",
+        "/usr/lib/systemd/system/tillplug.service",
+        "/usr/lib/udev/rules.d/99-tillplug.rules",
+    } <= paths
+    assert any(p.startswith("/opt/tillplug/lib/python3") and p.endswith("/tillplug/daemon/wiring.py") for p in paths)
+    assert not any("/stage/" in p or "__pycache__" in p for p in paths)
+
+
+def test_the_venv_inside_names_its_installed_path_not_the_build_folder(dist, tmp_path):
+    subprocess.run(["dpkg-deb", "--extract", str(deb(dist)), str(tmp_path)], check=True)
+    shebang = (tmp_path / "opt/tillplug/bin/tillplug").read_text().splitlines()[0]
+    assert shebang in {"#!/opt/tillplug/bin/python3", "#!/opt/tillplug/bin/python"}
+    assert str(dist) not in (tmp_path / "opt/tillplug/pyvenv.cfg").read_text()
+    unit = (tmp_path / "usr/lib/systemd/system/tillplug.service").read_text()
+    assert "ExecStart=/usr/bin/tillplug run" in unit
+
+
+def test_the_wheelhouse_tarball_installs_with_no_index(dist, tmp_path):
+    (tar_path,) = dist.glob(f"tillplug-{VERSION}-wheelhouse.tar.gz")
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    top = tmp_path / f"tillplug-{VERSION}"
+    assert f"tillplug-{VERSION}/install.sh" in names
+    assert "--no-index" in (top / "install.sh").read_text()
+    venv = tmp_path / "venv"  # what install.sh does, short of writing to /opt and /etc
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin/pip"), "install", "-q", "--no-index", "--find-links", str(top / "wheels"), "tillplug"],
+        capture_output=True,
+        text=True,
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert subprocess.run([str(venv / "bin/tillplug"), "--help"], capture_output=True).returncode == 0

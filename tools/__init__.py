@@ -1,0 +1,1 @@
+"""Maintainers' generators: run from a checkout, never shipped in the package."""
