@@ -659,7 +659,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the README)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
     ap.add_argument("--out", default="bench-results/latest.json")
     args = ap.parse_args()
     global PY  # noqa: PLW0603 -- the production interpreter is found once, before any measurement

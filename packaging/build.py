@@ -9,7 +9,7 @@ Makes, from a clean clone (the build machine needs PyPI; the till needs nothing)
   virtual environment in ``/opt/tillplug`` with everything installed, the wheels beside it in
   ``/opt/tillplug/wheels``, ``/usr/bin/tillplug``, the systemd unit and the udev rules; its
   postinst runs ``tillplug install`` (user, group, folders, the example config, udev and
-  systemd reloaded);
+  systemd reloaded), and ``man tillplug``, generated from the CLI's parser;
 * ``dist/tillplug-<version>-wheelhouse.tar.gz``: the wheels and ``install.sh`` for other
   distributions (``sudo ./install.sh`` makes the same venv with ``pip --no-index``).
 
@@ -20,6 +20,7 @@ The venv is built with the interpreter the till will run (``--python``, by defau
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import platform
 import shutil
@@ -94,6 +95,19 @@ def system_files(stage: Path) -> None:
     (stage / "usr/lib/udev/rules.d" / service.RULES_NAME).write_text(service.udev_rules())
 
 
+def man_page(stage: Path, ver: str) -> Path:
+    """``man tillplug``, generated from the CLI's own parser so the two cannot drift apart."""
+    from argparse_manpage.manpage import Manpage
+
+    from tillplug.commands.cli import build_parser
+
+    data = {"project_name": "tillplug", "version": ver, "manual_title": "tillplug manual", "manual_section": 1}
+    page = stage / "usr/share/man/man1/tillplug.1.gz"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_bytes(gzip.compress(str(Manpage(build_parser(), _data=data)).encode(), mtime=0))
+    return page
+
+
 def nfpm_config(stage: Path, out: Path, ver: str, arch: str, py: tuple[int, int]) -> Path:
     venv = stage / PREFIX.lstrip("/")
     lines = [
@@ -125,6 +139,8 @@ def nfpm_config(stage: Path, out: Path, ver: str, arch: str, py: tuple[int, int]
         "    dst: /usr/lib/systemd/system/tillplug.service",
         f"  - src: {stage}/usr/lib/udev/rules.d/99-tillplug.rules",
         "    dst: /usr/lib/udev/rules.d/99-tillplug.rules",
+        f"  - src: {stage}/usr/share/man/man1/tillplug.1.gz",
+        "    dst: /usr/share/man/man1/tillplug.1.gz",
         "scripts:",
         f"  postinstall: {HERE / 'postinst.sh'}",
         f"  preremove: {HERE / 'prerm.sh'}",
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = out / "stage"
     staged_venv(stage, wheels, args.python)
     system_files(stage)
+    man_page(stage, ver)
     config = nfpm_config(stage, out, ver, arch, py)
     deb = out / f"tillplug_{ver}_{arch}.deb"
     deb.unlink(missing_ok=True)

@@ -161,7 +161,7 @@ def test_scans_are_dropped_and_counted_while_the_till_side_is_closed_and_never_r
 
 def test_pass_through_latency_is_under_5_ms(tmp_path):
     """Scanner pty → till side, measured per scan; the median over 100 scans (a loaded 2-core CI
-    machine has outliers, the README gives the full distribution)."""
+    machine has outliers, docs/pos-api.md gives the full distribution)."""
     with till_with_port(tmp_path) as till:
         side = TillSide(tmp_path / "till-scanner1")
         try:

@@ -53,7 +53,7 @@ def at_once(*calls: Callable[[], httpx.Response]) -> list[httpx.Response]:
 
 
 def discount_given(answer: httpx.Response) -> int:
-    """What a till that follows the README gives: ``discount`` of a 200 answer, nothing otherwise."""
+    """What a till that follows docs/pos-api.md gives: ``discount`` of a 200 answer, nothing otherwise."""
     if answer.status_code != 200:
         return 0
     body: dict[str, Any] = answer.json()
@@ -95,7 +95,7 @@ def test_two_spends_on_one_checkout_cannot_take_more_points_than_the_member_has_
     reason="engine limit: WLL applies a deduction's reaction asynchronously (seconds, load-dependent), "
     "allows a negative balance, and has no conditional or idempotent write; a till cannot see another "
     "till's deduction before the engine applies it, so when both reactions land after both tills' "
-    "confirming reads (points.confirm_reads) both spends succeed (balanceEstimated: true). See README, "
+    "confirming reads (points.confirm_reads) both spends succeed (balanceEstimated: true). See docs/pos-api.md, "
     "'Money is never guessed'.",
 )
 def test_two_tills_spending_one_member_at_once_cannot_overdraw_with_late_reactions(

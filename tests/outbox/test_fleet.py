@@ -1,6 +1,6 @@
 """The fleet benchmark (bench/fleet.py) on a tiny fleet, so CI runs the real pacing and
 delivery code of many tills on the virtual clock: every queued row arrives, cashiers are served,
-no 429 storm, and the last line is the JSON the README quotes."""
+no 429 storm, and the last line is the JSON docs/performance.md quotes."""
 
 import json
 import subprocess

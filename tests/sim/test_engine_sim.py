@@ -17,7 +17,7 @@ BOB = "5a1b2c3d-0000-4000-8000-000000000002"
 
 @pytest.fixture(params=[n for n in DIALECT_NAMES if n != "hostile"])
 def sim(request):
-    """Every test here runs against each dialect whose writes answer readably (README: Engine
+    """Every test here runs against each dialect whose writes answer readably (docs/technician.md: Engine
     dialects); the hostile one's unreadable answers are covered in test_dialects.py."""
     with SimServer(dialect=request.param) as server:
         yield server

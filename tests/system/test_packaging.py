@@ -1,7 +1,9 @@
 """The release artefacts (packaging/build.py): a .deb with the venv, the wheels, the unit and
-the udev rules whose postinst runs `tillplug install`, and a wheelhouse tarball with its
+the udev rules and the man page, whose postinst runs `tillplug install`, and a wheelhouse tarball with its
 install script.  Builds for real (pip needs the package index, as on a build machine)."""
 
+import argparse
+import gzip
 import io
 import shutil
 import subprocess
@@ -11,6 +13,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tillplug.commands.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -96,3 +100,12 @@ def test_the_wheelhouse_tarball_installs_with_no_index(dist, tmp_path):
     )
     assert pip.returncode == 0, pip.stderr[-2000:]
     assert subprocess.run([str(venv / "bin/tillplug"), "--help"], capture_output=True).returncode == 0
+
+
+def test_the_deb_carries_a_man_page_made_from_the_cli_parser(dist, tmp_path):
+    subprocess.run(["dpkg-deb", "-x", str(deb(dist)), str(tmp_path)], check=True)
+    page = gzip.decompress((tmp_path / "usr/share/man/man1/tillplug.1.gz").read_bytes()).decode()
+    assert page.startswith(".TH") and VERSION in page
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [verb for verb in verbs if verb.replace("-", "\\-") not in page]  # roff escapes hyphens
+    assert missing == [], f"the man page does not name {missing}"

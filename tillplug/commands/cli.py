@@ -721,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
         "--dialect",
         default="default",
         choices=["default", "strict", "hostile"],
-        help="how to answer where WLL publishes nothing (README: Engine dialects)",
+        help="how to answer where WLL publishes nothing (docs/technician.md: Engine dialects)",
     )
 
     p = add("devices", "list serial ports and print a config snippet for each", cmd_devices)

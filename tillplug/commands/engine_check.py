@@ -6,7 +6,7 @@ cannot exist (nothing can be burned), and — only with ``--yes`` — one write 
 zero: a ``REDEEMED_POINTS`` event of 1 point, then a ``POINTS_REFUND`` of that point.
 Each undocumented point gets an answer (or ``unknown``) and the evidence for it; the
 answers are written to the file ``engine.dialect_file`` names, which the daemon reads
-(README: Engine dialects).
+(docs/technician.md: Engine dialects).
 """
 
 from __future__ import annotations

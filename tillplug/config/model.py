@@ -198,7 +198,7 @@ class EngineConfig(Section):
     max_attempts: int = Field(default=2, ge=1, le=5)
     confirm_rate_with_test_reaction: bool = False
     # What `tillplug engine-check` found this engine to do where WLL publishes nothing
-    # (README: Engine dialects).  Unset: tillplug trusts nothing it has not seen.
+    # (docs/technician.md: Engine dialects).  Unset: tillplug trusts nothing it has not seen.
     dialect_file: Annotated[str, AfterValidator(_abs_path)] | None = None
 
     @model_validator(mode="after")

@@ -59,7 +59,7 @@ class PacingPolicy:
     decrease: float = 0.5  # the rate is multiplied by this on a 429 or 503
     increase: float = 0.05  # each success adds this fraction of the share
     # Seconds in which the rate doubles while rows wait on it and nothing cuts it; None: off.
-    # Faster drains for busy tills at the price of more 429s (see the fleet benchmark in the README).
+    # Faster drains for busy tills at the price of more 429s (see the fleet benchmark in docs/performance.md).
     doubling: float | None = None
     restart: float = 1.0  # after an outage the rate starts again at this fraction of the share
     # The chain's average interactive requests/s per till (from the fleet dashboard), if known: the

@@ -81,7 +81,7 @@ class VirtualTill:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._own_sim = sim is None
-        self.sim = sim or SimServer(dialect=dialect).start()  # dialect: README "Engine dialects"
+        self.sim = sim or SimServer(dialect=dialect).start()  # dialect: docs/technician.md "Engine dialects"
         self.scanners = {lane: VirtualScanner(self.workdir / f"scanner{lane}") for lane in range(1, lanes + 1)}
         self.config = Config.model_validate(
             {
