@@ -253,6 +253,7 @@ class Tillplug:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        assert self.proc.stderr is not None
         self.proc.stderr.close()
         self.notify.close()
 
@@ -303,11 +304,13 @@ class Floor:
             text=True,
         )
         self.sink.accept()
+        assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "ready"
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+        assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.sink.close()
         self.scanner.close()

@@ -317,7 +317,7 @@ class Fleet:
         self.clock = clock
         self.spawned: set[asyncio.Future[Any]] = set()
         self.last_by_till: dict[str, float] = {}
-        self.policy = {k: float(v) for k, v in (item.split("=", 1) for item in args.policy)}
+        self.policy: dict[str, Any] = {k: float(v) for k, v in (item.split("=", 1) for item in args.policy)}
         self.rng = random.Random(args.seed)
         warmup = 600.0 if args.quick else 4 * 3600.0  # the whole day opens at 08:00, the outage at 12:00
         self.outage = (warmup, warmup + args.outage)
@@ -367,7 +367,7 @@ class Fleet:
 
     async def run(self) -> dict[str, Any]:
         stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(t.deliverer.run(stop)) for t in self.tills]
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(t.deliverer.run(stop)) for t in self.tills]
         tasks += [asyncio.ensure_future(t.trading(stop, self.profile)) for t in self.tills]
         backlog_at_return = 0
         end_cap = self.outage[1] + 4 * max(self.args.outage, 900.0)

@@ -321,6 +321,7 @@ class BlackHole:
             conn.close()
 
 
+@pytest.mark.system
 def test_health_answers_at_once_while_the_engine_is_black_holed(tmp_path):
     """It once pinged the engine inline: 10 s with a slow engine, and `tillplug status` said "not running"."""
     hole = BlackHole()
@@ -446,6 +447,7 @@ def config_file(tmp_path, body: str) -> str:
     return str(path)
 
 
+@pytest.mark.system
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(secret=st.text(string.ascii_letters + string.digits + "_-", min_size=12, max_size=40))
 def test_an_inline_secret_is_never_echoed_by_check_config_or_run(tmp_path_factory, secret):
@@ -587,7 +589,8 @@ def test_event_ids_survive_a_restart(tmp_path):
 
 def sse_ids(till, scans: int) -> list[str]:
     """The SSE ids of the first ``scans`` scan events, replayed from the start of this run."""
-    ids, current = [], None
+    ids: list[str] = []
+    current = ""
     with httpx.stream("GET", till.url + "/v1/events", headers={"Last-Event-ID": "0-0"}, timeout=10) as stream:
         for line in stream.iter_lines():
             if line.startswith("id: "):

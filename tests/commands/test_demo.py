@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.system  # the demo runs the whole product as processes
+
 
 def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
     result = subprocess.run(

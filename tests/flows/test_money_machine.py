@@ -345,6 +345,7 @@ class MoneyMachine(RuleBasedStateMachine):
         assert burned <= self.told_burns | pending_codes, (burned, self.told_burns, pending_codes)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_money_invariant_over_till_operations(dialect: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if dialect != "default" and "dialect" not in inspect.signature(SimServer).parameters:

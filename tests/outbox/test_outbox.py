@@ -54,6 +54,7 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(d, "retry_delay", lambda attempts: 0.01 * min(attempts, 5))
 
 
+@pytest.mark.system
 def test_engine_down_for_500_sales_then_back(tmp_path, fast_retries):
     store = OutboxStore(tmp_path / "o.db")
     with SimServer(rate=100_000, burst=100_000) as sim:
@@ -158,6 +159,7 @@ def test_technician_cli_lists_retries_and_discards(tmp_path, capsys):
     assert main(["outbox", "--config", str(cfg), "retry", "999"]) == 1
 
 
+@pytest.mark.system
 def test_kill_dash_9_at_50_random_moments_loses_nothing_and_doubles_nothing(tmp_path):
     """A real subprocess (`tillplug outbox drain`) killed with SIGKILL mid-delivery, restarted each time."""
     rng = random.Random(1234)
@@ -285,7 +287,7 @@ class OutboxMachine(RuleBasedStateMachine):
                 assert self.engine.received[r.event_key] == 1
 
 
-TestOutboxMachine = OutboxMachine.TestCase
+TestOutboxMachine = pytest.mark.system(OutboxMachine.TestCase)
 TestOutboxMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 
 

@@ -175,6 +175,7 @@ def put_in_state(store: OutboxStore, state: str, *, reverses: str | None = None)
         elif state == "unverifiable":
             store.retry_later(row.id, at=0, error="engine_outcome_unknown", needs_lookup=True)
             again = store.claim(now=store.clock() + 10)
+            assert again is not None
             store.hold_unverifiable(again.id, at=store.clock() + 300, reason="the eventKey filter is ignored")
         elif state == "discarded":
             store.dead(row.id, error="HTTP 400: no")

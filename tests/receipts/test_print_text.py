@@ -54,7 +54,7 @@ def wallet(reward_name, tier_name):
     )
 
 
-NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="?"), min_size=1, max_size=60)
+NAMES = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="?"), min_size=1, max_size=60)
 
 
 @given(reward=NAMES, tier=NAMES, member_id=NAMES)
@@ -130,6 +130,7 @@ def test_a_code_too_long_for_the_paper_is_never_split_the_qr_carries_it(tmp_path
     assert line.style.small and len(line.text) <= p.small_columns == 42
 
 
+@pytest.mark.system
 def test_doctor_and_test_print_work_on_a_fresh_install(tmp_path):
     cache = tmp_path / "never-created" / "cache"
     cfg = tmp_path / "c.toml"

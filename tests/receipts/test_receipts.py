@@ -107,7 +107,7 @@ def test_no_word_or_number_is_cut_in_half(columns):
 @given(
     st.text(
         alphabet=st.characters(
-            blacklist_categories=("Cs",), blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+            blacklist_categories=["Cs"], blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
         ),
         max_size=300,
     ),

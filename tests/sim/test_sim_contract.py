@@ -28,6 +28,7 @@ def sim():
             yield server, {"X-Api-Key": server.state.api_key, "Authorization": f"Bearer {token}"}, session
 
 
+@pytest.mark.system
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_simulator_conforms_to_its_openapi_document(case, sim):
