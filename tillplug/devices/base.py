@@ -12,10 +12,14 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from tillplug.barcodes.framing import Frame
 from tillplug.errors import DriverError
+
+if TYPE_CHECKING:
+    from tillplug.config.model import PrinterConfig, ScannerConfig
+    from tillplug.receipts.layout import Receipt
 
 
 class Capability(enum.Enum):
@@ -52,7 +56,7 @@ class ScannerDriver(ABC):
     # Drivers that hand the till the scans tillplug does not consume themselves (keyboard scanners re-type them).
     passes_through: ClassVar[bool] = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ScannerConfig) -> None:
         self.config = config
 
     @abstractmethod
@@ -95,7 +99,7 @@ class PrinterDriver(ABC):
     kind: ClassVar[str] = "printer"
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    def __init__(self, config: Any, cache_dir: str | None = None) -> None:
+    def __init__(self, config: PrinterConfig, cache_dir: str | None = None) -> None:
         self.config = config
         self.cache_dir = cache_dir
 
@@ -104,8 +108,8 @@ class PrinterDriver(ABC):
         """Connect; raise DeviceGone, DeviceBusy or DriverError."""
 
     @abstractmethod
-    def render(self, receipt: Any) -> bytes:
-        """The exact bytes for a receipt (``tillplug.receipts.Receipt``) on this printer."""
+    def render(self, receipt: Receipt) -> bytes:
+        """The exact bytes for a receipt on this printer."""
 
     @abstractmethod
     def write(self, data: bytes) -> None:
