@@ -20,7 +20,8 @@ help?*
     │   ├── DeviceError
     │   │   ├── DeviceGone             unplugged, I/O error, port vanished
     │   │   ├── DeviceBusy             the port is held by another process
-    │   │   └── PrinterNotReady        paper out, cover open, offline
+    │   │   ├── PrinterNotReady        paper out, cover open, offline
+    │   │   └── PrintQueueFull         the printer's waiting jobs or the print database at their bound
     │   └── StorageError               the till's own disk refused a write
     │       └── StorageFull            no space left
     └── PermanentError                 the same request will fail the same way
@@ -80,6 +81,7 @@ __all__ = [
     "PermanentError",
     "PrintJobConflict",
     "PrintJobNotFound",
+    "PrintQueueFull",
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
@@ -194,6 +196,13 @@ class DeviceBusy(DeviceError):
 class PrinterNotReady(DeviceError):
     code = "printer_not_ready"
     default_message = "The printer is not ready (paper, cover or offline)."
+
+
+class PrintQueueFull(DeviceError):
+    """Past a print bound ([printing] max_waiting_jobs, max_waiting_mib, max_database_mib): refused, not queued."""
+
+    code = "print_queue_full"
+    default_message = "The printer's queue is full; nothing was queued. Check the printer, then try again."
 
 
 class StorageError(RetryableError):

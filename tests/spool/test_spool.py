@@ -43,7 +43,7 @@ class Rig:
             cfg,
             EscposPrinter(cfg),
             self.store,
-            publish=lambda type_, data, lane: self.events.append((type_, data)),
+            publish=lambda event: self.events.append((event.type, event.data())),
             on_state=lambda h: self.states.append((h.state, h.reason)),
             hold_seconds=hold_seconds,
         )

@@ -373,6 +373,18 @@ class PrintingConfig(Section):
     # A slip held (paper out, cover open, printer away) longer than this is never printed by itself,
     # so it cannot come out for the next customer; it can still be reprinted.
     hold_minutes: float = Field(default=2, gt=0, le=24 * 60)
+    # Bounds, so a printer away never fills the disk: past one a print call is refused (print_queue_full)
+    # and health says so.  Waiting = queued, held or printing, per printer.
+    max_waiting_jobs: int = Field(default=200, ge=1, le=100_000)
+    max_waiting_mib: float = Field(default=32, ge=4, le=4096)  # at least one whole share-port job (4 MiB)
+    max_database_mib: float = Field(default=256, ge=8, le=65536)  # the print database, finished jobs included
+    keep_finished_hours: float = Field(default=24, gt=0, le=24 * 90)  # printed/sent/failed/expired kept for reprints
+
+    @model_validator(mode="after")
+    def _bounds_fit(self) -> PrintingConfig:
+        if self.max_database_mib < 2 * self.max_waiting_mib:
+            raise ValueError("max_database_mib must be at least twice max_waiting_mib (a printer's whole queue)")
+        return self
 
 
 def _host_name(value: str) -> str:

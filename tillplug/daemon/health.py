@@ -272,6 +272,15 @@ class HealthMonitor:
             paper = d.get("paper")
             if paper and paper.get("state") == "error":
                 found.append(_problem("printer_fault", f"printer {d['name']}: {paper.get('reason') or 'fault'}"))
+            queue = d.get("queue")
+            if queue and queue.get("full"):
+                found.append(
+                    _problem(
+                        "print_queue_full",
+                        f"printer {d['name']}: {queue['refused']} print job(s) refused, its queue or the print "
+                        f"database is at its bound ({queue['waiting']} waiting); check the printer.",
+                    )
+                )
         return found
 
     def _engine_problems(self) -> list[dict[str, str]]:

@@ -54,9 +54,12 @@ from tillplug.outbox.store import open_store
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Block, Receipt
 from tillplug.spool import JobStore, PrintSpool, PrintSpools
+from tillplug.spool.jobs import StoreLimits
 from tillplug.spool.sales import SaleTracker
+from tillplug.spool.spool import JobChanged, SpoolEvent
 
 log = logging.getLogger(__name__)
+PRUNE_CHECKOUTS_EVERY = 3600.0  # seconds between prunes of finished checkouts (and once at start)
 
 
 class _ApiServer(uvicorn.Server):
@@ -166,10 +169,11 @@ class Daemon:
         finally:
             self.events.unsubscribe(queue)
 
-    def _print_event(self, type_: str, data: dict[str, Any], lane: int | None) -> None:
-        """A print job changed state: the till hears it, the metrics count it."""
-        self.events.publish(type_, data, lane=lane)
-        self.metrics.print_jobs.labels(data["printer"], data["state"]).inc()
+    def _print_event(self, event: SpoolEvent) -> None:
+        """A print job changed state (the till hears it, the metrics count it) or did not print (the till hears why)."""
+        self.events.publish(event.type, event.data(), lane=event.lane)
+        if isinstance(event, JobChanged):
+            self.metrics.print_jobs.labels(event.job.printer, event.job.state.value).inc()
 
     async def _print_on_lane(self, lane: int, receipt: Receipt) -> dict[str, Any]:
         return await self.spools.submit(lane, receipt)
@@ -204,7 +208,10 @@ class Daemon:
         return view
 
     def _device_views(self) -> list[dict[str, Any]]:
-        printers = [{**p.health.to_dict(), "paper": p.last_status.to_dict()} for p in self.printers.values()]
+        printers = [
+            {**p.health.to_dict(), "paper": p.last_status.to_dict(), "queue": p.queue_view()}
+            for p in self.printers.values()
+        ]
         return [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers
 
     async def check_outbox_limits(self) -> bool:
@@ -233,10 +240,24 @@ class Daemon:
         return over
 
     async def _outbox_alarm(self, every: float = 60.0) -> None:
+        pruned_at = 0.0
         while not self.stop_event.is_set():
             await self.check_outbox_limits()
+            if time.monotonic() - pruned_at > PRUNE_CHECKOUTS_EVERY or not pruned_at:
+                pruned_at = time.monotonic()
+                await self._prune_checkouts()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), every)
+
+    async def _prune_checkouts(self) -> None:
+        """Finished checkouts past their keep time go (tillplug.flows.checkouts.KEEP_FINISHED_CHECKOUTS)."""
+        try:
+            gone = await asyncio.to_thread(self.loyalty.checkouts.prune_finished)
+        except Exception:  # a failed prune is retried next time; it must not stop the alarm
+            log.exception("pruning finished checkouts failed")
+            return
+        if gone:
+            log.info("pruned %d finished checkout(s)", gone)
 
     async def _watchdog(self, interval: float) -> None:
         # Fed from the event loop itself: a hung loop stops the pings and systemd restarts us.
@@ -270,7 +291,9 @@ class Daemon:
         self.deliverer = Deliverer(
             self.store, self.client, pacer=Pacer(pacing_policy(cfg.outbox), traffic=self.traffic)
         )
-        self.spools = PrintSpools(JobStore(cfg.state_dir / "print_jobs.sqlite3"))
+        self.spools = PrintSpools(
+            JobStore(cfg.state_dir / "print_jobs.sqlite3", limits=StoreLimits.from_config(cfg.printing))
+        )
         self._opened.callback(self.spools.store.close)
         self.sales = SaleTracker()
         self._tasks.append(asyncio.ensure_future(self._follow_sales()))
@@ -400,6 +423,7 @@ class Daemon:
                 self.spools.remove(name)
         self.config = new.model_copy(update={"engine": old.engine, "api": old.api, "state_dir": old.state_dir})
         self.loyalty.reconfigure(self.config)
+        self.spools.store.limits = StoreLimits.from_config(self.config.printing)
         self._repace(pacing_policy(self.config.outbox))
         self.router.reconfigure(self.config)
         for name, cfg in new_s.items():

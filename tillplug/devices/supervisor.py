@@ -42,6 +42,7 @@ class DeviceState(enum.Enum):
     READY = "ready"
     STALE = "stale"  # was there, went away; reopening
     ERROR = "error"  # cannot be used as configured (busy, no driver, bad settings)
+    UNKNOWN = "unknown"  # a printer that takes jobs but has not confirmed the last few: maybe not printing
 
 
 @dataclass

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS member_cache (
 # Columns added after the first release: (table, column, definition).
 MIGRATIONS = (("deductions", "pending", "INTEGER NOT NULL DEFAULT 0"),)
 MEMBER_CACHE_ROWS = 50_000
+# A completed or voided checkout is kept this long (a POS's late retry, a look-up), then pruned with its
+# spends and burns, once none of them is still being sent or looked up: the table does not grow forever.
+KEEP_FINISHED_CHECKOUTS = 30 * 86400.0
 
 
 @dataclass
@@ -303,6 +306,24 @@ class CheckoutStore:
             "SELECT member_id FROM member_cache WHERE ident_hash=? AND expires >= ?", (ident_hash(ident), time.time())
         )
         return str(rows[0][0]) if rows else None
+
+    def prune_finished(self, now: float | None = None) -> int:
+        """Drop checkouts finished before ``KEEP_FINISHED_CHECKOUTS`` with nothing unsettled; how many went."""
+        cutoff = (time.time() if now is None else now) - KEEP_FINISHED_CHECKOUTS
+        with self.transaction() as tx:
+            old = [
+                r[0]
+                for r in tx.execute(
+                    "SELECT tx_id FROM checkouts WHERE state != 'open' AND updated < ?"
+                    " AND tx_id NOT IN (SELECT tx_id FROM deductions WHERE state IN ('sending', 'unknown'))"
+                    " AND tx_id NOT IN (SELECT tx_id FROM burns WHERE state IN ('sending', 'unknown'))"
+                    " LIMIT 5000",
+                    (cutoff,),
+                )
+            ]
+            for table in ("deductions", "burns", "checkouts"):
+                tx.execute(f"DELETE FROM {table} WHERE tx_id IN (SELECT value FROM json_each(?))", (json.dumps(old),))
+        return len(old)
 
     def open_checkouts(self) -> Iterator[tuple[int, str]]:
         for row in self.outbox.query("SELECT lane, tx_id FROM checkouts WHERE state='open' ORDER BY created"):

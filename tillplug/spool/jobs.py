@@ -3,19 +3,27 @@
 Job life::
 
     queued ──claim──► printing ──► printed   the printer confirmed after the cut
-       │  ▲                   ├──► sent      written; this connection cannot answer
-       │  │ fault cleared     ├──► held      paper out, cover open, printer away (printed when it clears)
+       │  ▲                   ├──► sent      written; the printer cannot or did not confirm it
+       │  │ fault cleared     ├──► held      paper out, cover open, printer away: found before writing
        ▼  │                   └──► failed    the printer took part of it, or the bytes cannot be printed
      held ──(hold_minutes)──► expired        never printed by itself: no slip for the next customer
     queued/held ──DELETE──► cancelled
 
-A reprint is a new job with the same bytes.  The methods block: callers on the event loop use
+A job's bytes go to the printer at most once: a job is written only when claimed from queued/held,
+and once written it ends printed, sent or failed, never held (so never claimed again).  Held is
+only ever a job nothing was written of.  A reprint is a new job with the same bytes.
+
+Bounded (``StoreLimits``, from ``[printing]``): waiting jobs and their bytes per printer, and the
+database's size; finished jobs are pruned after ``keep_finished_seconds`` (and beyond
+``KEEP_FINISHED`` rows), oldest first when a new job needs the room.  Past a bound ``add`` refuses
+with ``PrintQueueFull``: the disk never fills.  The methods block: callers on the event loop use
 ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tillplug.errors import PrintQueueFull, StorageError, StorageFull
+
+log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS print_jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,6 +52,36 @@ CREATE TABLE IF NOT EXISTS print_jobs (
 CREATE INDEX IF NOT EXISTS print_jobs_next ON print_jobs (printer, state, id);
 """
 KEEP_FINISHED = 2000  # finished jobs kept for GET /v1/print/jobs and reprints; older ones are pruned
+MIB = 1 << 20
+WAL_LIMIT = 4 * MIB  # the write-ahead log is cut back to this after each checkpoint
+ROW_OVERHEAD = 256  # what a job's row costs beyond its bytes, for the database bound
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """The print bounds (``[printing]`` in the config; these defaults are its defaults)."""
+
+    max_waiting_jobs: int = 200  # per printer: queued, held and printing
+    max_waiting_bytes: int = 32 * MIB  # per printer, the waiting jobs' bytes together
+    max_database_bytes: int = 256 * MIB  # the print database, finished jobs included
+    keep_finished_seconds: float = 24 * 3600.0  # printed, sent, failed, expired, cancelled jobs kept this long
+
+    @classmethod
+    def from_config(cls, printing: Any) -> StoreLimits:
+        return cls(
+            max_waiting_jobs=int(printing.max_waiting_jobs),
+            max_waiting_bytes=int(printing.max_waiting_mib * MIB),
+            max_database_bytes=int(printing.max_database_mib * MIB),
+            keep_finished_seconds=float(printing.keep_finished_hours * 3600),
+        )
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """One printer's waiting jobs (queued, held, printing) and their bytes."""
+
+    waiting: int = 0
+    waiting_bytes: int = 0
 
 
 class JobState(enum.StrEnum):
@@ -55,6 +96,7 @@ class JobState(enum.StrEnum):
 
 
 WAITING = (JobState.QUEUED, JobState.HELD)
+FINISHED = "state NOT IN ('queued', 'held', 'printing')"
 
 
 @dataclass(frozen=True)
@@ -104,13 +146,28 @@ _COLUMNS = "id, printer, lane, kind, source, state, reason, reprint_of, created,
 
 
 class JobStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        # Pages freed by pruning go back to the file system (incremental_vacuum after each prune).
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         self._db.execute("PRAGMA synchronous=NORMAL")  # a slip lost to a power cut is reprinted, not owed
         self._db.executescript(SCHEMA)
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._lock = threading.Lock()
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            self._convert()
+
+    def _convert(self) -> None:
+        """A database made before the bounds: prune it, then rebuild it once so freed space can go back."""
+        self._prune(time.time())
+        try:
+            self._db.execute("VACUUM")  # needs free space as large as what is left; pruned first for that
+        except sqlite3.Error as exc:  # the bounds still hold on the pages in use; only the file stays large
+            log.warning("print database not rebuilt (%s); its file shrinks once it can be", exc)
 
     def close(self) -> None:
         with self._lock:
@@ -131,20 +188,102 @@ class JobStore:
         hold_seconds: float,
         reprint_of: int | None = None,
     ) -> PrintJob:
+        """Store a queued job; ``PrintQueueFull`` past a bound, ``StorageError`` if the disk refuses."""
         now = time.time()
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO print_jobs (printer, lane, kind, source, data, state, reprint_of, created, updated, "
-                "expires) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (printer, lane, kind, source, data, reprint_of, now, now, now + hold_seconds),
-            )
-            self._db.execute(  # the history is bounded; waiting jobs are never pruned
-                "DELETE FROM print_jobs WHERE id <= ? AND state NOT IN ('queued', 'held', 'printing')",
-                (int(cur.lastrowid or 0) - KEEP_FINISHED,),
-            )
-            job = self._one(int(cur.lastrowid or 0))
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._check_room(printer, len(data), now)
+                    cur = self._db.execute(
+                        "INSERT INTO print_jobs (printer, lane, kind, source, data, state, reprint_of, created, "
+                        "updated, expires) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        (printer, lane, kind, source, data, reprint_of, now, now, now + hold_seconds),
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("PRAGMA incremental_vacuum")
+                job = self._one(int(cur.lastrowid or 0))
+        except sqlite3.Error as exc:  # translated here: the one boundary a print call crosses
+            if "full" in str(exc).lower():
+                raise StorageFull(f"The print database cannot grow: {exc}.") from exc
+            raise StorageError(f"The print database refused the job: {exc}.") from exc
         assert job is not None
         return job
+
+    def _check_room(self, printer: str, size: int, now: float) -> None:
+        """Inside add's transaction: the printer's bounds, then the database's (finished jobs make room)."""
+        limits = self.limits
+        figures = self._figures(printer)
+        if figures.waiting >= limits.max_waiting_jobs:
+            raise PrintQueueFull(
+                f"Printer {printer} has {figures.waiting} jobs waiting, its bound ([printing] max_waiting_jobs); "
+                "nothing was queued. Check the printer."
+            )
+        if figures.waiting_bytes + size > limits.max_waiting_bytes:
+            raise PrintQueueFull(
+                f"Printer {printer} has {figures.waiting_bytes // 1024} KiB waiting; {size // 1024} KiB more is "
+                f"past its bound of {limits.max_waiting_bytes // MIB} MiB ([printing] max_waiting_mib); nothing "
+                "was queued. Check the printer."
+            )
+        self._prune(now)
+        need = size + ROW_OVERHEAD
+        while self._used() + need > limits.max_database_bytes:
+            gone = self._db.execute(
+                f"DELETE FROM print_jobs WHERE id IN (SELECT id FROM print_jobs WHERE {FINISHED} ORDER BY id LIMIT 20)"
+            ).rowcount
+            if not gone:
+                raise PrintQueueFull(
+                    f"The print database is at its bound of {limits.max_database_bytes // MIB} MiB ([printing] "
+                    f"max_database_mib) with jobs still waiting; nothing was queued for printer {printer}."
+                )
+
+    def _figures(self, printer: str) -> QueueFigures:
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(data)), 0) FROM print_jobs "
+            "WHERE printer = ? AND state IN ('queued', 'held', 'printing')",
+            (printer,),
+        ).fetchone()
+        return QueueFigures(int(row[0]), int(row[1]))
+
+    def _used(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages - free) * self._page_size
+
+    def _prune(self, now: float) -> int:
+        """Finished jobs past their keep time, and beyond the newest KEEP_FINISHED; waiting jobs never."""
+        last = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM print_jobs").fetchone()[0]
+        return int(
+            self._db.execute(
+                f"DELETE FROM print_jobs WHERE {FINISHED} AND (updated < ? OR id <= ?)",
+                (now - self.limits.keep_finished_seconds, int(last) + 1 - KEEP_FINISHED),  # the new job counts
+            ).rowcount
+        )
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop finished jobs past their keep time (the spool calls this now and then); how many went."""
+        with self._lock:
+            gone = self._prune(time.time() if now is None else now)
+            if gone:
+                self._db.execute("PRAGMA incremental_vacuum")
+            return gone
+
+    def figures(self, printer: str) -> QueueFigures:
+        with self._lock:
+            return self._figures(printer)
+
+    def used_bytes(self) -> int:
+        """The database's pages in use (freed pages not counted)."""
+        with self._lock:
+            return self._used()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database and cut it back."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def get(self, job_id: int) -> PrintJob | None:
         with self._lock:

@@ -3,7 +3,10 @@
 Before a job: (re)connect if the connection is closed or died (a network printer that restarted),
 then ask the printer's status where the connection can answer.  After the cut: ask again.
 Only an answer after the cut makes a job ``printed``; a connection that cannot answer makes it
-``sent``.  A printer that has answered before and now does not is treated as away.
+``sent``.  A printer that has answered before and now does not is treated as away before a job
+(nothing written, the job is held); after a job's bytes are written nothing makes it held again:
+no answer after the cut is ``sent`` ("did not confirm"), so the same bytes never go out twice.
+``unconfirmed`` counts the jobs in a row the printer has not confirmed on a wire that could answer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class PrinterLink:
         # Connected, asked, never answered: a printer without status (or a wire that drops it); not asked
         # again on this connection, so each slip does not wait status_timeout for nothing.
         self.silent = False
+        self.unconfirmed = 0  # jobs in a row written to a printer that could confirm them and did not
 
     def _ensure_open(self) -> None:
         if self._open and self.driver.alive():
@@ -87,12 +91,20 @@ class PrinterLink:
             # Part of the slip may be out: not repeated by itself (a reprint is one call away).
             return before, Outcome(JobState.FAILED, reason, reason, away=True)
         if before.state is PrinterState.UNKNOWN and not self.answered:
+            self._unconfirmed()
             return before, Outcome(JobState.SENT, before.reason)
         after = self._status()
         if after.state in (PrinterState.OK, PrinterState.WARNING):
+            self.unconfirmed = 0
             return after, Outcome(JobState.PRINTED, after.reason)
         if after.state is PrinterState.ERROR:
             return after, Outcome(JobState.FAILED, f"{after.reason} while printing", after.reason)
+        # Written, then no answer: it may well have printed.  Sent, never held (held jobs are printed
+        # again); the next job reconnects and asks first, so a printer really gone is noticed then.
         self.close()
-        reason = "printer away: it did not confirm the slip"
-        return after, Outcome(JobState.HELD, reason, reason, away=True)
+        self._unconfirmed()
+        return after, Outcome(JobState.SENT, "sent; the printer did not confirm it")
+
+    def _unconfirmed(self) -> None:
+        if self.driver.answers_status():  # a wire that cannot answer is not the printer's silence
+            self.unconfirmed += 1

@@ -5,6 +5,11 @@ Print calls add a job and return at once; the task prints jobs in order, one who
 print (paper out, cover open, away), the breaker is open: new jobs are held at once instead of each
 waiting on the printer, and the task probes every ``PROBE_EVERY`` seconds; when the printer is back,
 held jobs that have not expired print in order.  Health reads what the task last saw, never the wire.
+
+What the spool tells the daemon are typed events (``JobChanged``, ``JobNotPrinted``), each with its
+own fields.  Health and the device state are updated before anyone is told, and a listener that
+raises is logged, never allowed to stop the task: once a listener's KeyError on an event without a
+``printer`` aborted every step, so held jobs went untold and health said ``ok`` for good.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
 from tillplug.devices.supervisor import DeviceHealth, DeviceState, should_log
+from tillplug.errors import PrintQueueFull
 from tillplug.receipts.layout import Block, Receipt
-from tillplug.spool.jobs import JobState, JobStore, PrintJob
+from tillplug.spool.jobs import JobState, JobStore, PrintJob, QueueFigures
 from tillplug.spool.link import Outcome, PrinterLink
 from tillplug.spool.sales import insert_before_cut
 from tillplug.spool.share import SharePort
@@ -27,8 +34,48 @@ from tillplug.spool.share import SharePort
 log = logging.getLogger(__name__)
 PROBE_EVERY = 0.5  # while the printer cannot print: a return is noticed within this plus the connect timeout
 IDLE_CHECK_EVERY = 5.0  # with nothing to print: ask the printer now and then, so health stays true
+PRUNE_EVERY = 300.0  # finished jobs past their keep time are dropped this often (and on every add)
+# A printer that could confirm slips and has not confirmed this many in a row is "unknown", not "ready":
+# its jobs end "sent" (never resent), and health says they may not have printed.  Two can be a slow
+# printer's status reply; three in a row is a pattern the technician should see.
+UNCONFIRMED_LIMIT = 3
+UNCONFIRMED_REASON = f"has not confirmed {UNCONFIRMED_LIMIT} slips in a row: sent, maybe not printed"
 
-Publish = Callable[[str, dict[str, Any], int | None], object]
+
+@dataclass(frozen=True)
+class JobChanged:
+    """A job moved to a new state: the till hears ``print_job`` with the job's API view."""
+
+    job: PrintJob
+    type: ClassVar[str] = "print_job"
+
+    @property
+    def lane(self) -> int:
+        return self.job.lane
+
+    def data(self) -> dict[str, Any]:
+        return self.job.to_dict()
+
+
+@dataclass(frozen=True)
+class JobNotPrinted:
+    """A job was held or failed: the till hears ``error`` with a sentence for the cashier."""
+
+    job: PrintJob
+    message: str
+    type: ClassVar[str] = "error"
+    code: ClassVar[str] = "printer_not_ready"
+
+    @property
+    def lane(self) -> int:
+        return self.job.lane
+
+    def data(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "job": self.job.id, "printer": self.job.printer}
+
+
+SpoolEvent = JobChanged | JobNotPrinted
+Publish = Callable[[SpoolEvent], object]
 
 
 class PrintSpool:
@@ -38,7 +85,7 @@ class PrintSpool:
         driver: PrinterDriver,
         store: JobStore,
         *,
-        publish: Publish = lambda type_, data, lane: None,
+        publish: Publish = lambda event: None,
         on_state: Callable[[DeviceHealth], None] = lambda h: None,
         hold_seconds: float = 120.0,
         till_block: Callable[[int], list[Block] | None] | None = None,
@@ -54,6 +101,9 @@ class PrintSpool:
         self.health = DeviceHealth(config.name, "printer")
         self.last_status = PrinterStatus(PrinterState.UNKNOWN, "not asked yet")
         self.fault: str | None = None  # the breaker: open while set
+        self.queue = QueueFigures()  # waiting jobs and bytes, as last counted (health reads this)
+        self.refused = 0  # jobs refused past a bound since the queue last had room
+        self._pruned_at = time.monotonic()
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -69,19 +119,44 @@ class PrintSpool:
     async def submit(
         self, data: bytes, kind: str, *, source: str = "tillplug", hold_seconds: float | None = None
     ) -> PrintJob:
-        """Queue bytes for this printer; returns the queued job at once."""
+        """Queue bytes for this printer; returns the queued job at once (``PrintQueueFull`` past a bound)."""
         hold = self.hold_seconds if hold_seconds is None else hold_seconds
         if source == "till" and kind == "raw" and self.till_block is not None:
             blocks = self.till_block(self.config.lane)
             if blocks:
                 rendered = await asyncio.to_thread(self.driver.render, Receipt("loyalty", blocks))
                 data = insert_before_cut(data, rendered.removeprefix(b"\x1b@"))  # no reset inside the till's job
-        job = await asyncio.to_thread(
-            self.store.add, self.name, self.config.lane, kind, source, data, hold_seconds=hold
-        )
+        try:
+            job = await asyncio.to_thread(
+                self.store.add, self.name, self.config.lane, kind, source, data, hold_seconds=hold
+            )
+        except PrintQueueFull:
+            self.refused += 1
+            if should_log(self.refused):
+                log.error("printer %s: print queue full, %d job(s) refused", self.name, self.refused)
+            raise
         self._changed(job)
         self._wake.set()
         return job
+
+    def queue_view(self) -> dict[str, Any]:
+        """The queue's figures for health: ``full`` once a job was refused, until a job leaves the queue."""
+        limits = self.store.limits
+        return {
+            "waiting": self.queue.waiting,
+            "waitingBytes": self.queue.waiting_bytes,
+            "maxWaitingJobs": limits.max_waiting_jobs,
+            "maxWaitingBytes": limits.max_waiting_bytes,
+            "refused": self.refused,
+            "full": self.refused > 0,
+        }
+
+    def tell(self, event: SpoolEvent) -> None:
+        """Tell the daemon; whatever its listener raises, the spool goes on (and says so in the log)."""
+        try:
+            self.publish(event)
+        except Exception:
+            log.exception("printer %s: the %s event for job %d could not be told", self.name, event.type, event.job.id)
 
     async def status(self) -> PrinterStatus:
         """What the printer said last (health never waits on the wire)."""
@@ -119,6 +194,7 @@ class PrintSpool:
     async def _step(self) -> None:
         for job in await asyncio.to_thread(self.store.expire, self.name):
             self._changed(job)
+        await self._count()
         if self.fault is not None:
             for job in await asyncio.to_thread(self.store.hold_queued, self.name, self.fault):
                 self._changed(job)  # fail fast while the printer cannot print
@@ -127,6 +203,9 @@ class PrintSpool:
                 return
         claimed = await asyncio.to_thread(self.store.claim, self.name)
         if claimed is None:
+            if time.monotonic() - self._pruned_at > PRUNE_EVERY:
+                self._pruned_at = time.monotonic()
+                await asyncio.to_thread(self.store.prune)
             if await self._sleep(IDLE_CHECK_EVERY) is False:
                 await self._probe()
             return
@@ -139,9 +218,16 @@ class PrintSpool:
             await asyncio.to_thread(self.link.close)
             status, outcome = self.last_status, Outcome(JobState.FAILED, f"driver error: {type(exc).__name__}")
         moved = await asyncio.to_thread(self.store.move, job.id, outcome.state, outcome.reason)
+        self._saw(status, outcome if outcome.fault else None)  # health first: telling the till may fail
         if moved is not None:
             self._changed(moved)
-        self._saw(status, outcome if outcome.fault else None)
+
+    async def _count(self) -> None:
+        """The queue's figures for health; a job that left the queue ends a refusal's "full"."""
+        figures = await asyncio.to_thread(self.store.figures, self.name)
+        if figures.waiting < self.queue.waiting or figures.waiting_bytes < self.queue.waiting_bytes:
+            self.refused = 0
+        self.queue = figures
 
     async def _probe(self) -> bool:
         """Ask the printer; True when it can print."""
@@ -162,23 +248,27 @@ class PrintSpool:
     # -- telling the till ------------------------------------------------------------
 
     def _changed(self, job: PrintJob) -> None:
-        self.publish("print_job", job.to_dict(), job.lane)
+        self.tell(JobChanged(job))
         if job.state in (JobState.FAILED, JobState.HELD):
             # The job's reason is the technician's detail; the cashier gets a sentence.
-            sentence = cashier_sentence(self.name, job.state, job.reason)
-            self.publish("error", {"code": "printer_not_ready", "message": sentence, "job": job.id}, job.lane)
+            self.tell(JobNotPrinted(job, cashier_sentence(self.name, job.state, job.reason)))
 
     def _saw(self, status: PrinterStatus, fault: Outcome | None) -> None:
         self.last_status = status
         h = self.health
         if fault is None:
-            if self.fault is not None or h.state is not DeviceState.READY:
-                if h.failures:
-                    h.reconnects += 1
-                    log.info("printer %s can print again after %d failed check(s)", self.name, h.failures)
-                h.failures = 0
-                self.fault = None
+            if h.failures:
+                h.reconnects += 1
+                log.info("printer %s can print again after %d failed check(s)", self.name, h.failures)
+            h.failures = 0
+            cleared, self.fault = self.fault is not None, None
+            if self.link.unconfirmed >= UNCONFIRMED_LIMIT:
+                if h.state is not DeviceState.UNKNOWN:
+                    log.warning("printer %s %s", self.name, UNCONFIRMED_REASON)
+                self._set(DeviceState.UNKNOWN, UNCONFIRMED_REASON)
+            else:
                 self._set(DeviceState.READY, status.reason if status.state is PrinterState.WARNING else "")
+            if cleared:
                 self._wake.set()
             return
         h.failures += 1
@@ -191,7 +281,10 @@ class PrintSpool:
         h = self.health
         if h.state is not state or h.reason != reason:
             h.state, h.reason, h.since = state, reason, time.time()
-            self.on_state(h)
+            try:
+                self.on_state(h)
+            except Exception:  # the state above is what health reads; a listener's bug does not undo it
+                log.exception("printer %s: the device state could not be told", self.name)
 
 
 # What the cashier is told, by what the printer or the wire said (the reason names the cause).

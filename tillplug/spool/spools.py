@@ -18,7 +18,7 @@ from tillplug.errors import (
     TillplugError,
 )
 from tillplug.spool.jobs import WAITING, JobState, JobStore, PrintJob
-from tillplug.spool.spool import PrintSpool
+from tillplug.spool.spool import JobChanged, PrintSpool
 
 DRAWER_HOLD_SECONDS = 5.0  # a drawer that opens long after the cashier asked is worse than one that does not
 
@@ -102,19 +102,14 @@ class PrintSpools:
                 self.store.move, job_id, JobState.CANCELLED, "reprinted", only_from=WAITING
             )
             if cancelled is not None:
-                spool.publish("print_job", cancelled.to_dict(), cancelled.lane)
+                spool.tell(JobChanged(cancelled))
         data = await asyncio.to_thread(self.store.data, job_id)
+        # A drawer kick keeps its own short hold: a drawer opening minutes after the cashier asked is worse.
+        hold = DRAWER_HOLD_SECONDS if old.kind == "drawer" else spool.hold_seconds
         job = await asyncio.to_thread(
-            self.store.add,
-            old.printer,
-            old.lane,
-            old.kind,
-            old.source,
-            data,
-            hold_seconds=spool.hold_seconds,
-            reprint_of=job_id,
+            self.store.add, old.printer, old.lane, old.kind, old.source, data, hold_seconds=hold, reprint_of=job_id
         )
-        spool.publish("print_job", job.to_dict(), job.lane)
+        spool.tell(JobChanged(job))
         spool.wake()
         return job.summary()
 
@@ -125,5 +120,5 @@ class PrintSpools:
             raise PrintJobConflict(f"Print job {job_id} is already {old.state.value}.")
         spool = self.spools.get(job.printer)
         if spool is not None:
-            spool.publish("print_job", job.to_dict(), job.lane)
+            spool.tell(JobChanged(job))
         return job.to_dict()
