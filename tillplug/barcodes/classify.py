@@ -39,7 +39,7 @@ class Classified:
     code: str  # the part of the scan that matters (the named group "code", else all of it)
     text: str
     symbology: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)  # for "other": GTIN / GS1 fields
+    details: dict[str, Any] = field(default_factory=dict)  # for "other": GTIN / GS1 fields, if read
 
     @property
     def member_id_kind(self) -> str | None:
@@ -60,16 +60,15 @@ class Classifier:
             (ScanKind.VOUCHER, [regex.compile(r) for r in rules.voucher]),
         ]
 
-    def classify(self, text: str, symbology: str | None = None) -> Classified:
+    def classify(self, text: str, symbology: str | None = None, *, read_product: bool = True) -> Classified:
+        """``read_product=False``: without ``details`` (biip reading a product code), which routing, on the
+        scanner's own thread, must not wait for; ``gs1_details`` reads them later."""
         kind, m = self._match(text, symbology)
         if m is None:
-            return Classified(ScanKind.OTHER, text, text, symbology, gs1_details(text, symbology))
+            details = gs1_details(text, symbology) if read_product else {}
+            return Classified(ScanKind.OTHER, text, text, symbology, details)
         code = m.groupdict().get("code") or m.group(0)
         return Classified(kind, code, text, symbology)
-
-    def kind_of(self, text: str, symbology: str | None = None) -> ScanKind:
-        """The kind alone, without reading product codes (what routing a scan needs, fast)."""
-        return self._match(text, symbology)[0]
 
     def _match(self, text: str, symbology: str | None) -> tuple[ScanKind, regex.Match[str] | None]:
         if symbology in GS1_SYMBOLOGIES or "\x1d" in text:

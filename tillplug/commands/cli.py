@@ -675,12 +675,12 @@ def _sniff_router(args: argparse.Namespace) -> Callable[[bytes], list[str]] | No
             text = decode(frame)
             if text is None:
                 continue
-            kind = classifier.kind_of(text.text, text.symbology)
-            where = decide(kind, pass_loyalty=pass_loyalty)
+            classified = classifier.classify(text.text, text.symbology, read_product=False)
+            where = decide(classified.kind, pass_loyalty=pass_loyalty)
             passing = PassThrough.WITHHELD if where is Route.LOYALTY else PassThrough.NONE
             if where is not Route.LOYALTY and has_till:
                 passing = PassThrough.PASSED
-            lines.append(f"{text.text!r}: {Decision(kind, where, passing).describe()}")
+            lines.append(f"{text.text!r}: {Decision(classified, where, passing).describe()}")
         return lines
 
     return route

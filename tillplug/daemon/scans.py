@@ -1,7 +1,8 @@
-"""Scan routing, in one place: bytes → scan → classification → loyalty, the till, or both.
+"""The scan path, in one place: bytes → frame → classify once → the till and/or loyalty → outcome → feedback.
 
-Every frame a scanner driver completes comes here, in the order the scanner sent it,
-on the thread that read it.  ``decide`` says where it goes:
+Every frame a scanner driver completes comes to ``Router.on_scan``, in the order the
+scanner sent it, on the thread that read it.  There the text is classified, once (no
+product details yet: those wait for the loop), and ``decide`` says where it goes:
 
     member card, engine voucher  → loyalty (consumed; also to the till with ``pass_loyalty``)
     shop-managed code, product,
@@ -10,35 +11,36 @@ on the thread that read it.  ``decide`` says where it goes:
 A scan for the till is passed on at once, before the loyalty side sees anything,
 so a slow engine never delays the till: through the scanner's ``till_port`` (a pty
 the till opens as if it were the scanner, written byte for byte as the scanner sent
-it), or re-typed by a keyboard scanner's driver.  Every scan with text also goes to
-the flows, which tell the till on the event stream; the decision travels in that
-``scan`` event (``route``, ``passThrough``), added here by ``ScanEvents`` so the
-flows need not know about routing.  After a consumed scan, the outcome the flows
-published decides the feedback sent to the scanner ("good" or "bad").
+it), or re-typed by a keyboard scanner's driver.  Every scan with text then goes to
+the event loop (``consume``, wired by the daemon), where ``Router.handle`` tells the
+till (the ``scan`` event, with the decision: ``route``, ``passThrough``), hands a card
+or voucher to the flows with the classification made here (``Loyalty.scan``), and
+sends the scanner "good" or "bad" from the ``ScanOutcome`` that call returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from tillplug.barcodes.classify import Classifier, ScanKind
+from tillplug.barcodes.classify import Classified, Classifier, ScanKind, gs1_details
 from tillplug.barcodes.framing import Frame
 from tillplug.config.model import Config, ScannerConfig
 from tillplug.devices.supervisor import Scan, ScannerSupervisor
 from tillplug.devices.till_port import PassThrough, TillPort
+from tillplug.engine.traffic import use_case
 from tillplug.errors import DeviceGone
-from tillplug.flows.events import EventBus, TillEvent
+from tillplug.flows.events import ScanOutcome, ScanResult
+from tillplug.flows.loyalty import Loyalty
+from tillplug.logs import mask
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Route(enum.Enum):
 
 
 CONSUMED = {ScanKind.MEMBER, ScanKind.VOUCHER}
+GOOD = {ScanResult.MEMBER_FOUND, ScanResult.MEMBER_ATTACHED, ScanResult.VOUCHER_CHECKED, ScanResult.VOUCHER_ACCEPTED}
+BAD = {ScanResult.MEMBER_NOT_FOUND, ScanResult.VOUCHER_REFUSED, ScanResult.FAILED}
 
 
 def decide(kind: ScanKind | None, *, pass_loyalty: bool = False) -> Route:
@@ -59,11 +63,25 @@ def decide(kind: ScanKind | None, *, pass_loyalty: bool = False) -> Route:
     return Route.TILL
 
 
+def verdict(outcome: ScanOutcome) -> str | None:
+    """What the scanner is told: "good", "bad", or None (nothing yet: a pending burn is settled later)."""
+    if outcome.result in BAD or outcome.slip_failed:  # a slip that could not print: the cashier looks at the till
+        return "bad"
+    return "good" if outcome.result in GOOD else None
+
+
 @dataclass(frozen=True)
 class Decision:
-    kind: ScanKind | None
+    """What routing made of one scan: its classification (None: a frame with no text), where it goes,
+    and whether the till got it."""
+
+    classified: Classified | None
     route: Route
     pass_through: PassThrough
+
+    @property
+    def kind(self) -> ScanKind | None:
+        return self.classified.kind if self.classified else None
 
     def event_fields(self) -> dict[str, str]:
         return {"route": self.route.value, "passThrough": self.pass_through.value}
@@ -84,47 +102,9 @@ class Decision:
 # -- the router ---------------------------------------------------------------------------------
 
 
-@dataclass
-class ScanRecord:
-    """One consumed scan on its way through the flows: what was decided, what came of it."""
-
-    scan: Scan
-    decision: Decision
-    events: list[TillEvent] = field(default_factory=list)
-
-    def outcome(self) -> str | None:
-        """good, bad, or None (nothing the scanner should signal)."""
-        verdict = None
-        for event in self.events:
-            if event.type == "error" or (event.type == "voucher_result" and not event.data.get("ok")):
-                return "bad"
-            if event.type in ("member_found", "member_attached", "voucher_result"):
-                verdict = "good"
-        return verdict
-
-
-_current: contextvars.ContextVar[ScanRecord | None] = contextvars.ContextVar("tillplug_scan", default=None)
-
-
-class ScanEvents(EventBus):
-    """The event bus, aware of the scan being handled (a context variable: the scan's own task).
-
-    The ``scan`` event the flows publish gets the routing decision; every event published while
-    the flows handle a scan is kept on its record, for the feedback at the scanner.
-    """
-
-    def publish(self, type_: str, data: dict[str, Any] | None = None, *, lane: int | None = None) -> TillEvent:
-        record = _current.get()
-        if record is not None and type_ == "scan":
-            data = {**(data or {}), **record.decision.event_fields()}
-        event = super().publish(type_, data, lane=lane)
-        if record is not None:
-            record.events.append(event)
-        return event
-
-
 class Router:
-    """Routes every frame of every scanner; thread-safe; one per daemon."""
+    """The scan path of every scanner, one per daemon: ``on_scan`` on the reader threads (thread-safe),
+    ``handle`` on the event loop."""
 
     def __init__(self, config: Config, consume: Callable[[Scan, Decision], None]) -> None:
         self.consume = consume
@@ -133,6 +113,7 @@ class Router:
         self.reconfigure(config)
         # device → the way to the till: a TillPort's send, or a keyboard driver's re-typing
         self.sinks: dict[str, Callable[[Scan], PassThrough]] = {}
+        self.senders: dict[str, Callable[[bytes], bool]] = {}  # device → its way to the scanner, for feedback
         self.routed: Counter[tuple[str, str]] = Counter()  # (device, route)
         self.dropped: Counter[tuple[str, str]] = Counter()  # (device, reason)
         self.feedback_sent: Counter[tuple[str, str]] = Counter()  # (device, good|bad)
@@ -142,6 +123,7 @@ class Router:
 
     def attach(self, cfg: ScannerConfig, supervisor: ScannerSupervisor, loop: asyncio.AbstractEventLoop) -> None:
         """The way to the till for one scanner: its till_port, or its driver re-typing (keyboard scanners)."""
+        self.senders[cfg.name] = supervisor.send_to_scanner
         if cfg.till_port is not None:
             self.open_till_port(cfg, loop)
         elif cfg.retype and getattr(supervisor.driver_cls, "passes_through", False):
@@ -156,6 +138,7 @@ class Router:
             self.sinks[cfg.name] = retype
 
     def detach(self, name: str) -> None:
+        self.senders.pop(name, None)
         self.close_till_port(name)
 
     def open_till_port(self, cfg: ScannerConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -197,13 +180,13 @@ class Router:
             if self._last_passed.get(scan.device):
                 self._pass(scan)
             return
-        kind = self.classifier.kind_of(scan.text, scan.symbology) if scan.text else None
-        route = decide(kind, pass_loyalty=bool(cfg and cfg.pass_loyalty))
+        classified = self.classifier.classify(scan.text, scan.symbology, read_product=False) if scan.text else None
+        route = decide(classified.kind if classified else None, pass_loyalty=bool(cfg and cfg.pass_loyalty))
         passed = PassThrough.WITHHELD
         if route is not Route.LOYALTY:
             passed = self._pass(scan)
         self._last_passed[scan.device] = passed is PassThrough.PASSED
-        decision = Decision(kind, route, passed)
+        decision = Decision(classified, route, passed)
         self.routed[(scan.device, route.value)] += 1
         if scan.text:
             self.consume(scan, decision)
@@ -236,30 +219,45 @@ class Router:
     def collector(self) -> Collector:
         return _RoutingMetrics(self)
 
-    @contextlib.contextmanager
-    def handling(self, scan: Scan, decision: Decision) -> Iterator[ScanRecord]:
-        """Around the flows' handling of one scan: its events are recorded (see ``ScanEvents``)."""
-        record = ScanRecord(scan, decision)
-        token = _current.set(record)
-        try:
-            yield record
-        finally:
-            _current.reset(token)
-
-    def feedback(self, record: ScanRecord, send: Callable[[bytes], bool]) -> str | None:
-        """Send "good" or "bad" to the scanner for a consumed scan, where its config declares the bytes."""
-        cfg = self.scanners.get(record.scan.device)
-        if cfg is None or record.decision.route is Route.TILL:
+    async def handle(self, scan: Scan, decision: Decision, loyalty: Loyalty) -> ScanOutcome | None:
+        """The loop's part of one scan, in the lane's order: the till told, loyalty's part, the feedback."""
+        classified = decision.classified
+        if classified is None:  # a frame with no text is never consumed
             return None
-        verdict = record.outcome()
-        self.outcomes[(cfg.name, verdict or "none")] += 1
-        command = {"good": cfg.feedback_good, "bad": cfg.feedback_bad}.get(verdict or "")
-        if verdict is None or command is None:
+        loyalty.events.publish("scan", scan_event(scan, classified, decision), lane=scan.lane)
+        if decision.route is Route.TILL:
+            return None
+        with use_case("scan"):
+            outcome = await loyalty.scan(classified, scan.lane)
+        self.feedback(scan.device, outcome)
+        return outcome
+
+    def feedback(self, device: str, outcome: ScanOutcome) -> str | None:
+        """Send "good" or "bad" to the scanner, where its config declares the bytes; counted either way."""
+        cfg, send = self.scanners.get(device), self.senders.get(device)
+        if cfg is None or send is None:
+            return None
+        said = verdict(outcome)
+        self.outcomes[(cfg.name, said or "none")] += 1
+        command = {"good": cfg.feedback_good, "bad": cfg.feedback_bad}.get(said or "")
+        if said is None or command is None:
             return None
         if send(bytes.fromhex(command)):
-            self.feedback_sent[(cfg.name, verdict)] += 1
-            return verdict
+            self.feedback_sent[(cfg.name, said)] += 1
+            return said
         return None
+
+
+def scan_event(scan: Scan, classified: Classified, decision: Decision) -> dict[str, Any]:
+    """The ``scan`` event: what was read, as far as the till may see it (a member only masked), and where it went."""
+    base = {"device": scan.device, "kind": classified.kind.value, "symbology": scan.symbology}
+    if classified.kind is ScanKind.MEMBER:
+        read: dict[str, Any] = {"member": mask(classified.code)}
+    elif classified.kind in (ScanKind.VOUCHER, ScanKind.LOCAL_POOL):
+        read = {"code": classified.code}
+    else:  # a product or a GS1 label: what biip reads of it, here on the loop, after it went to the till
+        read = {"text": scan.text, **gs1_details(scan.text, scan.symbology)}
+    return {**base, **read, **decision.event_fields()}
 
 
 class _RoutingMetrics(Collector):
@@ -290,8 +288,8 @@ class _RoutingMetrics(Collector):
         feedback = CounterMetricFamily(
             "tillplug_scanner_feedback", "Feedback commands sent to scanners", labels=["device", "verdict"]
         )
-        for (device, verdict), n in sorted(r.feedback_sent.items()):
-            feedback.add_metric([device, verdict], n)
+        for (device, said), n in sorted(r.feedback_sent.items()):
+            feedback.add_metric([device, said], n)
         yield feedback
 
 

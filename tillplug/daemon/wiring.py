@@ -31,7 +31,7 @@ from tillplug.config.model import OutboxConfig
 from tillplug.daemon import systemd
 from tillplug.daemon.health import EngineWatch, HealthMonitor
 from tillplug.daemon.metrics import Metrics, failure_kind
-from tillplug.daemon.scans import Decision, Router, ScanEvents
+from tillplug.daemon.scans import Decision, Router
 from tillplug.daemon.statelock import StateLock
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import (
@@ -40,7 +40,7 @@ from tillplug.devices.supervisor import (
     ScannerSupervisor,
 )
 from tillplug.engine import EngineClient, load_secrets
-from tillplug.engine.traffic import Traffic, UseCaseMiddleware, use_case
+from tillplug.engine.traffic import Traffic, UseCaseMiddleware
 from tillplug.errors import (
     ConfigError,
     DriverError,
@@ -75,7 +75,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.registry = registry or load_drivers()
-        self.events: EventBus = ScanEvents()
+        self.events = EventBus()
         self.router = Router(config, self._on_scan)
         self.engine_watch = EngineWatch()
         self.metrics = Metrics()
@@ -115,12 +115,9 @@ class Daemon:
     async def _handle_scan(self, scan: Scan, decision: Decision) -> None:
         async with self._lane_locks.setdefault(scan.lane, asyncio.Lock()):  # scans on a lane in order
             try:
-                with use_case("scan"), self.router.handling(scan, decision) as record:
-                    classified = await self.loyalty.handle_scan(scan.text, scan.symbology, scan.lane, scan.device)
-                self.metrics.scans.labels(classified.kind.value).inc()
-                sup = self.scanners.get(scan.device)
-                if sup is not None:
-                    self.router.feedback(record, sup.send_to_scanner)
+                await self.router.handle(scan, decision, self.loyalty)
+                if decision.kind is not None:
+                    self.metrics.scans.labels(decision.kind.value).inc()
             except Exception:
                 log.exception("scan on lane %d could not be handled", scan.lane)
 

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from tillplug.barcodes.classify import ScanKind
+from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.engine.models import Benefit, Wallet
 from tillplug.errors import (
     CheckoutConflict,
@@ -51,14 +51,18 @@ class CheckoutBook:
 
     # -- member look-up ----------------------------------------------------------------
 
-    def member_ident(self, code: str) -> str:
-        code = code.strip()
-        if not code or len(code) > 512:
+    def member_ident(self, code: str | Classified) -> str:
+        """What the engine is asked for.  A card scanned at a scanner comes classified (once, by routing);
+        a till's text is classified here: a member rule's ``code`` group, else the text as given."""
+        text = (code.code if isinstance(code, Classified) else code).strip()
+        if not text or len(text) > 512:
             raise InvalidRequest("A member code is 1 to 512 characters.")
-        classified = self.ctx.classifier.classify(code)
-        return classified.code if classified.kind is ScanKind.MEMBER else code
+        if isinstance(code, Classified):
+            return text
+        classified = self.ctx.classifier.classify(text, read_product=False)
+        return classified.code if classified.kind is ScanKind.MEMBER else text
 
-    async def find_member(self, code: str) -> tuple[Member, Wallet]:
+    async def find_member(self, code: str | Classified) -> tuple[Member, Wallet]:
         ctx = self.ctx
         ident = self.member_ident(code)
         cached = self._members.get(ident)
@@ -79,7 +83,7 @@ class CheckoutBook:
         await ctx.db(ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
         return member, wallet
 
-    def offline_member(self, code: str) -> Member | None:
+    def offline_member(self, code: str | Classified) -> Member | None:
         """The member a card names while the engine is down, if tillplug can know it without asking.
 
         A card seen recently is known by its cached WLL id.  Otherwise a member code
@@ -91,7 +95,10 @@ class CheckoutBook:
         cached = self.ctx.store.recall_member(ident)
         if cached is not None:
             return Member(cached, None, mask(cached), offline=True)
-        classified = self.ctx.classifier.classify(code.strip())
+        if isinstance(code, Classified):
+            classified = code
+        else:
+            classified = self.ctx.classifier.classify(code.strip(), read_product=False)
         if classified.kind is ScanKind.MEMBER and 1 <= len(ident) <= SUBJECT_MAX:
             return Member(ident, None, mask(ident), offline=True)
         return None
@@ -110,7 +117,9 @@ class CheckoutBook:
             "vouchers": usable,
         }
 
-    async def lookup(self, code: str, *, lane: int | None = None, print_slip: bool = False) -> dict[str, Any]:
+    async def lookup(
+        self, code: str | Classified, *, lane: int | None = None, print_slip: bool = False
+    ) -> dict[str, Any]:
         member, wallet = await self.find_member(code)
         view = self.wallet_view(member, wallet)
         self.ctx.events.publish("member_found", view, lane=lane)
@@ -176,7 +185,7 @@ class CheckoutBook:
     def get_checkout(self, tx_id: str) -> dict[str, Any]:
         return self.view(self.ctx.checkout(tx_id))
 
-    async def attach_member(self, tx_id: str, code: str) -> dict[str, Any]:
+    async def attach_member(self, tx_id: str, code: str | Classified) -> dict[str, Any]:
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             ctx.open(tx_id)

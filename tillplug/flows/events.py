@@ -1,14 +1,20 @@
-"""The event stream the till software listens to (served as server-sent events).
+"""The event stream the till software listens to (served as server-sent events), and what came of a scan.
 
 Events carry no personal data: members appear only as masked ids.  A slow
 listener loses its oldest events (counted in ``EventBus.dropped``) rather than
 slowing the till down or growing memory; it catches up from the history by
 reconnecting with ``Last-Event-ID``.
+
+A member card or voucher read by one of tillplug's scanners is told to the till
+as events (``member_found``, ``voucher_result``, ``error``, ...); the flow that
+handled it also returns the same news as a ``ScanOutcome``, which the scan path
+(``tillplug.daemon.scans``) turns into the scanner's feedback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -27,6 +33,28 @@ class TillEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "lane": self.lane, "at": self.at, "data": self.data}
+
+
+class ScanResult(enum.Enum):
+    """What a card or voucher scanned at a scanner came to (``tillplug.daemon.scans.verdict``: good or bad)."""
+
+    MEMBER_FOUND = "member_found"  # no sale open on the lane: looked up (its balance slip queued)
+    MEMBER_ATTACHED = "member_attached"  # to the lane's open sale (offline too, while the engine is away)
+    MEMBER_NOT_FOUND = "member_not_found"
+    VOUCHER_CHECKED = "voucher_checked"  # no sale open: usable now, only checked, never burned
+    VOUCHER_ACCEPTED = "voucher_accepted"  # on the lane's sale: burned, or checked for check_then_burn
+    VOUCHER_PENDING = "voucher_pending"  # the burn's outcome is being looked up (voucher_settled tells)
+    VOUCHER_REFUSED = "voucher_refused"  # used, expired, another member's...: a voucher_result says which
+    FAILED = "failed"  # the engine could not answer, or the sale could not take it: an error event says why
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What came of a member card or voucher scanned at one of tillplug's scanners."""
+
+    result: ScanResult
+    error: str | None = None  # the code the till was told for a refusal or failure (member_not_found, ...)
+    slip_failed: bool = False  # a slip was due and could not be queued (the till got an error saying why)
 
 
 class EventBus:

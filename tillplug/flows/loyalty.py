@@ -18,15 +18,14 @@ from typing import Any
 
 from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.config.model import Config
-from tillplug.errors import TillplugError, VoucherError
+from tillplug.errors import MemberNotFound, TillplugError, VoucherError
 from tillplug.flows.book import CheckoutBook
 from tillplug.flows.checkouts import Checkout, CheckoutStore
 from tillplug.flows.completion import Completion
 from tillplug.flows.context import UNKNOWN, FlowContext, Printer
-from tillplug.flows.events import EventBus
+from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
 from tillplug.flows.points import Points
 from tillplug.flows.vouchers import Vouchers
-from tillplug.logs import mask
 from tillplug.outbox.store import OutboxStore
 
 log = logging.getLogger(__name__)
@@ -122,33 +121,48 @@ class Loyalty:
 
     # -- scans --------------------------------------------------------------------------------
 
-    async def handle_scan(self, text: str, symbology: str | None, lane: int, device: str) -> Classified:
-        events = self.ctx.events
-        classified = self.ctx.classifier.classify(text, symbology)
-        kind = classified.kind
-        base = {"device": device, "kind": kind.value, "symbology": symbology}
+    async def scan(self, classified: Classified, lane: int) -> ScanOutcome:
+        """A member card or voucher read by one of tillplug's scanners, acted on as routing classified it.
+
+        A card joins the lane's open sale, else is looked up (with a balance slip); a voucher goes on
+        the open sale, else is only checked.  The till hears the news on the event stream; the same
+        news comes back as the outcome, from which the scan path chooses the scanner's feedback.
+        """
         checkout = self.open_on_lane(lane)
         try:
-            if kind is ScanKind.MEMBER:
-                events.publish("scan", {**base, "member": mask(classified.code)}, lane=lane)
-                if checkout is not None:
-                    await self.attach_member(checkout.tx_id, classified.code)
-                else:
-                    await self.lookup(classified.code, lane=lane, print_slip=True)
-            elif kind is ScanKind.VOUCHER:
-                events.publish("scan", {**base, "code": classified.code}, lane=lane)
-                if checkout is not None:
-                    await self.apply_voucher(checkout.tx_id, classified.code)
-                else:  # no sale to apply it to: only check it, never burn it
-                    await self.vouchers.check_scan(classified.code, lane)
-            elif kind is ScanKind.LOCAL_POOL:
-                events.publish("scan", {**base, "code": classified.code}, lane=lane)
-            else:
-                events.publish("scan", {**base, "text": text, **classified.details}, lane=lane)
+            if classified.kind is ScanKind.MEMBER:
+                return await self._member_scanned(classified, lane, checkout)
+            if classified.kind is ScanKind.VOUCHER:
+                return await self._voucher_scanned(classified, lane, checkout)
+        except VoucherError as exc:  # its voucher_result has told the till already
+            return ScanOutcome(ScanResult.VOUCHER_REFUSED, error=exc.code)
         except TillplugError as exc:
-            if not isinstance(exc, VoucherError):  # voucher outcomes were already published
-                events.publish("error", {"code": exc.code, "message": exc.message, "scanKind": kind.value}, lane=lane)
-        return classified
+            self.events.publish(
+                "error", {"code": exc.code, "message": exc.message, "scanKind": classified.kind.value}, lane=lane
+            )
+            failed = ScanResult.MEMBER_NOT_FOUND if isinstance(exc, MemberNotFound) else ScanResult.FAILED
+            return ScanOutcome(failed, error=exc.code)
+        raise ValueError(f"a {classified.kind.value} scan is the till's, not loyalty's")
+
+    async def _member_scanned(self, card: Classified, lane: int, checkout: Checkout | None) -> ScanOutcome:
+        if checkout is not None:
+            await self.book.attach_member(checkout.tx_id, card)
+            return ScanOutcome(ScanResult.MEMBER_ATTACHED)
+        view = await self.book.lookup(card, lane=lane, print_slip=True)
+        return ScanOutcome(ScanResult.MEMBER_FOUND, slip_failed=self._slip_failed(view))
+
+    async def _voucher_scanned(self, voucher: Classified, lane: int, checkout: Checkout | None) -> ScanOutcome:
+        if checkout is None:  # no sale to apply it to: only check it, never burn it
+            await self.vouchers.check_scan(voucher.code, lane)
+            return ScanOutcome(ScanResult.VOUCHER_CHECKED)
+        answer = await self.vouchers.apply(checkout.tx_id, voucher)
+        if answer.get("pending"):
+            return ScanOutcome(ScanResult.VOUCHER_PENDING)
+        return ScanOutcome(ScanResult.VOUCHER_ACCEPTED, slip_failed=self._slip_failed(answer))
+
+    def _slip_failed(self, answer: dict[str, Any]) -> bool:
+        """A slip was due and not queued (``ctx.print`` told the till why, as an ``error``)."""
+        return self.ctx.printer is not None and "print" in answer and answer["print"] is None
 
     # -- recovery and settling ----------------------------------------------------------------
 

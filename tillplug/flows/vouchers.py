@@ -15,7 +15,7 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from tillplug.barcodes.classify import ScanKind
+from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.engine.models import Benefit, parse_time
 from tillplug.errors import (
     BenefitNotFound,
@@ -221,14 +221,16 @@ class Vouchers:
 
     # -- 3.2 user-led ----------------------------------------------------------------------
 
-    async def apply(self, tx_id: str, code: str, check_only: bool | None = None) -> dict[str, Any]:
-        code = code.strip()
+    async def apply(self, tx_id: str, given: str | Classified, check_only: bool | None = None) -> dict[str, Any]:
+        """``given``: the till's text, or a voucher scanned at a scanner as routing classified it (not again)."""
+        scanned = given if isinstance(given, Classified) else None
+        code = (given.code if isinstance(given, Classified) else given).strip()
         if not code or len(code) > 128:
             raise InvalidRequest("A voucher code is 1 to 128 characters.")
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             checkout = ctx.open(tx_id)
-            classified = ctx.classifier.classify(code)
+            classified = scanned or ctx.classifier.classify(code, read_product=False)
             if classified.kind is ScanKind.LOCAL_POOL:
                 # Codes the POS manages alone: never sent to the engine.
                 local = {"transactionId": tx_id, "kind": "local_pool", "code": classified.code}
