@@ -250,7 +250,8 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
 
 def test_silent_and_slow_connections_are_closed_and_capped(tmp_path, caplog):
     """1,100 half-open connections once stopped the API: now each must send its request head in time,
-    connections beyond the cap are closed on arrival, and the log says so once, with a count."""
+    a connection beyond the cap closes the one idle longest (a half-sent head is idle too), and the log
+    says so once, with a count."""
     api = {"listen": "127.0.0.1:0", "max_connections": 8, "request_timeout": 0.5}
     with VirtualTill(tmp_path / "till", api=api) as t:
         protocol = t.daemon.api_server.config.http
@@ -262,8 +263,8 @@ def test_silent_and_slow_connections_are_closed_and_capped(tmp_path, caplog):
             s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0")  # a head that never ends
         extra = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(30)]
         try:
-            assert all(closed_by_server(s, 5) for s in extra)  # over the cap: closed at once
-            assert all(closed_by_server(s, 5) for s in silent + slow)  # too slow: closed after 0.5 s
+            assert all(closed_by_server(s, 5) for s in silent + slow)  # made room for newer ones, or too slow
+            assert all(closed_by_server(s, 5) for s in extra)  # the same: never more than 8 open
             time.sleep(0.35)  # let the counter's interval pass, so the last refusal flushes the counts
             with socket.create_connection(("127.0.0.1", port), timeout=5) as last:
                 last.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0")
@@ -274,10 +275,10 @@ def test_silent_and_slow_connections_are_closed_and_capped(tmp_path, caplog):
                 s.close()
     lines = [r.getMessage() for r in caplog.records if "connections refused" in r.getMessage()]
     assert 1 <= len(lines) <= 3, lines  # not one line per connection
-    assert any("over the connection limit" in line for line in lines)
+    assert any("idle, closed to make room" in line for line in lines)
     assert any("too slow to send a request" in line for line in lines)
-    said = {k: sum(int(n) for line in lines for n in re.findall(rf"(\d+) {k}", line)) for k in ("over", "too slow")}
-    assert said == {"over": 30, "too slow": 9}, lines  # every refusal counted, none logged alone
+    said = {k: sum(int(n) for line in lines for n in re.findall(rf"(\d+) {k}", line)) for k in ("idle", "too slow")}
+    assert said == {"idle": 30, "too slow": 9}, lines  # every refusal counted, none logged alone
 
 
 def test_a_flood_of_bad_requests_logs_one_line_a_minute(till, caplog):
@@ -606,7 +607,7 @@ def test_a_printer_failure_reaches_the_cashier_as_a_sentence(tmp_path):
     printers = [{"name": "printer1", "connection": "file:///dev/full", "lane": 1}]
     with VirtualTill(tmp_path / "till", printers=printers) as t:
         r = t.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1})
-        assert r.status_code == 200 and r.json()["print"]["state"] == "queued"  # the sale never waits on paper
+        assert r.status_code == 200 and r.json()["state"] == "queued"  # the sale never waits on paper
         assert t.wait_for(lambda: any(e["type"] == "error" for e in t.events()))
         errors = [e["data"]["message"] for e in t.events() if e["type"] == "error"]
     assert errors, "the cashier was told nothing"

@@ -25,7 +25,7 @@ def network_till(tmp_path, fake):
 def test_paper_out_holds_the_slip_and_makes_the_till_degraded_everywhere(tmp_path, capsys):
     with FakeNetworkPrinter("paper_out") as fake, network_till(tmp_path, fake) as till:
         r = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1})
-        job = r.json()["print"]
+        job = r.json()
         assert job["state"] == "queued"
         assert till.wait_for(lambda: job_state(till, job["job"]) == "held")
         shown = till.api.get(f"/v1/print/jobs/{job['job']}").json()
@@ -54,7 +54,7 @@ def test_paper_out_holds_the_slip_and_makes_the_till_degraded_everywhere(tmp_pat
 
 def test_jobs_can_be_listed_reprinted_and_cancelled(tmp_path):
     with FakeNetworkPrinter("ok") as fake, network_till(tmp_path, fake) as till:
-        first = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1}).json()["print"]
+        first = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1}).json()
         assert till.wait_for(lambda: job_state(till, first["job"]) == "printed")
         again = till.api.post(f"/v1/print/jobs/{first['job']}/reprint")
         assert again.status_code == 202 and again.json()["state"] == "queued"
@@ -67,7 +67,7 @@ def test_jobs_can_be_listed_reprinted_and_cancelled(tmp_path):
         assert gone.status_code == 409 and gone.json()["error"]["code"] == "print_job_conflict"
         assert till.api.get("/v1/print/jobs/999999").json()["error"]["code"] == "print_job_not_found"
         fake.mood = "paper_out"
-        held = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1}).json()["print"]
+        held = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1}).json()
         assert till.wait_for(lambda: job_state(till, held["job"]) == "held")
         cancelled = till.api.delete(f"/v1/print/jobs/{held['job']}")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
@@ -85,7 +85,7 @@ def test_the_tills_own_bytes_and_tillplugs_slips_never_mix_inside_a_job(tmp_path
             raw = till.api.post("/v1/print/raw", json={"data": base64.b64encode(till_receipt).decode()})
             assert raw.status_code == 202
             jobs.append(raw.json()["job"])
-            jobs.append(till.api.post("/v1/print/balance", json={"code": "1000001"}).json()["print"]["job"])
+            jobs.append(till.api.post("/v1/print/balance", json={"code": "1000001"}).json()["job"])
         assert till.wait_for(lambda: all(job_state(till, j) == "printed" for j in jobs), timeout=15)
         printed = fake.printed()
     assert printed.count(till_receipt) == 5  # each till receipt arrived whole, nothing inside it
@@ -135,7 +135,7 @@ def test_a_till_driver_pointed_at_the_virtual_port_shares_the_printer_job_by_job
 
             driver = threading.Thread(target=the_tills_driver)
             driver.start()
-            slips = [till.api.post("/v1/print/balance", json={"code": "1000001"}).json()["print"] for _ in range(6)]
+            slips = [till.api.post("/v1/print/balance", json={"code": "1000001"}).json() for _ in range(6)]
             driver.join(10)
             assert answers == [b"\x16"]
             assert till.wait_for(lambda: fake.printed().count(b"1,250 pts") == 6, timeout=10)

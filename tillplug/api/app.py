@@ -5,7 +5,10 @@ Money is integer minor units plus currency.  Every error is
 ``{"error": {"code": "...", "message": "..."}}`` with a stable code and a
 sentence a cashier can read; a bad request changes nothing.  The routes come
 from the one table in ``tillplug.api.routes``; every JSON answer is validated
-against its model in ``tillplug.api.schemas`` on the way out.
+against its model in ``tillplug.api.schemas`` on the way out.  Calls that change
+something take an ``Idempotency-Key`` (``tillplug.api.idempotency``); streaming
+answers share one cap (``max_streams``), so listeners cannot take the room short
+requests need.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import errno
 import hmac
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,14 +31,31 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tillplug.api import schemas
 from tillplug.api.guard import GuardPolicy, RequestGuard
+from tillplug.api.idempotency import (
+    HEADER,
+    IdempotencyKeyReused,
+    IdempotencyStore,
+    RequestInProgress,
+    fingerprint,
+    keeps_key,
+    valid_key,
+)
 from tillplug.api.routes import OPERATIONS, Operation
-from tillplug.errors import InvalidRequest, StorageError, StorageFull, TillplugError
+from tillplug.errors import (
+    InvalidRequest,
+    PrinterNotReady,
+    RetryableError,
+    StorageError,
+    StorageFull,
+    TillplugError,
+)
 from tillplug.flows.events import EventBus
 from tillplug.flows.loyalty import Loyalty
 from tillplug.spool import PrintSpools
@@ -42,6 +64,37 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 15.0
 MAX_JSON_DEPTH = 32
 REFUSE_ALL = GuardPolicy()  # no Host is the API's own: the daemon always passes its policy
+MAX_STREAMS = 16
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # EPOCH-N, ASCII digits only
+STREAM_RETRY_AFTER = 5  # seconds a listener refused for the stream cap waits before trying again
+
+
+class TooManyStreams(RetryableError):
+    code = "too_many_streams"
+    default_message = "Too many event streams are open; close one, or try again in a few seconds."
+    http_status = 503
+
+
+class UnsupportedBody(InvalidRequest):
+    code = "unsupported_media_type"
+    default_message = "The body must be JSON, sent as Content-Type: application/json."
+    http_status = 415
+
+
+class StreamAnswer(StreamingResponse):
+    """A streaming answer that runs its ``on_end`` callbacks however it ends: finished, the listener gone,
+    or cut at shutdown (a generator that never started would never run its own ``finally``)."""
+
+    def __init__(self, content: AsyncIterator[str], on_end: list[Callable[[], None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for end in self.on_end:
+                end()
 
 
 class BodyRefused(InvalidRequest):
@@ -137,7 +190,7 @@ def jsonable(value: Any) -> Any:
 
 
 class TillApi:
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only: each is a part the daemon owns and hands over
         self,
         loyalty: Loyalty,
         events: EventBus,
@@ -148,8 +201,15 @@ class TillApi:
         metrics: Callable[[], tuple[bytes, str]] | None = None,
         policy: GuardPolicy = REFUSE_ALL,
         spools: PrintSpools | None = None,
+        idempotency: IdempotencyStore | None = None,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.spools = spools
+        # The daemon passes the durable store in its state directory; without one, keys last this run only.
+        self.idempotency = idempotency or IdempotencyStore(":memory:")
+        self.max_streams = max_streams
+        self.open_streams = 0
+        self._keyed_calls: set[asyncio.Task[Response]] = set()
         self.loyalty = loyalty
         self.events = events
         self.health_source = health
@@ -158,7 +218,12 @@ class TillApi:
         self.stream_epoch = int(time.time() * 1000)  # event ids are EPOCH-N, so they never repeat across restarts
         self.metrics_source = metrics
         self.starlette = Starlette(routes=self._routes(), exception_handlers={HTTPException: _http_error})
-        self.app = RequestGuard(self.starlette, policy)
+        limits = {
+            (op.method, op.path): max(op.max_body_bytes, policy.max_body_bytes)
+            for op in OPERATIONS
+            if op.max_body_bytes
+        }
+        self.app = RequestGuard(self.starlette, dataclasses.replace(policy, route_body_limits=limits))
 
     def _routes(self) -> list[Route]:
         return [Route(op.path, self._endpoint(op), methods=[op.method]) for op in OPERATIONS]
@@ -177,18 +242,103 @@ class TillApi:
             if op.auth and not self._authorised(request):
                 return _unauthorised()
             try:
+                if op.typed_body and "content-type" not in request.headers:
+                    raise UnsupportedBody()
                 body = await parse(request, op.request) if op.request is not None else None
-                result = await handler(request, body)
-                if op.response is None:
-                    assert isinstance(result, Response)
-                    return result
-                # An unknown outcome is 202: the verdict follows on /v1/events.
-                pending = isinstance(result, dict) and result.get("pending") is True
-                return JSONResponse(answer(op.response, result), status_code=202 if pending else op.status)
+                key = request.headers.get(HEADER) if op.idempotent else None
+                if key is None:
+                    return (await self._answer(op, handler, request, body))[0]
+                return await self._keyed(op, handler, request, body, key)
             except Exception as exc:  # every failure answers in the error shape
                 return _failure(op, exc)
 
         return endpoint
+
+    async def _answer(
+        self, op: Operation, handler: Callable[[Request, Any], Awaitable[Any]], request: Request, body: Any
+    ) -> tuple[Response, Exception | None]:
+        """The operation's answer, and the failure behind it if it failed."""
+        try:
+            if op.stream:
+                return await self._open_stream(handler, request, body), None
+            result = await handler(request, body)
+            if op.response is None:
+                assert isinstance(result, Response)
+                return result, None
+            # An unknown outcome is 202: the verdict follows on /v1/events.
+            pending = isinstance(result, dict) and result.get("pending") is True
+            return JSONResponse(answer(op.response, result), status_code=202 if pending else op.status), None
+        except Exception as exc:  # every failure answers in the error shape
+            return _failure(op, exc), exc
+
+    async def _open_stream(
+        self, handler: Callable[[Request, Any], Awaitable[Any]], request: Request, body: Any
+    ) -> StreamAnswer:
+        """Every streaming operation counts against one cap: listeners never take the room short requests need."""
+        if self.open_streams >= self.max_streams:
+            raise TooManyStreams(
+                f"{self.open_streams} event streams are open, the most this till serves; close one, or try again "
+                f"in {STREAM_RETRY_AFTER} s."
+            )
+        self.open_streams += 1
+        try:
+            stream = await handler(request, body)
+        except BaseException:
+            self.open_streams -= 1
+            raise
+        assert isinstance(stream, StreamAnswer)
+        stream.on_end.append(self._stream_ended)
+        return stream
+
+    def _stream_ended(self) -> None:
+        self.open_streams -= 1
+
+    async def _keyed(
+        self,
+        op: Operation,
+        handler: Callable[[Request, Any], Awaitable[Any]],
+        request: Request,
+        body: Any,
+        key: str,
+    ) -> Response:
+        """A call with an Idempotency-Key: the first runs (to its end, even if the caller gives up) and its
+        answer is kept; a retry gets that answer (see ``tillplug.api.idempotency``)."""
+        if not valid_key(key):
+            raise InvalidRequest(f"{HEADER} is 1 to 255 visible ASCII characters (a UUID, say).")
+        params = dict(request.path_params)
+        checkout = params.pop("tx", None) or getattr(body, "transactionId", None) or ""
+        scope = f"{op.handler} {checkout}"
+        request_fingerprint = fingerprint(
+            {"params": params, "body": body.model_dump(mode="json") if body is not None else None}
+        )
+        claim = await asyncio.to_thread(self.idempotency.claim, scope, key, request_fingerprint)
+        if claim.outcome == "mismatch":
+            raise IdempotencyKeyReused()
+        if claim.outcome == "running":
+            raise RequestInProgress()
+        if claim.outcome == "replay":
+            return Response(
+                claim.body, claim.status, media_type="application/json", headers={"Idempotent-Replayed": "true"}
+            )
+
+        async def run_and_keep() -> Response:
+            response, failure = await self._answer(op, handler, request, body)
+            try:
+                if keeps_key(failure):
+                    await asyncio.to_thread(
+                        self.idempotency.finish, scope, key, response.status_code, bytes(response.body)
+                    )
+                else:
+                    await asyncio.to_thread(self.idempotency.release, scope, key)
+            except Exception as exc:  # the call is done; only its retry cannot be answered from the store
+                log.error("API %s %s: the answer under an %s could not be kept: %s", op.method, op.path, HEADER, exc)
+            return response
+
+        # Shielded: a caller that gives up must not cut the call short; its retry is answered from the store.
+        task = asyncio.ensure_future(run_and_keep())
+        self._keyed_calls.add(task)
+        task.add_done_callback(self._keyed_calls.discard)
+        return await asyncio.shield(task)
 
     # -- handlers: (request, parsed body) → the answer --------------------------------
 
@@ -242,7 +392,12 @@ class TillApi:
         return await self.loyalty.void(request.path_params["tx"])
 
     async def _print_balance(self, request: Request, body: schemas.PrintBalance) -> Any:
-        return await self.loyalty.lookup(body.code, lane=body.lane, print_slip=True)
+        """``{job, state}`` like every print call, with the member's view the slip shows."""
+        view = dict(await self.loyalty.lookup(body.code, lane=body.lane, print_slip=True))
+        job = view.pop("print", None)
+        if job is None:  # the flows told the event stream why
+            raise PrinterNotReady(f"No balance slip was queued: the printer for lane {body.lane} cannot take it now.")
+        return {**job, **view}
 
     async def _print_test(self, request: Request, body: schemas.PrintTest) -> Any:
         return await self.print_test_source(body.printer)
@@ -285,28 +440,28 @@ class TillApi:
         return await self._spools().open_drawer(printer=body.printer, lane=body.lane, pin=body.pin)
 
     async def _stream(self, request: Request, body: None) -> Response:
-        queue = self.events.subscribe()
         backlog = self._backlog(request.headers.get("last-event-id"))
+        queue = self.events.subscribe()
 
         async def stream() -> AsyncIterator[str]:
-            try:
-                yield ": tillplug event stream\n\n"
-                for event in backlog:
-                    yield self._sse(event)
-                while True:
-                    try:
-                        item = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                    except TimeoutError:
-                        yield ": heartbeat\n\n"
-                        continue
-                    if item is None:  # the daemon is stopping
-                        return
-                    yield self._sse(item)
-            finally:
-                self.events.unsubscribe(queue)
+            yield ": tillplug event stream\n\n"
+            for event in backlog:
+                yield self._sse(event)
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if item is None:  # the daemon is stopping
+                    return
+                yield self._sse(item)
 
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamAnswer(
+            stream(),
+            [lambda: self.events.unsubscribe(queue)],
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
     def _sse(self, event: Any) -> str:
@@ -315,12 +470,13 @@ class TillApi:
 
     def _backlog(self, last_event_id: str | None) -> list[Any]:
         """What a reconnecting listener missed.  Ids are ``EPOCH-N``: N counts from 1 at each start, so an
-        id from an earlier run (another epoch) means "everything since this run began", not "after N"."""
+        id from an earlier run (another epoch) means "everything since this run began", not "after N".
+        So does any other value: it is not an id of this run ('<epoch>-²' or 5,000 digits once made a 500)."""
         if not last_event_id:
             return []
-        epoch, _, seq = last_event_id.partition("-")
-        if epoch == str(self.stream_epoch) and seq.isdigit():
-            return self.events.since(int(seq))
+        given = EVENT_ID.fullmatch(last_event_id)
+        if given is not None and int(given[1]) == self.stream_epoch:
+            return self.events.since(int(given[2]))
         return self.events.since(0)
 
 
@@ -348,8 +504,15 @@ def _failure(op: Operation, exc: Exception) -> JSONResponse:
     if (storage := storage_failure(exc)) is not None:
         log.error("API %s %s: the outbox could not be written (%s): %s", op.method, op.path, storage.code, exc)
         return error_response(storage)
+    if isinstance(exc, ClientDisconnect):  # gone before its body came: nothing ran, nobody reads this
+        log.debug("API %s %s: the client left before sending its body", op.method, op.path)
+        return error_response(InvalidRequest("The body did not arrive."))
     if isinstance(exc, BodyRefused):
         return error_response(exc, exc.details)
+    if isinstance(exc, TooManyStreams):
+        refused = error_response(exc)
+        refused.headers["Retry-After"] = str(STREAM_RETRY_AFTER)
+        return refused
     if isinstance(exc, TillplugError):
         return error_response(exc)
     log.exception("API %s %s failed", op.method, op.path, exc_info=exc)

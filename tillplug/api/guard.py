@@ -9,8 +9,10 @@ because to the browser the API is then the page's own origin.  So, before any ro
 * a request with an ``Origin`` is refused unless that origin is in ``api.allowed_origins``
   (a web POS served from there gets correct CORS answers, preflight included);
 * a body must say ``Content-Type: application/json`` (no simple cross-site form or text POST);
+* on a connection the server let in beyond its cap (every other one busy), only ``GET /v1/health``;
 * a body larger than ``api.max_body_bytes`` is refused from its ``Content-Length`` before it is
-  read, and a chunked one as soon as it grows past the limit.
+  read, and a chunked one as soon as it grows past the limit.  A route may have a larger limit of
+  its own (``POST /v1/print/raw``: a receipt of up to 1 MiB, base64).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
+RESERVED = "tillplug.reserved"  # set by the server on a connection let in beyond its cap: /v1/health only
 
 CORS_METHODS = ("GET", "POST", "PUT")
-CORS_HEADERS = ("Authorization", "Content-Type", "Last-Event-ID")
+CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -47,6 +50,8 @@ class GuardPolicy:
     origins: Collection[str] = ()
     max_body_bytes: int = 64 * 1024
     body_timeout: float = 10.0  # seconds to send the whole body once the head is in
+    # (method, path) → a body limit of that route's own, instead of max_body_bytes
+    route_body_limits: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class RequestGuard:
         self.hosts = frozenset(h.lower() for h in policy.hosts)
         self.origins = frozenset(o.rstrip("/").lower() for o in policy.origins)
         self.max_body_bytes = policy.max_body_bytes
+        self.route_body_limits = dict(policy.route_body_limits)
         self.body_timeout = policy.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,6 +83,8 @@ class RequestGuard:
         headers = _headers(scope)
         origin = headers.get("origin")
         try:
+            if scope.get(RESERVED) and (scope["method"], scope["path"]) != ("GET", "/v1/health"):
+                raise Refusal(503, "server_busy", "Every connection to the till API is busy; try again in a moment.")
             self._check_host(headers.get("host"))
             if origin is not None and origin.rstrip("/").lower() not in self.origins:
                 raise Refusal(
@@ -148,15 +156,16 @@ class RequestGuard:
             raise Refusal(
                 415, "unsupported_media_type", "The body must be JSON, sent as Content-Type: application/json."
             )
-        if length > self.max_body_bytes:
-            raise Refusal(413, "body_too_large", f"The body is larger than {self.max_body_bytes} bytes.")
+        limit = self.route_body_limits.get((scope["method"], scope["path"]), self.max_body_bytes)
+        if length > limit:
+            raise Refusal(413, "body_too_large", f"The body is larger than {limit} bytes.")
         try:
             async with asyncio.timeout(self.body_timeout):
-                return await self._read(receive)
+                return await self._read(receive, limit)
         except TimeoutError:
             raise Refusal(408, "request_timeout", "The body did not arrive in time.") from None
 
-    async def _read(self, receive: Receive) -> Receive:
+    async def _read(self, receive: Receive, limit: int) -> Receive:
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -166,8 +175,8 @@ class RequestGuard:
                 return _replay([], message, receive)
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise Refusal(413, "body_too_large", f"The body is larger than {self.max_body_bytes} bytes.")
+            if size > limit:
+                raise Refusal(413, "body_too_large", f"The body is larger than {limit} bytes.")
             chunks.append(chunk)
             more = message.get("more_body", False)
         return _replay(chunks, None, receive)
@@ -191,7 +200,11 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
-    return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", b"Idempotent-Replayed, Retry-After"),  # a web POS may read them
+        (b"vary", b"Origin"),
+    ]
 
 
 async def _refuse(send: Send, refusal: Refusal, origin: str | None) -> None:

@@ -9,7 +9,25 @@ from pydantic import BaseModel
 
 from tillplug import __version__
 from tillplug.api import schemas
+from tillplug.api.idempotency import HEADER, KEEP_SECONDS, MAX_KEY_LENGTH
 from tillplug.api.routes import OPERATIONS
+
+IDEMPOTENCY_KEY = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe: on a timeout or a lost connection, send the same call again with the same key. "
+        "The first call's answer (status and body) is kept for at least "
+        f"{KEEP_SECONDS / 3600:.0f} h and answered again with `Idempotent-Replayed: true`; while the first call "
+        "still runs a retry answers 409 `request_in_progress` (ask again shortly); the same key with a "
+        "different request answers 422 `idempotency_key_reused`; a call cut short by a restart answers 409 "
+        "`request_interrupted` (read the checkout). A key is scoped to this operation and the checkout. "
+        "A failure that changed nothing (engine unreachable or busy, printer or disk not ready) is not kept: "
+        "its retry runs again. Without the header, every call runs."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]+$"},
+}
 
 REF = "#/components/schemas/{model}"
 
@@ -51,10 +69,26 @@ def document() -> dict[str, Any]:
                 "5XX": failed,
             },
         }
-        if op.path_params:
-            spec["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params
-            ]
+        parameters: list[dict[str, Any]] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params
+        ]
+        if op.idempotent:
+            parameters.append(IDEMPOTENCY_KEY)
+            spec["responses"]["409"] = {
+                "description": "request_in_progress or request_interrupted (Idempotency-Key), or the flow's conflict",
+                "content": {"application/json": {"schema": error}},
+            }
+            spec["responses"]["422"] = {
+                "description": "idempotency_key_reused: the key was used for a different request",
+                "content": {"application/json": {"schema": error}},
+            }
+        if op.stream:
+            spec["responses"]["503"] = {
+                "description": "too_many_streams: the till's streams are all in use (Retry-After says when to try)",
+                "content": {"application/json": {"schema": error}},
+            }
+        if parameters:
+            spec["parameters"] = parameters
         if op.request is not None:
             spec["requestBody"] = {
                 "required": _required(op.request),

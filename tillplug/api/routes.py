@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydantic import BaseModel
 
@@ -21,10 +23,29 @@ class Operation:
     media_type: str = "application/json"
     auth: bool = True
     documented: bool = True
+    # Takes an Idempotency-Key header: a retry with the same key answers the first call's answer.
+    idempotent: bool = False
+    # A long-lived answer (server-sent events): counted against the API's stream cap, ended at shutdown.
+    stream: bool = False
+    # A body limit of its own, above api.max_body_bytes (None: the configured limit).
+    max_body_bytes: int | None = None
 
     @property
     def path_params(self) -> list[str]:
         return [p.strip("{}") for p in self.path.split("/") if p.startswith("{")]
+
+    @property
+    def typed_body(self) -> bool:
+        """Acts on a body of its own: it must come as JSON, even when empty (a web page's simple request
+        cannot say ``Content-Type: application/json``)."""
+        return self.request is not None and self.request is not s.NoBody
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"\\{[^}/]+\\}", "[^/]+", re.escape(self.path)) + "$")
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and self.pattern.match(path) is not None
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -33,9 +54,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/v1/events",
         "Server-sent events: scans, member found, voucher results, redemptions, device states, errors "
-        "(text/event-stream; each data line is a TillEvent; Last-Event-ID resumes)",
+        "(text/event-stream; each data line is a TillEvent; Last-Event-ID resumes). Streams share a cap "
+        "(a quarter of api.max_connections): beyond it, 503 too_many_streams with Retry-After",
         "stream",
         media_type="text/event-stream",
+        stream=True,
     ),
     Operation("GET", "/v1/openapi.json", "This document", "openapi", response=s.OpenApiDocument, auth=False),
     Operation(
@@ -61,6 +84,7 @@ OPERATIONS: tuple[Operation, ...] = (
         request=s.CheckoutCreate,
         response=s.CheckoutView,
         status=201,
+        idempotent=True,
     ),
     Operation(
         "GET",
@@ -76,6 +100,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "attach_member",
         request=s.MemberAttach,
         response=s.CheckoutWithWallet,
+        idempotent=True,
     ),
     Operation(
         "POST",
@@ -84,6 +109,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "spend_points",
         request=s.SpendPoints,
         response=s.PointsAnswer,
+        idempotent=True,
     ),
     Operation(
         "POST",
@@ -92,6 +118,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "apply_voucher",
         request=s.VoucherApply,
         response=s.VoucherResult,
+        idempotent=True,
     ),
     Operation(
         "GET",
@@ -107,6 +134,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "redeem_benefit",
         request=s.RedeemBenefit,
         response=s.VoucherResult,
+        idempotent=True,
     ),
     Operation(
         "POST",
@@ -115,6 +143,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "tender",
         request=s.NoBody,
         response=s.Tendered,
+        idempotent=True,
     ),
     Operation(
         "POST",
@@ -123,6 +152,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "complete",
         request=s.Complete,
         response=s.Completed,
+        idempotent=True,
     ),
     Operation(
         "POST",
@@ -131,14 +161,15 @@ OPERATIONS: tuple[Operation, ...] = (
         "void",
         request=s.NoBody,
         response=s.Voided,
+        idempotent=True,
     ),
     Operation(
         "POST",
         "/v1/print/balance",
-        "Print a balance slip for a member",
+        "Print a balance slip for a member: answers its print job {job, state} at once",
         "print_balance",
         request=s.PrintBalance,
-        response=s.Wallet,
+        response=s.BalancePrinted,
     ),
     Operation(
         "POST", "/v1/print/test", "Print the test page", "print_test", request=s.PrintTest, response=s.TestPrinted
@@ -170,11 +201,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/v1/print/raw",
-        "Print the till's own ESC/POS bytes, whole, between slips",
+        "Print the till's own ESC/POS bytes (up to 1 MiB, base64), whole, between slips",
         "print_raw",
         request=s.PrintRaw,
         response=s.QueuedJob,
         status=202,
+        idempotent=True,
+        # Base64 of MAX_RAW_BYTES, the JSON around it, and room for the other fields.
+        max_body_bytes=s.MAX_RAW_BYTES * 4 // 3 + 4096,
     ),
     Operation(
         "POST",
@@ -184,5 +218,6 @@ OPERATIONS: tuple[Operation, ...] = (
         request=s.DrawerOpen,
         response=s.QueuedJob,
         status=202,
+        idempotent=True,
     ),
 )

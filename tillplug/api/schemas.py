@@ -181,6 +181,18 @@ class Wallet(Answer):
     print: QueuedJob | None = PrintField
 
 
+class BalancePrinted(QueuedJob):
+    """``POST /v1/print/balance``: the slip's print job (``{job, state}``, as every print call answers), with
+    the member's view the slip was printed from."""
+
+    member: str = Field(description="The member's id, masked.")
+    pointsBalance: int
+    lifetimePoints: int
+    tier: str | None
+    pointsValue: Money
+    vouchers: list[Benefit]
+
+
 class AppliedVoucher(Answer):
     code: str
     benefitId: str | None

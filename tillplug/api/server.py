@@ -3,8 +3,16 @@
 uvicorn bounds idle keep-alive connections, but not a connection that opens and sends nothing, or
 a request head sent a byte at a time: 1,100 of those once used up the daemon's open files and
 stopped the API.  Here every connection has ``head_timeout`` seconds to send a whole request head,
-connections beyond ``max_connections`` are closed as they arrive, and what is refused is logged
-once a minute with a count instead of once per connection.
+and at most ``max_connections`` are open.  A new connection beyond that closes the connection that
+has been idle longest (no request in progress) instead of being refused, so idle sockets can never
+lock the till out: 200 of them once kept ``/v1/health`` from answering for 10 s.  Only when every
+connection is busy is a new one let in beyond the cap, up to ``HEALTH_RESERVE`` more, and there it
+may only ask ``GET /v1/health`` (anything else is 503 ``server_busy``): health always answers.  Event
+streams, which stay busy, have their own smaller cap in the app (``stream_limit``), so short requests
+keep the rest.  At shutdown a
+stream still open is cut (a listener that stopped reading once held a stop for 10 s and a
+traceback); other requests in flight finish.  What is refused is logged once a minute with a
+count instead of once per connection.
 """
 
 from __future__ import annotations
@@ -17,12 +25,21 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tillplug.api.guard import RESERVED
+from tillplug.api.routes import OPERATIONS, Operation
 from tillplug.config.model import ApiConfig
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT = 10.0  # seconds to send a request line and headers (api.request_timeout)
 KEEP_ALIVE = 5.0  # seconds an idle connection stays open between requests
 MAX_HEAD_BYTES = 16 * 1024
+HEALTH_RESERVE = 4  # connections beyond the cap, for /v1/health only, when every other one is busy
+
+
+def stream_limit(max_connections: int) -> int:
+    """Event streams (and every other streaming answer) at once: a quarter of the connections (64 → 16),
+    so three quarters always stay for short requests such as /v1/health."""
+    return max(1, max_connections // 4)
 
 
 class RefusalCounter:
@@ -82,18 +99,56 @@ class BoundedH11Protocol(H11Protocol):
     head_timeout = HEAD_TIMEOUT
     max_connections = 64
     refused = RefusalCounter()  # server_config gives each server its own
+    streams: tuple[Operation, ...] = tuple(op for op in OPERATIONS if op.stream)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+        self._reserved = False  # let in beyond the cap: /v1/health only
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._idle_since = self.loop.time()
         if len(self.connections) > self.max_connections:
-            self.refused.add("over the connection limit")
+            idle = self._longest_idle()
+            if idle is not None:
+                self.refused.add("idle, closed to make room")
+                idle.transport.abort()
+            elif len(self.connections) <= self.max_connections + HEALTH_RESERVE:
+                self._reserved = True
+            else:
+                self.refused.add("over the connection limit")
+                self.transport.abort()
+                return
+        self._arm()
+
+    def _longest_idle(self) -> BoundedH11Protocol | None:
+        idle = [
+            c
+            for c in self.connections
+            if c is not self
+            and isinstance(c, BoundedH11Protocol)
+            and not c._in_request()
+            and not c.transport.is_closing()
+        ]
+        return min(idle, key=lambda c: c._idle_since, default=None)
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        """A stream still open at shutdown is cut: it never ends by itself, and a listener that stopped
+        reading would hold the stop until uvicorn's graceful timeout, then a traceback."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self._is_stream(cycle.scope):
             self.transport.abort()
             return
-        self._arm()
+        super().shutdown()
+
+    def _is_stream(self, scope: Any) -> bool:
+        return any(op.matches(scope.get("method", ""), scope.get("path", "")) for op in self.streams)
 
     def data_received(self, data: bytes) -> None:
         if self._head_timer is None and not self._in_request():
@@ -101,6 +156,8 @@ class BoundedH11Protocol(H11Protocol):
         super().data_received(data)
         if self._in_request():
             self._disarm()
+            if self._reserved and self.cycle is not None:  # the app has not run yet: it reads this first
+                self.cycle.scope[RESERVED] = True  # type: ignore[literal-required]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -138,8 +195,8 @@ def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=10,
-        # Our own cap closes extra connections on arrival; uvicorn's (answering 503) is the backstop.
-        limit_concurrency=api.max_connections + 1,
+        # Our own cap makes room or closes extra connections on arrival; uvicorn's (answering 503) is the backstop.
+        limit_concurrency=api.max_connections + HEALTH_RESERVE + 1,
         timeout_keep_alive=int(KEEP_ALIVE),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )

@@ -24,7 +24,8 @@ import uvicorn
 from tillplug import __version__
 from tillplug.api.app import TillApi
 from tillplug.api.guard import GuardPolicy, allowed_host_headers
-from tillplug.api.server import server_config
+from tillplug.api.idempotency import open_idempotency_store
+from tillplug.api.server import server_config, stream_limit
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
 from tillplug.config.model import OutboxConfig
@@ -276,6 +277,9 @@ class Daemon:
         self.store = open_store(cfg.state_dir / "outbox.sqlite3")
         self._opened.callback(self.store.close)
         recovered = self.store.recover()
+        # Answers to keyed API calls, beside the checkouts they answer for (a retry after a restart gets them).
+        self.idempotency = open_idempotency_store(cfg.state_dir / "idempotency.sqlite3")
+        self._opened.callback(self.idempotency.close)
         self.client = EngineClient(
             cfg.engine,
             load_secrets(cfg.engine),
@@ -357,6 +361,8 @@ class Daemon:
             token=token,
             metrics=self.metrics.exposition,
             spools=self.spools,
+            idempotency=self.idempotency,
+            max_streams=stream_limit(cfg.api.max_connections),
             policy=GuardPolicy(
                 allowed_host_headers(cfg.api.host, self.api_port, cfg.api.allowed_hosts),
                 cfg.api.allowed_origins,
@@ -364,6 +370,7 @@ class Daemon:
                 cfg.api.request_timeout,
             ),
         )
+        self.api = api
         api_server = self.api_server = _ApiServer(server_config(UseCaseMiddleware(api.app), cfg.api))
         api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
         return api_server, api_task
