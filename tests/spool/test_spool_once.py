@@ -73,7 +73,9 @@ def test_paper_out_just_before_a_slip_degrades_health_at_once_and_prints_it_once
         with VirtualTill(tmp_path / "t", printers=printers) as till:
             assert till.wait_for(lambda: printer_state(till)[1]["state"] == "ready")
             fake.mood = "paper_out"  # after the last idle check: the spool learns it from the slip itself
-            job = till.api.post("/v1/print/balance", json={"code": "1000001", "lane": 1}).json()["print"]
+            job = till.api.post(
+                "/v1/print/balance", json={"code": "1000001", "lane": 1}
+            ).json()  # {job, state, …member}
             assert till.wait_for(lambda: printer_state(till)[0]["status"] == "degraded", timeout=3)
             health, printer = printer_state(till)
             assert printer["state"] == "error" and printer["reason"] == "paper out"
