@@ -324,6 +324,9 @@ class PrinterConfig(Section):
     connect_timeout: Annotated[float, Field(gt=0, le=30)] = 1.0
     # A loopback TCP port (9100-style) the till's own ESC/POS driver can print to, sharing this printer.
     share_port: int | None = Field(default=None, ge=1, le=65535)
+    # The same as a Unix socket at this absolute path: mode 0660, owned by its directory's group (put it
+    # in a directory of the till's group), so no other user's program and no web page can print.
+    share_socket: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=100)
 
     @model_validator(mode="after")
     def _connection_shape(self) -> PrinterConfig:

@@ -108,6 +108,13 @@ class Metrics:
             ["printer", "state"],
             registry=self.registry,
         )
+        self.share_refused = Counter(
+            "tillplug_share_refused",
+            "Connections to a printer's share port refused before printing anything, by what they spoke "
+            "(http: a web page or other HTTP client; tls)",
+            ["printer", "protocol"],
+            registry=self.registry,
+        )
         self.engine_latency = Histogram(
             "tillplug_engine_request_seconds",
             "Engine round trips by endpoint",

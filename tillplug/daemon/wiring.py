@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -148,9 +149,14 @@ class Daemon:
             hold_seconds=self.config.printing.hold_minutes * 60,
             till_block=self._till_block,
         )
+        if sup.share is not None:
+            sup.share.on_refused = functools.partial(self._share_refused, cfg.name)
         self.printers[cfg.name] = sup
         self.spools.add(sup)
         sup.start()
+
+    def _share_refused(self, printer: str, protocol: str) -> None:
+        self.metrics.share_refused.labels(printer, protocol).inc()
 
     def _till_block(self, lane: int) -> list[Block] | None:
         """The loyalty block for the till's own receipt (receipts.append_to_till_receipt)."""

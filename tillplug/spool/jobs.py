@@ -322,16 +322,19 @@ class JobStore:
             changed = self._db.execute(sql, args).rowcount
             return self._one(job_id) if changed else None
 
-    def claim(self, printer: str, now: float | None = None) -> tuple[PrintJob, bytes] | None:
-        """The oldest waiting (queued or held) job that has not expired, now marked printing."""
+    def claim(
+        self, printer: str, now: float | None = None, *, source: str | None = None
+    ) -> tuple[PrintJob, bytes] | None:
+        """The oldest waiting (queued or held) job that has not expired (of ``source`` only, if given),
+        now marked printing."""
         now = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
                     "SELECT id, data FROM print_jobs WHERE printer = ? AND state IN ('queued', 'held') "
-                    "AND expires > ? ORDER BY id LIMIT 1",
-                    (printer, now),
+                    "AND expires > ? AND source = coalesce(?, source) ORDER BY id LIMIT 1",
+                    (printer, now, source),
                 ).fetchone()
                 if row is None:
                     self._db.execute("COMMIT")

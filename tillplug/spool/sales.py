@@ -14,7 +14,7 @@ from typing import Any
 
 from tillplug.receipts.layout import Block, Columns, Rule, Text
 from tillplug.receipts.templates import SlipContext, printed_mask
-from tillplug.spool.share import CUT
+from tillplug.spool.escpos_stream import cut_positions
 
 RECENT = 300.0  # a till prints its receipt within this many seconds of completing the sale
 
@@ -74,8 +74,12 @@ class SaleTracker:
         return [*blocks, Rule()]
 
 
-def insert_before_cut(receipt: bytes, block: bytes) -> bytes:
-    """``block`` just before the receipt's last cut (at the end when it has none)."""
-    cuts = list(CUT.finditer(receipt))
-    at = cuts[-1].start() if cuts else len(receipt)
-    return receipt[:at] + block + receipt[at:]
+def has_cut(receipt: bytes) -> bool:
+    """Whether the receipt has a real cut command (not a cut's bytes inside an image or a barcode)."""
+    return next(cut_positions(receipt), None) is not None
+
+
+def insert_before_cut(receipt: bytes, block: bytes) -> bytes | None:
+    """``block`` just before the receipt's last real cut command; None when it has none."""
+    cuts = list(cut_positions(receipt))
+    return receipt[: cuts[-1]] + block + receipt[cuts[-1] :] if cuts else None

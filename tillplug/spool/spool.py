@@ -28,7 +28,7 @@ from tillplug.errors import PrintQueueFull
 from tillplug.receipts.layout import Block, Receipt
 from tillplug.spool.jobs import JobState, JobStore, PrintJob, QueueFigures
 from tillplug.spool.link import Outcome, PrinterLink
-from tillplug.spool.sales import insert_before_cut
+from tillplug.spool.sales import has_cut, insert_before_cut
 from tillplug.spool.share import SharePort
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,16 @@ class PrintSpool:
         self.queue = QueueFigures()  # waiting jobs and bytes, as last counted (health reads this)
         self.refused = 0  # jobs refused past a bound since the queue last had room
         self._pruned_at = time.monotonic()
+        # Set by the share port while a till receipt too long for one job arrives in parts, and then
+        # ``till_first`` until its last part has left the queue: only the till's jobs print meanwhile,
+        # so none of tillplug's slips lands inside that receipt.
+        self.till_floor = False
+        self.till_first = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        port = getattr(config, "share_port", None)
-        self.share = SharePort(self, port) if port else None
+        port, path = getattr(config, "share_port", None), getattr(config, "share_socket", None)
+        self.share = SharePort(self, port, socket_path=path) if port or path else None
 
     @property
     def name(self) -> str:
@@ -121,11 +126,16 @@ class PrintSpool:
     ) -> PrintJob:
         """Queue bytes for this printer; returns the queued job at once (``PrintQueueFull`` past a bound)."""
         hold = self.hold_seconds if hold_seconds is None else hold_seconds
-        if source == "till" and kind == "raw" and self.till_block is not None:
-            blocks = self.till_block(self.config.lane)
+        if (
+            source == "till"
+            and kind == "raw"
+            and self.till_block is not None
+            and await asyncio.to_thread(has_cut, data)
+        ):
+            blocks = self.till_block(self.config.lane)  # the block goes before a real cut only
             if blocks:
                 rendered = await asyncio.to_thread(self.driver.render, Receipt("loyalty", blocks))
-                data = insert_before_cut(data, rendered.removeprefix(b"\x1b@"))  # no reset inside the till's job
+                data = insert_before_cut(data, rendered.removeprefix(b"\x1b@")) or data  # no reset inside
         try:
             job = await asyncio.to_thread(
                 self.store.add, self.name, self.config.lane, kind, source, data, hold_seconds=hold
@@ -201,7 +211,11 @@ class PrintSpool:
             if not await self._probe():
                 await self._sleep(PROBE_EVERY)
                 return
-        claimed = await asyncio.to_thread(self.store.claim, self.name)
+        only_till = self.till_floor or self.till_first
+        claimed = await asyncio.to_thread(self.store.claim, self.name, source="till" if only_till else None)
+        if claimed is None and self.till_first and not self.till_floor:
+            self.till_first = False  # the long receipt is out: back to first come, first served
+            claimed = await asyncio.to_thread(self.store.claim, self.name)
         if claimed is None:
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = time.monotonic()
