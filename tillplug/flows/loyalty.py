@@ -94,8 +94,8 @@ class Loyalty:
     def open_on_lane(self, lane: int) -> Checkout | None:
         return self.book.open_on_lane(lane)
 
-    async def attach_member(self, tx_id: str, code: str) -> dict[str, Any]:
-        return await self.book.attach_member(tx_id, code)
+    async def attach_member(self, tx_id: str, code: str, entry: str = "keyed") -> dict[str, Any]:
+        return await self.book.attach_member(tx_id, code, entry)
 
     async def spend_points(self, tx_id: str, points: int) -> dict[str, Any]:
         return await self.points.spend(tx_id, points)
@@ -110,7 +110,7 @@ class Loyalty:
         return await self.vouchers.redeem(tx_id, benefit_id, check_only)
 
     async def tender(self, tx_id: str) -> dict[str, Any]:
-        return await self.vouchers.tender(tx_id)
+        return await self.vouchers.tender(tx_id, self.points.finalize)
 
     async def complete(
         self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
@@ -132,7 +132,7 @@ class Loyalty:
             if kind is ScanKind.MEMBER:
                 events.publish("scan", {**base, "member": mask(classified.code)}, lane=lane)
                 if checkout is not None:
-                    await self.attach_member(checkout.tx_id, classified.code)
+                    await self.attach_member(checkout.tx_id, classified.code, "scanned")
                 else:
                     await self.lookup(classified.code, lane=lane, print_slip=True)
             elif kind is ScanKind.VOUCHER:
