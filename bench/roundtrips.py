@@ -33,6 +33,10 @@ CASES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("spend", "POST", "/v1/checkouts/RT1/points", {"points": 100}, 3),
     ("spend", "POST", "/v1/checkouts/RT1/points", {"points": 100}, 3),  # reactions known prompt: read too
     ("voucher", "POST", "/v1/checkouts/RT1/vouchers", {"code": "ALICE-5OFF-0001"}, 1),
+    # Before payment: both spends made final.  Our events found (1), their reactions shown (1), then
+    # one set of reads for the sale: events, reactions, balance, events, reactions (5); plus the
+    # engine's reaction delay (50 ms in the simulator).
+    ("tender", "POST", "/v1/checkouts/RT1/tender", None, 7),
     ("complete", "POST", "/v1/checkouts/RT1/complete", {"total": 1000, "paymentConfirmed": True}, 0),
 ]
 LABELS = {1: " (card seen recently)", 5: " (reactions listed promptly)"}

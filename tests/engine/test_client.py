@@ -406,3 +406,48 @@ def test_an_unreadable_2xx_answer_to_a_write_is_outcome_unknown():
     engine = Engine({("POST", "/events/"): [httpx.Response(200, text="<html>ok</html>")]})
     with pytest.raises(E.OutcomeUnknown):
         run(call(engine, "report_event", EventDefinition(type="TRANSACTION")))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.DecodingError("Error -3 while decompressing data: incorrect header check"),
+        httpx.TooManyRedirects("redirected"),
+        httpx.StreamConsumed(),
+    ],
+)
+@pytest.mark.parametrize("write", [False, True])
+def test_every_httpx_error_is_translated_a_reads_as_protocol_trouble_a_writes_as_an_unknown_outcome(exc, write):
+    """Issue 22, observation 3: a proxy's broken gzip (``httpx.DecodingError``, no TransportError)
+    escaped the client.  Now nothing from httpx does: a write's is an unknown outcome (never resent),
+    a read's is protocol trouble."""
+    engine, coro = write_or_read(write, exc)
+    with pytest.raises(E.TillplugError) as info:
+        run(coro)
+    assert type(info.value) is (E.OutcomeUnknown if write else E.EngineProtocolError)
+    assert len([r for r in engine.requests if r.url.path != "/oauth/token"]) == 1
+
+
+def test_a_streak_of_401s_refreshes_the_token_at_most_once():
+    """Issue 22, observation 6: each call answered 401 minted a new token (two per voucher scan).
+    A refresh that did not help is not repeated until some call succeeds again."""
+    engine = Engine(
+        {
+            ("POST", "/commands/validate_voucher"): [httpx.Response(401, json={"message": "Unauthorized"})],
+            ("GET", "/users/1234567"): [ok({"id": "x"})],
+        }
+    )
+
+    async def go():
+        async with client(engine) as c:
+            for _ in range(3):
+                with pytest.raises(E.EngineAuthError):
+                    await c.validate_voucher("X")
+            assert engine.token_calls == 2  # the first token, one refresh
+            await c.get_user("1234567")  # a success ends the streak
+            engine.routes[("GET", "/users/1234567")] = [httpx.Response(401)]
+            with pytest.raises(E.EngineAuthError):
+                await c.get_user("1234567")
+            assert engine.token_calls == 3
+
+    run(go())

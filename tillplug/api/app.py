@@ -366,7 +366,7 @@ class TillApi:
         return self.loyalty.get_checkout(request.path_params["tx"])
 
     async def _attach_member(self, request: Request, body: schemas.MemberAttach) -> Any:
-        return await self.loyalty.attach_member(request.path_params["tx"], body.code)
+        return await self.loyalty.attach_member(request.path_params["tx"], body.code, body.entry)
 
     async def _spend_points(self, request: Request, body: schemas.SpendPoints) -> Any:
         return await self.loyalty.spend_points(request.path_params["tx"], body.points)

@@ -139,7 +139,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/v1/checkouts/{tx}/tender",
-        "check_then_burn: burn the checked vouchers before taking payment",
+        "Before payment: make the sale's points final (or give them back: 409 insufficient_points), "
+        "burn the checked vouchers",
         "tender",
         request=s.NoBody,
         response=s.Tendered,

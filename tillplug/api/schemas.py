@@ -34,6 +34,11 @@ class CheckoutCreate(Body):
 
 class MemberAttach(Body):
     code: str = Field(min_length=1, max_length=512)
+    entry: Literal["scanned", "keyed"] = Field(
+        default="keyed",
+        description="How the code reached the POS: read by a scanner, or keyed by hand. Offline, a keyed "
+        "code not looked up in the last 14 days is attached without a points figure.",
+    )
 
 
 class SpendPoints(Body):
@@ -212,6 +217,11 @@ class CheckoutView(Answer):
     refunded: int = Field(description="Points given back.")
     vouchers: list[AppliedVoucher]
     offline: bool = Field(default=False, description="The member was attached while the engine was down.")
+    memberUnverified: bool = Field(
+        default=False,
+        description="Attached offline from a keyed code not seen lately: no points figure is promised; "
+        "points will be added if the card is valid.",
+    )
     pointsPending: int = Field(default=0, description="Points whose deduction is still being looked up.")
     vouchersPending: list[str] = Field(default_factory=list, description="Codes whose burn is being looked up.")
 
@@ -221,7 +231,7 @@ class CheckoutWithWallet(CheckoutView):
 
 
 class PointsSpent(Answer):
-    """200: the deduction landed.  Give ``discount``."""
+    """200: the deduction landed.  Show ``discount``; it becomes final at tender, before payment."""
 
     transactionId: str
     points: int
@@ -230,6 +240,10 @@ class PointsSpent(Answer):
     balanceAfter: int
     balanceEstimated: bool = Field(
         default=False, description="The engine accepted the spend but its new balance could not be read back."
+    )
+    final: bool = Field(
+        default=False,
+        description="Always false: the points become final at POST /v1/checkouts/{tx}/tender, before payment.",
     )
     eventKey: str
     print: QueuedJob | None = PrintField
@@ -252,8 +266,28 @@ class PointsAnswer(RootModel[PointsSpent | PointsPending]):
     pass
 
 
+class PointsFinal(Answer):
+    """The sale's points at tender (or complete): final, given back (tender answers 409), or unconfirmed."""
+
+    state: Literal["final", "unconfirmed", "none"] = Field(
+        description="final: every deduction shown applied and covered; unconfirmed: the engine did not show "
+        "some in time (tender again); none: the sale spends no points."
+    )
+    final: int = Field(description="Points final on this sale.")
+    unconfirmed: int = Field(description="Points the engine has not shown taken in time; still spent.")
+    discount: Money = Field(description="The points discount the sale carries (final and unconfirmed).")
+    balanceAfter: int | None
+    overdrawn: int = Field(
+        default=0,
+        description="complete only: points kept after payment though another till spent them first.",
+    )
+    message: str | None = None
+
+
 class Tendered(Answer):
-    """check_then_burn: the checked vouchers, burned before payment.  Take payment only when ``ready``."""
+    """Before payment: the sale's points made final, then the checked vouchers burned.  Take payment only
+    when ``ready``.  409 ``insufficient_points``: another till spent the member's points first and this
+    sale's were given back; remove the points discount and tender again."""
 
     transactionId: str
     burned: list[str]
@@ -261,6 +295,7 @@ class Tendered(Answer):
     pending: list[str]
     vouchers: list[AppliedVoucher]
     ready: bool
+    points: PointsFinal | None = None
 
 
 class LocalPoolVoucher(Answer):
@@ -299,10 +334,11 @@ class BurnFailure(Answer):
 class Completed(Answer):
     transactionId: str
     state: Literal["completed"]
-    expectedPoints: int
+    expectedPoints: int | None = Field(description="null for a member attached unverified: no figure promised")
     eventKey: str
     voucherBurnFailures: list[BurnFailure]
     offline: bool = False
+    points: PointsFinal | None = None
     print: QueuedJob | None = PrintField
 
 

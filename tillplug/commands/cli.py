@@ -432,7 +432,14 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     async def go() -> Report:
         # No dialect assumed: this is what finds it out (and the file may not exist yet).
         async with EngineClient(config.engine, load_secrets(config.engine), dialect=EngineDialect()) as client:
-            return await engine_check(client, card, event_types=config.engine.event_types, write=args.yes)
+            return await engine_check(
+                client,
+                card,
+                event_types=config.engine.event_types,
+                write=args.yes,
+                till_id=config.till_id,
+                branch_id=config.branch_id,
+            )
 
     try:
         report = asyncio.run(go())

@@ -20,7 +20,8 @@ from typing import Any
 
 from tillplug.engine.client import EngineClient, Probe, event_key_filter, is_documented_member_id, order_key_filter
 from tillplug.engine.dialect import EngineDialect
-from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, utc_now_iso
+from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, reactor_points, utc_now_iso
+from tillplug.errors import TillplugError
 
 REACTION_WAIT = 10.0  # seconds to watch for the test spend's reaction
 LATE_AFTER = 1.0  # a reaction first seen later than this is "delayed" (beyond tillplug's confirm budget)
@@ -34,6 +35,8 @@ class Report:
     evidence: dict[str, str] = field(default_factory=dict)
     sent: list[str] = field(default_factory=list)  # every request made, for the technician
     net_zero: bool | None = None  # the test spend and its refund left the balance unchanged
+    # event type -> what test_reaction says its reactors do with 1 point ("ok", or the trouble)
+    reactors: dict[str, str] = field(default_factory=dict)
 
     def set(self, point: str, answer: str, evidence: str) -> None:
         self.answers[point] = answer
@@ -85,9 +88,20 @@ def _owner_of(item: Any) -> set[str]:
 
 
 class EngineCheck:
-    def __init__(self, client: EngineClient, *, event_types: Any, sleep: Callable[[float], Any] = asyncio.sleep):
+    def __init__(
+        self,
+        client: EngineClient,
+        *,
+        event_types: Any,
+        till_id: str,
+        branch_id: str,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ):
         self.client = client
         self.event_types = event_types
+        # Carried by the test spend and refund as by every event a till reports: a tenant schema that
+        # requires them would refuse the check otherwise.
+        self.ids = {"tillId": till_id, "branchId": branch_id}
         self.sleep = sleep
         self.report = Report()
         self.reaction_wait = REACTION_WAIT
@@ -107,6 +121,7 @@ class EngineCheck:
         await self.client.get_wallet(user.id)
         await self._owner_filter(user)
         await self._voucher_refusals()
+        await self._reactors(user)
         spend_key = await self._test_spend(user) if write else None
         if not write:
             for point in ("reactions", "write_bodies"):
@@ -179,6 +194,32 @@ class EngineCheck:
         why = f"HTTP {probe.status}, message {probe.message!r}"
         self.report.set("voucher_refusals", "codes" if has_code else "status_only", why)
 
+    async def _reactors(self, user: User) -> None:
+        """test_reaction (no side effects) for a 1-point spend and its refund: the engine's reactors
+        must take and give back exactly that point.  A missing or conditional redemption reactor
+        accepts the spend and deducts nothing; the refund reactor then invents points."""
+        for event_type, expected in ((self.event_types.redeemed_points, -1), (self.event_types.points_refund, 1)):
+            event = EventDefinition(
+                type=event_type,
+                subject=user.id,
+                executor="tillplug-engine-check",
+                payload={"eventKey": new_event_key(), **self.ids, "transactionId": "engine-check", "points": 1},
+            )
+            self.report.sent.append(f"POST /events/test_reaction {event_type} points=1")
+            try:
+                moved = reactor_points(await self.client.test_reaction(event))
+            except TillplugError as exc:
+                self.report.reactors[event_type] = f"unknown: test_reaction answered {exc.code}"
+                continue
+            if moved == expected:
+                self.report.reactors[event_type] = "ok"
+            elif moved == 0:
+                self.report.reactors[event_type] = (
+                    "MISSING: the engine accepts the event and moves no points (a missing or conditional reactor)"
+                )
+            else:
+                self.report.reactors[event_type] = f"RATE DIFFERS: {moved:+g} points for {expected:+d}"
+
     async def _test_spend(self, user: User) -> str:
         """Spend 1 point and refund it; watch the answer's body and the reaction."""
         start = (await self.client.get_wallet(user.id)).points_balance
@@ -189,7 +230,14 @@ class EngineCheck:
             subject=user.id,
             executor="tillplug-engine-check",
             # "XXX" is ISO 4217's code for "no currency": the test spend carries no money.
-            payload={"eventKey": key, "transactionId": run_id, "points": 1, "value": 0, "currency": "XXX"},
+            payload={
+                "eventKey": key,
+                **self.ids,
+                "transactionId": run_id,
+                "points": 1,
+                "value": 0,
+                "currency": "XXX",
+            },
         )
         self.report.sent.append(f"POST /events/ {spend.type} points=1 eventKey={key}")
         posted = await self.client.probe("POST", "/events/", json=spend.body())
@@ -205,7 +253,7 @@ class EngineCheck:
             type=self.event_types.points_refund,
             subject=user.id,
             executor="tillplug-engine-check",
-            payload={"eventKey": new_event_key(), "transactionId": run_id, "points": 1, "reverses": key},
+            payload={"eventKey": new_event_key(), **self.ids, "transactionId": run_id, "points": 1, "reverses": key},
         )
         self.report.sent.append(f"POST /events/ {refund.type} points=1 reverses={key}")
         await self.client.probe("POST", "/events/", json=refund.body())
@@ -276,10 +324,17 @@ class EngineCheck:
 
 
 async def engine_check(
-    client: EngineClient, card: str, *, event_types: Any, write: bool, reaction_wait: float = REACTION_WAIT
+    client: EngineClient,
+    card: str,
+    *,
+    event_types: Any,
+    write: bool,
+    till_id: str,
+    branch_id: str,
+    reaction_wait: float = REACTION_WAIT,
 ) -> Report:
     """Run every check; an engine error on the way (unreachable, credentials) is raised from the error tree."""
-    check = EngineCheck(client, event_types=event_types)
+    check = EngineCheck(client, event_types=event_types, till_id=till_id, branch_id=branch_id)
     check.reaction_wait = reaction_wait
     return await check.run(card, write=write)
 
@@ -337,4 +392,6 @@ def table(report: Report) -> list[str]:
     for point, answer in report.answers.items():
         action = WHAT_TILLPLUG_DOES.get(point, {}).get(answer, "trusts nothing it has not seen")
         lines.append(f"{point:24} {answer:12} {report.evidence.get(point, '')}  → {action}")
+    for event_type, verdict in report.reactors.items():
+        lines.append(f"reactor {event_type:16} {verdict}")
     return lines

@@ -100,6 +100,7 @@ KIND_WORDS = {
     "timeout": "timeouts",
     "unreachable": "connection failures",
     "transport": "connections cut (reset, half an answer)",
+    "protocol": "answers that could not be decoded (e.g. a proxy's broken gzip)",
 }
 
 
@@ -190,8 +191,10 @@ class HealthMonitor:
         devices: Callable[[], list[dict[str, Any]]],
         *,
         ping: Callable[[], Any] | None = None,
+        money: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.config = config
+        self.money = money  # problems the points flows found (code -> message): reactors, rates, overdraws
         self.store = store
         self.engine = engine
         self.devices = devices
@@ -266,6 +269,8 @@ class HealthMonitor:
 
     def problems(self, devices: list[dict[str, Any]], over_limit: bool) -> list[dict[str, str]]:
         found = [*self._engine_problems(), *self._storage_problems(over_limit)]
+        if self.money is not None:
+            found += [_problem(code, message) for code, message in self.money().items()]
         for d in devices:
             if d["state"] != "ready":
                 found.append(_problem("device_not_ready", f"{d['kind']} {d['name']} is {d['state']}: {d['reason']}"))

@@ -321,7 +321,14 @@ class Daemon:
                 recovered,
                 interrupted,
             )
-        self.monitor = HealthMonitor(cfg, self.store, self.engine_watch, self._device_views, ping=self.client.ping)
+        self.monitor = HealthMonitor(
+            cfg,
+            self.store,
+            self.engine_watch,
+            self._device_views,
+            ping=self.client.ping,
+            money=lambda: dict(self.loyalty.points.problems),
+        )
         await self.monitor.refresh()
         self._tasks.append(asyncio.ensure_future(self.monitor.run(self.stop_event)))
         self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))

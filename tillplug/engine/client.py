@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -44,6 +45,7 @@ from tillplug.engine.models import (
     Token,
     User,
     Wallet,
+    parse_time,
     points_of,
 )
 from tillplug.engine.refusals import VOUCHER_REASONS, classify_voucher_refusal
@@ -73,6 +75,7 @@ MAX_TOKEN_LIFETIME = 86400.0  # seconds: a cached token said to last longer than
 PAGE = 100  # items per page of a list call
 LOOKUP_MAX_PAGES = 5  # a look-up by eventKey reads at most this many pages (newest first)
 BENEFIT_MAX_PAGES = 10
+RECENT_MAX_PAGES = 10  # a read of the latest events stops here (1,000 events) even if it did not reach back
 
 
 def benefit_owned_by(benefit: Benefit, member_id: str) -> bool:
@@ -215,6 +218,9 @@ class EngineClient:
         self._on_call = on_call  # (endpoint, seconds, error code or None): for metrics
         client_id = secrets.client_id.reveal() if secrets.client_id else ""
         self.tokens = TokenCache(path=token_path, scope=f"{self.urls['auth_url']} {client_id} {config.audience}")
+        # A 401 after a refresh means the refresh did not help: no new token is minted (WLL throttles
+        # minting) until some call is answered without a 401 again.
+        self._refused_after_refresh = False
         # What engine-check found this engine to do; look-ups learn more as they go.
         self.dialect = dialect if dialect is not None else _dialect_or_unknown(config.dialect_file)
         self.filter_evidence = FilterEvidence(
@@ -461,6 +467,26 @@ class EngineClient:
             return Lookup("unverifiable", reason="the engine ignored the eventKey filter")
         return Lookup("unverifiable", reason="the eventKey filter is not known to work", unproven=True)
 
+    async def recent_events(
+        self, until: Callable[[Event], bool], *, max_pages: int = RECENT_MAX_PAGES
+    ) -> tuple[list[Event], bool]:
+        """The latest events, newest first, up to and including the first one ``until`` is true of.
+
+        ``GET /events/`` unfiltered (documented; its filters are not).  The flag says whether such
+        an event was reached (or the list ended) within ``max_pages``: if not, the list stops short.
+        """
+        found: list[Event] = []
+        for page in range(max_pages):
+            params = {"limit": str(PAGE), "skip": str(page * PAGE), "order": "DESC"}
+            items = _parse_list(Event, await self._call("GET", "/events/", params=params, endpoint="events_recent"))
+            for e in items:
+                found.append(e)
+                if until(e):
+                    return found, True
+            if len(items) < PAGE:
+                return found, True
+        return found, False
+
     async def event_reactions(self, event_id: str) -> list[Reaction]:
         """The reactions applied to an event, read in either shape an engine may use.
 
@@ -608,6 +634,18 @@ class EngineClient:
         except httpx.TransportError as exc:  # reset, half-sent response, protocol error
             error = "transport"
             raise (OutcomeUnknown() if write else EngineUnreachable()) from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            # Anything else httpx raises once the request may have left (a proxy's broken gzip is
+            # a DecodingError, not a TransportError): a read's is protocol trouble, a write's an
+            # unknown outcome.  Nothing from httpx goes past this line.
+            error = "protocol"
+            if write:
+                raise OutcomeUnknown(
+                    "The loyalty service's answer could not be read; the request may have been applied."
+                ) from exc
+            raise EngineProtocolError(
+                f"The loyalty service's answer could not be read ({type(exc).__name__})."
+            ) from exc
         finally:
             if error is not None and self.traffic is not None:
                 self.traffic.unanswered()
@@ -650,9 +688,8 @@ class EngineClient:
                 self.on_failure(endpoint, status)
             if self.traffic is not None:
                 self.traffic.answered(status, parse_retry_after(response.headers.get("Retry-After")))
-            if status == 401 and not refreshed and event_type not in self._secrets.event_type_secrets:
-                refreshed = True  # the token may have been revoked or expired early: once
-                self.tokens.invalidate()
+            if self._refresh_token_after(status, event_type, refreshed):
+                refreshed = True
                 continue
             # The outbox paces itself (tillplug/outbox/pacing.py): its 429s go straight back to it.
             if status in (429, 503) and attempt < self.config.max_attempts and current_use_case() != OUTBOX:
@@ -668,6 +705,32 @@ class EngineClient:
                         "The loyalty service's answer could not be read; the request may have been applied."
                     ) from exc
                 raise
+
+    def _refresh_token_after(self, status: int, event_type: str | None, refreshed: bool) -> bool:
+        """Should this answer's call be sent again with a new admin token?  Once per call, and once
+        per streak of 401s: the token may have been revoked or expired early, but a 401 after a
+        refresh means a new token does not help, and WLL throttles minting."""
+        if event_type in self._secrets.event_type_secrets:
+            return False  # the event type's own secret: no token to refresh
+        if status != 401:
+            self._refused_after_refresh = False
+            return False
+        if refreshed or self._refused_after_refresh:
+            self._refused_after_refresh = True
+            return False
+        self.tokens.invalidate()
+        return True
+
+
+def created_at(event: Event) -> datetime | None:
+    """When the engine created ``event`` (UTC), or None if it does not say in a form tillplug reads."""
+    try:
+        when = parse_time(event.created_at)
+    except ValueError:
+        return None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when
 
 
 def _dialect_or_unknown(path: str | None) -> EngineDialect:

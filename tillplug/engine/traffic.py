@@ -45,6 +45,7 @@ ROUTE_USE_CASES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/v1/checkouts/[^/]+/vouchers$"), "voucher"),
     ("GET", re.compile(r"^/v1/checkouts/[^/]+/benefits$"), "benefits"),
     ("POST", re.compile(r"^/v1/checkouts/[^/]+/benefits/[^/]+/redeem$"), "redeem"),
+    ("POST", re.compile(r"^/v1/checkouts/[^/]+/tender$"), "tender"),
     ("POST", re.compile(r"^/v1/checkouts/[^/]+/complete$"), "complete"),
     ("POST", re.compile(r"^/v1/checkouts/[^/]+/void$"), "void"),
     ("POST", re.compile(r"^/v1/print/balance$"), "balance_slip"),

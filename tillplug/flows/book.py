@@ -29,6 +29,9 @@ MEMBER_CACHE = 1000
 # On disk, for offline attach: a card seen this recently is attached (by its WLL id) while the engine is down.
 OFFLINE_MEMBER_TTL = 14 * 24 * 3600.0
 SUBJECT_MAX = 128  # the longest identifier the engine takes as an event subject
+# How a member code reached tillplug: read by a scanner, or typed by the cashier (the API's default).
+ENTRIES = ("scanned", "keyed")
+ADDED_IF_VALID = "Points will be added if the card is valid."
 
 
 def benefit_view(b: Benefit) -> dict[str, Any]:
@@ -83,13 +86,14 @@ class CheckoutBook:
         await ctx.db(ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
         return member, wallet
 
-    def offline_member(self, code: str | Classified) -> Member | None:
+    def offline_member(self, code: str | Classified, entry: str = "keyed") -> Member | None:
         """The member a card names while the engine is down, if tillplug can know it without asking.
 
-        A card seen recently is known by its cached WLL id.  Otherwise a member code
-        the engine accepts as an event subject (WLL id, account number or
-        authIdentifier, at most 128 characters) is used as the subject itself: the
-        sale's event, queued in the outbox, credits whoever the engine finds.
+        A card seen (looked up) in the last 14 days is known by its cached WLL id.  Otherwise a
+        member code the engine accepts as an event subject (WLL id, account number or
+        authIdentifier, at most 128 characters) is used as the subject itself: the sale's
+        event, queued in the outbox, credits whoever the engine finds.  Keyed by hand, such a
+        code may be a typo naming a stranger: it is ``unverified`` and no figure is promised.
         """
         ident = self.member_ident(code)
         cached = self.ctx.store.recall_member(ident)
@@ -100,7 +104,7 @@ class CheckoutBook:
         else:
             classified = self.ctx.classifier.classify(code.strip(), read_product=False)
         if classified.kind is ScanKind.MEMBER and 1 <= len(ident) <= SUBJECT_MAX:
-            return Member(ident, None, mask(ident), offline=True)
+            return Member(ident, None, mask(ident), offline=True, unverified=entry != "scanned")
         return None
 
     def wallet_view(self, member: Member, wallet: Wallet) -> dict[str, Any]:
@@ -174,6 +178,7 @@ class CheckoutBook:
             "state": checkout.state,
             "member": checkout.member.masked if checkout.member else None,
             "offline": bool(checkout.member and checkout.member.offline),
+            "memberUnverified": bool(checkout.member and checkout.member.unverified),
             "pointsSpent": sum(d.points for d in taken),
             "pointsDiscount": self.ctx.money(sum(d.money for d in taken)).to_dict(),
             "pointsPending": sum(d.points for d in deductions if d.state == "unknown" and d.pending),
@@ -185,7 +190,10 @@ class CheckoutBook:
     def get_checkout(self, tx_id: str) -> dict[str, Any]:
         return self.view(self.ctx.checkout(tx_id))
 
-    async def attach_member(self, tx_id: str, code: str | Classified) -> dict[str, Any]:
+    async def attach_member(self, tx_id: str, code: str | Classified, entry: str = "keyed") -> dict[str, Any]:
+        """Attach the member ``code`` names; ``entry`` says how it came: ``scanned`` or ``keyed``."""
+        if entry not in ENTRIES:
+            raise InvalidRequest("entry is 'scanned' or 'keyed'.")
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             ctx.open(tx_id)
@@ -193,7 +201,7 @@ class CheckoutBook:
             try:
                 member, wallet = await self.find_member(code)
             except EngineUnavailable:
-                offline = self.offline_member(code)
+                offline = self.offline_member(code, entry)
                 if offline is None:
                     raise
                 member = offline
@@ -216,9 +224,9 @@ class CheckoutBook:
             ctx.events.publish("member_attached", {"transactionId": tx_id, **view["wallet"]}, lane=checkout.lane)
         else:
             view["wallet"] = None
-            ctx.events.publish(
-                "member_attached",
-                {"transactionId": tx_id, "member": member.masked, "offline": True},
-                lane=checkout.lane,
-            )
+            attached: dict[str, Any] = {"transactionId": tx_id, "member": member.masked, "offline": True}
+            if member.unverified:
+                view["message"] = attached["message"] = ADDED_IF_VALID
+                attached["memberUnverified"] = True
+            ctx.events.publish("member_attached", attached, lane=checkout.lane)
         return view

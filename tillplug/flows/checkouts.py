@@ -69,7 +69,11 @@ CREATE TABLE IF NOT EXISTS member_cache (
 """
 
 # Columns added after the first release: (table, column, definition).
-MIGRATIONS = (("deductions", "pending", "INTEGER NOT NULL DEFAULT 0"),)
+MIGRATIONS = (
+    ("deductions", "pending", "INTEGER NOT NULL DEFAULT 0"),
+    # 1 once tender (or complete) found the deduction applied and the member's balance covering it.
+    ("deductions", "final", "INTEGER NOT NULL DEFAULT 0"),
+)
 MEMBER_CACHE_ROWS = 50_000
 # A completed or voided checkout is kept this long (a POS's late retry, a look-up), then pruned with its
 # spends and burns, once none of them is still being sent or looked up: the table does not grow forever.
@@ -82,6 +86,10 @@ class Member:
     auth_identifier: str | None
     masked: str  # for slips, logs and the event stream
     offline: bool = False  # attached while the engine was down: earns through the outbox, spends nothing
+    # Offline, from a code keyed by hand and not looked up in the last 14 days: it may be a typo naming
+    # someone else (account numbers have no check digit), so no points figure is promised; the sale
+    # earns only if the engine, once back, takes the code as a member's.
+    unverified: bool = False
 
 
 @dataclass
@@ -141,6 +149,7 @@ class Deduction:
     state: str
     pending: bool = False
     created: float = 0.0
+    final: bool = False  # tender found it applied and covered: the sale's points are final
 
 
 @dataclass(frozen=True)
@@ -166,12 +175,12 @@ def ident_hash(ident: str) -> str:
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()
 
 
-_DEDUCTION = "SELECT event_key, tx_id, points, money, state, pending, created FROM deductions"
+_DEDUCTION = "SELECT event_key, tx_id, points, money, state, pending, created, final FROM deductions"
 _BURN = "SELECT id, tx_id, code, benefit_id, state, pending, created FROM burns"
 
 
 def _deduction(r: Any) -> Deduction:
-    return Deduction(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
+    return Deduction(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
 
 
 def _burn(r: Any) -> Burn:
@@ -235,6 +244,10 @@ class CheckoutStore:
     def settle_deduction(self, event_key: str, state: str, *, pending: bool = False) -> None:
         with self.transaction() as tx:
             self.set_deduction(tx, event_key, state, pending=pending)
+
+    def finalize_deduction(self, event_key: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("UPDATE deductions SET final=1 WHERE event_key=?", (event_key,))
 
     def deduction(self, event_key: str) -> Deduction | None:
         rows = self.outbox.query(_DEDUCTION + " WHERE event_key=?", (event_key,))

@@ -14,7 +14,7 @@ from typing import Any
 
 from tillplug.engine.models import EventDefinition, Order, OrderLine, reactor_points
 from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered, VouchersPending
-from tillplug.flows.book import CheckoutBook
+from tillplug.flows.book import ADDED_IF_VALID, CheckoutBook
 from tillplug.flows.checkouts import Checkout
 from tillplug.flows.context import FlowContext
 from tillplug.flows.points import Points
@@ -52,6 +52,9 @@ class Completion:
                     f"Voucher(s) {', '.join(pending)} may have been used on this sale; tillplug is checking. "
                     "Wait for the verdict (voucher_settled on the event stream) before completing, or void the sale."
                 )
+            # A POS that never tenders: the points are made final here, but after payment nothing is
+            # given back (an overdraw is kept, reported and counted).
+            points_final = await self.points.finalize(tx_id, after_payment=True)
             member = checkout.member
             lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
             points_redeemed = sum(d.points for d in ctx.store.deductions(tx_id, "confirmed"))
@@ -71,15 +74,23 @@ class Completion:
             await ctx.db(self._close, checkout, event, lines)
         self.book.closed(checkout)
         ctx.wake_outbox()
-        expected = await self._expected_points(event, total) if member else 0
-        result = {
+        # An unverified member (keyed offline, never seen) is promised no figure: it may be a stranger's.
+        expected: int | None = None
+        if member is None:
+            expected = 0
+        elif not member.unverified:
+            expected = await self._expected_points(event, total)
+        result: dict[str, Any] = {
             "transactionId": tx_id,
             "state": "completed",
             "expectedPoints": expected,
             "eventKey": key,
             "offline": bool(member and member.offline),
             "voucherBurnFailures": [],  # kept for old tills: vouchers are burned before payment now
+            "points": points_final,
         }
+        if expected is None:
+            result["message"] = ADDED_IF_VALID
         ctx.events.publish(
             "checkout_completed", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane
         )
@@ -95,7 +106,9 @@ class Completion:
                     redeemed=templates.Redeemed(
                         points_redeemed, [v.name or v.code for v in checkout.vouchers if v.burned]
                     ),
-                    balance_after=None if checkout.balance is None else checkout.balance - points_redeemed + expected,
+                    balance_after=None
+                    if checkout.balance is None or expected is None
+                    else checkout.balance - points_redeemed + expected,
                 ),
             )
         return result

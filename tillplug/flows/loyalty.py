@@ -93,8 +93,8 @@ class Loyalty:
     def open_on_lane(self, lane: int) -> Checkout | None:
         return self.book.open_on_lane(lane)
 
-    async def attach_member(self, tx_id: str, code: str) -> dict[str, Any]:
-        return await self.book.attach_member(tx_id, code)
+    async def attach_member(self, tx_id: str, code: str, entry: str = "keyed") -> dict[str, Any]:
+        return await self.book.attach_member(tx_id, code, entry)
 
     async def spend_points(self, tx_id: str, points: int) -> dict[str, Any]:
         return await self.points.spend(tx_id, points)
@@ -109,7 +109,7 @@ class Loyalty:
         return await self.vouchers.redeem(tx_id, benefit_id, check_only)
 
     async def tender(self, tx_id: str) -> dict[str, Any]:
-        return await self.vouchers.tender(tx_id)
+        return await self.vouchers.tender(tx_id, self.points.finalize)
 
     async def complete(
         self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
@@ -146,7 +146,7 @@ class Loyalty:
 
     async def _member_scanned(self, card: Classified, lane: int, checkout: Checkout | None) -> ScanOutcome:
         if checkout is not None:
-            await self.book.attach_member(checkout.tx_id, card)
+            await self.book.attach_member(checkout.tx_id, card, "scanned")
             return ScanOutcome(ScanResult.MEMBER_ATTACHED)
         view = await self.book.lookup(card, lane=lane, print_slip=True)
         return ScanOutcome(ScanResult.MEMBER_FOUND, slip_failed=self._slip_failed(view))

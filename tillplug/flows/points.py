@@ -7,7 +7,9 @@ look-up (the till is told ``pending`` now and the verdict later, on the event
 stream); a deduction the engine accepted is never turned into a failure by the
 reads that only confirm it (the balance is then marked estimated); a
 deduction that lands on a checkout that is no longer open is refunded through
-the outbox.
+the outbox.  A spend answers fast; the sale's points become final at tender,
+before payment (``finalize``: shown applied, and covered by the member's balance
+under the rule of ``tillplug.flows.finality``, or given back).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from tillplug.engine.client import EngineClient
 from tillplug.engine.models import EventDefinition, points_of, reactor_points
 from tillplug.errors import (
     CheckoutConflict,
+    EngineAuthError,
     InsufficientPoints,
     InvalidRequest,
     TillplugError,
 )
 from tillplug.flows.checkouts import Deduction, Member
 from tillplug.flows.context import LANDED, NOT_LANDED, UNKNOWN, FlowContext, write_outcome
+from tillplug.flows.finality import GIVE_BACK, KEEP, Finality, Verdict, wait_applied
 from tillplug.money import points_to_money
 from tillplug.receipts import templates
 
@@ -35,11 +39,16 @@ log = logging.getLogger(__name__)
 FIRST_CONFIRM_DELAY = 0.1  # seconds before the first confirming read; doubled before each next one
 # Reactions shapes engine-check saw listed promptly after a spend (the dialect file's ``reactions``).
 PROMPT_REACTIONS = ("flat", "nested")
-# Two tills that overdraw one member together each wait a time drawn from their own eventKey (up to
-# this many seconds), re-reading the balance: the first to reach its time gives its points back,
-# and the other then sees the balance whole again and keeps its own.
-OVERDRAW_WAIT = 2.0
-OVERDRAW_READ_EVERY = 0.1
+# ... and listed at all, if late.
+LISTED_REACTIONS = (*PROMPT_REACTIONS, "delayed")
+# How long tender (or complete) waits for the engine to show a sale's deduction applied: reactions
+# take "almost instant to a few seconds".
+FINAL_WAIT = 5.0
+FINAL_BUDGET = 10.0  # seconds all of tender's reads may take together
+GIVEN_BACK = (
+    "The member's points were spent at another till at the same moment; these points were given back. "
+    "Remove the points discount; check the balance and try again."
+)
 # How long a deduction this till made, but the engine's balance did not yet show, is still
 # subtracted from that balance here.  Reactions take "almost instant to a few seconds"; past this
 # the engine has surely applied it (erring long only refuses a spend, never allows one too many).
@@ -70,6 +79,10 @@ async def event_landed(client: EngineClient, event_key: str) -> bool | None:
     return lookup.found
 
 
+def _what(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, TillplugError) else type(exc).__name__
+
+
 class Points:
     def __init__(self, ctx: FlowContext) -> None:
         self.ctx = ctx
@@ -77,6 +90,149 @@ class Points:
         # engine applies deductions late and allows a negative balance, so a spend right after
         # another on this till is checked against the balance less these.
         self._unseen: dict[str, dict[str, UnseenDeduction]] = {}
+        # What a technician must hear of (health): code -> message.  Overdraws kept after payment
+        # are counted in ``overdraws_kept``.
+        self.problems: dict[str, str] = {}
+        self.overdraws_kept = 0
+
+    def finality(self) -> Finality:
+        types = self.ctx.config.engine.event_types
+        return Finality(self.ctx.client, spend_type=types.redeemed_points, refund_type=types.points_refund)
+
+    # -- final before payment -------------------------------------------------------------
+
+    async def finalize(self, tx_id: str, *, after_payment: bool = False) -> dict[str, Any]:
+        """Make the sale's points final: each deduction shown applied and covered by the member's
+        balance under the rule of ``tillplug.flows.finality``, or given back.
+
+        Called under the checkout's lock, by tender (before payment: a deduction another till's
+        earlier spend leaves uncovered is given back and ``InsufficientPoints`` raised) and by
+        complete (after payment: never given back; the overdraw is kept, reported and counted).
+        A deduction the engine does not show applied within ``FINAL_WAIT`` stays unconfirmed:
+        the answer says so, and a later tender tries again.
+        """
+        ctx = self.ctx
+        checkout = ctx.checkout(tx_id)
+        member = checkout.member
+        waiting = [d for d in ctx.store.deductions(tx_id, "confirmed") if not d.final]
+        given_back: list[Deduction] = []
+        overdrawn = 0
+        unconfirmed: list[tuple[Deduction, str]] = []
+        balance: float | None = None
+        if waiting and member is not None:
+            async with ctx.member_locks.hold(member.id):
+                try:
+                    # Reads only: an engine that black-holes them holds the cashier this long at most.
+                    async with asyncio.timeout(FINAL_BUDGET):
+                        verdicts = await self._final_verdicts(waiting, member)
+                except TimeoutError:
+                    verdicts = [Verdict("unknown", "the loyalty service did not answer in time")] * len(waiting)
+                for d, verdict in zip(waiting, verdicts, strict=True):
+                    if verdict.outcome == KEEP or (verdict.outcome == GIVE_BACK and after_payment):
+                        if not verdict.keep:
+                            overdrawn += d.points
+                        await ctx.db(ctx.store.finalize_deduction, d.event_key)
+                        balance = verdict.balance
+                    elif verdict.outcome == GIVE_BACK:
+                        given_back.append(d)
+                    else:
+                        unconfirmed.append((d, verdict.reason))
+                if given_back:
+                    await ctx.db(self._refund, tx_id, given_back, member)
+        if overdrawn:
+            self._overdraw_kept(tx_id, overdrawn, checkout.lane)
+        if given_back:
+            ctx.events.publish(
+                "points_given_back",
+                {"transactionId": tx_id, "points": sum(d.points for d in given_back)},
+                lane=checkout.lane,
+            )
+            raise InsufficientPoints(GIVEN_BACK)
+        return self._final_answer(tx_id, balance, unconfirmed, overdrawn)
+
+    async def _final_verdicts(self, deductions: list[Deduction], member: Member) -> list[Verdict]:
+        """One verdict per deduction of a sale: each first shown applied (within ``FINAL_WAIT``), then
+        all decided from one set of reads."""
+        client = self.ctx.client
+        finality = self.finality()
+        if client.dialect.reactions == "never":
+            return [Verdict("unknown", "this loyalty service does not list what it applied")] * len(deductions)
+        try:
+            listed = await finality.find([d.event_key for d in deductions])
+        except EngineAuthError:
+            raise
+        except TillplugError as exc:
+            return [Verdict("unknown", f"the loyalty service's events could not be read ({exc.code})")] * len(
+                deductions
+            )
+        applied = await asyncio.gather(
+            *(wait_applied(client, listed[d.event_key].id, FINAL_WAIT) for d in deductions if d.event_key in listed)
+        )
+        shown = dict(zip([d.event_key for d in deductions if d.event_key in listed], applied, strict=True))
+        verdicts: dict[str, Verdict] = {}
+        for d in deductions:
+            if d.event_key not in listed:
+                verdicts[d.event_key] = Verdict("unknown", "the loyalty service does not list this deduction yet")
+            elif shown[d.event_key] is None:
+                verdicts[d.event_key] = Verdict("unknown", "the loyalty service has not shown these points taken yet")
+                if client.dialect.reactions in LISTED_REACTIONS:
+                    # This engine lists reactions (engine-check saw it): one that never shows a deduction
+                    # points to a missing or conditional redemption reactor.
+                    self.problems["deduction_not_applied"] = (
+                        "The loyalty service accepted a points deduction but has not shown it applied; "
+                        "its redemption reactor may be missing or conditional. Tell a technician."
+                    )
+            else:
+                self.problems.pop("deduction_not_applied", None)
+                points = -float(shown[d.event_key] or 0)
+                if points != d.points:
+                    self._rate_mismatch(points, d.points)
+        deciding = [d for d in deductions if d.event_key not in verdicts]
+        decided = await finality.decide_many(member.id, [listed[d.event_key] for d in deciding])
+        verdicts.update(zip([d.event_key for d in deciding], decided, strict=True))
+        return [verdicts[d.event_key] for d in deductions]
+
+    def _overdraw_kept(self, tx_id: str, points: int, lane: int) -> None:
+        self.overdraws_kept += 1
+        log.warning("sale %s: %d points kept after payment though the member is overdrawn", tx_id, points)
+        self.problems["overdraw_kept"] = (
+            f"{self.overdraws_kept} sale(s) completed without tender kept points another till spent first "
+            "(members overdrawn). Tender before payment: POST /v1/checkouts/{tx}/tender."
+        )
+        self.ctx.events.publish(
+            "error",
+            {
+                "code": "overdraw_kept",
+                "message": "These points were also spent at another till; the member is "
+                "overdrawn. Tender before taking payment.",
+                "transactionId": tx_id,
+            },
+            lane=lane,
+        )
+
+    def _final_answer(
+        self, tx_id: str, balance: float | None, unconfirmed: list[tuple[Deduction, str]], overdrawn: int
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        kept = [d for d in ctx.store.deductions(tx_id, "confirmed") if d.final]
+        waiting = [d for d, _ in unconfirmed]
+        state = "unconfirmed" if waiting else ("final" if kept else "none")
+        answer: dict[str, Any] = {
+            "state": state,
+            "final": sum(d.points for d in kept),
+            "unconfirmed": sum(d.points for d in waiting),
+            "discount": ctx.money(sum(d.money for d in kept) + sum(d.money for d in waiting)).to_dict(),
+            "balanceAfter": None if balance is None else int(balance),
+            "overdrawn": overdrawn,
+        }
+        if waiting:
+            answer["message"] = (
+                f"The loyalty service has not confirmed {answer['unconfirmed']} points in time "
+                f"({unconfirmed[0][1]}). Tender again in a few seconds; if it stays unconfirmed the points "
+                "stay spent and the discount holds, but tillplug could not rule out their being spent "
+                "at another till at the same moment."
+            )
+        return answer
 
     async def spend(self, tx_id: str, points: int) -> dict[str, Any]:
         if not isinstance(points, int) or isinstance(points, bool) or points <= 0:
@@ -123,17 +279,15 @@ class Points:
                     )
                 finally:
                     await landed
-                if balance_after < 0:
-                    # Another till spent from the same balance at the same moment.  One of us may
-                    # keep its points: wait to see whether the other gives its own back first.
-                    kept = await self._outlast_overdraw(reported.id, member, key)
-                    if kept is None:
+                if balance_after < 0 and not estimated:
+                    # Another till spent from the same balance at the same moment: the rule both
+                    # tills apply (tillplug.flows.finality) says at once which one keeps.
+                    verdict = await self.finality().decide(member.id, reported)
+                    if verdict.outcome == GIVE_BACK:
                         await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
-                        raise InsufficientPoints(
-                            "The member's balance changed at another till at the same moment; "
-                            "these points were given back. Check the balance and try again."
-                        )
-                    balance_after = kept
+                        raise InsufficientPoints(GIVEN_BACK)
+                    if verdict.balance is not None:
+                        balance_after = verdict.balance
         if cfg.engine.confirm_rate_with_test_reaction:
             await self._check_rate(event, points)
         result: dict[str, Any] = {
@@ -143,6 +297,8 @@ class Points:
             "discount": ctx.money(money).to_dict(),
             "balanceAfter": int(balance_after),
             "balanceEstimated": estimated,
+            # The points become final at tender, before payment (POST /v1/checkouts/{tx}/tender).
+            "final": False,
             "eventKey": key,
         }
         ctx.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
@@ -212,40 +368,6 @@ class Points:
         self.ctx.events.publish("redemption_pending", {k: v for k, v in result.items() if k != "message"}, lane=lane)
         return result
 
-    def _yield_after(self, event_key: str) -> float:
-        """Seconds this spend waits for a concurrent one to give its points back: from the random
-        eventKey, so two tills rarely draw close times and neither is always the one to yield."""
-        return OVERDRAW_WAIT * (int(event_key.replace("-", "")[:8], 16) / 0xFFFFFFFF)
-
-    async def _outlast_overdraw(self, event_id: str, member: Member, event_key: str) -> float | None:
-        """The balance once another till's concurrent deduction was given back, or None: give ours back.
-
-        Kept only if the reactions show our deduction applied and a later read shows the balance
-        (ours included, less this till's earlier deductions it does not show yet) not below zero;
-        anything that cannot be told gives ours back.  If both tills reach their time before either
-        refund shows, both give back: never both keep.
-        """
-        ctx = self.ctx
-        unseen = await self._still_unseen(member)
-        try:
-            if points_of(await ctx.client.event_reactions(event_id)) == 0:
-                return None  # not seen applied: a later read could not prove the balance covers it
-        except TillplugError:
-            return None
-        deadline = time.monotonic() + self._yield_after(event_key)
-        for _ in range(int(OVERDRAW_WAIT / OVERDRAW_READ_EVERY) + 1):
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(OVERDRAW_READ_EVERY)
-            try:
-                balance: float = (await ctx.client.get_wallet(member.id)).points_balance
-            except TillplugError:
-                continue
-            if balance - unseen >= 0:
-                log.info("member %s: a concurrent spend was given back; this one kept", member.masked)
-                return balance - unseen
-        return None
-
     async def _still_unseen(self, member: Member) -> int:
         """Points of this till's recent deductions for ``member`` that the engine has not shown applied.
 
@@ -263,8 +385,9 @@ class Points:
         for key, d in list(mine.items()):
             try:
                 applied = points_of(await self.ctx.client.event_reactions(d.event_id)) != 0
-            except TillplugError:
-                applied = False  # cannot tell: keep counting it until it expires
+            except Exception as exc:  # cannot tell: keep counting it until it expires
+                log.info("reactions of an unseen deduction unreadable (%s)", _what(exc))
+                applied = False
             if applied:
                 del mine[key]
         if not mine:
@@ -323,7 +446,8 @@ class Points:
     async def _balance_or_none(self, member: Member) -> float | None:
         try:
             balance: float = (await self.ctx.client.get_wallet(member.id)).points_balance
-        except TillplugError:
+        except Exception as exc:  # a confirming read never fails the spend it confirms
+            log.info("balance unreadable while confirming (%s)", _what(exc))
             return None
         return balance
 
@@ -335,11 +459,9 @@ class Points:
         balance = asyncio.ensure_future(self._balance_or_none(member))
         await asyncio.wait([reactions, balance])
         applied: bool | None
-        if isinstance(trouble := reactions.exception(), TillplugError):
+        if (trouble := reactions.exception()) is not None:
             applied = None
-            log.info("reactions unreadable (%s); confirming by the balance", trouble.code)
-        elif trouble is not None:
-            raise trouble
+            log.info("reactions unreadable (%s); confirming by the balance", _what(trouble))
         else:
             applied = points_of(reactions.result()) != 0
         return applied, balance.result()
@@ -352,18 +474,20 @@ class Points:
             return
         engine_points = -reactor_points(results)
         if engine_points and engine_points != points:
-            log.warning(
-                "the engine deducts %s points for %s reported; the configured rate stays in force",
-                engine_points,
-                points,
-            )
-            self.ctx.events.publish(
-                "error",
-                {
-                    "code": "rate_mismatch",
-                    "message": "The engine's points rule differs from the configured rate; tell a technician.",
-                },
-            )
+            self._rate_mismatch(engine_points, points)
+
+    def _rate_mismatch(self, engine_points: float, points: int) -> None:
+        """The engine deducts another number of points than the till reported: a health problem."""
+        log.warning(
+            "the engine deducts %s points for %s reported; the configured rate stays in force", engine_points, points
+        )
+        message = (
+            f"The loyalty service deducted {engine_points:g} points for {points} spent: its points rule differs "
+            "from this till's configured rate. Tell a technician."
+        )
+        if self.problems.get("rate_mismatch") is None:
+            self.ctx.events.publish("error", {"code": "rate_mismatch", "message": message})
+        self.problems["rate_mismatch"] = message
 
     # -- refunds -------------------------------------------------------------------------
 

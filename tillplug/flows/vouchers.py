@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from tillplug.errors import (
     OutcomeUnknown,
     TillplugError,
     VoucherError,
+    VoucherExpired,
     VoucherNotRedeemed,
     VoucherUnknown,
     VoucherWrongVenue,
@@ -284,6 +286,9 @@ class Vouchers:
             benefit = owned.get(benefit_id)
             if benefit is None:
                 raise BenefitNotFound("This voucher is not in the member's wallet.")
+            if benefit.state() == "expired":
+                # Never redeemed before it expired: it has no code (the engine assigns one on redeem).
+                raise VoucherExpired("This voucher expired before it was used.")
             if benefit.state() == "created":
                 benefit = await self._activate(benefit_id)
             if benefit.code is None:
@@ -322,12 +327,20 @@ class Vouchers:
 
     # -- tender: burn what was only checked, before payment ----------------------------------
 
-    async def tender(self, tx_id: str) -> dict[str, Any]:
+    async def tender(
+        self, tx_id: str, finalize_points: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    ) -> dict[str, Any]:
+        """Before payment: the sale's points made final (``finalize_points``; it raises if they were
+        given back, before any voucher is burned), then every voucher only checked is burned."""
         ctx = self.ctx
         burned: list[str] = []
         failed: list[dict[str, Any]] = []
         pending: list[str] = []
+        points: dict[str, Any] | None = None
         async with ctx.checkout_locks.hold(tx_id):
+            ctx.open(tx_id)
+            if finalize_points is not None:
+                points = await finalize_points(tx_id)
             checkout = ctx.open(tx_id)
             for voucher in [v for v in checkout.vouchers if not v.burned]:
                 try:
@@ -359,6 +372,9 @@ class Vouchers:
             "vouchers": [v.to_api() for v in checkout.vouchers],
             "ready": not failed and not pending,
         }
+        if points is not None:
+            result["points"] = points
+            result["ready"] = result["ready"] and points["state"] != "unconfirmed"
         ctx.events.publish("tendered", result, lane=checkout.lane)
         return result
 

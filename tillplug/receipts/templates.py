@@ -250,7 +250,7 @@ def sale_summary(
     ctx: SlipContext,
     transaction_id: str,
     total: Money,
-    expected_points: int,
+    expected_points: int | None,
     when: datetime | None = None,
     *,
     member: str | None = None,
@@ -268,10 +268,14 @@ def sale_summary(
         blocks.append(Columns(_("Points spent"), ctx.points(points_spent)))
     if vouchers:
         blocks += [Text(_("Vouchers applied")), *(Text(f"- {v}") for v in vouchers)]
-    blocks.append(Columns(_("Points for this sale"), ctx.points(expected_points), bold=True))
+    if expected_points is None:  # a code keyed offline, never seen: it may be someone else's
+        blocks.append(Text(_("Points will be added if the card is valid.")))
+    else:
+        blocks.append(Columns(_("Points for this sale"), ctx.points(expected_points), bold=True))
     if balance_after is not None:
         blocks.append(Columns(_("New balance"), ctx.points(balance_after)))
-    blocks.append(Text(_("Points are added to your balance shortly.")))
+    if expected_points is not None:
+        blocks.append(Text(_("Points are added to your balance shortly.")))
     return Receipt("sale", [*blocks, *ctx.bottom("sale", when)])
 
 

@@ -177,6 +177,7 @@ class Simulator:
             Route("/_sim/ledger", self.ledger, methods=["GET"]),
             Route("/_sim/faults", self.set_faults, methods=["GET", "POST"]),
             Route("/_sim/dialect", self.set_dialect, methods=["GET", "POST"]),
+            Route("/_sim/reactors", self.set_reactors, methods=["GET", "POST"]),
             Route("/_sim/health", self.health, methods=["GET"]),
         ]
 
@@ -305,6 +306,19 @@ class Simulator:
             except (ValueError, TypeError) as exc:
                 raise SimError(400, "UNKNOWN_DIALECT", str(exc)) from None
         return JSONResponse(self.dialect.to_dict())
+
+    async def set_reactors(self, request: Request) -> Response:
+        """POST {"redemption": "missing" | "conditional" | "present"} and/or {"delay_seconds": 0.5}."""
+        if request.method == "POST":
+            values = await _json(request)
+            for key, value in values.items():
+                if key == "redemption" and value in ("present", "missing", "conditional"):
+                    continue
+                if key == "delay_seconds" and isinstance(value, (int, float)) and 0 <= value <= 60:
+                    continue
+                raise SimError(400, "UNKNOWN_REACTOR_SWITCH", f"{key}={value!r} is no reactor switch")
+            self.state.reactors.update(values)
+        return JSONResponse({k: self.state.reactors.get(k) for k in ("redemption", "delay_seconds")})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "requests": self.requests})

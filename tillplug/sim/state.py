@@ -292,6 +292,11 @@ class EngineState:
             total = payload.get("total", payload.get("totalSpend", 0))
             return (int(total) * float(r["earn_per_major_unit"])) // 100 if isinstance(total, (int, float)) else 0
         if etype == r["spend_event_type"]:
+            # A tenant whose redemption reactor is missing, or has a condition tillplug's events do not
+            # meet, accepts the event and deducts nothing (issue 22).
+            redemption = r.get("redemption", "present")
+            if redemption == "missing" or (redemption == "conditional" and payload.get("channel") != "app"):
+                return 0
             return -float(payload["points"])
         if etype == r["refund_event_type"]:
             return float(payload["points"])

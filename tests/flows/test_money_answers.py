@@ -1,0 +1,365 @@
+"""The till's money answers (issue 22): what the till is told about points is true and final.
+
+Each test plays one observation of issue 22 against the simulator; the engine's
+answers are changed in flight by ``Tamper`` where the observation needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.flow_harness import ALICE, Harness, config, is_spend, settled_balance
+from tillplug.sim import SimServer
+
+Forward = Callable[[], Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer() as s:
+        yield s
+
+
+def run(coro: Awaitable[object]) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def open_sale(h: Harness, tx: str, member: str = "1000001") -> None:
+    await h.loyalty.open_checkout(tx, 1, "c-1")
+    await h.loyalty.attach_member(tx, member)
+
+
+def is_read(request: httpx.Request) -> bool:
+    return request.method == "GET" and ("/wallet" in request.url.path or request.url.path.endswith("/reactions"))
+
+
+async def broken_gzip(request: httpx.Request, forward: Forward) -> httpx.Response:
+    """A proxy that mangles the compressed answer: httpx raises while decoding it."""
+    raise httpx.DecodingError("Error -3 while decompressing data: incorrect header check", request=request)
+
+
+# -- observation 3: a spend the engine took is never told to the till as a failure ---------------
+
+
+def test_a_broken_gzip_on_the_confirming_reads_never_turns_a_taken_spend_into_a_failure(
+    tmp_path: object, sim: SimServer
+) -> None:
+    """Issue 22, observation 3: the engine accepted the deduction; every read that follows it comes
+    back as a proxy's broken gzip.  The till is told the spend went through (estimated balance),
+    not 500, and the sale's points stay counted."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "T1")
+
+            async def spend_then_break_reads(request: httpx.Request, forward: Forward) -> httpx.Response:
+                answer = await forward()
+                h.tamper.on(is_read, broken_gzip, times=1000)
+                return answer
+
+            h.tamper.on(is_spend, spend_then_break_reads)
+            answer = await h.loyalty.spend_points("T1", 500)
+            assert answer["pending"] is False and answer["discount"]["amount"] == 500
+            assert answer["balanceEstimated"] is True
+            assert h.loyalty.get_checkout("T1")["pointsSpent"] == 500
+            assert await settled_balance(sim, ALICE, 750) == 750
+        finally:
+            await h.close()
+
+    run(go())
+
+
+def test_a_broken_gzip_on_the_unseen_deductions_check_of_a_next_spend_is_not_a_500(
+    tmp_path: object, sim: SimServer
+) -> None:
+    """Issue 22, observation 3 (``_still_unseen``): a first spend left unseen (late reaction), the
+    next one's check of it reads a broken gzip: the next spend still gets its answer."""
+    sim.state.reactors["delay_seconds"] = 3600  # the first deduction stays unseen
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "T1")
+            first = await h.loyalty.spend_points("T1", 100)
+            assert first["balanceEstimated"] is True
+            h.tamper.on(lambda r: r.url.path.endswith("/reactions"), broken_gzip, times=1000)
+            second = await h.loyalty.spend_points("T1", 100)
+            assert second["discount"]["amount"] == 100
+        finally:
+            await h.close()
+
+    run(go())
+
+
+# -- observation 6: an expired, never-redeemed benefit -----------------------------------------
+
+EXPIRED_NEVER_REDEEMED = "be000000-0000-4000-8000-000000000004"
+
+
+async def codes_only_once_redeemed(request: httpx.Request, forward: Forward) -> httpx.Response:
+    """WLL assigns a benefit's code when it is redeemed (engine-api.md): a listing shows none before."""
+    answer = await forward()
+    body = answer.json()
+    items = body["data"] if isinstance(body["data"], list) else body["data"].get("vouchers", [])
+    for b in items:
+        if not b.get("redeemedAt"):
+            b["code"] = None
+    return httpx.Response(answer.status_code, json=body)
+
+
+def is_benefit_listing(request: httpx.Request) -> bool:
+    return request.method == "GET" and (request.url.path.rstrip("/").endswith(("/benefits", "/wallet")))
+
+
+@pytest.mark.parametrize("check_only", [None, True, False])
+def test_redeeming_an_expired_never_redeemed_benefit_is_voucher_expired_not_invalid_request(
+    tmp_path: object, sim: SimServer, check_only: bool | None
+) -> None:
+    """Issue 22, observation 6: the benefit expired before it was ever redeemed, so the engine never
+    gave it a code; the till was answered 400 ``invalid_request`` ("no code to validate")."""
+    from tillplug.errors import VoucherExpired
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "T1")
+            h.tamper.on(is_benefit_listing, codes_only_once_redeemed, times=100)
+            with pytest.raises(VoucherExpired):
+                await h.loyalty.redeem_benefit("T1", EXPIRED_NEVER_REDEEMED, check_only)
+        finally:
+            await h.close()
+
+    run(go())
+
+
+# -- observation 5: offline, a keyed code promises no points -----------------------------------
+
+ADDED_IF_VALID = "Points will be added if the card is valid."
+
+
+def test_offline_a_keyed_code_never_seen_is_attached_without_a_points_figure(tmp_path: object, sim: SimServer) -> None:
+    """Issue 22, observation 5: seven-digit account numbers have no check digit; keyed offline,
+    a typo names a stranger.  The till and the slip promised ``expectedPoints`` all the same.
+    Now the cashier reads "points will be added if the card is valid" and no figure; the sale
+    earns only if the engine, once back, accepts the code as a member's."""
+    from tests.flow_harness import BOB
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            sim.sim.faults.update({"down": True})
+            await h.loyalty.open_checkout("K1", 1, None)
+            attached = await h.loyalty.attach_member("K1", "1000002", entry="keyed")
+            assert attached["offline"] is True and attached["memberUnverified"] is True
+            assert attached["message"] == ADDED_IF_VALID
+            done = await h.loyalty.complete("K1", 2000, [], True)
+            assert done["expectedPoints"] is None and done["message"] == ADDED_IF_VALID
+            sim.sim.faults.update({"down": False})
+            assert await h.drain()
+            assert await settled_balance(sim, BOB, 320) == 320  # the engine accepted it as Bob's
+        finally:
+            await h.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("entry, seen_before", [("scanned", False), ("keyed", True)])
+def test_offline_a_scanned_card_or_a_keyed_code_seen_lately_earns_with_a_figure(
+    tmp_path: object, sim: SimServer, entry: str, seen_before: bool
+) -> None:
+    """Issue 22, observation 5: a card read by a scanner, or a code looked up in the last 14 days,
+    is a known member: attached offline with the figure, as before."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            if seen_before:
+                await h.loyalty.lookup("1000002")
+            sim.sim.faults.update({"down": True})
+            await h.loyalty.open_checkout("K2", 1, None)
+            attached = await h.loyalty.attach_member("K2", "1000002", entry=entry)
+            assert attached["offline"] is True and attached["memberUnverified"] is False
+            assert "message" not in attached
+            done = await h.loyalty.complete("K2", 2000, [], True)
+            assert done["expectedPoints"] == 20
+        finally:
+            await h.close()
+
+    run(go())
+
+
+def test_the_sale_slip_of_an_unverified_member_prints_no_points_figure() -> None:
+    """Issue 22, observation 5: the slip promised the figure too."""
+    from tillplug.money import Money
+    from tillplug.receipts import templates
+    from tillplug.receipts.layout import Columns, Text
+
+    ctx = templates.SlipContext.from_config(config(Path("/nonexistent"), "http://127.0.0.1:1"))
+    slip = templates.sale_summary(ctx, "K1", Money(2000, "GBP"), None, member="****0002")
+    texts = [b.text for b in slip.blocks if isinstance(b, Text)]
+    labels = [b.left for b in slip.blocks if isinstance(b, Columns)]
+    assert ADDED_IF_VALID in texts and "Points for this sale" not in labels
+
+
+def test_tillplugs_own_scanners_attach_as_scanned(tmp_path: object, sim: SimServer) -> None:
+    """Issue 22, observation 5: a card read by a scanner tillplug drives is a scanned card."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            sim.sim.faults.update({"down": True})
+            await h.loyalty.open_checkout("K3", 1, None)
+            await h.loyalty.scan(h.loyalty.ctx.classifier.classify("1000002"), 1)  # as the scan path hands it
+            view = h.loyalty.get_checkout("K3")
+            assert view["offline"] is True and view["memberUnverified"] is False
+        finally:
+            await h.close()
+
+    run(go())
+
+
+# -- observation 4: a deduction the engine never applies ---------------------------------------
+
+
+@pytest.mark.parametrize("redemption", ["missing", "conditional"])
+def test_a_deduction_the_engine_never_shows_applied_is_not_given_at_tender_without_saying_so(
+    tmp_path: object, sim: SimServer, redemption: str
+) -> None:
+    """Issue 22, observation 4: with the redemption reactor missing (or conditional) the engine
+    accepts REDEEMED_POINTS and deducts nothing; the till answered ``balanceEstimated: true`` and the
+    discount was given.  Now tender says the points are unconfirmed (not ready), and health says why."""
+    import tillplug.flows.points as points_module
+
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": redemption}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "R1")
+            spent = await h.loyalty.spend_points("R1", 500)
+            assert spent["final"] is False and spent["balanceEstimated"] is True
+            tendered = await h.loyalty.tender("R1")
+            assert tendered["ready"] is False
+            assert tendered["points"]["state"] == "unconfirmed" and tendered["points"]["unconfirmed"] == 500
+            assert "not confirmed" in tendered["points"]["message"]
+            assert "deduction_not_applied" in h.loyalty.points.problems
+        finally:
+            await h.close()
+
+    points_module.FINAL_WAIT, saved = 0.5, points_module.FINAL_WAIT
+    try:
+        run(go())
+    finally:
+        points_module.FINAL_WAIT = saved
+
+
+def test_a_rate_the_engine_applies_otherwise_than_configured_is_a_health_problem(
+    tmp_path: object, sim: SimServer
+) -> None:
+    """Issue 22, observation 4: a deduction applied at another rate than the configured one was a log
+    line; it is a health problem once a sale's reactions show it."""
+
+    async def doubled(request: httpx.Request, forward: Forward) -> httpx.Response:
+        answer = await forward()
+        body = answer.json()
+        for r in body["data"]:
+            r["points"] = r["points"] * 2
+        return httpx.Response(200, json=body)
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "R2")
+            await h.loyalty.spend_points("R2", 100)
+            h.tamper.on(lambda r: r.url.path.endswith("/reactions"), doubled, times=1000)
+            tendered = await h.loyalty.tender("R2")
+            assert tendered["points"]["state"] == "final"
+            assert "rate_mismatch" in h.loyalty.points.problems
+        finally:
+            await h.close()
+
+    run(go())
+
+
+# -- observation 1, the rule: complete after payment never takes a discount back ----------------
+
+
+def test_complete_without_tender_keeps_an_overdraw_reports_it_and_counts_it(tmp_path: object, sim: SimServer) -> None:
+    """Issue 22, observation 1 (decided): a POS that never tenders.  Bob's 300 points are spent twice
+    (200 at another till first, then 200 here, both shown applied); complete, after payment, keeps
+    this sale's points, says the member is overdrawn, and health counts it."""
+    from tests.flow_harness import BOB
+
+    async def go() -> None:
+        other = Harness(tmp_path / "other", sim, till_id="till-02")  # type: ignore[operator]
+        h = Harness(tmp_path / "here", sim)  # type: ignore[operator]
+        try:
+            await open_sale(other, "O1", "1000002")
+            await open_sale(h, "H1", "1000002")
+            assert (await other.loyalty.spend_points("O1", 200))["discount"]["amount"] == 200
+            h.loyalty.points._unseen.clear()
+            # The other till's deduction not yet shown when this till checks the balance: both taken.
+            sim.state.members[BOB]["pointsBalance"] += 200
+            await h.loyalty.spend_points("H1", 200)
+            sim.state.members[BOB]["pointsBalance"] -= 200
+            done = await h.loyalty.complete("H1", 1000, [], True)
+            assert done["points"]["overdrawn"] == 200 and done["points"]["final"] == 200
+            assert h.loyalty.points.overdraws_kept == 1 and "overdraw_kept" in h.loyalty.points.problems
+            assert [e for e in h.of_type("error") if e["code"] == "overdraw_kept"]
+        finally:
+            await h.close()
+            await other.close()
+
+    run(go())
+
+
+def test_tender_makes_every_deduction_of_a_sale_final_and_a_second_tender_reads_nothing_again(
+    tmp_path: object, sim: SimServer
+) -> None:
+    """Issue 22, observation 1: two spends on one sale, one member who has the points: tender makes
+    both final (one set of reads for the sale); tendering again finds nothing left to decide."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "M1")
+            await h.loyalty.spend_points("M1", 300)
+            await h.loyalty.spend_points("M1", 200)
+            tendered = await h.loyalty.tender("M1")
+            assert tendered["ready"] is True
+            assert tendered["points"]["state"] == "final" and tendered["points"]["final"] == 500
+            assert tendered["points"]["balanceAfter"] == 750
+            before = len(h.tamper.seen)
+            again = await h.loyalty.tender("M1")
+            assert again["points"]["final"] == 500 and h.tamper.seen[before:] == []
+        finally:
+            await h.close()
+
+    run(go())
+
+
+def test_the_api_takes_entry_scanned_or_keyed_and_keyed_is_the_default(tmp_path: Path) -> None:
+    """Issue 22, observation 5, through the till API: ``entry`` on PUT member; anything else is refused."""
+    from tillplug.commands.virtual.till import VirtualTill
+
+    with VirtualTill(tmp_path) as till:
+        httpx.post(till.sim.url + "/_sim/faults", json={"down": True}, timeout=10).raise_for_status()
+        for tx, body, unverified in (
+            ("E1", {"code": "1000002"}, True),
+            ("E2", {"code": "1000002", "entry": "keyed"}, True),
+            ("E3", {"code": "1000002", "entry": "scanned"}, False),
+        ):
+            assert till.api.post("/v1/checkouts", json={"transactionId": tx, "lane": 1}).status_code == 201
+            attached = till.api.put(f"/v1/checkouts/{tx}/member", json=body)
+            assert attached.status_code == 200, attached.text
+            assert attached.json()["memberUnverified"] is unverified
+            till.api.post(f"/v1/checkouts/{tx}/void")
+        assert till.api.post("/v1/checkouts", json={"transactionId": "E4", "lane": 1}).status_code == 201
+        refused = till.api.put("/v1/checkouts/E4/member", json={"code": "1000002", "entry": "typed"})
+        assert refused.status_code in (400, 422) and refused.json()["error"]["code"] == "invalid_request"
