@@ -2,8 +2,11 @@
 
 With the till's credentials and one test member's card it makes documented reads (and a
 few filtered reads whose filters are the very question), one voucher check of a code that
-cannot exist (nothing can be burned), and — only with ``--yes`` — one write that nets to
-zero: a ``REDEEMED_POINTS`` event of 1 point, then a ``POINTS_REFUND`` of that point.
+cannot exist (nothing can be burned), and — only with ``--yes`` — writes that net to
+zero: a ``REDEEMED_POINTS`` event of 1 point, the same event again (does the engine refuse
+an eventKey it already has?  If it takes it, that point is refunded too), then a
+``POINTS_REFUND`` of each point taken.  The test events carry the till's ``tillId`` and
+``branchId``, so the Loyalty Console shows where they came from.
 Each undocumented point gets an answer (or ``unknown``) and the evidence for it; the
 answers are written to the file ``engine.dialect_file`` names, which the daemon reads
 (README: Engine dialects).
@@ -85,12 +88,20 @@ def _owner_of(item: Any) -> set[str]:
 
 
 class EngineCheck:
-    def __init__(self, client: EngineClient, *, event_types: Any, sleep: Callable[[float], Any] = asyncio.sleep):
+    def __init__(
+        self,
+        client: EngineClient,
+        *,
+        event_types: Any,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        origin: dict[str, str] | None = None,
+    ):
         self.client = client
         self.event_types = event_types
         self.sleep = sleep
         self.report = Report()
         self.reaction_wait = REACTION_WAIT
+        self.origin = dict(origin or {})  # tillId and branchId, carried by each test event
 
     async def _probe(self, method: str, path: str, **kw: Any) -> Probe:
         params = kw.get("params")
@@ -109,7 +120,7 @@ class EngineCheck:
         await self._voucher_refusals()
         spend_key = await self._test_spend(user) if write else None
         if not write:
-            for point in ("reactions", "write_bodies"):
+            for point in ("reactions", "write_bodies", "duplicate_event_key"):
                 self.report.set(point, "unknown", "needs the test spend (--yes)")
         await self._key_filter("event", spend_key)
         await self._key_filter("order", None)
@@ -189,7 +200,14 @@ class EngineCheck:
             subject=user.id,
             executor="tillplug-engine-check",
             # "XXX" is ISO 4217's code for "no currency": the test spend carries no money.
-            payload={"eventKey": key, "transactionId": run_id, "points": 1, "value": 0, "currency": "XXX"},
+            payload={
+                "eventKey": key,
+                **self.origin,
+                "transactionId": run_id,
+                "points": 1,
+                "value": 0,
+                "currency": "XXX",
+            },
         )
         self.report.sent.append(f"POST /events/ {spend.type} points=1 eventKey={key}")
         posted = await self.client.probe("POST", "/events/", json=spend.body())
@@ -201,16 +219,37 @@ class EngineCheck:
             self.report.set("write_bodies", kind, f"HTTP {posted.status}, {posted.size} bytes")
             event_id = await self._find_event_id(key)
         await self._reactions(event_id, user, start)
+        await self._refund_test_point(user, run_id, key)
+        if await self._duplicate_key(spend):
+            await self._refund_test_point(user, run_id, key)
+        self.report.net_zero = await self._balance_becomes(user, start)
+        return key
+
+    async def _refund_test_point(self, user: User, run_id: str, key: str) -> None:
         refund = EventDefinition(
             type=self.event_types.points_refund,
             subject=user.id,
             executor="tillplug-engine-check",
-            payload={"eventKey": new_event_key(), "transactionId": run_id, "points": 1, "reverses": key},
+            payload={"eventKey": new_event_key(), **self.origin, "transactionId": run_id, "points": 1, "reverses": key},
         )
         self.report.sent.append(f"POST /events/ {refund.type} points=1 reverses={key}")
         await self.client.probe("POST", "/events/", json=refund.body())
-        self.report.net_zero = await self._balance_becomes(user, start)
-        return key
+
+    async def _duplicate_key(self, spend: EventDefinition) -> bool:
+        """Send the test spend again, eventKey and all: does the engine refuse an eventKey it has?
+        True if it took the second one (its point is then refunded too)."""
+        key = spend.payload["eventKey"]
+        self.report.sent.append(f"POST /events/ {spend.type} points=1 eventKey={key} (the same event again)")
+        again = await self.client.probe("POST", "/events/", json=spend.body())
+        if 200 <= again.status < 300:
+            taken = f"HTTP {again.status}: the same eventKey was taken twice"
+            self.report.set("duplicate_event_key", "accepted", taken)
+            return True
+        if again.status in (400, 409, 422):
+            self.report.set("duplicate_event_key", "rejected", f"HTTP {again.status}: {again.message or 'no message'}")
+        else:  # credentials, rate limit, an outage: says nothing about duplicates
+            self.report.set("duplicate_event_key", "unknown", f"HTTP {again.status}")
+        return False
 
     async def _find_event_id(self, key: str) -> str | None:
         probe = await self._probe("GET", "/events/", params={"limit": "100", "skip": "0", "order": "DESC"})
@@ -276,10 +315,19 @@ class EngineCheck:
 
 
 async def engine_check(
-    client: EngineClient, card: str, *, event_types: Any, write: bool, reaction_wait: float = REACTION_WAIT
+    client: EngineClient,
+    card: str,
+    *,
+    event_types: Any,
+    write: bool,
+    reaction_wait: float = REACTION_WAIT,
+    origin: dict[str, str] | None = None,
 ) -> Report:
-    """Run every check; an engine error on the way (unreachable, credentials) is raised from the error tree."""
-    check = EngineCheck(client, event_types=event_types)
+    """Run every check; an engine error on the way (unreachable, credentials) is raised from the error tree.
+
+    ``origin``: the till's ``tillId`` and ``branchId``, carried by the test events (``--yes``).
+    """
+    check = EngineCheck(client, event_types=event_types, origin=origin)
     check.reaction_wait = reaction_wait
     return await check.run(card, write=write)
 
@@ -297,13 +345,13 @@ WHAT_TILLPLUG_DOES: dict[str, dict[str, str]] = {
     },
     "event_key_filter": {
         "honoured": "trusts 'not found' when reconciling",
-        "ignored": "reads pages and holds rows it cannot find as unverifiable",
-        "rejected": "holds rows needing a look-up as unverifiable",
+        "ignored": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
+        "rejected": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
     },
     "order_key_filter": {
         "honoured": "trusts 'not found' when reconciling",
-        "ignored": "reads pages and holds rows it cannot find as unverifiable",
-        "rejected": "holds rows needing a look-up as unverifiable",
+        "ignored": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
+        "rejected": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
     },
     "owner_filter": {
         "honoured": "lists the filtered benefits (owner still checked)",
@@ -325,6 +373,12 @@ WHAT_TILLPLUG_DOES: dict[str, dict[str, str]] = {
         "unreadable": "looks each write up by eventKey",
     },
     "audience_checked": {"yes": "the configured audience matters", "no": "any audience is accepted"},
+    "duplicate_event_key": {
+        # Recorded only: a refused resend would not say whether the first counted (no look-up is
+        # skipped), and an accepted one would count twice (so nothing is ever resent blindly).
+        "rejected": "still looks each unanswered write up before any resend (a refusal is not a verdict)",
+        "accepted": "never resends a write without a look-up (the engine would count it twice)",
+    },
     "auth_identifier_lookup": {
         "answered": "still never used: undocumented",
         "refused": "never used",
