@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tests.engine_helpers import calibrated_client
 from tillplug import errors as E
+from tillplug.engine.clock import InFlight
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, new_event_key
 from tillplug.outbox import Deliverer, OutboxStore
@@ -38,9 +39,9 @@ def sale(store, i, stream=None):
     return key
 
 
-def drain(sim, store, timeout=60, **kw):
+def drain(sim, store, timeout=60, client_kw=None, **kw):
     async def go():
-        async with calibrated_client(sim) as c:
+        async with calibrated_client(sim, **(client_kw or {})) as c:
             return await Deliverer(store, c, rate=10_000, burst=10_000, **kw).drain(timeout)
 
     return asyncio.run(go())
@@ -115,7 +116,8 @@ def test_a_refund_whose_deduction_never_arrived_is_not_sent(tmp_path):
             requires_key="never-sent",
             body={"type": "POINTS_REFUND", "subject": ALICE, "payload": {"eventKey": refund, "points": 50}},
         )
-        assert drain(sim, store)
+        # Believed "not needed" once the deduction can no longer be in flight (from this start, here).
+        assert drain(sim, store, client_kw={"in_flight_window": 1})
         assert sim.state.ledger.events == []
         assert "not needed" in store.by_key(refund).note
 
@@ -200,6 +202,7 @@ class FakeEngine:
     def __init__(self):
         self.received: dict[str, int] = {}
         self.fate = "ok"
+        self.in_flight = InFlight(0.0)  # it answers every look-up as the truth: nothing is in flight
 
     async def report_event(self, event):
         fate, key = self.fate, event.payload["eventKey"]
@@ -212,7 +215,7 @@ class FakeEngine:
             raise E.OutcomeUnknown()
         return Event(id=f"id-{key}", type=event.type)
 
-    async def look_up_event(self, key):
+    async def look_up_event(self, key, since=None):
         if self.fate == "down":
             raise E.EngineUnreachable()
         return Lookup("found", engine_id=f"id-{key}") if key in self.received else Lookup("not_found")

@@ -17,6 +17,7 @@ from tillplug.commands.cli import main
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine import EngineClient, EngineSecrets
+from tillplug.engine.clock import InFlight
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, new_event_key
 from tillplug.outbox import Deliverer, OutboxStore
@@ -101,6 +102,7 @@ class ExplodingClient:
         self.sent: dict[str, int] = {}
         self.looked_up: list[str] = []
         self.broken = True
+        self.in_flight = InFlight(0.0)  # its look-ups are the truth: nothing is in flight
 
     async def report_event(self, event):
         key = event.payload["eventKey"]
@@ -109,7 +111,7 @@ class ExplodingClient:
             raise KeyError("data")  # not a TillplugError: a bug somewhere in the answer's handling
         return Event(id=f"id-{key}", type=event.type)
 
-    async def look_up_event(self, key):
+    async def look_up_event(self, key, since=None):
         self.looked_up.append(key)
         return Lookup("found", engine_id=f"id-{key}") if key in self.sent else Lookup("not_found")
 
@@ -250,7 +252,7 @@ class LookupCounter:
         self.sent.append(event.payload["eventKey"])
         return Event(id="e", type=event.type)
 
-    async def look_up_event(self, key):
+    async def look_up_event(self, key, since=None):
         self.looked_up.append(key)
         return Lookup("unverifiable", reason="the eventKey filter is ignored")
 

@@ -451,6 +451,11 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     if args.yes:
         outcome = "net zero" if report.net_zero else "NOT CONFIRMED - check the member's balance"
         _out(f"test spend of 1 point and its refund: {outcome}")
+        if report.answers.get("duplicate_event_key") == "accepted":
+            _out(
+                "warning: the engine took the same event twice (same eventKey); the second point was "
+                "refunded too. Both test spends and refunds show in the Loyalty Console."
+            )
     else:
         _out("no write was made; --yes adds a 1-point spend and its refund (settles reactions and write bodies)")
     if out:
@@ -772,7 +777,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("engine-check", "find how the engine answers where WLL publishes nothing", cmd_engine_check)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--card", required=True, help="a test member's card as scanned (or its member id)")
-    p.add_argument("--yes", action="store_true", help="also spend 1 point of that member and refund it")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="also spend 1 point of that member and refund it (the spend is sent twice, to see whether the "
+        "engine refuses a repeated eventKey; a second point taken is refunded too)",
+    )
     p.add_argument("--out", help="where to write the answers (default: engine.dialect_file)")
 
     p = add("doctor", "check this till for the faults that stop tillplug working", cmd_doctor)

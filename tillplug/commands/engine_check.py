@@ -2,8 +2,11 @@
 
 With the till's credentials and one test member's card it makes documented reads (and a
 few filtered reads whose filters are the very question), one voucher check of a code that
-cannot exist (nothing can be burned), and — only with ``--yes`` — one write that nets to
-zero: a ``REDEEMED_POINTS`` event of 1 point, then a ``POINTS_REFUND`` of that point.
+cannot exist (nothing can be burned), and — only with ``--yes`` — writes that net to
+zero: a ``REDEEMED_POINTS`` event of 1 point, the same event again (does the engine refuse
+an eventKey it already has?  If it takes it, that point is refunded too), then a
+``POINTS_REFUND`` of each point taken.  The test events carry the till's ``tillId`` and
+``branchId``, so the Loyalty Console shows where they came from.
 Each undocumented point gets an answer (or ``unknown``) and the evidence for it; the
 answers are written to the file ``engine.dialect_file`` names, which the daemon reads
 (docs/technician.md: Engine dialects).
@@ -124,7 +127,7 @@ class EngineCheck:
         await self._reactors(user)
         spend_key = await self._test_spend(user) if write else None
         if not write:
-            for point in ("reactions", "write_bodies"):
+            for point in ("reactions", "write_bodies", "duplicate_event_key"):
                 self.report.set(point, "unknown", "needs the test spend (--yes)")
         await self._key_filter("event", spend_key)
         await self._key_filter("order", None)
@@ -249,6 +252,13 @@ class EngineCheck:
             self.report.set("write_bodies", kind, f"HTTP {posted.status}, {posted.size} bytes")
             event_id = await self._find_event_id(key)
         await self._reactions(event_id, user, start)
+        await self._refund_test_point(user, run_id, key)
+        if await self._duplicate_key(spend):
+            await self._refund_test_point(user, run_id, key)
+        self.report.net_zero = await self._balance_becomes(user, start)
+        return key
+
+    async def _refund_test_point(self, user: User, run_id: str, key: str) -> None:
         refund = EventDefinition(
             type=self.event_types.points_refund,
             subject=user.id,
@@ -257,8 +267,22 @@ class EngineCheck:
         )
         self.report.sent.append(f"POST /events/ {refund.type} points=1 reverses={key}")
         await self.client.probe("POST", "/events/", json=refund.body())
-        self.report.net_zero = await self._balance_becomes(user, start)
-        return key
+
+    async def _duplicate_key(self, spend: EventDefinition) -> bool:
+        """Send the test spend again, eventKey and all: does the engine refuse an eventKey it has?
+        True if it took the second one (its point is then refunded too)."""
+        key = spend.payload["eventKey"]
+        self.report.sent.append(f"POST /events/ {spend.type} points=1 eventKey={key} (the same event again)")
+        again = await self.client.probe("POST", "/events/", json=spend.body())
+        if 200 <= again.status < 300:
+            taken = f"HTTP {again.status}: the same eventKey was taken twice"
+            self.report.set("duplicate_event_key", "accepted", taken)
+            return True
+        if again.status in (400, 409, 422):
+            self.report.set("duplicate_event_key", "rejected", f"HTTP {again.status}: {again.message or 'no message'}")
+        else:  # credentials, rate limit, an outage: says nothing about duplicates
+            self.report.set("duplicate_event_key", "unknown", f"HTTP {again.status}")
+        return False
 
     async def _find_event_id(self, key: str) -> str | None:
         probe = await self._probe("GET", "/events/", params={"limit": "100", "skip": "0", "order": "DESC"})
@@ -352,13 +376,13 @@ WHAT_TILLPLUG_DOES: dict[str, dict[str, str]] = {
     },
     "event_key_filter": {
         "honoured": "trusts 'not found' when reconciling",
-        "ignored": "reads pages and holds rows it cannot find as unverifiable",
-        "rejected": "holds rows needing a look-up as unverifiable",
+        "ignored": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
+        "rejected": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
     },
     "order_key_filter": {
         "honoured": "trusts 'not found' when reconciling",
-        "ignored": "reads pages and holds rows it cannot find as unverifiable",
-        "rejected": "holds rows needing a look-up as unverifiable",
+        "ignored": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
+        "rejected": "reads the recent unfiltered list to settle a row (engine timestamps prove 'not found')",
     },
     "owner_filter": {
         "honoured": "lists the filtered benefits (owner still checked)",
@@ -380,6 +404,12 @@ WHAT_TILLPLUG_DOES: dict[str, dict[str, str]] = {
         "unreadable": "looks each write up by eventKey",
     },
     "audience_checked": {"yes": "the configured audience matters", "no": "any audience is accepted"},
+    "duplicate_event_key": {
+        # Recorded only: a refused resend would not say whether the first counted (no look-up is
+        # skipped), and an accepted one would count twice (so nothing is ever resent blindly).
+        "rejected": "still looks each unanswered write up before any resend (a refusal is not a verdict)",
+        "accepted": "never resends a write without a look-up (the engine would count it twice)",
+    },
     "auth_identifier_lookup": {
         "answered": "still never used: undocumented",
         "refused": "never used",

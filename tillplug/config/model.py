@@ -194,6 +194,9 @@ class EngineConfig(Section):
     ca_file: Annotated[str, AfterValidator(_abs_path)] | None = None
     connect_timeout: Seconds = 3.0
     read_timeout: Seconds = 5.0
+    # How long after a write's last attempt a look-up that does not find it is still not believed
+    # (the write may be in flight).  Unset: 2 x (connect_timeout + read_timeout).
+    in_flight_window: Annotated[float, Field(ge=1, le=600)] | None = None
     # Online calls while the cashier waits: a couple of quick tries, then give up or queue.
     max_attempts: int = Field(default=2, ge=1, le=5)
     confirm_rate_with_test_reaction: bool = False

@@ -21,7 +21,8 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +34,9 @@ from pydantic import BaseModel, ValidationError
 
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
+from tillplug.engine.clock import EngineClock, InFlight, in_flight_window
 from tillplug.engine.dialect import EngineDialect, read_dialect_file
-from tillplug.engine.lookup import FilterEvidence, Lookup, read_page
+from tillplug.engine.lookup import FilterEvidence, Lookup, read_page, scan_recent
 from tillplug.engine.models import (
     Benefit,
     Event,
@@ -228,6 +230,12 @@ class EngineClient:
         )
         self.server_date: str | None = None  # the engine's Date header, last seen: doctor's clock check
         self.server_date_seen: float | None = None  # our clock (epoch s) when that Date header arrived
+        # The engine's time from its Date headers (for verdicts comparing times) and the one rule
+        # for when "not found" may be believed (tillplug.engine.clock).
+        self.engine_clock = EngineClock()
+        self.in_flight = InFlight(
+            in_flight_window(config.connect_timeout, config.read_timeout, config.in_flight_window)
+        )
         # (endpoint, status) for every answer that is a failure (429, 5xx, 401/403, other 4xx): for health and metrics
         self.on_failure: Callable[[str, int], None] | None = None
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
@@ -405,10 +413,20 @@ class EngineClient:
         return _parse_written(Benefit, data) if not check_only else _parse(Benefit, data)
 
     async def report_event(self, event: EventDefinition) -> Event:
-        data = await self._call(
-            "POST", "/events/", json=event.body(), endpoint="events", write=True, event_type=event.type
-        )
+        with self._sending(event.payload.get("eventKey")):
+            data = await self._call(
+                "POST", "/events/", json=event.body(), endpoint="events", write=True, event_type=event.type
+            )
         return _parse_written(Event, data)
+
+    @contextmanager
+    def _sending(self, event_key: object) -> Iterator[None]:
+        """A write carrying ``event_key``: when the attempt ends, however, its in-flight window starts."""
+        try:
+            yield
+        finally:
+            if isinstance(event_key, str) and event_key:
+                self.in_flight.sent(event_key)
 
     async def test_reaction(self, event: EventDefinition) -> list[ReactorResult]:
         data = await self._call("POST", "/events/test_reaction", json=event.body(), endpoint="test_reaction")
@@ -419,15 +437,54 @@ class EngineClient:
         result = await self.look_up_event(event_key)
         return [Event(id=result.engine_id or "found", type="")] if result.found else []
 
-    async def look_up_event(self, event_key: str) -> Lookup:
-        """Did a write carrying ``event_key`` reach the engine?  found / not_found / unverifiable."""
-        return await self._look_up("event", event_key)
+    async def look_up_event(self, event_key: str, since: float | None = None) -> Lookup:
+        """Did a write carrying ``event_key`` reach the engine?  found / not_found / unverifiable.
 
-    async def look_up_order(self, event_key: str) -> Lookup:
+        ``since``: the earliest the write can have been sent (epoch seconds, our clock), which
+        lets a look-up that the filter cannot answer stop reading the engine's list there.
+        """
+        return await self._look_up("event", event_key, since)
+
+    async def look_up_order(self, event_key: str, since: float | None = None) -> Lookup:
         """The same for a Receipts order (its ``metadata.eventKey``)."""
-        return await self._look_up("order", event_key)
+        return await self._look_up("order", event_key, since)
 
-    async def _look_up(self, kind: str, key: str) -> Lookup:
+    async def _look_up(self, kind: str, key: str, since: float | None) -> Lookup:
+        """By the eventKey filter; where it cannot tell (ignored, rejected, never shown to work),
+        by reading the recent unfiltered list (``tillplug.engine.lookup.scan_recent``)."""
+        calibrated = self.dialect.event_key_filter if kind == "event" else self.dialect.order_key_filter
+        if calibrated in ("ignored", "rejected"):  # engine-check saw it cannot tell: one request saved
+            found = Lookup("unverifiable", reason=f"the eventKey filter is {calibrated} (engine-check)")
+        else:
+            found = await self._look_up_filtered(kind, key)
+        if found.verdict != "unverifiable":
+            return found
+        scanned = await scan_recent(self._recent_page(kind), key, self._engine_since(since), kind=kind)
+        if scanned.verdict == "unverifiable":
+            return Lookup("unverifiable", reason=f"{found.reason}; {scanned.reason}", unproven=found.unproven)
+        return scanned
+
+    def _recent_page(self, kind: str) -> Callable[[int, int], Awaitable[list[Any]]]:
+        """One page of the unfiltered list, newest first: (skip, limit) -> items."""
+
+        async def page(skip: int, limit: int) -> list[Any]:
+            params = {"limit": str(limit), "skip": str(skip), "order": "DESC"}
+            if kind == "order":
+                data = await self._call("GET", "/orders", params=params, endpoint="orders_scan", base="receipts_url")
+                return [o for o in _list(data, "order") if isinstance(o, dict)]
+            data = await self._call("GET", "/events/", params=params, endpoint="events_scan")
+            return [e for e in _list(data, "event") if isinstance(e, dict)]
+
+        return page
+
+    def _engine_since(self, since: float | None) -> float | None:
+        """Our epoch seconds ``since`` on the engine's clock, at the earliest (its Date headers)."""
+        if since is None:
+            return None
+        engine_now = self.engine_clock.now()
+        return since if engine_now is None else since + (engine_now.low - time.time())
+
+    async def _look_up_filtered(self, kind: str, key: str) -> Lookup:
         foreign = False
         for page in range(LOOKUP_MAX_PAGES):
             try:
@@ -459,7 +516,7 @@ class EngineClient:
             if verdict.match is not None:
                 return Lookup("found", engine_id=engine_id)
             foreign = foreign or verdict.foreign
-            if verdict.count < PAGE:
+            if foreign or verdict.count < PAGE:  # an ignored filter: the unfiltered list is read instead
                 break
         if not foreign and self.filter_evidence.works(kind):
             return Lookup("not_found")
@@ -519,9 +576,10 @@ class EngineClient:
         return points_of(reactions)
 
     async def submit_order(self, order: Order) -> dict[str, Any]:
-        data = await self._call(
-            "POST", "/orders", json=order.body(), endpoint="orders", write=True, base="receipts_url"
-        )
+        with self._sending(order.metadata.get("eventKey")):
+            data = await self._call(
+                "POST", "/orders", json=order.body(), endpoint="orders", write=True, base="receipts_url"
+            )
         if not isinstance(data, dict):
             raise OutcomeUnknown("The loyalty service's answer to an order could not be read; it may have landed.")
         return data
@@ -614,6 +672,7 @@ class EngineClient:
     async def _send(self, method: str, url: str, *, write: bool, endpoint: str, **kw: Any) -> httpx.Response:
         """One HTTP exchange with httpx's exceptions translated."""
         start = time.perf_counter()
+        left = time.monotonic()  # for the engine's clock: the request left after this
         error: str | None = None
         if self.traffic is not None:
             self.traffic.request()
@@ -621,6 +680,7 @@ class EngineClient:
             response = await self._http.request(method, url, **kw)
             if "date" in response.headers:
                 self.server_date, self.server_date_seen = response.headers["date"], time.time()
+                self.engine_clock.observe(response.headers["date"], left)
             return response
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             error = "timeout"

@@ -27,6 +27,8 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "write_bodies": ("normal", "empty", "unreadable", "unknown"),
     "audience_checked": ("yes", "no", "unknown"),
     "auth_identifier_lookup": ("answered", "refused", "unknown"),
+    # Does the engine refuse a second event carrying an eventKey it already has (engine-check --yes)?
+    "duplicate_event_key": ("rejected", "accepted", "unknown"),
 }
 
 
@@ -41,6 +43,7 @@ class EngineDialect:
     write_bodies: str = "unknown"
     audience_checked: str = "unknown"
     auth_identifier_lookup: str = "unknown"
+    duplicate_event_key: str = "unknown"
 
     def filter_works(self, kind: str) -> bool:
         """True only if engine-check saw the look-up filter for ``kind`` (event or order) work."""

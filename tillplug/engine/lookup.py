@@ -10,13 +10,30 @@ no filter syntax, so an answer proves only what it shows:
 * **unverifiable**: anything else — the filter ignored (other keys came back),
   rejected (a 4xx), or never yet seen to work.  Such a row is never resent and never
   marked "not needed"; it is held and reported.
+
+Where the filter cannot tell, the engine's recent list is read unfiltered, newest first
+(``scan_recent``): ``limit`` at the documented maximum, at most ``SCAN_MAX_PAGES`` pages per
+look-up.  Found if an item carries the key; **not found** only if the engine's own timestamps
+prove the list was read back past the write's earliest send (less ``SCAN_SKEW``), or the whole
+list was read; otherwise unverifiable.  Either way "not found" is believed by the caller only
+once the write can no longer be in flight (``tillplug.engine.clock.InFlight``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tillplug.engine.models import parse_time
+from tillplug.errors import EngineAuthError, EngineProtocolError, EngineRejected
+
+LIST_LIMIT = 1000  # the documented maximum of ``limit`` on WLL's list endpoints (engine-api.md 3.4)
+SCAN_MAX_PAGES = 3  # pages of the unfiltered list one look-up may read
+# How far before the write's earliest send (our clock, moved to the engine's) a scan must reach:
+# the engine stamps an event when it stores it, and the two clocks are compared through Date
+# headers of whole seconds; this covers both, and a clock stepped by less while tillplug ran.
+SCAN_SKEW = 120.0
 
 Verdict = Literal["found", "not_found", "unverifiable"]
 
@@ -76,3 +93,58 @@ class FilterEvidence:
             self._seen[kind] = False
         elif page.count and page.match is not None:
             self._seen[kind] = True
+
+
+def stamped(item: Any) -> float | None:
+    """When the engine stored a listed event or order (its ``createdAt``), epoch seconds; None if unknown."""
+    value = item.get("createdAt") if isinstance(item, dict) else None
+    try:
+        when = parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return when.timestamp() if when is not None and when.tzinfo is not None else None
+
+
+def key_in(item: Any, kind: str) -> object:
+    holder = item.get("metadata" if kind == "order" else "payload") if isinstance(item, dict) else None
+    return holder.get("eventKey") if isinstance(holder, dict) else None
+
+
+async def scan_recent(
+    page: Callable[[int, int], Awaitable[list[Any]]],
+    key: str,
+    since: float | None,
+    *,
+    kind: str = "event",
+    max_pages: int = SCAN_MAX_PAGES,
+    limit: int = LIST_LIMIT,
+) -> Lookup:
+    """Read the unfiltered list newest first until the write is found or proven absent.
+
+    ``since``: the earliest the write can have been stored, on the engine's clock (None: only
+    reading the whole list proves anything).  Absent is proven by the list's end, or by an item
+    stamped before ``since - SCAN_SKEW`` in a list whose stamps never grew (so it really is
+    newest first).  A refused or unreadable list proves nothing (unverifiable).
+    """
+    back_to = None if since is None else since - SCAN_SKEW
+    previous: float | None = None
+    ordered = True
+    for number in range(max_pages):
+        try:
+            items = await page(number * limit, limit)
+        except EngineAuthError:
+            raise
+        except (EngineRejected, EngineProtocolError) as exc:
+            return Lookup("unverifiable", reason=f"the unfiltered list was refused too ({exc.code})")
+        for item in items:
+            if key_in(item, kind) == key:
+                return Lookup("found", engine_id=str(item.get("id") or "found"))
+            when = stamped(item)
+            if when is None or (previous is not None and when > previous):
+                ordered = False  # no stamp, or not newest first: only the list's end proves absence
+            previous = when if when is not None else previous
+        if len(items) < limit:
+            return Lookup("not_found")
+        if ordered and back_to is not None and previous is not None and previous < back_to:
+            return Lookup("not_found")
+    return Lookup("unverifiable", reason=f"not among the newest {max_pages * limit} and the list goes on")

@@ -177,8 +177,7 @@ class Loyalty:
 
     def _not_landed_after(self) -> float:
         """How long after the intent a "not found" look-up is believed: past any request still in flight."""
-        engine = self.ctx.config.engine
-        return 2 * (engine.connect_timeout + engine.read_timeout)
+        return float(self.ctx.client.in_flight.window)  # engine.in_flight_window: one rule (tillplug.engine.clock)
 
     async def settle_pending(self) -> int:
         """One pass over every pending outcome; returns how many are still unknown."""

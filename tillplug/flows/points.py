@@ -64,12 +64,13 @@ class UnseenDeduction:
     until: float  # time.monotonic() after which it is forgotten
 
 
-async def event_landed(client: EngineClient, event_key: str) -> bool | None:
+async def event_landed(client: EngineClient, event_key: str, since: float | None = None) -> bool | None:
     """True if the engine has an event carrying ``event_key``, False if it surely has none, None if it
     cannot tell: a look-up that failed, or an engine whose filter is not known to work (a "nothing
-    found" from it proves nothing), so the outcome stays pending rather than guessed."""
+    found" from it proves nothing), so the outcome stays pending rather than guessed.  ``since``: the
+    earliest the event can have been sent (epoch seconds), for a look-up that reads the engine's list."""
     try:
-        lookup = await client.look_up_event(event_key)
+        lookup = await client.look_up_event(event_key, since)
     except TillplugError as exc:
         log.info("look-up of an unknown outcome failed (%s); tried again later", exc.code)
         return None
@@ -530,6 +531,7 @@ class Points:
                 body=refund.body(),
                 event_key=refund.payload["eventKey"],
                 requires_key=d.event_key,
+                requires_since=d.created or None,  # the deduction's intent: it was not sent before
             )
         ctx.wake_outbox()
 
@@ -548,9 +550,9 @@ class Points:
     async def settle(self, d: Deduction, *, not_landed_after: float) -> str:
         """Look one pending deduction up; tell the till the verdict.  Returns landed/not_landed/unknown."""
         ctx = self.ctx
-        found = await event_landed(ctx.client, d.event_key)
-        if found is None or (found is False and time.time() - d.created < not_landed_after):
-            return UNKNOWN  # cannot tell yet: never guessed
+        found = await event_landed(ctx.client, d.event_key, d.created or None)
+        if found is None or (found is False and ctx.client.in_flight.may_land(d.event_key, not_landed_after)):
+            return UNKNOWN  # cannot tell yet (the deduction may still be in flight): never guessed
         async with ctx.checkout_locks.hold(d.tx_id):
             current = ctx.store.deduction(d.event_key)
             if current is None or current.state != "unknown" or not current.pending:

@@ -90,29 +90,43 @@ def engine_offset(server_date: str | None, seen: float | None) -> tuple[float, f
 
 
 def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> str:
-    """Whose burn the benefit shows, against our intent written at ``since`` (our clock).
-
-    Ours only if it was burned at or after our intent on the engine's clock; clearly
-    before it, someone else's (a code burns once: ours was refused); in between, the
-    clocks cannot tell them apart and the verdict is never "ours".
-    """
+    """Whose burn the benefit shows, against our intent written at ``since`` (our clock), with
+    ``offset`` (estimate, lower bound) of the engine's clock minus ours (``engine_offset``)."""
     estimate, low = offset
+    return verdict_between(benefit, since + estimate, since + low)
+
+
+def verdict_between(benefit: Benefit, ours_from: float, others_before: float) -> str:
+    """Whose burn the benefit shows, with our intent placed on the engine's clock.
+
+    Ours only if it was burned at or after ``ours_from`` (our intent at the latest); clearly
+    before ``others_before`` (our intent at the earliest), someone else's (a code burns once: ours
+    was refused); in between, the clocks cannot tell them apart and the verdict is never "ours".
+    """
     burned = parse_time(benefit.burned_at)
     if burned is not None:
-        if burned.timestamp() >= since + estimate:
+        if burned.timestamp() >= ours_from:
             return OURS
-        return USED_BEFORE if burned.timestamp() < since + low else UNVERIFIABLE
+        return USED_BEFORE if burned.timestamp() < others_before else UNVERIFIABLE
     # An engine that shows no burnedAt: a validation since our intent is the burn's only trace
     # (an older one is the check that came before it, not a burn).
     validated = parse_time(benefit.code.validated_at if benefit.code else None)
-    if validated is not None and validated.timestamp() >= since + estimate:
+    if validated is not None and validated.timestamp() >= ours_from:
         return OURS
     return NOT_BURNED
+
+
+def burn_key(burn_id: int) -> str:
+    """The burn's name for the in-flight rule (``EngineClient.in_flight``)."""
+    return f"burn:{burn_id}"
 
 
 class Vouchers:
     def __init__(self, ctx: FlowContext) -> None:
         self.ctx = ctx
+        # burn intent id -> time.monotonic() of the intent, while its outcome is unknown: puts the
+        # intent on the engine's clock whatever our wall clock does meanwhile (``_intent_on_engine_clock``).
+        self._intents: dict[int, float] = {}
 
     # -- the burn, with its intent row ---------------------------------------------------
 
@@ -124,6 +138,7 @@ class Vouchers:
         ctx = self.ctx
         member = checkout.member
         burn_id = await ctx.db(ctx.store.begin_burn, checkout.tx_id, code, benefit_id)
+        intent = time.monotonic()
         try:
             benefit = await ctx.client.validate_voucher(code, user_identifier=member.id if member else None)
         except Exception as exc:
@@ -131,9 +146,12 @@ class Vouchers:
                 await ctx.db(ctx.store.settle_burn, burn_id, "failed")
                 raise
             log.warning("voucher burn on %s: outcome unknown (%s); looking it up", checkout.tx_id, type(exc).__name__)
+            self._intents[burn_id] = intent
             await ctx.db(ctx.store.settle_burn, burn_id, "unknown", pending=True)
             ctx.wake_settler()
             return burn_id, None
+        finally:
+            ctx.client.in_flight.sent(burn_key(burn_id))  # answered or not, the attempt is over
         return burn_id, benefit
 
     def _pending_answer(self, checkout: Checkout, code: str) -> dict[str, Any]:
@@ -408,11 +426,28 @@ class Vouchers:
                 benefit = await self._find_by_code(burn.code)
                 if benefit is None:
                     return UNVERIFIABLE, None
-            offset = engine_offset(client.server_date, client.server_date_seen)
-            return burn_verdict(benefit, burn.created, offset), benefit
+            ours_from, others_before = self._intent_on_engine_clock(burn)
+            return verdict_between(benefit, ours_from, others_before), benefit
         except TillplugError as exc:
             log.info("look-up of an unknown voucher burn failed (%s); tried again later", exc.code)
         return None
+
+    def _intent_on_engine_clock(self, burn: Burn) -> tuple[float, float]:
+        """Our burn's intent on the engine's clock: (ours if burned from, another's if burned before).
+
+        In this process, from the steady moment of the intent and the engine's Date headers
+        (``EngineClient.engine_clock``): a step of our wall clock while the burn is pending changes
+        nothing.  The stored wall time of the intent is taken where the engine's clock agrees with
+        it, else the latest the intent can be.  After a restart only that wall time is left, compared
+        through the last Date header (a step while tillplug was stopped cannot be seen).
+        """
+        client = self.ctx.client
+        moment = self._intents.get(burn.id)
+        at = client.engine_clock.at(moment) if moment is not None else None
+        if at is None:
+            estimate, low = engine_offset(client.server_date, client.server_date_seen)
+            return burn.created + estimate, burn.created + low
+        return (burn.created if at.contains(burn.created) else at.high), at.low
 
     async def _find_by_code(self, code: str) -> Benefit | None:
         """The benefit carrying ``code``, whoever owns it; None if not found or the engine will not list them."""
@@ -447,8 +482,8 @@ class Vouchers:
         if found is None:
             return UNKNOWN
         verdict, benefit = found
-        # Not burned yet: a late request could still land, so only believed after a while.
-        if verdict == NOT_BURNED and time.time() - burn.created < not_landed_after:
+        # Not burned yet: a late request could still land, so only believed once it cannot be in flight.
+        if verdict == NOT_BURNED and ctx.client.in_flight.may_land(burn_key(burn.id), not_landed_after):
             return UNKNOWN
         async with ctx.checkout_locks.hold(burn.tx_id):
             if not any(b.id == burn.id for b in ctx.store.pending_burns()):
@@ -471,6 +506,7 @@ class Vouchers:
                 await ctx.db(ctx.store.settle_burn, burn.id, "burned")
                 self._burned_on_closed(checkout, burn.code)
                 data |= {"outcome": "burned", "applied": False, "discounts": []}
+            self._intents.pop(burn.id, None)
             log.info("pending voucher burn on %s settled: %s", burn.tx_id, data["outcome"])
             ctx.events.publish("voucher_settled", data, lane=checkout.lane)
             if data["outcome"] == UNVERIFIABLE:

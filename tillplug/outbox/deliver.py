@@ -2,9 +2,13 @@
 
 An outcome-unknown failure (timeout or reset after the request left, or an
 answer we cannot read) marks the row for look-up: before it is sent again the
-engine is asked for its ``eventKey``; found → delivered, not found → resent.
-A look-up that cannot tell (``tillplug.engine.lookup``: the filter ignored,
-rejected or not known to work) holds the row as *unverifiable*: never resent,
+engine is asked for its ``eventKey``; found → delivered, not found → resent, but
+only once the write can no longer be in flight (``tillplug.engine.clock.InFlight``:
+until then the row waits, ``last_error = in_flight``; a reversal's "not needed" waits
+the same way for the write it reverses).  Where the filter cannot tell, the client
+reads the engine's recent list instead (``tillplug.engine.lookup.scan_recent``).
+A look-up that still cannot tell (the list refused, or longer than a look-up reads)
+holds the row as *unverifiable*: never resent,
 never "not needed", looked up again every ``UNVERIFIABLE_RETRY`` seconds and
 reported (one log line per row, ``Stats.unverifiable``, ``unverifiable_seen``).
 
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
 UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
+IN_FLIGHT = "in_flight"  # last_error of a row waiting out the in-flight window of what it looked for
 PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
 
 
@@ -124,20 +129,22 @@ class Deliverer:
         write it acknowledged): results carrying only that key show the filter works, and
         the client then trusts "not found" (once per process, in practice).
         """
-        result = await self._ask(row.kind, key)
+        # The earliest the write can have been sent: this row's own write not before it was queued.
+        since = row.created if key == row.event_key else row.requires_since
+        result = await self._ask(row.kind, key, since)
         if result.verdict == "unverifiable" and result.unproven:
             known = await asyncio.to_thread(self.store.delivered_key, row.kind)
             if known is not None and known != key:
-                await self._ask(row.kind, known)
-                result = await self._ask(row.kind, key)
+                await self._ask(row.kind, known, None)
+                result = await self._ask(row.kind, key, since)
         return result
 
-    async def _ask(self, kind: str, key: str) -> Lookup:
+    async def _ask(self, kind: str, key: str, since: float | None) -> Lookup:
         await self._paced()
         if kind == "order":
-            result: Lookup = await self.client.look_up_order(key)
+            result: Lookup = await self.client.look_up_order(key, since)
         else:
-            result = await self.client.look_up_event(key)
+            result = await self.client.look_up_event(key, since)
         return result
 
     async def _hold(self, row: Row, key: str, result: Lookup) -> None:
@@ -162,27 +169,48 @@ class Deliverer:
         return event.id
 
     async def _settled_by_look_up(self, row: Row) -> bool:
-        """Look before sending; True if the row needs no send (delivered, not needed or held)."""
-        store = self.store
-        if row.needs_lookup:  # first: did this very write land already?
-            found = await self._look_up(row, row.event_key)
-            if found.verdict == "found":
-                await asyncio.to_thread(store.delivered, row.id, engine_id=found.engine_id, note="found by look-up")
-                self.delivered += 1
-                return True
-            if found.verdict == "unverifiable":
-                await self._hold(row, row.event_key, found)
-                return True
+        """Look before sending; True if the row needs no send now (delivered, not needed, held, or
+        waiting out the in-flight window of the write it looked for)."""
+        if row.needs_lookup and await self._landed_or_waits(row):  # first: did this very write land already?
+            return True
         if row.requires_key is not None:  # a reversal: needed only if what it reverses landed
-            reversed_write = await self._look_up(row, row.requires_key)
-            if reversed_write.verdict == "not_found":
-                note = "not needed: the write it reverses never reached the engine"
-                await asyncio.to_thread(store.delivered, row.id, note=note)
-                return True
-            if reversed_write.verdict == "unverifiable":
-                await self._hold(row, row.requires_key, reversed_write)
-                return True
+            return await self._reversal_settled(row, row.requires_key)
         return False
+
+    async def _landed_or_waits(self, row: Row) -> bool:
+        found = await self._look_up(row, row.event_key)
+        if found.verdict == "found":
+            await asyncio.to_thread(self.store.delivered, row.id, engine_id=found.engine_id, note="found by look-up")
+            self.delivered += 1
+            return True
+        if found.verdict == "unverifiable":
+            await self._hold(row, row.event_key, found)
+            return True
+        return await self._still_in_flight(row, row.event_key)
+
+    async def _reversal_settled(self, row: Row, reversed_key: str) -> bool:
+        reversed_write = await self._look_up(row, reversed_key)
+        if reversed_write.verdict == "unverifiable":
+            await self._hold(row, reversed_key, reversed_write)
+            return True
+        if reversed_write.verdict == "found":
+            return False  # it landed: the reversal is sent
+        if await self._still_in_flight(row, reversed_key):
+            return True
+        note = "not needed: the write it reverses never reached the engine"
+        await asyncio.to_thread(self.store.delivered, row.id, note=note)
+        return True
+
+    async def _still_in_flight(self, row: Row, key: str) -> bool:
+        """The look-up did not find ``key``, but the write may still be on its way (``InFlight``):
+        the row is looked up again once it cannot be, and is neither resent nor dropped before."""
+        wait = self.client.in_flight.remaining(key)
+        if wait <= 0:
+            return False
+        log.info("outbox: row %d: eventKey %s not found yet, but may still be in flight; looked up again", row.id, key)
+        at = self.clock() + wait
+        await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=IN_FLIGHT, needs_lookup=row.needs_lookup)
+        return True
 
     async def deliver(self, row: Row) -> None:
         store = self.store

@@ -21,7 +21,7 @@ to wait when its due time was set (``next_attempt - updated``), and never more t
 size of the step.  Ages are never negative.
 
 A pending row may be flagged ``unverifiable``: its look-up could not tell whether the
-engine has the write (the eventKey filter is ignored, rejected or not known to work).
+engine has the write (neither the eventKey filter nor the engine's recent list could tell).
 It is never resent and never marked "not needed"; it waits, is looked up again now and
 then, and is counted in ``Stats.unverifiable`` for health and metrics.
 """
@@ -63,7 +63,9 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
 """
 # Added after the first release: created on databases that predate it.
-COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0"}
+# requires_since: for a reversal, the earliest the write it reverses can have been sent (epoch s):
+# how far back a look-up that reads the engine's unfiltered list must reach (NULL: to its end).
+COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0", "requires_since": "REAL"}
 # The error codes (tillplug/errors.py) of rows that waited only for the engine to be there.
 WAITED_FOR_ENGINE = ("engine_unreachable", "engine_timeout", "engine_error", "engine_busy", "engine_outcome_unknown")
 
@@ -90,6 +92,7 @@ class Row:
     created: float
     updated: float
     unverifiable: bool = False
+    requires_since: float | None = None
     body_error: str | None = None  # the stored body cannot be read (the row can never be sent)
 
     @classmethod
@@ -187,14 +190,32 @@ class OutboxStore:
     # -- writes ------------------------------------------------------------------
 
     def enqueue(
-        self, tx: Tx, *, kind: str, stream: str, body: dict[str, Any], event_key: str, requires_key: str | None = None
+        self,
+        tx: Tx,
+        *,
+        kind: str,
+        stream: str,
+        body: dict[str, Any],
+        event_key: str,
+        requires_key: str | None = None,
+        requires_since: float | None = None,
     ) -> int:
         """Add a row inside the caller's transaction (so it commits with the caller's own writes)."""
         now = self.clock()
         cur = tx.db.execute(
-            "INSERT INTO outbox (event_key, kind, stream, body, requires_key, state, next_attempt, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (event_key, kind, stream, json.dumps(body, separators=(",", ":")), requires_key, now, now, now),
+            "INSERT INTO outbox (event_key, kind, stream, body, requires_key, requires_since, state, next_attempt,"
+            " created, updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (
+                event_key,
+                kind,
+                stream,
+                json.dumps(body, separators=(",", ":")),
+                requires_key,
+                requires_since,
+                now,
+                now,
+                now,
+            ),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid

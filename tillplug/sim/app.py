@@ -37,6 +37,9 @@ class Faults:
     reset_rate: float = 0.0  # writes only: do the work, then drop the connection mid-answer
     malformed_rate: float = 0.0
     malformed_kind: str = "html"  # html, truncated, empty, wrong_shape
+    # Writes only: the engine takes the write this many seconds after it arrived (past the
+    # client's read timeout, the till sees no answer; the write lands all the same).
+    late_write_seconds: float = 0.0
     seed: int | None = None
 
     def update(self, values: dict[str, Any]) -> None:
@@ -133,7 +136,7 @@ class Simulator:
     def _filter(self, request: Request, name: str, behaviour: str) -> str | None:
         """The value of ``filter[name]`` if this dialect honours it; None if it ignores it."""
         value = request.query_params.get(f"filter[{name}]")
-        if value is None or behaviour == "ignored":
+        if value is None or behaviour in ("ignored", "blank"):
             return None
         if behaviour == "rejected":
             raise SimError(400, "VALIDATION_ERROR", f"filter.{name} is not an allowed filter")
@@ -242,10 +245,16 @@ class Simulator:
     async def events(self, request: Request) -> Response:
         if request.method == "GET":
             self._auth(request)
+            if _blank(request, "payload.eventKey", self.dialect.event_key_filter):
+                return ok([])
             key = self._filter(request, "payload.eventKey", self.dialect.event_key_filter)
             return ok(self.state.find_events(key, _limit(request), _skip(request)))
         body = await _json(request)
         self._auth(request, event_type=body.get("type") if isinstance(body.get("type"), str) else None)
+        payload = body.get("payload")
+        key = payload.get("eventKey") if isinstance(payload, dict) else None
+        if self.dialect.reject_duplicate_keys and key and self.state.find_events(key, 1):
+            raise SimError(409, "DUPLICATE_EVENT_KEY", "An event with this eventKey already exists")
         event = self.state.record_event(body)
         self._schedule_reaction(event["id"])
         return self._written(event)
@@ -266,8 +275,11 @@ class Simulator:
     async def orders(self, request: Request) -> Response:
         self._auth(request)
         if request.method == "GET":
+            if _blank(request, "metadata.eventKey", self.dialect.order_key_filter):
+                return ok([])
             key = self._filter(request, "metadata.eventKey", self.dialect.order_key_filter)
-            return ok(_page(request, self.state.find_orders(key)))
+            orders = self.state.find_orders(key)
+            return ok(_page(request, orders[::-1] if request.query_params.get("order") == "DESC" else orders))
         order, event = self.state.submit_order(await _json(request))
         self._schedule_reaction(event["id"])
         return self._written(order, status=201)
@@ -329,6 +341,11 @@ async def _sim_error(request: Request, exc: Exception) -> Response:
     return fail(exc)
 
 
+def _blank(request: Request, name: str, behaviour: str) -> bool:
+    """A filter this dialect does not support and answers with an empty list."""
+    return behaviour == "blank" and request.query_params.get(f"filter[{name}]") is not None
+
+
 def _skip(request: Request) -> int:
     try:
         return max(0, int(request.query_params.get("skip", "0")))
@@ -381,6 +398,8 @@ class FaultLayer:
             )
             return
         is_write = scope["method"] == "POST" and not scope["path"].startswith("/oauth/")
+        if is_write and faults.late_write_seconds > 0:
+            receive = await self._held(receive, faults.late_write_seconds)
         if is_write and sim.rng.random() < faults.reset_rate:
             await self._reset_after_work(scope, receive, send)
             return
@@ -401,6 +420,23 @@ class FaultLayer:
             return message
 
         return wrapped
+
+    @staticmethod
+    async def _held(receive: Receive, seconds: float) -> Receive:
+        """The whole request read now, handed on ``seconds`` later: the engine takes it late, even
+        if the client has given up waiting meanwhile."""
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        await asyncio.sleep(seconds)
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        return replay
 
     async def _reset_after_work(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Do the request (the event IS recorded), then break the answer off mid-body."""

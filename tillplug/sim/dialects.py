@@ -11,6 +11,9 @@ dialect is one plausible engine.  ``tillplug sim --dialect NAME`` picks one, and
   authIdentifier answered 404, refusals by status without codes, reactions nested.
 * ``hostile``: odd 2xx bodies to writes, filters rejected with 400, reactions late,
   refusals with other statuses and other wording.
+* ``blank``: like ``default``, but the eventKey filters are not supported and answered with
+  an empty list (``blank``), as an engine may do with a filter on a field it does not index:
+  "nothing found" from it proves nothing.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from typing import Any, Literal
 from tillplug.engine.dialect import EngineDialect
 
 ReactionShape = Literal["flat", "nested", "delayed", "never"]
-FilterBehaviour = Literal["honoured", "ignored", "rejected"]
+FilterBehaviour = Literal["honoured", "ignored", "rejected", "blank"]
 RefusalStyle = Literal["codes", "status_only", "statuses"]
 WriteBody = Literal["normal", "empty", "unreadable"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "reactions": ("flat", "nested", "delayed", "never"),
-    "event_key_filter": ("honoured", "ignored", "rejected"),
-    "order_key_filter": ("honoured", "ignored", "rejected"),
+    "event_key_filter": ("honoured", "ignored", "rejected", "blank"),
+    "order_key_filter": ("honoured", "ignored", "rejected", "blank"),
     "owner_filter": ("honoured", "ignored", "rejected"),
     "user_filter": ("honoured", "ignored", "rejected"),
     "voucher_refusals": ("codes", "status_only", "statuses"),
@@ -45,7 +48,8 @@ class Dialect:
     reactions: ReactionShape = "flat"
     late_reaction_seconds: float = 1.5
     # filter[payload.eventKey] on GET /events, filter[metadata.eventKey] on GET /orders,
-    # filter[owner] on GET /benefits, filter[authIdentifier] on GET /users.
+    # filter[owner] on GET /benefits, filter[authIdentifier] on GET /users.  ``blank`` (eventKey
+    # filters only): an empty list whatever the value, as for a filter the engine does not support.
     event_key_filter: FilterBehaviour = "honoured"
     order_key_filter: FilterBehaviour = "honoured"
     owner_filter: FilterBehaviour = "honoured"
@@ -59,6 +63,9 @@ class Dialect:
     check_audience: bool = False
     # GET /users/{authIdentifier} answers (True) or is 404 like any unknown id (False).
     auth_identifier_lookup: bool = True
+    # A second event carrying an eventKey already stored: taken like any other (False, as
+    # WLL's documents allow) or refused with 409 (True).
+    reject_duplicate_keys: bool = False
 
     def with_switches(self, values: dict[str, Any]) -> Dialect:
         """A copy with some switches changed; unknown names and values are refused."""
@@ -69,7 +76,9 @@ class Dialect:
             allowed = CHOICES.get(key)
             if allowed is not None and value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}")
-            if key in ("check_audience", "auth_identifier_lookup") and not isinstance(value, bool):
+            if key in ("check_audience", "auth_identifier_lookup", "reject_duplicate_keys") and not isinstance(
+                value, bool
+            ):
                 raise ValueError(f"{key} must be true or false")
             if key == "late_reaction_seconds" and (not isinstance(value, (int, float)) or not 0 <= value <= 60):
                 raise ValueError("late_reaction_seconds must be 0..60")
@@ -82,8 +91,9 @@ class Dialect:
         """What ``tillplug engine-check`` should find against this dialect (and tests may assume)."""
         return EngineDialect(
             reactions=self.reactions,
-            event_key_filter=self.event_key_filter,
-            order_key_filter=self.order_key_filter,
+            # An empty answer to every value shows nothing: engine-check cannot tell (unknown).
+            event_key_filter="unknown" if self.event_key_filter == "blank" else self.event_key_filter,
+            order_key_filter="unknown" if self.order_key_filter == "blank" else self.order_key_filter,
             owner_filter=self.owner_filter,
             user_filter=self.user_filter,
             # Without a code, "other statuses" and "status only" look alike from outside.
@@ -91,6 +101,7 @@ class Dialect:
             write_bodies=self.write_bodies,
             audience_checked="yes" if self.check_audience else "no",
             auth_identifier_lookup="answered" if self.auth_identifier_lookup else "refused",
+            duplicate_event_key="rejected" if self.reject_duplicate_keys else "accepted",
         )
 
 
@@ -119,6 +130,7 @@ DIALECTS: dict[str, Dialect] = {
         check_audience=True,
         auth_identifier_lookup=False,
     ),
+    "blank": Dialect(name="blank", event_key_filter="blank", order_key_filter="blank"),
 }
 
 

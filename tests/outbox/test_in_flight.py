@@ -1,0 +1,153 @@
+"""#21: a write that may still be in flight is never believed missing (observations 1 and 2).
+
+The engine here takes writes late (the simulator's ``late_write_seconds``: after the client's
+read timeout, as a loaded engine does); the in-flight rule's clock is a fake one the test moves,
+so nothing here depends on how fast the machine is.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from tests.engine_helpers import calibrated_client
+from tillplug.engine.clock import InFlight, in_flight_window
+from tillplug.engine.models import new_event_key
+from tillplug.outbox import Deliverer, OutboxStore
+from tillplug.sim import SimServer
+
+ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
+LATE = 1.0  # seconds the engine takes a write after it arrived: past the client's read timeout below
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(key: str, kind: str, points: int = 100, **extra) -> dict:
+    return {"type": kind, "subject": ALICE, "payload": {"eventKey": key, "points": points, **extra}}
+
+
+def landed(sim: SimServer, key: str) -> int:
+    return sum(e["payload"].get("eventKey") == key for e in sim.state.ledger.events)
+
+
+def wait_until_engine_idle(sim: SimServer) -> None:
+    """Every write that reached the simulator has been taken (bounded: held writes land within LATE)."""
+    deadline = time.monotonic() + 10 * LATE + 5
+    while time.monotonic() < deadline:
+        arrived = sim.sim.requests_for("POST /v1/events")
+        if len(sim.state.ledger.events) >= arrived:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the simulator did not take the writes it received")
+
+
+def make_due(store: OutboxStore) -> None:
+    with store.transaction() as tx:
+        tx.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
+
+
+async def step_with(sim: SimServer, store: OutboxStore, clock: FakeMonotonic, *, late: bool) -> None:
+    """One delivery step by a deliverer whose client's read timeout is shorter than the engine's delay."""
+    sim.sim.faults.update({"late_write_seconds": LATE if late else 0.0})
+    async with calibrated_client(sim, read_timeout=0.3, connect_timeout=0.3) as client:
+        client.in_flight = InFlight(client.in_flight.window, monotonic=clock)
+        deliverer = Deliverer(store, client, rate=1e6, burst=10**6)
+        await deliverer.step()
+
+
+@pytest.fixture
+def sim():
+    with SimServer() as server:
+        yield server
+
+
+def test_an_earn_the_engine_takes_after_the_read_timeout_is_not_resent_while_it_may_be_in_flight(tmp_path, sim):
+    """Observation 1: looked up 1-2 s after the timeout, not found, resent: {eventKey: 2}."""
+    store = OutboxStore(tmp_path / "o.db")
+    key = new_event_key()
+    store.add(kind="event", stream="tx-1", event_key=key, body=event(key, "TRANSACTION"))
+    clock = FakeMonotonic()
+
+    async def day() -> None:
+        await step_with(sim, store, clock, late=True)  # times out; the engine has not taken it yet
+        assert store.by_key(key).needs_lookup
+        clock.now += 1.5  # looked up soon after: the engine is still holding the write
+        make_due(store)
+        await step_with(sim, store, clock, late=True)
+        assert store.by_key(key).state == "pending", "not resent while it may be in flight"
+        wait_until_engine_idle(sim)  # the engine takes the first send, late
+        clock.now += 3600
+        make_due(store)
+        await step_with(sim, store, clock, late=False)
+
+    asyncio.run(day())
+    wait_until_engine_idle(sim)
+    assert sim.state.ledger.duplicates() == {}
+    assert landed(sim, key) == 1
+    row = store.by_key(key)
+    assert row.state == "delivered" and "found by look-up" in (row.note or "")
+
+
+def test_a_refund_if_landed_waits_for_its_deduction_still_in_flight_after_a_restart(tmp_path, sim):
+    """Observation 2: killed mid-spend while the deduction was held at the engine; after the restart
+    the refund-if-landed row was looked up at once, marked "not needed", then the deduction landed."""
+    store = OutboxStore(tmp_path / "o.db")
+    deduction, refund = new_event_key(), new_event_key()
+
+    async def crash_mid_spend() -> None:
+        sim.sim.faults.update({"late_write_seconds": LATE})
+        async with calibrated_client(sim, read_timeout=0.3, connect_timeout=0.3) as client:
+            with pytest.raises(Exception):  # noqa: B017 -- the till never heard back
+                await client.report_event(_definition(deduction, "REDEEMED_POINTS", 500))
+
+    asyncio.run(crash_mid_spend())
+    # The restart: Points.recover queues a refund sent only if the deduction landed.
+    store.add(
+        kind="event",
+        stream="tx-1",
+        event_key=refund,
+        body=event(refund, "POINTS_REFUND", 500, reverses=deduction),
+        requires_key=deduction,
+    )
+    clock = FakeMonotonic()
+
+    async def after_restart() -> None:
+        await step_with(sim, store, clock, late=False)  # at once: the deduction is still held
+        assert store.by_key(refund).state == "pending", "not dropped while the deduction may be in flight"
+        wait_until_engine_idle(sim)  # the deduction lands
+        clock.now += 3600
+        make_due(store)
+        await step_with(sim, store, clock, late=False)
+
+    asyncio.run(after_restart())
+    assert landed(sim, deduction) == 1
+    assert landed(sim, refund) == 1, "the member got the points back"
+    assert "not needed" not in (store.by_key(refund).note or "")
+
+
+def _definition(key: str, kind: str, points: int):
+    from tillplug.engine.models import EventDefinition
+
+    return EventDefinition.model_validate(event(key, kind, points))
+
+
+def test_the_window_is_counted_from_the_restart_for_a_write_sent_before_it():
+    clock = FakeMonotonic()
+    rule = InFlight(10.0, monotonic=clock)
+    clock.now += 4
+    assert rule.remaining("sent-before-the-crash") == pytest.approx(6.0)
+    rule.sent("sent-now")
+    clock.now += 9
+    assert not rule.may_land("sent-before-the-crash")
+    assert rule.may_land("sent-now") and rule.remaining("sent-now") == pytest.approx(1.0)
+
+
+def test_the_default_window_is_twice_connect_plus_read_and_the_key_overrides_it():
+    assert in_flight_window(3.0, 5.0) == 16.0
+    assert in_flight_window(3.0, 5.0, 40.0) == 40.0
