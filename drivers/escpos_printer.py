@@ -20,22 +20,19 @@ import logging
 import os
 import select
 import socket
-import unicodedata
 from abc import ABC, abstractmethod
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
 from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus
 from tillplug.errors import DeviceBusy, DeviceGone, DriverError
+from tillplug.receipts import scripts
 from tillplug.receipts.code128 import escpos_payload, symbol_count
 from tillplug.receipts.layout import QR, Barcode, Columns, Cut, Feed, Image, Receipt, Rule, Text, text_lines
-from tillplug.receipts.paper import paper_layout, small_font_columns
+from tillplug.receipts.paper import paper_layout, pinned_code_page, small_font_columns
 
 log = logging.getLogger(__name__)
-# One code page per printer, pinned, so £ € é ß always print the same way.
-PREFERRED_CODE_PAGES = ("CP858", "CP1252", "ISO_8859-15", "CP850", "CP437")
 DLE_EOT = b"\x10\x04"
 BARCODE_MODULE_WIDTHS = (3, 2)  # ESC/POS GS w: 2 is the narrowest most printers accept and scanners read
 # ISO/IEC 15417 asks for ten modules of white each side: the paper's unprinted edge (about 4 mm, over
@@ -63,17 +60,6 @@ def use_cache_dir(cache_dir: str | None) -> None:
         return
     if os.access(cache_dir, os.W_OK):
         os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(cache_dir)
-
-
-def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
-    from escpos.capabilities import get_profile
-
-    pages = get_profile(profile_name).get_code_pages()
-    if wanted:
-        if wanted not in pages:
-            raise DriverError(f"profile {profile_name} has no code page {wanted} (it has: {', '.join(pages)})")
-        return wanted
-    return next((p for p in PREFERRED_CODE_PAGES if p in pages), next(iter(pages)))
 
 
 def _offline_reasons(offline: int | None, paper: int | None) -> str:
@@ -414,24 +400,6 @@ def connection_for(config: Any) -> Connection:
 # -- text ----------------------------------------------------------------------
 
 
-def printable(text: str, can_encode: Any) -> str:
-    """Text the pinned code page can print: characters it lacks are transliterated (anyascii), control
-    characters (which would be printer commands) become spaces.  Never a '?' that was not there."""
-    from anyascii import anyascii
-
-    out = []
-    for ch in unicodedata.normalize("NFC", text):  # 'e' + U+0301 is the é the code page has
-        if ch == "\n" or (" " <= ch < "\x7f"):
-            out.append(ch)
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch.isspace():
-            out.append(" " if unicodedata.category(ch) != "Cf" else "")
-        elif can_encode(ch):
-            out.append(ch)
-        else:
-            out.append(anyascii(ch).replace("?", ""))
-    return "".join(out)
-
-
 # -- the driver ----------------------------------------------------------------
 
 
@@ -521,11 +489,14 @@ class EscposPrinter(PrinterDriver):
 
     def printable(self, text: str) -> str:
         encoder = self._encoder
-        return printable(text, lambda ch: encoder is not None and encoder.can_encode(self.code_page, ch))
+        return scripts.printable(text, lambda ch: encoder is not None and encoder.can_encode(self.code_page, ch))
 
     def _render_block(self, out: Any, block: Any) -> None:
         if isinstance(block, (Text, Columns, Rule)):
-            block = self._printable_block(block)
+            shown = self._printable_block(block)
+            if shown is None:  # its stated fallback: leave it out
+                return
+            block = shown
             double = isinstance(block, Text) and block.double
             small = isinstance(block, Text) and block.whole and self.columns < len(block.text) <= self.small_columns
             bold = getattr(block, "bold", False)
@@ -554,12 +525,9 @@ class EscposPrinter(PrinterDriver):
         else:
             raise DriverError(f"cannot print a {type(block).__name__}")
 
-    def _printable_block(self, block: Text | Columns | Rule) -> Text | Columns | Rule:
-        if isinstance(block, Text):
-            return replace(block, text=self.printable(block.text))
-        if isinstance(block, Columns):
-            return replace(block, left=self.printable(block.left), right=self.printable(block.right))
-        return replace(block, char=self.printable(block.char) or "-")
+    def _printable_block(self, block: Text | Columns | Rule) -> Text | Columns | Rule | None:
+        encoder = self._encoder
+        return scripts.printable_block(block, lambda ch: encoder is not None and encoder.can_encode(self.code_page, ch))
 
     def module_width(self, data: str) -> int | None:
         """The widest bars at which the whole Code 128 symbol, quiet zones included, fits the paper;

@@ -44,11 +44,16 @@ def test_check_config_never_echoes_secrets(tmp_path, capsys):
     assert "super-secret" not in out
 
 
-def test_config_example_passes_check_config(tmp_path, capsys):
+def test_config_example_passes_check_config_without_a_warning(tmp_path, capsys):
+    """`tillplug config example > ex.toml && tillplug check-config ex.toml` warned about the example's own
+    member rule: what tillplug ships must be valid as it stands."""
     assert main(["config", "example"]) == 0
     example = tmp_path / "example.toml"
     example.write_text(capsys.readouterr().out)
     assert main(["check-config", str(example)]) == 0
+    out = capsys.readouterr().out
+    assert "warning:" not in out, out
+    assert out.strip().endswith("valid (0 warning(s))"), out
 
 
 def test_config_schema_is_json_schema_for_the_file(capsys):
@@ -151,3 +156,24 @@ def test_devices_lists_keyboard_mode_scanners_with_a_snippet_and_plain_keyboards
     assert f'driver = "hid-scanner"\n    port = "{by_id}"\n    layout = "us"' in out
     assert "/dev/input/event2  USB 046a:0011  serial -  'Cherry keyboard': a keyboard, or a scanner" in out
     assert out.count("[[scanners]]") == 1  # a plain keyboard gets no snippet: it must never be grabbed by mistake
+
+
+def test_outbox_options_may_follow_the_action_and_its_row_id(tmp_path, capsys):
+    """`tillplug outbox retry 42 --config F` was a usage error: the options only worked before the action."""
+    from tests.outbox.test_outbox import sale
+    from tillplug.outbox import OutboxStore
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'till_id="t"\nbranch_id="b"\nstate_dir="{tmp_path}"\n[engine]\npreset="simulator"\n')
+    store = OutboxStore(tmp_path / "outbox.sqlite3")
+    key = sale(store, 1)
+    row = store.claim()
+    store.dead(row.id, error="HTTP 400: payload.total is required")
+    assert main(["outbox", "retry", str(row.id), "--config", str(cfg)]) == 0
+    assert store.by_key(key).state == "pending"
+    capsys.readouterr()
+    assert main(["outbox", "stats", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pending"] == 1
+    # Before the action still works, and the later one wins when both are given.
+    assert main(["outbox", "--config", str(tmp_path / "nowhere.toml"), "stats", "--config", str(cfg)]) == 0
+    assert main(["outbox", "--config", str(cfg), "list"]) == 0

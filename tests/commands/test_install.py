@@ -170,3 +170,78 @@ def test_keyboard_mode_scanners_and_uinput_get_the_service_group():
     for line in ("DeviceAllow=char-input rw", "DeviceAllow=/dev/uinput rw", "DeviceAllow=char-pts rw"):
         assert line in unit
     assert "RuntimeDirectory=tillplug" in unit
+
+
+def test_the_tills_side_has_its_own_group_and_uinput_stays_with_the_daemon():
+    """Group tillplug could type into any program on the screen: the drop-in guide put the till's user in
+    it to open till_port, and the rules give it /dev/uinput.  The till's side is now its own group."""
+    assert service.TILL_GROUP == "tillplug-till" != service.GROUP
+    rules = parse_rules(service.udev_rules())
+    groups = {t["value"] for r in rules for t in r if t["key"] == "GROUP"}
+    assert groups == {service.GROUP}  # every raw device and uinput: the daemon's group only
+    assert re.search(rf"^SupplementaryGroups=.*\b{service.TILL_GROUP}\b", service.unit(), re.M)
+    steps = [s.what for s in service.install_steps(Path("/nonexistent"), "/usr/bin/tillplug", run_commands=False)]
+    assert f"run groupadd --system --force {service.TILL_GROUP}" in steps
+    # The group exists before the unit that names it is installed (systemd refuses a missing group).
+    assert steps.index(f"run groupadd --system --force {service.TILL_GROUP}") < next(
+        i for i, s in enumerate(steps) if service.UNIT_NAME in s
+    )
+
+
+def test_an_upgrade_gives_the_till_group_to_the_users_who_open_till_port_today():
+    """Existing tills keep working: their users (in group tillplug by the old guide) are added to
+    tillplug-till, and told to leave tillplug; the service user itself is not a till user."""
+    import grp
+    import pwd
+
+    old = grp.struct_group(("tillplug", "x", 990, ["till", "tillplug", "shop"]))
+    users = [
+        pwd.struct_passwd(("tillplug", "x", 991, 990, "", "/nonexistent", "/usr/sbin/nologin")),
+        pwd.struct_passwd(("kiosk", "x", 1001, 990, "", "/home/kiosk", "/bin/bash")),  # primary group tillplug
+        pwd.struct_passwd(("till", "x", 1000, 1000, "", "/home/till", "/bin/bash")),
+    ]
+    assert service.till_users_in_service_group(old, users) == ["kiosk", "shop", "till"]
+    assert service.till_users_in_service_group(None, users) == []
+    steps = service.till_group_steps(["kiosk", "till"], run_commands=False)
+    assert [s.what for s in steps] == [
+        "run usermod --append --groups tillplug-till kiosk",
+        "run usermod --append --groups tillplug-till till",
+    ]
+    advice = service.till_group_advice(["kiosk", "till"])
+    assert "gpasswd --delete kiosk tillplug" in advice and "gpasswd --delete till tillplug" in advice
+    assert "log in again" in advice
+
+
+def test_till_port_gives_the_pty_to_the_till_group_not_the_daemons_own(tmp_path, caplog):
+    import asyncio
+    import grp
+    import os
+
+    from tillplug.devices.till_port import TillPort
+
+    till_group = grp.getgrnam("dialout")  # any group that is not ours stands in for tillplug-till
+    assert till_group.gr_gid != os.getegid()
+    loop = asyncio.new_event_loop()
+    try:
+        port = TillPort(str(tmp_path / "till"), loop, group=till_group.gr_name)
+        port.open()
+        st = os.stat(os.path.realpath(tmp_path / "till"))
+        assert st.st_gid == till_group.gr_gid and st.st_mode & 0o777 == 0o660
+        port.close()
+        # A till not yet upgraded (no such group): as before, the daemon's group, and a warning saying what to do.
+        port = TillPort(str(tmp_path / "till"), loop, group="no-such-group-here")
+        port.open()
+        assert os.stat(os.path.realpath(tmp_path / "till")).st_gid == os.getegid()
+        assert "tillplug install" in caplog.text
+        port.close()
+    finally:
+        loop.close()
+
+
+def test_install_dry_run_on_an_upgraded_till_says_what_it_would_change(monkeypatch, capsys):
+    monkeypatch.setattr(service, "_till_users", lambda: ["till"])
+    assert service.install("/", dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "would run groupadd --system --force tillplug-till" in out
+    assert "would run usermod --append --groups tillplug-till till" in out
+    assert "then: till is in group tillplug" in out and "gpasswd --delete till tillplug" in out

@@ -752,11 +752,18 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("outbox", "inspect and manage the queue of engine writes", cmd_outbox)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--json", action="store_true")
+    # The same options after the action (`outbox retry 42 --config F`); SUPPRESS: unset there, the
+    # value given before the action (or its default) stands.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", default=argparse.SUPPRESS, help=f"the config file (default: {DEFAULT_CONFIG})")
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="answer as JSON")
     acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    acts.add_parser("stats", help="counts by state and the oldest waiting row")
-    a = acts.add_parser("list", help="rows, oldest first")
+    acts.add_parser("stats", help="counts by state and the oldest waiting row", parents=[after])
+    a = acts.add_parser("list", help="rows, oldest first", parents=[after])
     a.add_argument("--state", choices=["pending", "sending", "delivered", "dead", "discarded"])
-    a = acts.add_parser("retry", help="try a row again now (pending, dead, interrupted or unverifiable)")
+    a = acts.add_parser(
+        "retry", help="try a row again now (pending, dead, interrupted or unverifiable)", parents=[after]
+    )
     a.add_argument("id", type=int)
     a.add_argument(
         "--resend-unverified",
@@ -764,10 +771,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
         help="send an unverifiable row without a look-up (after checking the Loyalty Console: "
         "the engine counts it twice if it has it already)",
     )
-    a = acts.add_parser("discard", help="give up on a row in any state but delivered, with a reason (kept for audit)")
+    a = acts.add_parser(
+        "discard", help="give up on a row in any state but delivered, with a reason (kept for audit)", parents=[after]
+    )
     a.add_argument("id", type=int)
     a.add_argument("--reason", required=True)
-    a = acts.add_parser("drain", help="deliver everything now (the daemon does this by itself)")
+    a = acts.add_parser("drain", help="deliver everything now (the daemon does this by itself)", parents=[after])
     a.add_argument("--timeout", type=float, default=60.0)
 
     p = add("status", "ask the running daemon for its health (exit 1 if degraded or not running)", cmd_status)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tillplug.commands.virtual.till import VirtualTill
+from tillplug.engine.models import Discount
 from tillplug.receipts.preview import interpret, render_png
+from tillplug.receipts.templates import SlipContext, discount_words
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 
@@ -122,6 +124,18 @@ def run(out_dir: str | None = None, *, color: bool | None = None) -> int:
     return 0
 
 
+DEMO_WORDS = SlipContext("demo", "demo", "GBP")  # the demo's till: English, pounds
+
+
+def voucher_sentence(answer: dict[str, Any], *, used: bool) -> str:
+    """What the cashier reads about an accepted voucher: its name and what it takes off, in words
+    (a slip's words: '£5.00 off', '10% off on COFFEE'), never the engine's discount list."""
+    discounts = [Discount.model_validate(d) for d in answer.get("discounts") or []]
+    takes = " and ".join(discount_words(DEMO_WORDS, d) for d in discounts) or "no discount on this sale"
+    name = answer.get("name") or answer.get("code") or "the voucher"
+    return f"voucher “{name}” accepted: {takes}" + (" (used up now)" if used else "")
+
+
 def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story, told in order
     till = s.till
     _, health = s.api("GET", "/v1/health")
@@ -154,18 +168,18 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     s.slip()
     status, body = s.api("POST", "/v1/checkouts/T-1001/points", {"points": 5000})
     s.expect(status == 409 and body["error"]["code"] == "insufficient_points", "5000 points are refused")
-    s.told(f"{body['error']['code']}: {body['error']['message']}", ok=False)
+    s.told(f"refused: {body['error']['message']} ({body['error']['code']})", ok=False)
 
     s.chapter("A voucher from the app (3.2)", "Alice shows a voucher code on her phone; it is validated and burned.")
     e = s.scan("ALICE-5OFF-0001", "voucher_result")
     s.expect(e is not None and e["data"].get("ok") is True, "the voucher is accepted")
     if e and e["data"].get("ok"):
-        s.told(f"{e['data']['name']}: {e['data']['discounts']} (burned)")
+        s.told(voucher_sentence(e["data"], used=True))
     s.slip()
     e = s.scan("ALICE-USED-0003", "voucher_result")
     s.expect(e is not None and e["data"].get("error") == "voucher_already_used", "a used voucher is refused")
     if e:
-        s.told(f"{e['data'].get('error')}: {e['data'].get('message')}", ok=False)
+        s.told(f"refused: {e['data'].get('message')} ({e['data'].get('error')})", ok=False)
 
     s.chapter("A voucher the cashier picks (3.3)", "The till lists Alice's vouchers; the cashier redeems one for her.")
     status, body = s.api("GET", "/v1/checkouts/T-1001/benefits")
@@ -175,7 +189,7 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
         s.cashier(f"picks {pick['name']!r}")
         status, body = s.api("POST", f"/v1/checkouts/T-1001/benefits/{pick['id']}/redeem", {})
         s.expect(status == 200, "the picked voucher is redeemed and validated")
-        s.told(f"{body.get('name')}: {body.get('discounts')}")
+        s.told(voucher_sentence(body, used=False))
         s.slip()
 
     s.chapter(
@@ -228,7 +242,7 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     s.say("  the engine is back…")
     delivered = till.settle(timeout=20)
     s.expect(delivered, "the outbox drains once the engine is back")
-    s.told(f"outbox empty: {delivered}")
+    s.told("every sale has reached the engine" if delivered else "sales are still waiting for the engine", ok=delivered)
 
 
 def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 -- one branch per prompt command

@@ -7,16 +7,22 @@ repository's ``udev/`` folder are checked against this generator by the tests.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tillplug.devices.known import KNOWN_DEVICES
 
+# Two groups, never one: ``tillplug`` reaches the raw devices and /dev/uinput (whoever is in it can
+# type into any program on the screen), so only the service is in it; the till's user is put in
+# ``tillplug-till``, which is given the till's side alone (the ptys behind till_port).
 GROUP = "tillplug"
+TILL_GROUP = "tillplug-till"
 USER = "tillplug"
 RULES_NAME = "99-tillplug.rules"
 UNIT_NAME = "tillplug.service"
@@ -52,7 +58,9 @@ def udev_rules() -> str:
                 lines.append(f'SUBSYSTEM=="usb", ENV{{DEVTYPE}}=="usb_device", {match}, GROUP="{GROUP}", MODE="0660"')
         lines.append("")
     lines += [
-        "# The virtual keyboard that re-types the scans of keyboard-mode scanners for the till.",
+        "# The virtual keyboard that re-types the scans of keyboard-mode scanners for the till: the service's",
+        f"# group only.  Never put the till's user in {GROUP} (any program of theirs could type into any",
+        f"# window); it opens till_port through group {TILL_GROUP}.",
         f'KERNEL=="uinput", SUBSYSTEM=="misc", GROUP="{GROUP}", MODE="0660", OPTIONS+="static_node=uinput"',
         "",
         'LABEL="tillplug_end"',
@@ -83,8 +91,9 @@ TimeoutStopSec=30s
 
 User={USER}
 Group={GROUP}
-# Device access comes from the group the udev rules set; dialout for plain /dev/ttyS* ports.
-SupplementaryGroups={GROUP} dialout
+# Device access comes from the group the udev rules set; dialout for plain /dev/ttyS* ports;
+# {TILL_GROUP} to give the till's side (the ptys behind till_port) to the till's user.
+SupplementaryGroups={GROUP} {TILL_GROUP} dialout
 StateDirectory=tillplug
 StateDirectoryMode=0700
 CacheDirectory=tillplug
@@ -154,8 +163,54 @@ class Step:
     is_command: bool = False
 
 
-def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Step]:
-    """What ``tillplug install`` does, step by step.  ``root`` is / on a till, a folder in tests."""
+def till_users_in_service_group(group: grp.struct_group | None, users: Iterable[pwd.struct_passwd]) -> list[str]:
+    """Who is in group ``tillplug`` besides the service: the till users the old drop-in guide put there to
+    open till_port.  An upgrade gives them the till's group, so their tills keep working."""
+    if group is None:
+        return []
+    names = set(group.gr_mem) | {u.pw_name for u in users if u.pw_gid == group.gr_gid}
+    return sorted(names - {USER})
+
+
+def _till_users() -> list[str]:
+    try:
+        group = grp.getgrnam(GROUP)
+    except KeyError:
+        return []  # a new install: no one to move
+    return till_users_in_service_group(group, pwd.getpwall())
+
+
+def till_group_steps(users: Iterable[str], *, run_commands: bool) -> list[Step]:
+    """Add each till user to the till's group (they stay in ``tillplug`` until a technician removes them:
+    a technician's own account may be among them, and only a person can tell)."""
+    steps = []
+    for user in users:
+        argv = ["usermod", "--append", "--groups", TILL_GROUP, user]
+
+        def do(argv: list[str] = argv) -> None:
+            if run_commands:
+                subprocess.run(argv, check=True)
+
+        steps.append(Step("run " + " ".join(argv), do, is_command=True))
+    return steps
+
+
+def till_group_advice(users: Sequence[str]) -> str:
+    """What the technician must change after an upgrade that found till users in group ``tillplug``."""
+    who = ", ".join(users)
+    removals = "; ".join(f"gpasswd --delete {u} {GROUP}" for u in users)
+    return (
+        f"{who} {'is' if len(users) == 1 else 'are'} in group {GROUP}, which reaches the scanners, printers and "
+        f"/dev/uinput: any program of theirs can type into any window. The till's side (till_port) is now "
+        f"group {TILL_GROUP}, and they have been added to it; they must log in again (or restart the till) "
+        f"to open till_port through it. Then take them out of {GROUP}: {removals}"
+    )
+
+
+def install_steps(root: Path, exec_path: str, *, run_commands: bool, till_users: Sequence[str] = ()) -> list[Step]:
+    """What ``tillplug install`` does, step by step.  ``root`` is / on a till, a folder in tests.
+
+    ``till_users``: the users an upgrade adds to the till's group (``till_users_in_service_group``)."""
     from tillplug.config import example_text
 
     etc = root / "etc"
@@ -182,6 +237,7 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
     if run_commands and not shutil.which("useradd"):
         raise RuntimeError("useradd is not installed; create the tillplug user by hand")
     steps.append(command("groupadd", "--system", "--force", GROUP))
+    steps.append(command("groupadd", "--system", "--force", TILL_GROUP))
     steps.append(
         command(
             "sh",
@@ -191,6 +247,7 @@ def install_steps(root: Path, exec_path: str, *, run_commands: bool) -> list[Ste
             f"--shell /usr/sbin/nologin {USER}",
         )
     )
+    steps += till_group_steps(till_users, run_commands=run_commands)
     steps.append(write(etc / "udev" / "rules.d" / RULES_NAME, udev_rules(), 0o644))
     steps.append(write(etc / "systemd" / "system" / UNIT_NAME, unit(exec_path), 0o644))
     # Keyboard-mode scanners need uinput (the service may not load modules itself).
@@ -235,7 +292,8 @@ def install(
     if run_commands and os.geteuid() != 0:
         out("tillplug install must run as root (or use --dry-run, or --root DIR to stage the files)")
         return 2
-    for step in install_steps(root_path, exe, run_commands=run_commands):
+    till_users = _till_users() if run_commands or dry_run else []
+    for step in install_steps(root_path, exe, run_commands=run_commands, till_users=till_users):
         if dry_run:
             out("would " + step.what)
         elif step.is_command and not run_commands:
@@ -244,6 +302,8 @@ def install(
             out(step.what)
         if not dry_run:
             step.run()
+    if till_users:
+        out(("after this upgrade: " if not dry_run else "then: ") + till_group_advice(till_users))
     if not dry_run:
         out(
             "next: edit /etc/tillplug/tillplug.toml, put secrets in /etc/tillplug/credentials/, "

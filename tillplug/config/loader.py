@@ -24,6 +24,8 @@ class Problem:
     path: str  # "scanners[1].baudrate", or "" for the whole file
     message: str
     severity: str = "error"  # or "warning"
+    # False: an error check-config reports, but the daemon starts anyway, with a safe default (and logs it)
+    stops_start: bool = True
 
     def __str__(self) -> str:
         where = self.path or "(file)"
@@ -116,15 +118,35 @@ def _open_secret(path: Path) -> int:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ConfigError(f"secret file {path} is not a regular file")
+    if _kernel_file(path):
+        os.close(fd)
+        raise ConfigError(
+            f"secret file {path} is a kernel file under /proc or /sys, not a file holding a secret "
+            "(/proc/self/environ would hand the daemon's environment to the engine)"
+        )
     return fd
+
+
+KERNEL_FILESYSTEMS = (Path("/proc"), Path("/sys"))
+
+
+def _kernel_file(path: Path) -> bool:
+    """Files the kernel makes up as they are read: they look regular (size 0) but hold no secret."""
+    real = path.resolve()
+    return any(real.is_relative_to(root) for root in KERNEL_FILESYSTEMS)
 
 
 def _secret_text(path: Path) -> str:
     fd = _open_secret(path)
     try:
         raw = os.read(fd, MAX_SECRET_BYTES + 1)
+        made_up = bool(raw) and os.fstat(fd).st_size == 0  # a pseudo-file (procfs mounted elsewhere, configfs...)
     finally:
         os.close(fd)
+    if made_up:
+        raise ConfigError(
+            f"secret file {path} is a kernel file (it has no size, yet reads), not a file holding a secret"
+        )
     if len(raw) > MAX_SECRET_BYTES:
         raise ConfigError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes; it should hold one line")
     try:
@@ -279,15 +301,9 @@ def validate(
                         )
                     )
     report.problems += _member_rule_problems(config, data)
-    if config.engine.dialect_file and not Path(config.engine.dialect_file).is_file():
-        report.problems.append(
-            Problem(
-                "engine.dialect_file",
-                f"{config.engine.dialect_file} does not exist yet: run tillplug engine-check "
-                "(until then tillplug trusts nothing it has not seen)",
-                "warning",
-            )
-        )
+    report.problems += _share_port_problems(config)
+    if config.engine.dialect_file:
+        report.problems += _dialect_file_problems(config.engine.dialect_file)
     if config.vouchers.mode == "check_then_burn":
         report.problems.append(Problem("vouchers.mode", CHECK_THEN_BURN_RISK, "warning"))
     if config.engine.ca_file and not Path(config.engine.ca_file).is_file():
@@ -297,6 +313,43 @@ def validate(
             for severity, message in check_secret(ref):
                 report.problems.append(Problem(path, message, severity))
     return report
+
+
+def _share_port_problems(config: Config) -> list[Problem]:
+    """Each share port its own: not the API's port, not another printer's (one of the two would never listen)."""
+    taken = {config.api.port: "the API's port (api.listen)"} if config.api.port else {}
+    problems = []
+    for i, printer in enumerate(config.printers):
+        port = printer.share_port
+        if port is None:
+            continue
+        if port in taken:
+            problems.append(Problem(f"printers[{i}].share_port", f"{port} is already {taken[port]}; give each its own"))
+        taken.setdefault(port, f"printers[{i}].share_port")
+    return problems
+
+
+def _dialect_file_problems(path: str) -> list[Problem]:
+    """Missing: a warning (engine-check writes it later).  There but unreadable: an error, since the
+    daemon would run trusting nothing about the engine, which check-config must not call valid."""
+    from tillplug.engine.dialect import read_dialect_file
+
+    if not os.path.lexists(path):
+        return [
+            Problem(
+                "engine.dialect_file",
+                f"{path} does not exist yet: run tillplug engine-check "
+                "(until then tillplug trusts nothing it has not seen)",
+                "warning",
+            )
+        ]
+    try:
+        read_dialect_file(path)
+    except ConfigError as exc:
+        # At start the engine client logs the same and trusts nothing about the engine (the safe answer):
+        # a till keeps selling rather than restarting for ever.
+        return [Problem("engine.dialect_file", exc.message.removeprefix("engine.dialect_file "), stops_start=False)]
+    return []
 
 
 def _member_rule_problems(config: Config, data: Mapping[str, Any]) -> list[Problem]:
@@ -344,11 +397,11 @@ def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str]
 def load_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Config:
     """Load and validate; raise ConfigError listing every problem (warnings are not fatal)."""
     report = check_config(path, known_drivers=known_drivers)
-    if not report.ok:
-        lines = [str(p) for p in report.errors]
+    fatal = [p for p in report.errors if p.stops_start]
+    if report.config is None or fatal:
+        lines = [str(p) for p in fatal]
         raise ConfigError(
             f"{path} has {len(lines)} problem(s):\n  " + "\n  ".join(lines),
-            problems=[(p.path, p.message) for p in report.errors],
+            problems=[(p.path, p.message) for p in fatal],
         )
-    assert report.config is not None
     return report.config

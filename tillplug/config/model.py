@@ -70,6 +70,12 @@ CREDENTIAL_RE = re.compile(r"^credential:[A-Za-z0-9._-]{1,255}$")
 INLINE_SECRET = "inline_secret"  # the error type whose input is never shown (tillplug.config.loader)
 MAX_DEVICES = 32  # per kind: a till has a handful; thousands once kept the daemon from ever becoming ready
 MAX_RULES = 32
+# One write per 100 s: a chain of 10,000 tills sharing WLL's 100 requests/s.  Below it a backlog
+# would never drain (1e-320 was accepted and the outbox stopped).
+MIN_OUTBOX_RATE = 0.01
+MIN_FLEET_RATE = 0.0001  # the dashboard's per-till averages: below one request in ~3 hours is no figure
+# The daemon holds no capabilities (CAP_NET_BIND_SERVICE): it can listen only at or above this port.
+MIN_SHARE_PORT = 1024
 
 
 def _identifier(value: str) -> str:
@@ -123,6 +129,20 @@ def _is_loopback(host: str) -> bool:
 def _proxy_url(value: str) -> str:
     if not re.match(r"^(http|https|socks5)://[^/\s:]+(:\d{1,5})?/?$", value):
         raise ValueError("must be a proxy URL such as http://proxy.shop.lan:3128")
+    return value
+
+
+GROUP_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _group_name(value: str) -> str:
+    if not GROUP_NAME_RE.match(value):
+        raise ValueError("must be a group name: up to 32 lower-case letters, digits, '_' or '-', e.g. tillplug-till")
+    if value == "tillplug":
+        raise ValueError(
+            "must not be tillplug, the service's own group: it reaches /dev/uinput, so any program of the "
+            "till's user could type into any window; use tillplug-till"
+        )
     return value
 
 
@@ -288,6 +308,9 @@ class ScannerConfig(Section):
     # for the till to open as if it were the scanner; scans tillplug does not consume are passed
     # there byte for byte.  Keyboard (HID) scanners: such scans are re-typed unless retype = false.
     till_port: Annotated[str, AfterValidator(_abs_path)] | None = None
+    # The group the till's user opens till_port through (tillplug install creates it); never the
+    # service's own group "tillplug", which reaches /dev/uinput and every raw device.
+    till_group: Annotated[str, AfterValidator(_group_name)] = "tillplug-till"
     retype: bool = True
     pass_loyalty: bool = False  # member cards and vouchers go to the till too (as well as to loyalty)
     layout: Literal["us", "gb", "de", "fr", "be", "es", "it", "nl"] = "us"  # keyboard scanners only
@@ -326,7 +349,7 @@ class PrinterConfig(Section):
     # A network printer that does not accept the connection in this time is away: the job is held.
     connect_timeout: Annotated[float, Field(gt=0, le=30)] = 1.0
     # A loopback TCP port (9100-style) the till's own ESC/POS driver can print to, sharing this printer.
-    share_port: int | None = Field(default=None, ge=1, le=65535)
+    share_port: int | None = Field(default=None, ge=MIN_SHARE_PORT, le=65535)
     # The same as a Unix socket at this absolute path: mode 0660, owned by its directory's group (put it
     # in a directory of the till's group), so no other user's program and no web page can print.
     share_socket: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=100)
@@ -453,16 +476,16 @@ class OutboxConfig(Section):
     max_rows: int = Field(default=100_000, ge=100, le=10_000_000)
     max_age_hours: float = Field(default=72, gt=0, le=24 * 365)
     # Share of the tenant's 100 requests/s that this till may use when draining a backlog.
-    rate_per_second: float = Field(default=10, gt=0, le=100)
+    rate_per_second: float = Field(default=10, ge=MIN_OUTBOX_RATE, le=100)
     burst: int = Field(default=20, ge=1, le=400)
     # The chain's average interactive engine requests/s per till (the fleet dashboard shows it:
     # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up{job="tillplug"})).  When set,
     # the share left after interactive calls is split in proportion to how busy each till is.
-    fleet_interactive_per_second: float | None = Field(default=None, gt=0, le=100)
+    fleet_interactive_per_second: float | None = Field(default=None, ge=MIN_FLEET_RATE, le=100)
     # The chain's average outbox writes/s per till (the dashboard:
     # sum(rate(tillplug_engine_requests_total{use_case="outbox"}[1h])) / count(up{job="tillplug"})).  With the
     # figure above, a backlog after an outage is paced towards one deadline the whole chain shares.
-    fleet_writes_per_second: float | None = Field(default=None, gt=0, le=100)
+    fleet_writes_per_second: float | None = Field(default=None, ge=MIN_FLEET_RATE, le=100)
 
     @model_validator(mode="after")
     def _fleet_figures_leave_room(self) -> OutboxConfig:

@@ -145,7 +145,7 @@ class Router:
         """The scanner's till side, if its config has one; a failure is logged, never fatal."""
         if cfg.till_port is None:
             return
-        port = TillPort(cfg.till_port, loop)
+        port = TillPort(cfg.till_port, loop, group=cfg.till_group)
         try:
             port.open()
         except (OSError, DeviceGone) as exc:

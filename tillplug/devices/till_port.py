@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import grp
 import logging
 import os
 import pty
@@ -22,6 +23,7 @@ from tillplug.errors import DeviceGone
 
 log = logging.getLogger(__name__)
 
+TILL_GROUP = "tillplug-till"  # the till's side: never the daemon's group (tillplug.commands.install)
 TILL_BACKLOG_BYTES = 1 << 16  # what a till that stops reading may fall behind before scans are dropped
 
 
@@ -41,8 +43,16 @@ class TillPort:
     stale scans.  What the till writes to "its scanner" is read and discarded.
     """
 
-    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, *, max_backlog: int = TILL_BACKLOG_BYTES) -> None:
+    def __init__(
+        self,
+        path: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_backlog: int = TILL_BACKLOG_BYTES,
+        group: str = TILL_GROUP,
+    ) -> None:
         self.path = Path(path)
+        self.group = group  # the till's user opens the pty through this group, never through ours
         self.loop = loop
         self.max_backlog = max_backlog
         self.dropped: Counter[str] = Counter()  # reason → scans dropped
@@ -61,9 +71,7 @@ class TillPort:
         try:
             tty.setraw(slave)  # byte for byte: no echo, no CR → LF, no line editing
             self._slave_name = os.ttyname(slave)
-            with contextlib.suppress(OSError):  # the till's user is given access through our group
-                os.chown(self._slave_name, -1, os.getegid())
-                os.chmod(self._slave_name, 0o660)
+            self._give_to_till(self._slave_name)
         finally:
             os.close(slave)
         os.set_blocking(master, False)
@@ -73,6 +81,34 @@ class TillPort:
         except OSError:
             self.close()
             raise
+
+    def _give_to_till(self, pty_name: str) -> None:
+        """The till's side to the till's group, read-write.  Not our own group: that one reaches
+        /dev/uinput, and whoever is in it can type into any window."""
+        try:
+            gid = grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            # A till upgraded without `tillplug install`: as before, so its till keeps working.
+            gid = os.getegid()
+            log.warning(
+                "till_port %s: group %s does not exist, so the till opens it through tillplug's own group as "
+                "before; run `tillplug install` (it creates %s) and put the till's user in %s instead",
+                self.path,
+                self.group,
+                self.group,
+                self.group,
+            )
+        try:
+            os.chown(pty_name, -1, gid)
+            os.chmod(pty_name, 0o660)
+        except OSError as exc:
+            log.warning(
+                "till_port %s: cannot give the pty to group %s (%s): the service must be a member "
+                "(SupplementaryGroups= in its unit)",
+                self.path,
+                self.group,
+                exc.strerror,
+            )
 
     def _link(self) -> None:
         path = self.path

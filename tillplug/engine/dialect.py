@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from tillplug.errors import ConfigError
 
 FILE_VERSION = 1
+MAX_DIALECT_BYTES = 1 << 20  # engine-check writes a few KiB; /dev/zero was once read to 1.9 GB
 FILTERS = ("honoured", "ignored", "rejected", "unknown")
 ANSWERS: dict[str, tuple[str, ...]] = {
     "reactions": ("flat", "nested", "delayed", "never", "unknown"),
@@ -55,15 +58,15 @@ class EngineDialect:
 
 
 def read_dialect_file(path: str | os.PathLike[str] | None) -> EngineDialect:
-    """The answers in ``path``; every answer unknown when no file is named."""
+    """The answers in ``path``; every answer unknown when no file is named.
+
+    Read with bounds, since it is read at every start: a regular file only (a device or a FIFO
+    never ends or never answers), at most ``MAX_DIALECT_BYTES``, nested at most ``MAX_DEPTH`` deep
+    (the JSON parser recurses; a 100k-deep file crashed every start).
+    """
     if path is None:
         return EngineDialect()
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"engine.dialect_file {path} does not exist; run tillplug engine-check") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"engine.dialect_file {path} cannot be read ({type(exc).__name__})") from None
+    data = _bounded_json(Path(path))
     answers = data.get("answers") if isinstance(data, dict) else None
     if not isinstance(answers, dict):
         raise ConfigError(f"engine.dialect_file {path} has no 'answers' object")
@@ -73,6 +76,78 @@ def read_dialect_file(path: str | os.PathLike[str] | None) -> EngineDialect:
         if key in known and isinstance(value, str) and value in ANSWERS[key]:
             values[key] = value
     return EngineDialect(**values)
+
+
+MAX_DEPTH = 32  # the file engine-check writes is 3 deep
+_JSON_SPECIAL = re.compile(r'["\\\[\]{}]')
+
+
+def _bounded_json(path: Path) -> Any:
+    """The file's JSON, read only once it is known to be small and shallow enough to parse safely."""
+    where = f"engine.dialect_file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the start
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist; run tillplug engine-check") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{where} is not a regular file; give the JSON file engine-check wrote")
+        raw = _read_at_most(fd, MAX_DIALECT_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_DIALECT_BYTES:
+        raise ConfigError(f"{where} is larger than {MAX_DIALECT_BYTES} bytes; it is not a file engine-check wrote")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    if _nesting(text) > MAX_DEPTH:
+        raise ConfigError(f"{where} is nested more than {MAX_DEPTH} deep; it is not a file engine-check wrote")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where} is not valid JSON ({type(exc).__name__})") from None
+
+
+def _nesting(text: str) -> int:
+    """How deep the JSON text's arrays and objects nest (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1  # a backslash inside a string: the character after it is not special
+    for token in _JSON_SPECIAL.finditer(text):
+        char, at = token.group(), token.start()
+        if at == escaped_at:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped_at = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, limit - size)
+        except OSError as exc:
+            raise ConfigError(f"engine.dialect_file cannot be read ({exc.strerror})") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def write_dialect_file(path: str | os.PathLike[str], dialect: EngineDialect, evidence: dict[str, Any]) -> None:

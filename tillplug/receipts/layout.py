@@ -20,6 +20,9 @@ class Text:
     double: bool = False  # double width and height: half the columns
     align: Align = "left"
     whole: bool = False  # a code: printed in the small font rather than split, if that fits it on one line
+    # Printed instead when the text holds letters the printer's code page lacks (receipts.scripts):
+    # None, no stated fallback (the run is marked); "", leave the block out.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Columns:
     left: str
     right: str
     bold: bool = False
+    fallback: str | None = None  # for ``right``, as Text.fallback
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,21 @@ class Receipt:
 
 
 def wrap(text: str, width: int) -> list[str]:
-    """Greedy word wrap.  A word is split only if it alone is wider than the line."""
+    """Greedy word wrap.  A word is split only if it alone is wider than the line.  A paragraph's
+    indent (its leading spaces) starts each of its lines, and a list item's ("- ...") lines after
+    the first line up under its text, as long as that leaves room for a word."""
     if width < 1:
         raise ValueError("width must be positive")
     lines: list[str] = []
     for paragraph in text.split("\n"):
+        indent = " " * (len(paragraph) - len(paragraph.lstrip(" ")))
+        if indent and paragraph.strip() and len(indent) <= width // 2:
+            lines += [indent + line for line in wrap(paragraph.strip(), width - len(indent))]
+            continue
+        if paragraph.startswith("- ") and width >= 8:
+            first, *rest = wrap(paragraph[2:], width - 2)
+            lines += ["- " + first, *("  " + line for line in rest)]
+            continue
         line = ""
         for whole in paragraph.split():
             word = whole

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tillplug.errors import DriverError
+
 # Paper without a profile that names it: columns of font A and printable dots.
 PAPER = {58: (32, 384), 80: (48, 576)}
 
@@ -37,14 +39,15 @@ def paper_layout(config: Any) -> tuple[int, int]:
 
 
 def layout_warnings(config: Any) -> list[str]:
-    """Where the config's paper settings disagree with the printer's profile (for check-config)."""
+    """Where the config's paper settings disagree with the printer's profile, or its code page may not be
+    the printer's (for check-config)."""
     try:
         profile = profile_paper(config.profile)
     except Exception:
         return []
+    warnings = code_page_warnings(config)
     if profile is None:
-        return []
-    warnings = []
+        return warnings
     if config.columns and config.columns != profile[0]:
         warnings.append(
             f"printer {config.name}: columns = {config.columns} but profile {config.profile} prints {profile[0]} "
@@ -56,6 +59,47 @@ def layout_warnings(config: Any) -> list[str]:
             f"{profile[1]} printable dots; remove paper_width_mm to use the profile"
         )
     return warnings
+
+
+# One code page per printer, pinned, so £ € é ß always print the same way.
+PREFERRED_CODE_PAGES = ("CP858", "CP1252", "ISO_8859-15", "CP850", "CP437")
+
+
+def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
+    from escpos.capabilities import get_profile
+
+    pages = get_profile(profile_name).get_code_pages()
+    if wanted:
+        if wanted not in pages:
+            raise DriverError(f"profile {profile_name} has no code page {wanted} (it has: {', '.join(pages)})")
+        return wanted
+    return next((p for p in PREFERRED_CODE_PAGES if p in pages), next(iter(pages)))
+
+
+def code_page_warnings(config: Any) -> list[str]:
+    """The profile lists the code page tillplug will use at more than one table number (POS-5890 and
+    other clones: firmware differs).  On a printer whose table at the number used holds another page,
+    every letter beyond ASCII prints as '?' or as another letter, and nothing can tell: check-config
+    says so, and the test page's accented line is the check."""
+    from escpos.capabilities import get_profile
+
+    try:
+        page = pinned_code_page(config.profile, config.code_page)
+        tables = get_profile(config.profile).profile_data.get("codePages", {})
+    except Exception:  # an unknown profile or code page is the driver's error, told elsewhere
+        return []
+    numbers = sorted(int(n) for n, name in tables.items() if name == page and str(n).isdigit())
+    if len(numbers) < 2:
+        return []
+    listed_once = [p for p in ("CP850", "CP1252", "CP858", "CP437") if list(tables.values()).count(p) == 1]
+    instead = f" (e.g. {listed_once[0]}, listed once)" if listed_once else ""
+    return [
+        f"printer {config.name}: profile {config.profile} lists code page {page} as tables "
+        f"{', '.join(map(str, numbers))}: printers sold under this name differ, and on one whose table "
+        f"differs every accented letter and £ or € prints as '?' or as another letter. Run "
+        f"`tillplug test-print --printer {config.name}` and check its line '£ € é è à ç ü ö ä ß ñ'; "
+        f"if it is wrong, set code_page to another page the profile lists{instead} and check again"
+    ]
 
 
 def small_font_columns(profile_name: str, columns: int) -> int:

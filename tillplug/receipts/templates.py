@@ -152,7 +152,7 @@ def balance_slip(ctx: SlipContext, masked_member: str, wallet: Any, when: dateti
         Columns(_("Lifetime points"), ctx.points(wallet.lifetime_earn)),
     ]
     if wallet.tier is not None and wallet.tier.name:
-        blocks.append(Columns(_("Tier"), wallet.tier.name))
+        blocks.append(Columns(_("Tier"), wallet.tier.name, fallback=""))  # a name it cannot show: no row
     now = (when or datetime.now()).astimezone(UTC)
     available = [v for v in wallet.vouchers if _usable(v, now)]
     if available:
@@ -160,7 +160,7 @@ def balance_slip(ctx: SlipContext, masked_member: str, wallet: Any, when: dateti
         for v in available:
             name = v.reward.name if v.reward else _("Voucher")
             expiry = _("until {date}").format(date=ctx.day(v.expires_at)) if v.expires_at else _("no expiry")
-            blocks += [Text(f"- {name}"), Text(f"  {expiry}")]
+            blocks += [Text(f"- {name}", fallback="- " + _("Voucher")), Text(f"  {expiry}")]
     return Receipt("balance", [*blocks, *ctx.bottom("balance", when)])
 
 
@@ -176,7 +176,8 @@ def voucher_receipt(ctx: SlipContext, benefit: Any, *, burned: bool, when: datet
     _ = ctx._
     reward = benefit.reward
     code = benefit.code.value if benefit.code else ""
-    blocks: list[Block] = [*ctx.top("Voucher"), Text(reward.name if reward else _("Voucher"), bold=True)]
+    name = Text(reward.name if reward else _("Voucher"), bold=True, fallback=_("Voucher"))
+    blocks: list[Block] = [*ctx.top("Voucher"), name]
     for d in reward.discounts if reward else []:
         blocks.append(Text(discount_words(ctx, d)))
     blocks.append(Feed(1))
@@ -188,7 +189,7 @@ def voucher_receipt(ctx: SlipContext, benefit: Any, *, burned: bool, when: datet
         if benefit.expires_at:
             blocks.append(Text(_("Valid until {date}").format(date=ctx.day(benefit.expires_at))))
         if reward and reward.summary:
-            blocks.append(Text(reward.summary))
+            blocks.append(Text(reward.summary, fallback=""))  # terms it cannot show: left to the app
         blocks.append(Text(_("CHECKED - will be used when you pay"), bold=True))
     return Receipt("voucher", [*blocks, *ctx.bottom("voucher", when)])
 
@@ -234,8 +235,13 @@ def refund_slip(
         Text(_("They will show in your balance shortly.")),
     ]
     if not_reinstated:
-        blocks += [Feed(1), Text(_("Vouchers not reinstated"), bold=True), *(Text(f"- {v}") for v in not_reinstated)]
+        blocks += [Feed(1), Text(_("Vouchers not reinstated"), bold=True), *_voucher_lines(ctx, not_reinstated)]
     return Receipt("refund", [*blocks, *ctx.bottom("refund", when)])
+
+
+def _voucher_lines(ctx: SlipContext, names: Sequence[str]) -> list[Block]:
+    """'- Free coffee' per voucher; '- Voucher' for a name in a script the printer cannot show."""
+    return [Text(f"- {name}", fallback="- " + ctx._("Voucher")) for name in names]
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,7 @@ def sale_summary(
     if points_spent:
         blocks.append(Columns(_("Points spent"), ctx.points(points_spent)))
     if vouchers:
-        blocks += [Text(_("Vouchers applied")), *(Text(f"- {v}") for v in vouchers)]
+        blocks += [Text(_("Vouchers applied")), *_voucher_lines(ctx, vouchers)]
     if expected_points is None:  # a code keyed offline, never seen: it may be someone else's
         blocks.append(Text(_("Points will be added if the card is valid.")))
     else:
