@@ -48,7 +48,9 @@ def test_wrap_keeps_a_paragraphs_indent_on_every_line_it_makes(indent, words, wi
     assert all(len(line) <= width for line in lines)
     if words.strip():
         assert all(line.startswith(" " * indent) for line in lines)
-        assert " ".join(" ".join(lines).split()) == " ".join(words.split())
+        assert "".join("".join(lines).split()) == "".join(words.split())  # every letter, in order
+        if all(len(word) <= width - indent for word in words.split()):
+            assert " ".join(" ".join(lines).split()) == " ".join(words.split())  # no word split
 
 
 # -- scripts no code page holds ----------------------------------------------------------------------
