@@ -459,7 +459,7 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     else:
         _out("no write was made; --yes adds a 1-point spend and its refund (settles reactions and write bodies)")
     if out:
-        write_dialect_file(out, report.dialect(), evidence_with_time(report))
+        write_dialect_file(out, report.dialect(), evidence_with_time(report), test_member=report.test_member)
         _out(
             f"answers written to {out}"
             + ("" if config.engine.dialect_file == out else " (set engine.dialect_file to use them)")

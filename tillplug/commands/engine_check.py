@@ -23,8 +23,8 @@ from typing import Any
 
 from tillplug.engine.client import EngineClient, Probe, event_key_filter, is_documented_member_id, order_key_filter
 from tillplug.engine.dialect import EngineDialect
-from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, reactor_points, utc_now_iso
-from tillplug.errors import TillplugError
+from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, utc_now_iso
+from tillplug.engine.reactors import check_reactors
 
 REACTION_WAIT = 10.0  # seconds to watch for the test spend's reaction
 LATE_AFTER = 1.0  # a reaction first seen later than this is "delayed" (beyond tillplug's confirm budget)
@@ -40,6 +40,8 @@ class Report:
     net_zero: bool | None = None  # the test spend and its refund left the balance unchanged
     # event type -> what test_reaction says its reactors do with 1 point ("ok", or the trouble)
     reactors: dict[str, str] = field(default_factory=dict)
+    # The WLL id of the technician's test card, kept in the dialect file for the daemon's reactor check.
+    test_member: str | None = None
 
     def set(self, point: str, answer: str, evidence: str) -> None:
         self.answers[point] = answer
@@ -201,27 +203,12 @@ class EngineCheck:
         """test_reaction (no side effects) for a 1-point spend and its refund: the engine's reactors
         must take and give back exactly that point.  A missing or conditional redemption reactor
         accepts the spend and deducts nothing; the refund reactor then invents points."""
-        for event_type, expected in ((self.event_types.redeemed_points, -1), (self.event_types.points_refund, 1)):
-            event = EventDefinition(
-                type=event_type,
-                subject=user.id,
-                executor="tillplug-engine-check",
-                payload={"eventKey": new_event_key(), **self.ids, "transactionId": "engine-check", "points": 1},
-            )
+        for event_type in (self.event_types.redeemed_points, self.event_types.points_refund):
             self.report.sent.append(f"POST /events/test_reaction {event_type} points=1")
-            try:
-                moved = reactor_points(await self.client.test_reaction(event))
-            except TillplugError as exc:
-                self.report.reactors[event_type] = f"unknown: test_reaction answered {exc.code}"
-                continue
-            if moved == expected:
-                self.report.reactors[event_type] = "ok"
-            elif moved == 0:
-                self.report.reactors[event_type] = (
-                    "MISSING: the engine accepts the event and moves no points (a missing or conditional reactor)"
-                )
-            else:
-                self.report.reactors[event_type] = f"RATE DIFFERS: {moved:+g} points for {expected:+d}"
+        for verdict in await check_reactors(self.client, user.id, self.event_types, self.ids):
+            self.report.reactors[verdict.event_type] = verdict.describe()
+        # The daemon repeats this side-effect-free check at every start, on the same test member.
+        self.report.test_member = user.id
 
     async def _test_spend(self, user: User) -> str:
         """Spend 1 point and refund it; watch the answer's body and the reaction."""

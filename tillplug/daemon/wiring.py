@@ -42,6 +42,8 @@ from tillplug.devices.supervisor import (
     ScannerSupervisor,
 )
 from tillplug.engine import EngineClient, load_secrets
+from tillplug.engine.dialect import read_test_member
+from tillplug.engine.reactors import UNKNOWN, check_reactors, reactor_problems
 from tillplug.engine.traffic import Traffic, UseCaseMiddleware
 from tillplug.errors import (
     ConfigError,
@@ -61,6 +63,8 @@ from tillplug.spool.sales import SaleTracker
 from tillplug.spool.spool import JobChanged, SpoolEvent
 
 log = logging.getLogger(__name__)
+REACTOR_CHECK_TRIES = 10  # the start's reactor check, asked again while the engine cannot answer
+REACTOR_CHECK_RETRY = 60.0  # seconds between those tries
 PRUNE_CHECKOUTS_EVERY = 3600.0  # seconds between prunes of finished checkouts (and once at start)
 
 
@@ -359,7 +363,28 @@ class Daemon:
             f"API on {cfg.api.listen}"
         )
         self.ready.set()
+        self._tasks.append(asyncio.ensure_future(self._check_reactors()))
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
+
+    async def _check_reactors(self) -> None:
+        """engine-check stored its test member: ask test_reaction (no side effects) whether the reactors
+        take and give back what this till reports.  A missing reactor or another rate is a health
+        problem at once, not found out by a shopper's first spend.  Asked again while the engine
+        cannot answer, at most ``REACTOR_CHECK_TRIES`` times."""
+        cfg = self.config
+        test_member = await asyncio.to_thread(read_test_member, cfg.engine.dialect_file)
+        if test_member is None:  # no engine-check yet: the first spend's reactions are checked instead
+            return
+        ids = {"tillId": cfg.till_id, "branchId": cfg.branch_id}
+        for _ in range(REACTOR_CHECK_TRIES):
+            verdicts = await check_reactors(self.client, test_member, cfg.engine.event_types, ids)
+            self.loyalty.points.problems.update(reactor_problems(verdicts))
+            if all(v.outcome != UNKNOWN for v in verdicts):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), REACTOR_CHECK_RETRY)
+                return
+        log.info("the reactor check could not be answered; the first spend's reactions are checked instead")
 
     def _start_api(self, cfg: Config) -> tuple[_ApiServer, asyncio.Task[None]]:
         """Listen first (the Host check needs the port), then serve the API on that socket."""

@@ -19,6 +19,7 @@ from tillplug.errors import ConfigError
 
 FILE_VERSION = 1
 MAX_DIALECT_BYTES = 1 << 20  # engine-check writes a few KiB; /dev/zero was once read to 1.9 GB
+TEST_MEMBER = re.compile(r"[A-Za-z0-9-]{1,64}")  # a WLL user id (a UUID)
 FILTERS = ("honoured", "ignored", "rejected", "unknown")
 ANSWERS: dict[str, tuple[str, ...]] = {
     "reactions": ("flat", "nested", "delayed", "never", "unknown"),
@@ -55,6 +56,15 @@ class EngineDialect:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+
+def read_test_member(path: str | os.PathLike[str] | None) -> str | None:
+    """The test member engine-check stored (a WLL id), or None: no file, none stored, or not an id."""
+    if path is None:
+        return None
+    data = _bounded_json(Path(path))
+    member = data.get("testMember") if isinstance(data, dict) else None
+    return member if isinstance(member, str) and TEST_MEMBER.fullmatch(member) else None
 
 
 def read_dialect_file(path: str | os.PathLike[str] | None) -> EngineDialect:
@@ -150,11 +160,18 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def write_dialect_file(path: str | os.PathLike[str], dialect: EngineDialect, evidence: dict[str, Any]) -> None:
-    """Write atomically (temp file, then rename) so a daemon never reads half a file."""
+def write_dialect_file(
+    path: str | os.PathLike[str], dialect: EngineDialect, evidence: dict[str, Any], *, test_member: str | None = None
+) -> None:
+    """Write atomically (temp file, then rename) so a daemon never reads half a file.
+
+    ``test_member``: the WLL id of the technician's test card engine-check used, so the daemon can
+    repeat the side-effect-free reactor check (``tillplug.engine.reactors``) at every start."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = {"version": FILE_VERSION, "answers": dialect.to_dict(), "evidence": evidence}
+    body: dict[str, Any] = {"version": FILE_VERSION, "answers": dialect.to_dict(), "evidence": evidence}
+    if test_member is not None:
+        body["testMember"] = test_member
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, target)

@@ -1,0 +1,90 @@
+"""Do the tenant's reactors take and give back the points a till reports?
+
+A missing or conditional redemption reactor accepts REDEEMED_POINTS and deducts nothing, and the
+refund reactor then invents points when the sale is voided; a reactor whose rule differs deducts
+another number than the till reported.  ``test_reaction`` answers what the reactors would do with
+an event without applying it, so the same 1-point spend and refund can be asked at any time:
+``engine-check`` asks it, and the daemon asks it at every start when engine-check stored the test
+member it used (``engine.dialect_file``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tillplug.engine.models import EventDefinition, new_event_key, reactor_points
+from tillplug.errors import TillplugError
+
+if TYPE_CHECKING:
+    from tillplug.config.model import EventTypes
+    from tillplug.engine.client import EngineClient
+
+OK, MISSING, RATE_DIFFERS, UNKNOWN = "ok", "missing", "rate_differs", "unknown"
+
+
+@dataclass(frozen=True)
+class ReactorVerdict:
+    event_type: str
+    outcome: str  # OK, MISSING, RATE_DIFFERS or UNKNOWN
+    expected: int
+    moved: float | None = None
+    trouble: str | None = None  # the error code when test_reaction could not be asked
+
+    def describe(self) -> str:
+        """One line for engine-check's table."""
+        if self.outcome == OK:
+            return "ok"
+        if self.outcome == MISSING:
+            return "MISSING: the engine accepts the event and moves no points (a missing or conditional reactor)"
+        if self.outcome == RATE_DIFFERS:
+            return f"RATE DIFFERS: {self.moved:+g} points for {self.expected:+d}"
+        return f"unknown: test_reaction answered {self.trouble}"
+
+
+async def check_reactors(
+    client: EngineClient, subject: str, event_types: EventTypes, ids: dict[str, str]
+) -> list[ReactorVerdict]:
+    """A 1-point spend and its refund through ``test_reaction`` (no side effects): each reactor must
+    move exactly that point."""
+    verdicts = []
+    for event_type, expected in ((event_types.redeemed_points, -1), (event_types.points_refund, 1)):
+        event = EventDefinition(
+            type=event_type,
+            subject=subject,
+            executor="tillplug-reactor-check",
+            payload={"eventKey": new_event_key(), **ids, "transactionId": "reactor-check", "points": 1},
+        )
+        try:
+            moved = reactor_points(await client.test_reaction(event))
+        except TillplugError as exc:
+            verdicts.append(ReactorVerdict(event_type, UNKNOWN, expected, trouble=exc.code))
+            continue
+        outcome = OK if moved == expected else MISSING if moved == 0 else RATE_DIFFERS
+        verdicts.append(ReactorVerdict(event_type, outcome, expected, moved))
+    return verdicts
+
+
+def reactor_problems(verdicts: list[ReactorVerdict]) -> dict[str, str]:
+    """Health problems (code → a sentence for the technician) from the verdicts; unknown is none."""
+    problems: dict[str, str] = {}
+    for v in verdicts:
+        if v.outcome == MISSING:
+            problems["reactor_missing"] = (
+                f"The loyalty service's reactor for {v.event_type} moves no points (missing or conditional): "
+                + (
+                    "a points spend would give a discount the member never pays for. "
+                    if v.expected < 0
+                    else "a void would not give a member's points back. "
+                )
+                + "Check the tenant's reactors (tillplug engine-check)."
+            )
+        elif v.outcome == RATE_DIFFERS:
+            problems["rate_mismatch"] = (
+                f"The loyalty service's reactor for {v.event_type} moves {v.moved:+g} points for "
+                f"{v.expected:+d} reported: its rule differs from what this till reports. Tell a technician."
+            )
+    return problems
+
+
+__all__ = ["MISSING", "OK", "RATE_DIFFERS", "UNKNOWN", "ReactorVerdict", "check_reactors", "reactor_problems"]
