@@ -47,3 +47,49 @@ def test_the_root_holds_only_leaves_and_the_face():
     for leaf in LEAVES:
         rooms = {n for n in imports_of(PACKAGE / f"{leaf}.py") if n.split(".")[1] not in LEAVES | {"__version__"}}
         assert rooms == set(), f"leaf {leaf} imports {rooms}"
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The package's files ``path`` imports, anywhere in it (a ``TYPE_CHECKING`` block or a function
+    too: either still ties the two files together), each name resolved to the file that holds it."""
+    found = set()
+    for name in imports_of(path):
+        parts = name.split(".")
+        while parts:
+            base = PACKAGE.parent.joinpath(*parts)
+            if (file := base.with_suffix(".py")).is_file() or (file := base / "__init__.py").is_file():
+                found.add(file)
+                break
+            parts.pop()
+    return found
+
+
+def room_circles() -> list[list[str]]:
+    """Every import circle between the files of one room (one folder of the package)."""
+    graph = {
+        path: {f for f in imported_files(path) if f.parent == path.parent and f != path}
+        for path in PACKAGE.rglob("*.py")
+    }
+    circles: list[list[str]] = []
+    finished: set[Path] = set()
+
+    def visit(path: Path, trail: list[Path]) -> None:
+        if path in trail:
+            circle = sorted(str(p.relative_to(PACKAGE.parent)) for p in trail[trail.index(path) :])
+            if circle not in circles:
+                circles.append(circle)
+            return
+        if path not in finished:
+            for imported in sorted(graph[path]):
+                visit(imported, [*trail, path])
+            finished.add(path)
+
+    for path in sorted(graph):
+        visit(path, [])
+    return circles
+
+
+def test_no_room_has_an_import_circle():
+    """A room's modules import one another in one direction (#23: spool.py and share.py imported each
+    other; one of them had to be imported first, and a module-level use of the other would break)."""
+    assert room_circles() == []

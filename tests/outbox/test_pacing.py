@@ -602,3 +602,27 @@ def test_at_or_below_its_share_the_outbox_paces_the_scaled_free_part_and_above_i
     else:
         assert scaled * (1 - 1e-9) <= allowed <= p.policy.max_rate * (1 + 1e-9)
         assert allowed == pytest.approx(min(p.policy.max_rate, max(p.policy.min_rate, p.rate - interactive, scaled)))
+
+
+def test_config_reaches_the_positional_fields_and_every_other_is_a_module_constant():
+    """#23: of the policy's fields, config reaches four; the rest are the module's named constants,
+    settable through the policy by tests and the fleet benchmark, and reached by nothing else."""
+    import dataclasses
+
+    from tillplug.config.model import OutboxConfig
+    from tillplug.daemon.wiring import pacing_policy
+    from tillplug.outbox import pacing
+
+    fields = [f for f in dataclasses.fields(PacingPolicy) if f.name != "_"]
+    fixed = [f for f in fields if f.kw_only]
+    for f in fixed:
+        assert hasattr(pacing, f.name.upper()), f"{f.name} has no module constant"
+        assert f.default == getattr(pacing, f.name.upper()), f.name
+    configured = OutboxConfig(
+        rate_per_second=7.0, burst=33, fleet_interactive_per_second=2.0, fleet_writes_per_second=1.0
+    )
+    policy = pacing_policy(configured)
+    reached = {f.name for f in fields if getattr(policy, f.name) != f.default}
+    positional = {f.name for f in fields if not f.kw_only}
+    assert reached == positional == {"share", "burst", "fleet_interactive", "fleet_writes"}
+    assert PacingPolicy(share=1.0, restart_jitter=0.0).restart_jitter == 0.0  # the seam tests set

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests.spool.test_share_stream import TRAPS, raster, till_receipt
 from tillplug.devices.base import PrinterState, PrinterStatus
 from tillplug.spool import JobStore
-from tillplug.spool.share import IDLE_GAP, MAX_JOB_BYTES, SharePort, first_protocol
+from tillplug.spool.share import IDLE_GAP, IDLE_TIMEOUT, MAX_JOB_BYTES, SharePort, first_protocol
 
 
 class Spool:
@@ -50,10 +50,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(test: Callable[[SharePort, Spool], Awaitable[None]], **limits: float) -> Spool:
+def run(
+    test: Callable[[SharePort, Spool], Awaitable[None]],
+    *,
+    idle_gap: float = IDLE_GAP,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> Spool:
     async def go() -> Spool:
         spool = Spool()
-        port = SharePort(spool, free_port(), **limits)  # type: ignore[arg-type]
+        port = SharePort(spool, free_port(), idle_gap=idle_gap, idle_timeout=idle_timeout)
         await port.start()
         try:
             await asyncio.wait_for(test(port, spool), 60)
@@ -303,7 +308,7 @@ def test_the_share_as_a_unix_socket_only_its_directorys_group_can_open(tmp_path)
 
     async def go() -> Spool:
         spool = Spool()
-        port = SharePort(spool, None, socket_path=str(path))  # type: ignore[arg-type]
+        port = SharePort(spool, None, socket_path=str(path))
         await port.start()
         try:
             mode = path.stat()

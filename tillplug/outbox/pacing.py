@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from tillplug.engine.traffic import Traffic, bounded_hold
 from tillplug.errors import EngineUnavailable, OutcomeUnknown, RateLimited
@@ -49,40 +49,62 @@ from tillplug.outbox.drain import DrainPlan
 MIN_WAIT = 0.001  # seconds: shorter waits are rounded to none (a clock need not move that little)
 MIN_PROBE_INTERVAL = 30.0  # seconds: a down engine is tried at most this often by one till
 
+# The pacing's fixed figures.  Config reaches only the share, the burst and the chain's two
+# averages; these are the design's, measured in the fleet benchmark (docs/performance.md).  Each
+# is the default of the ``PacingPolicy`` field of the same name, the seam tests and the benchmark set.
+FLOOR = 1 / 8  # the lowest rate, as a fraction of the share (a down engine is probed at it)
+CEILING = 4.0  # the highest rate, as a multiple of the share
+DECREASE = 0.5  # the rate is multiplied by this on a 429 or 503
+INCREASE = 0.05  # each success adds this fraction of the share
+# Seconds in which the rate doubles while rows wait on it and nothing cuts it; None: off.
+# Faster drains for busy tills at the price of more 429s (see the fleet benchmark in docs/performance.md).
+DOUBLING: float | None = None
+RESTART = 1.0  # after an outage the rate starts again at this fraction of the share
+HEADROOM = 0.9  # with fleet_interactive: of the proportional share, the part the outbox uses
+PLAN_HEADROOM = 0.95  # the part of the share a drain plan fills, cashiers' calls included
+PLAN_GROWTH = 0.005  # after a 429 slowed the drain plan, each delivery speeds it up by this fraction
+OUTAGE_AFTER = 10.0  # seconds of failures that make an outage
+# While the engine is away, rows are tried at this fraction of the share (one request every
+# 100 s at a share of 0.02/s), at most every ``MIN_PROBE_INTERVAL``: the till hears of the
+# engine's return within one interval, and its drain plan is only as exact as that.
+PROBE = 0.5
+# A quiet till sees an outage begin only at its next request, maybe an hour on: the drain plan
+# then takes the outage to have begun at most this long before its first failure.  Such a till
+# queued little, so sending it a little early costs the chain nothing, while a deadline late
+# by half an hour would make it the last of the chain to finish.
+START_UNCERTAINTY = 120.0
+RESTART_INTERVALS = 2.0  # the restart is spread over this many request intervals at the share...
+RESTART_JITTER = 120.0  # ...and over this many seconds at most
+
 
 @dataclass(frozen=True)
 class PacingPolicy:
+    """The figures a ``Pacer`` follows: the config's four (``wiring.pacing_policy``), then the fixed
+    ones, keyword-only, which only tests and the fleet benchmark change."""
+
     share: float  # requests/s: this till's share of the tenant's limit
     burst: int = 20  # requests that may go at once after a quiet spell
-    floor: float = 1 / 8  # the lowest rate, as a fraction of the share (a down engine is probed at it)
-    ceiling: float = 4.0  # the highest rate, as a multiple of the share
-    decrease: float = 0.5  # the rate is multiplied by this on a 429 or 503
-    increase: float = 0.05  # each success adds this fraction of the share
-    # Seconds in which the rate doubles while rows wait on it and nothing cuts it; None: off.
-    # Faster drains for busy tills at the price of more 429s (see the fleet benchmark in docs/performance.md).
-    doubling: float | None = None
-    restart: float = 1.0  # after an outage the rate starts again at this fraction of the share
     # The chain's average interactive requests/s per till (from the fleet dashboard), if known: the
     # share left after interactive calls is then split in proportion to how busy this till is.
     fleet_interactive: float | None = None
-    headroom: float = 0.9  # with fleet_interactive: of the proportional share, the part the outbox uses
     # The chain's average outbox writes/s per till; with fleet_interactive, a backlog is paced
     # towards a drain deadline the whole chain shares (drain.py).
     fleet_writes: float | None = None
-    plan_headroom: float = 0.95  # the part of the share a drain plan fills, cashiers' calls included
-    plan_growth: float = 0.005  # after a 429 slowed the drain plan, each delivery speeds it up by this fraction
-    outage_after: float = 10.0  # seconds of failures that make an outage
-    # While the engine is away, rows are tried at this fraction of the share (one request every
-    # 100 s at a share of 0.02/s), at most every ``MIN_PROBE_INTERVAL``: the till hears of the
-    # engine's return within one interval, and its drain plan is only as exact as that.
-    probe: float = 0.5
-    # A quiet till sees an outage begin only at its next request, maybe an hour on: the drain plan
-    # then takes the outage to have begun at most this long before its first failure.  Such a till
-    # queued little, so sending it a little early costs the chain nothing, while a deadline late
-    # by half an hour would make it the last of the chain to finish.
-    start_uncertainty: float = 120.0
-    restart_intervals: float = 2.0  # the restart is spread over this many request intervals at the share...
-    restart_jitter: float = 120.0  # ...and over this many seconds at most
+    _: KW_ONLY
+    floor: float = FLOOR
+    ceiling: float = CEILING
+    decrease: float = DECREASE
+    increase: float = INCREASE
+    doubling: float | None = DOUBLING
+    restart: float = RESTART
+    headroom: float = HEADROOM
+    plan_headroom: float = PLAN_HEADROOM
+    plan_growth: float = PLAN_GROWTH
+    outage_after: float = OUTAGE_AFTER
+    probe: float = PROBE
+    start_uncertainty: float = START_UNCERTAINTY
+    restart_intervals: float = RESTART_INTERVALS
+    restart_jitter: float = RESTART_JITTER
 
     @property
     def min_rate(self) -> float:

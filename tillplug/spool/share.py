@@ -31,15 +31,12 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from tillplug.devices.base import PrinterState
+from tillplug.devices.base import PrinterState, PrinterStatus
 from tillplug.devices.supervisor import should_log
 from tillplug.errors import TillplugError
 from tillplug.spool.escpos_stream import EscPosReader, Kind, Piece
-
-if TYPE_CHECKING:
-    from tillplug.spool.spool import PrintSpool
 
 log = logging.getLogger(__name__)
 IDLE_GAP = 2.0  # seconds without bytes that end a job with no cut
@@ -85,6 +82,23 @@ def first_protocol(first: bytes, *, ended: bool = False) -> str:
 _SPOKE = {"http": "an HTTP request (a web page, or a program that is not a printer driver)", "tls": "a TLS handshake"}
 
 
+class SharedPrinter(Protocol):
+    """What the share port feeds and reads of a printer's spool (``spool.PrintSpool`` is one): the
+    port is the till's door onto the spool, so the spool builds it, and it knows the spool only so."""
+
+    last_status: PrinterStatus  # what the printer said last: the till's status queries are answered from it
+    fault: str | None  # the spool's breaker, open while set
+    till_floor: bool  # set while a long till receipt arrives in parts: only the till's jobs print
+    till_first: bool  # then set until those parts have printed
+
+    @property
+    def name(self) -> str: ...
+
+    async def submit(self, data: bytes, kind: str, *, source: str) -> object: ...
+
+    def wake(self) -> None: ...
+
+
 class _Connection:
     """One till connection's job being assembled."""
 
@@ -97,7 +111,7 @@ class _Connection:
 class SharePort:
     def __init__(
         self,
-        spool: PrintSpool,
+        spool: SharedPrinter,
         port: int | None,
         *,
         socket_path: str | None = None,
