@@ -1,14 +1,48 @@
-"""Logging for journald: one line per event, member ids masked, secrets never."""
+"""Logging for journald: one line per event; member ids, card numbers and secrets never.
+
+The guarantee lives in ``JournalFormatter``: every line tillplug writes (message, arguments,
+traceback) is scrubbed as a whole, after formatting, so no code path can forget it:
+
+- a WLL member id (a UUID) and any run of 7 to 19 digits (account numbers, card numbers, also
+  written in groups of four) keep only their last four characters: ``…1234``;
+- a code one of the configured member rules matches (``MBR:…``) is masked the same way;
+- every secret tillplug has read (``tillplug.config.Secret`` registers itself) and anything after
+  ``Bearer`` is replaced by ``********``.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import threading
+from collections.abc import Iterable
+
+import regex
 
 from tillplug.ids import UUID_PATTERN
 
 _UUID = re.compile(rf"\b{UUID_PATTERN}\b")
+# Account numbers (7 digits) and card numbers (up to 19), bare or in groups of four (4111 1111 1111 1111).
+_DIGITS = re.compile(r"(?<!\d)(?:\d{7,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?)(?!\d)")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s,;\"']+")
+_TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>|]+")  # a word as a member code could appear in a line
+MASKED_SECRET = "********"
+MIN_SECRET = 4  # shorter values would mask ordinary words; no real secret is this short
+MEMBER_RULE_TIMEOUT = 0.05  # seconds per rule and line, as for a scan
+
+
+class _Masks:
+    """What this process must keep out of its log lines, beyond the fixed patterns."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.secrets: set[str] = set()
+        self.secret_re: re.Pattern[str] | None = None
+        self.member_rules: tuple[regex.Pattern[str], ...] = ()
+
+
+_masks = _Masks()
 
 
 def mask(member_id: str | None) -> str:
@@ -19,12 +53,50 @@ def mask(member_id: str | None) -> str:
     return "…" + tail
 
 
+def never_log(value: str) -> None:
+    """Keep ``value`` (a secret just read) out of every log line from now on."""
+    if len(value) < MIN_SECRET or value in _masks.secrets:
+        return
+    with _masks.lock:
+        _masks.secrets.add(value)
+        longest_first = sorted(_masks.secrets, key=len, reverse=True)  # a secret inside another is masked whole
+        _masks.secret_re = re.compile("|".join(re.escape(s) for s in longest_first))
+
+
+def mask_member_codes(rules: Iterable[str]) -> None:
+    """Also mask whatever these member rules (config barcodes.member) would read as a member code."""
+    _masks.member_rules = tuple(regex.compile(r) for r in rules)
+
+
+def _member_code(word: str) -> bool:
+    for rule in _masks.member_rules:
+        try:
+            if rule.fullmatch(word, timeout=MEMBER_RULE_TIMEOUT):
+                return True
+        except TimeoutError:
+            return True  # could not tell: masked, never shown
+    return False
+
+
+def scrub(text: str) -> str:
+    """``text`` with every member id, card number and secret masked (the module's docstring says how)."""
+    secrets = _masks.secret_re
+    if secrets is not None:
+        text = secrets.sub(MASKED_SECRET, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASKED_SECRET}", text)
+    text = _UUID.sub(lambda m: mask(m.group(0)), text)
+    text = _DIGITS.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
+    if _masks.member_rules:
+        text = _TOKEN.sub(lambda m: mask(m.group(0)) if _member_code(m.group(0)) else m.group(0), text)
+    return text
+
+
 class MaskingFilter(logging.Filter):
-    """Last line of defence: any UUID that reaches a log line is masked."""
+    """Masks the message for every handler (tests' and others'); the formatter is the guarantee."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _UUID.sub(lambda m: mask(m.group(0)), message)
+        masked = scrub(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -42,17 +114,19 @@ class JournalFormatter(logging.Formatter):
         self.prefix_priority = prefix_priority
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record).replace("\n", " | ")  # one line per event
+        # The whole line, traceback included: an exception's text may carry what the message did not.
+        text = scrub(super().format(record)).replace("\n", " | ")  # one line per event
         if self.prefix_priority:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
         return text
 
 
-def setup(level: str = "info", *, journald: bool | None = None) -> None:
+def setup(level: str = "info", *, journald: bool | None = None, member_rules: Iterable[str] = ()) -> None:
     import os
 
     if journald is None:
         journald = bool(os.environ.get("JOURNAL_STREAM"))
+    mask_member_codes(member_rules)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter(journald))
     handler.addFilter(MaskingFilter())

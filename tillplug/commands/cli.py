@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tillplug import __version__
 
 if TYPE_CHECKING:  # kept out of the start-up path: --help and --version import nothing heavy
+    from tillplug.config.layers import Merged
     from tillplug.config.model import Config
     from tillplug.outbox.store import OutboxStore, Row
 
@@ -48,11 +49,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for problem in report.problems:
         _out(str(problem))
     errors, warnings = len(report.errors), len(report.warnings)
+    if report.ok and args.explain and report.config is not None and report.layers is not None:
+        _explain(report.config, report.layers)
     if report.ok:
-        _out(f"{args.file}: valid ({warnings} warning(s))")
+        layers = report.layers.sources[1:] if report.layers else []
+        also = f" with {len(layers)} drop-in(s)" if layers else ""
+        _out(f"{args.file}{also}: valid ({warnings} warning(s))")
         return EXIT_OK
     _out(f"{args.file}: {errors} error(s), {warnings} warning(s)")
     return EXIT_USAGE
+
+
+def _explain(config: Config, layers: Merged) -> None:
+    """Each value of the merged config, and the file it came from ('(default)': set in none)."""
+    from tillplug.config.layers import explain
+
+    rows = [
+        (path, json.dumps(value, ensure_ascii=False), source)
+        for path, value, source in explain(config.model_dump(mode="json"), layers)
+    ]
+    width = min(max(len(path) + len(value) for path, value, _ in rows) + 3, 56)  # long lists overrun alone
+    for path, value, source in rows:
+        _out(f"{path} = {value}".ljust(width) + f"  # {source}")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -412,6 +430,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cmd_diag(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tillplug.commands.diag import write_bundle
+
+    try:
+        names = write_bundle(args.config, Path(args.out))
+    except OSError as exc:
+        _err(f"tillplug diag: cannot write {args.out}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    _out(f"wrote {args.out}: {', '.join(names)} (secrets and member ids masked; attach it to the ticket)")
+    return EXIT_OK
+
+
 def cmd_engine_check(args: argparse.Namespace) -> int:
     """How this engine answers where WLL publishes nothing; the answers go to engine.dialect_file."""
     import asyncio
@@ -711,8 +743,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
         p.set_defaults(handler=handler)
         return p
 
-    p = add("check-config", "validate a config file; exit 0 if valid, 2 if not", cmd_check_config)
+    p = add(
+        "check-config",
+        "validate a config file and the drop-ins of conf.d/ beside it; exit 0 if valid, 2 if not",
+        cmd_check_config,
+    )
     p.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+    p.add_argument("--explain", action="store_true", help="print each value and the file it came from")
 
     p = add("config", "print the commented example config or the JSON Schema", cmd_config)
     p.add_argument("what", choices=["example", "schema"])
@@ -800,6 +837,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p.add_argument("--offline", action="store_true", help="skip the engine and printer checks")
     p.add_argument("--scan-test", action="store_true", help="check each keyboard scanner's layout with a test scan")
     p.add_argument("--layout-code", metavar="FILE", help="write the layout test barcode as a PNG, and stop")
+
+    p = add("diag", "write one bundle for a support ticket: config, health, queues, versions, the journal", cmd_diag)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--out", required=True, help="the bundle to write (tar.gz)")
 
     p = add("sniff", "show what a scanner sends, to find its terminator and baud rate", cmd_sniff)
     p.add_argument("port")

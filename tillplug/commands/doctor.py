@@ -75,9 +75,12 @@ class Doctor:
 
         report = check_config(self.config_path, known_drivers=driver_names())
         for p in report.problems:
-            self.add(FAIL if p.severity == "error" else WARN, "config", f"{p.path or '(file)'}: {p.message}")
+            where = f"{p.source}: " if p.source else ""
+            self.add(FAIL if p.severity == "error" else WARN, "config", f"{where}{p.path or '(file)'}: {p.message}")
         if report.ok:
-            self.add(OK, "config", f"{self.config_path} is valid")
+            drop_ins = len(report.layers.sources) - 1 if report.layers else 0
+            also = f" with {drop_ins} drop-in(s) from conf.d/" if drop_ins else ""
+            self.add(OK, "config", f"{self.config_path}{also} is valid")
             self.config = report.config
 
     def check_udev(self) -> None:

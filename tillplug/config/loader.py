@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import tomllib
 import types
 import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from tillplug.config.layers import LayerError, Merged, drop_ins, merge
 from tillplug.config.model import INLINE_SECRET, Config, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
+from tillplug.logs import never_log
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,12 @@ class Problem:
     severity: str = "error"  # or "warning"
     # False: an error check-config reports, but the daemon starts anyway, with a safe default (and logs it)
     stops_start: bool = True
+    source: str | None = None  # the file (of several layers) that set the value at fault
 
     def __str__(self) -> str:
         where = self.path or "(file)"
+        if self.source:
+            return f"{self.severity}: {self.source}: {where}: {self.message}"
         return f"{self.severity}: {where}: {self.message}"
 
 
@@ -36,6 +42,7 @@ class Problem:
 class Report:
     config: Config | None = None
     problems: list[Problem] = field(default_factory=list)
+    layers: Merged | None = None  # the files read, and where each value came from
 
     @property
     def errors(self) -> list[Problem]:
@@ -57,6 +64,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        never_log(value)  # from now on, masked in every log line (tillplug.logs)
 
     def reveal(self) -> str:
         return self._value
@@ -256,7 +264,7 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
     return problems
 
 
-def _secret_refs(config: Config) -> list[tuple[str, str]]:
+def secret_refs(config: Config) -> list[tuple[str, str]]:
     refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
     refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
     refs.append(("api.token", config.api.token))
@@ -309,7 +317,7 @@ def validate(
     if config.engine.ca_file and not Path(config.engine.ca_file).is_file():
         report.problems.append(Problem("engine.ca_file", f"{config.engine.ca_file} does not exist"))
     if check_secrets:
-        for path, ref in _secret_refs(config):
+        for path, ref in secret_refs(config):
             for severity, message in check_secret(ref):
                 report.problems.append(Problem(path, message, severity))
     return report
@@ -379,19 +387,49 @@ def _member_rule_problems(config: Config, data: Mapping[str, Any]) -> list[Probl
     return problems
 
 
+def undotted(path: str) -> tuple[int | str, ...]:
+    """The key path back from its spelling: "scanners[1].baudrate" is ("scanners", 1, "baudrate")."""
+    return tuple(int(i) if i else k for k, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path))
+
+
+def read_layers(path: str | os.PathLike[str]) -> Merged | list[Problem]:
+    """The config file and its drop-ins merged, or every problem reading them (each naming its file)."""
+    main = Path(path)
+    if not main.is_file():
+        return [Problem("", f"{main} does not exist" if not main.exists() else f"{main} is not a file")]
+    files = [main, *drop_ins(main)]
+    layered = len(files) > 1
+    layers: list[tuple[str, dict[str, Any]]] = []
+    problems: list[Problem] = []
+    for file in files:
+        source = str(file) if layered else None
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem("", f"{file} cannot be read ({type(exc).__name__})", source=source))
+            continue
+        try:
+            layers.append((str(file), parse_toml(text, str(file))))
+        except ConfigError as exc:
+            problems += [Problem("", m, source=source) for _, m in exc.problems]
+    if problems:
+        return problems
+    try:
+        return merge(layers)
+    except LayerError as exc:
+        return [Problem(exc.path, exc.message, source=exc.source)]
+
+
 def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Report:
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Report(problems=[Problem("", f"{file} does not exist")])
-    except (OSError, UnicodeDecodeError) as exc:
-        return Report(problems=[Problem("", f"{file} cannot be read ({type(exc).__name__})")])
-    try:
-        data = parse_toml(text, str(file))
-    except ConfigError as exc:
-        return Report(problems=[Problem("", m) for _, m in exc.problems])
-    return validate(data, known_drivers=known_drivers)
+    """Validate ``path`` with the drop-ins of ``conf.d/`` beside it, merged (tillplug.config.layers)."""
+    layers = read_layers(path)
+    if isinstance(layers, list):
+        return Report(problems=layers)
+    report = validate(layers.data, known_drivers=known_drivers)
+    report.layers = layers
+    if len(layers.sources) > 1:  # one file: the summary line names it already
+        report.problems = [replace(p, source=layers.source_of(undotted(p.path))) for p in report.problems]
+    return report
 
 
 def load_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Config:

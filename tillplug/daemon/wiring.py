@@ -22,7 +22,7 @@ from typing import Any
 
 import uvicorn
 
-from tillplug import __version__
+from tillplug import __version__, logs
 from tillplug.api.app import TillApi
 from tillplug.api.guard import GuardPolicy, allowed_host_headers
 from tillplug.api.idempotency import open_idempotency_store
@@ -468,6 +468,7 @@ class Daemon:
         self.spools.store.limits = StoreLimits.from_config(self.config.printing)
         self._repace(pacing_policy(self.config.outbox))
         self.router.reconfigure(self.config)
+        logs.mask_member_codes(self.config.barcodes.member)  # a new member rule's codes stay out of the journal
         for name, cfg in new_s.items():
             if name not in self.scanners:
                 self._start_scanner(cfg)
@@ -546,9 +547,7 @@ def pacing_policy(outbox: OutboxConfig) -> PacingPolicy:
 
 
 def run_daemon(config_path: str) -> int:
-    from tillplug import logs
-
     config = load_config(config_path, known_drivers=driver_names())
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, member_rules=config.barcodes.member)
     asyncio.run(Daemon(config, config_path=str(Path(config_path))).run())
     return 0
