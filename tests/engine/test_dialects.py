@@ -471,7 +471,7 @@ def test_client_use_cases_in_every_dialect(any_sim):
             except E.OutcomeUnknown:
                 assert unreadable
             assert await wait_for(lambda: _balance(c, 1260))
-            assert (await c.look_up_event(earn.event_key)).verdict in ("found", "unverifiable")
+            assert (await c.look_up_event(earn.event_key)).outcome in ("landed", "unknown")
             # spend and refund
             spend = event("REDEEMED_POINTS", ALICE, points=60)
             try:
@@ -503,7 +503,7 @@ def test_client_use_cases_in_every_dialect(any_sim):
                 await c.submit_order(order)
             except E.OutcomeUnknown:
                 assert unreadable
-            assert (await c.look_up_order(key)).verdict == "found"  # a refused filter: the list is read
+            assert (await c.look_up_order(key)).outcome == "landed"  # a refused filter: the list is read
 
     run(go())
     assert sim.state.ledger.duplicates() == {}

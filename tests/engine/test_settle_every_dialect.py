@@ -127,12 +127,12 @@ def test_a_blank_filter_is_never_trusted_by_engine_check_nor_the_daemon(tmp_path
         async def daemon():
             async with sim_client(sim.url, dialect=dialect) as c:
                 sim.state.record_event({"type": "TRANSACTION", "subject": BOB, "payload": {"eventKey": "landed"}})
-                assert (await c.look_up_event("landed")).verdict == "found"  # the list shows it
+                assert (await c.look_up_event("landed")).outcome == "landed"  # the list shows it
                 assert not c.filter_evidence.works("event")
                 return await c.look_up_event("never-sent")
 
         # Not found only because the whole (short) list was read, never from the filter's [].
-        assert asyncio.run(daemon()).verdict == "not_found"
+        assert asyncio.run(daemon()).outcome == "not_landed"
         assert sim.sim.requests_for("GET /v1/events/?limit=1000") >= 1
 
 
@@ -173,10 +173,10 @@ def test_a_write_stored_after_its_send_is_never_reported_missing(gaps, where, si
     ours_time = times[at - 1] if at else now
     if ours_time >= since - SCAN_SKEW:
         items.insert(at, {"id": "ours", "payload": {"eventKey": "ours"}, "createdAt": stamp(ours_time)})
-        verdict = asyncio.run(scan_recent(pages_of(items, []), "ours", since, max_pages=pages, limit=limit)).verdict
-        assert verdict in ("found", "unverifiable")
+        verdict = asyncio.run(scan_recent(pages_of(items, []), "ours", since, max_pages=pages, limit=limit)).outcome
+        assert verdict in ("landed", "unknown")
         if at < pages * limit:  # within the pages read: nothing before it can stop the reading
-            assert verdict == "found"
+            assert verdict == "landed"
 
 
 @settings(max_examples=100, deadline=None)
@@ -185,10 +185,10 @@ def test_absence_is_proven_by_the_lists_end_or_a_stamp_before_the_send(n, limit)
     now = 2_000_000_000.0
     items = [{"id": str(i), "payload": {"eventKey": f"k{i}"}, "createdAt": stamp(now - 60 * i)} for i in range(n)]
     whole = asyncio.run(scan_recent(pages_of(items, []), "absent", None, max_pages=100, limit=limit))
-    assert whole.verdict == "not_found"  # the whole list was read
+    assert whole.outcome == "not_landed"  # the whole list was read
     calls: list[int] = []
     by_time = asyncio.run(scan_recent(pages_of(items, calls), "absent", now, max_pages=100, limit=limit))
-    assert by_time.verdict == "not_found"
+    assert by_time.outcome == "not_landed"
     assert len(calls) <= (3 * 60 + SCAN_SKEW) // 60 // limit + 2  # stopped once past the send less the skew
 
 
@@ -197,8 +197,8 @@ def test_a_list_not_newest_first_or_without_stamps_proves_absence_only_by_its_en
     shuffled = [{"payload": {"eventKey": f"k{i}"}, "createdAt": stamp(now - 1000 + (i % 2) * 2000)} for i in range(10)]
     unstamped = [{"payload": {"eventKey": f"k{i}"}} for i in range(10)]
     for items in (shuffled, unstamped):
-        verdict = asyncio.run(scan_recent(pages_of(items, []), "absent", now, max_pages=2, limit=3)).verdict
-        assert verdict == "unverifiable"
+        verdict = asyncio.run(scan_recent(pages_of(items, []), "absent", now, max_pages=2, limit=3)).outcome
+        assert verdict == "unknown"
 
 
 def test_a_refused_list_proves_nothing():
@@ -207,7 +207,7 @@ def test_a_refused_list_proves_nothing():
     async def refused(skip, limit):
         raise EngineRejected(status=400, engine_message="filter required")
 
-    assert asyncio.run(scan_recent(refused, "k", None)).verdict == "unverifiable"
+    assert asyncio.run(scan_recent(refused, "k", None)).outcome == "unknown"
 
 
 def test_the_answers_of_engine_check_against_blank_are_what_the_simulator_says():

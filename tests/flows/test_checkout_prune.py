@@ -12,7 +12,7 @@ def test_finished_checkouts_past_their_keep_time_are_pruned_unless_open_or_unset
     with store.transaction() as tx:
         for tx_id, state in (("DONE", "completed"), ("VOID", "voided"), ("OPEN", "open"), ("UNSURE", "completed")):
             store.insert(tx, Checkout(tx_id=tx_id, lane=1, state=state))
-        store.add_deduction(tx, Deduction("k1", "DONE", 10, 100, "confirmed", False, time.time()))
+        store.add_deduction(tx, Deduction("k1", "DONE", 10, 100, "landed", False, time.time()))
         store.add_deduction(tx, Deduction("k2", "UNSURE", 10, 100, "unknown", True, time.time()))
     later = time.time() + KEEP_FINISHED_CHECKOUTS + 1
     assert store.prune_finished(now=time.time()) == 0  # all are recent

@@ -41,7 +41,7 @@ def step_wall_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 
 async def settled_outcome(h: Harness) -> str:
-    assert await h.loyalty.settle_pending() == 0
+    assert await h.loyalty.settle_owed() == 0
     [verdict] = h.of_type("voucher_settled")
     return str(verdict["outcome"])
 
@@ -113,9 +113,9 @@ def test_the_points_grace_is_counted_on_a_steady_clock(
 
             ahead = types.SimpleNamespace(time=lambda: time.time() + 3600, monotonic=time.monotonic)
             monkeypatch.setattr(points_module, "time", ahead)
-            first = await h.loyalty.settle_pending()
+            first = await h.loyalty.settle_owed()
             mono.now += h.client.in_flight.window + 1
-            second = await h.loyalty.settle_pending()
+            second = await h.loyalty.settle_owed()
             return str(first), str(second)
         finally:
             await h.close()

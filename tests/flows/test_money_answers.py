@@ -259,6 +259,61 @@ def test_a_deduction_the_engine_never_shows_applied_is_not_given_at_tender_witho
         points_module.FINAL_WAIT = saved
 
 
+@pytest.mark.parametrize("redemption", ["missing", "conditional"])
+@pytest.mark.parametrize("tender_first", [False, True])
+def test_a_void_never_refunds_a_deduction_the_engine_never_applied(
+    tmp_path: object, sim: SimServer, redemption: str, tender_first: bool
+) -> None:
+    """Issue 22, observation 4 (the void): the engine accepted REDEEMED_POINTS and deducted nothing;
+    the void's POINTS_REFUND, which the refund reactor does apply, used to invent the points.  Now a
+    void refunds only what the engine shows applied, and holds (and says so) what it shows unapplied."""
+    import tillplug.flows.points as points_module
+
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": redemption}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "V1")
+            await h.loyalty.spend_points("V1", 500)
+            if tender_first:
+                assert (await h.loyalty.tender("V1"))["points"]["state"] == "unconfirmed"
+            voided = await h.loyalty.void("V1")
+            assert voided["pointsRefunded"] == 0 and voided["pointsHeld"] == 500
+            assert "not given back" in voided["message"]
+            assert "deduction_not_applied" in h.loyalty.points.problems
+            assert await h.drain()
+            assert await settled_balance(sim, ALICE, 1250) == 1250  # not 1,750: nothing invented
+            assert [e["type"] for e in sim.state.ledger.events] == ["REDEEMED_POINTS"]
+        finally:
+            await h.close()
+
+    points_module.FINAL_WAIT, saved = 0.5, points_module.FINAL_WAIT
+    try:
+        run(go())
+    finally:
+        points_module.FINAL_WAIT = saved
+
+
+def test_a_void_refunds_a_deduction_the_engine_applied_late(tmp_path: object, sim: SimServer) -> None:
+    """The other side: reactions applied after the spend answered but within the void's wait are refunded."""
+    sim.state.reactors["delay_seconds"] = 0.3
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        try:
+            await open_sale(h, "V2")
+            await h.loyalty.spend_points("V2", 500)
+            voided = await h.loyalty.void("V2")
+            assert voided["pointsRefunded"] == 500 and voided.get("pointsHeld", 0) == 0
+            assert await h.drain()
+            assert await settled_balance(sim, ALICE, 1250) == 1250
+        finally:
+            await h.close()
+
+    run(go())
+
+
 def test_a_rate_the_engine_applies_otherwise_than_configured_is_a_health_problem(
     tmp_path: object, sim: SimServer
 ) -> None:

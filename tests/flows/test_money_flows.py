@@ -58,7 +58,7 @@ def test_a_spend_the_engine_accepted_with_an_unreadable_2xx_is_pending_then_land
             assert answer["pending"] is True and answer["discount"]["amount"] == 0
             assert answer["pendingDiscount"]["amount"] == 500
             assert await settled_balance(sim, ALICE, 750) == 750  # it did land
-            assert await h.loyalty.settle_pending() == 0
+            assert await h.loyalty.settle_owed() == 0
             [verdict] = h.of_type("points_settled")
             assert verdict["outcome"] == "landed" and verdict["discount"]["amount"] == 500
             assert h.loyalty.get_checkout("T1")["pointsSpent"] == 500
@@ -83,7 +83,7 @@ def test_a_voucher_burned_with_an_unreadable_2xx_is_reported_to_the_till_once_lo
             answer = await h.loyalty.apply_voucher("T2", "ALICE-5OFF-0001")
             assert answer["pending"] is True and answer["discounts"] == []
             assert [b["code"] for b in sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
-            assert await h.loyalty.settle_pending() == 0
+            assert await h.loyalty.settle_owed() == 0
             [verdict] = h.of_type("voucher_settled")
             assert verdict["outcome"] == "burned" and verdict["applied"] is True
             assert verdict["discounts"] == [{"type": "ABSOLUTE", "value": 500.0}]
@@ -192,7 +192,7 @@ def test_a_pending_deduction_that_lands_on_a_voided_sale_is_refunded_and_the_til
             assert (await h.loyalty.spend_points("T7", 400))["pending"] is True
             voided = await h.loyalty.void("T7")
             assert voided["pointsRefunded"] == 0 and voided["pointsPending"] == 400
-            assert await h.loyalty.settle_pending() == 0
+            assert await h.loyalty.settle_owed() == 0
             assert [v["outcome"] for v in h.of_type("points_settled")] == ["refunded"]
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250
@@ -209,9 +209,9 @@ def test_a_lost_spend_is_settled_as_not_landed_only_after_the_look_up_says_so(tm
             await open_sale(h, "T8")
             h.tamper.on(is_spend, reset_before)
             assert (await h.loyalty.spend_points("T8", 400))["pending"] is True
-            assert await h.loyalty.settle_pending() == 1  # "not found" this soon is not believed yet
-            [d] = h.loyalty.checkouts.pending_deductions()
-            assert await h.loyalty.points.settle(d, not_landed_after=0) == "not_landed"
+            assert await h.loyalty.settle_owed() == 1  # "not found" this soon is not believed yet
+            [d] = h.loyalty.checkouts.deduction_intents.owed()
+            assert await h.loyalty.settler.settle(d, window=0) == "not_landed"
             assert [v["outcome"] for v in h.of_type("points_settled")] == ["not_landed"]
             assert (await h.loyalty.void("T8"))["pointsRefunded"] == 0
             assert await h.drain()
@@ -235,9 +235,9 @@ def test_an_unknown_voucher_burn_is_looked_up_and_the_till_told_either_way(tmp_p
             h.tamper.on(is_burn, reset_before)
             lost = await h.loyalty.apply_voucher("T9", "ALICE-RIVER-0005")
             assert lost["pending"] is True
-            assert await h.loyalty.settle_pending() == 1  # the lost one: not believed this soon
-            for burn in h.loyalty.checkouts.pending_burns():
-                await h.loyalty.vouchers.settle(burn, not_landed_after=0)
+            assert await h.loyalty.settle_owed() == 1  # the lost one: not believed this soon
+            for burn in h.loyalty.checkouts.burn_intents.owed():
+                await h.loyalty.settler.settle(burn, window=0)
             verdicts = {v["code"]: (v["outcome"], v["applied"]) for v in h.of_type("voucher_settled")}
             assert verdicts == {"ALICE-5OFF-0001": ("burned", True), "ALICE-RIVER-0005": ("not_burned", False)}
             assert [v["code"] for v in h.loyalty.get_checkout("T9")["vouchers"]] == ["ALICE-5OFF-0001"]

@@ -273,10 +273,10 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         for name, h in self.tills.items():
             if settle:
-                for d in h.loyalty.checkouts.pending_deductions():
-                    self.run(h.loyalty.points.settle(d, not_landed_after=0))
-                for b in h.loyalty.checkouts.pending_burns():
-                    self.run(h.loyalty.vouchers.settle(b, not_landed_after=0))
+                for d in h.loyalty.checkouts.deduction_intents.owed():
+                    self.run(h.loyalty.settler.settle(d, window=0))
+                for b in h.loyalty.checkouts.burn_intents.owed():
+                    self.run(h.loyalty.settler.settle(b, window=0))
                 self._absorb(name)
             with h.store.transaction() as t:  # time passes: rows backing off (or held) are due again
                 t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
@@ -323,10 +323,10 @@ class MoneyMachine(RuleBasedStateMachine):
         points = dict.fromkeys(self.start, 0.0)
         codes: set[str] = set()
         for h in self.tills.values():
-            for d in h.loyalty.checkouts.pending_deductions():
+            for d in h.loyalty.checkouts.deduction_intents.owed():
                 if d.event_key in landed:
                     points[self.member_of[d.tx_id]] -= d.points
-            codes |= {b.code for b in h.loyalty.checkouts.pending_burns()}
+            codes |= {b.code for b in h.loyalty.checkouts.burn_intents.owed()}
         return points, codes
 
     @invariant()

@@ -184,7 +184,7 @@ def voucher_verdicts(till: VirtualTill) -> list[dict[str, Any]]:
 
 def still_unknown(till: VirtualTill) -> int:
     """One pass of the settler, run on the daemon's loop: how many outcomes are still unknown."""
-    left: int = till.call(till.daemon.loyalty.settle_pending())
+    left: int = till.call(till.daemon.loyalty.settle_owed())
     return left
 
 

@@ -13,6 +13,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from tests.flow_harness import ALICE, Harness, body_of, is_spend, reset_before, 
 from tillplug.engine.dialect import EngineDialect
 from tillplug.errors import EngineUnavailable, InsufficientPoints, TillplugError
 from tillplug.flows.checkouts import Deduction
+from tillplug.flows.intents import State
 from tillplug.sim import SimServer
 
 OVERLAP_WAIT = 2.0  # seconds one side waits to see the other in flight; only a regression waits this long
@@ -96,12 +98,12 @@ def test_the_outcome_is_committed_while_the_confirming_reads_are_out_and_recorde
         store = h.loyalty.checkouts
         confirming = threading.Event()
         overlapped: list[bool] = []
-        original_settle = store.settle_deduction
+        original_settle = store.deduction_intents.settle
 
-        def settle(event_key: str, state: str, *, pending: bool = False) -> None:
-            if state == "confirmed":
+        def settle(event_key: str, state: State, **kwargs: Any) -> None:
+            if state == State.LANDED:
                 overlapped.append(confirming.wait(OVERLAP_WAIT))
-            original_settle(event_key, state, pending=pending)
+            original_settle(event_key, state, **kwargs)
 
         async def reactions(request: httpx.Request, forward: Forward) -> httpx.Response:
             confirming.set()
@@ -109,13 +111,13 @@ def test_the_outcome_is_committed_while_the_confirming_reads_are_out_and_recorde
 
         try:
             await open_sale(h, "R2")
-            store.settle_deduction = settle  # type: ignore[method-assign]
+            store.deduction_intents.settle = settle  # type: ignore[method-assign,assignment]
             h.tamper.on(is_reactions_read, reactions)
             answer = await h.loyalty.spend_points("R2", 100)
             assert answer["pending"] is False and answer["balanceEstimated"] is False
             assert overlapped == [True], "the outcome's commit waited for nothing, before the confirming reads"
             row = store.deduction(answer["eventKey"])
-            assert row is not None and row.state == "confirmed"  # recorded before the till was told
+            assert row is not None and row.state == "landed"  # recorded before the till was told
         finally:
             await h.close()
 
@@ -153,7 +155,7 @@ def test_a_spend_stopped_before_its_report_leaves_no_row_that_counts_nor_anythin
             with pytest.raises(error):
                 await stop(h)
             assert not any(is_spend_call(c) for c in h.tamper.seen)
-            assert all(d.state == "failed" for d in h.loyalty.checkouts.deductions("R3"))
+            assert all(d.state == "not_landed" for d in h.loyalty.checkouts.deductions("R3"))
             changed = await h.loyalty.attach_member("R3", "1000002")  # another member: nothing was spent
             assert changed["member"] is not None
         finally:

@@ -125,7 +125,7 @@ def test_a_lost_burn_that_cannot_be_verified_blocks_completion_until_the_till_is
             with pytest.raises(VouchersPending):
                 await h.loyalty.complete("T1", 2000, [], True)
             h.tamper.on(is_benefit_listing, refuse, times=10)
-            assert await h.loyalty.settle_pending() == 0
+            assert await h.loyalty.settle_owed() == 0
             [verdict] = h.of_type("voucher_settled")
             assert (verdict["outcome"], verdict["applied"], verdict["discounts"]) == ("unverifiable", False, [])
             assert "ALICE-5OFF-0001" in verdict["message"]

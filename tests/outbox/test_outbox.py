@@ -18,6 +18,7 @@ from tillplug import errors as E
 from tillplug.engine.clock import InFlight
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, new_event_key
+from tillplug.engine.outcome import Outcome
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.sim import SimServer
 
@@ -218,7 +219,7 @@ class FakeEngine:
     async def look_up_event(self, key, since=None):
         if self.fate == "down":
             raise E.EngineUnreachable()
-        return Lookup("found", engine_id=f"id-{key}") if key in self.received else Lookup("not_found")
+        return Lookup(Outcome.LANDED, engine_id=f"id-{key}") if key in self.received else Lookup(Outcome.NOT_LANDED)
 
 
 class OutboxMachine(RuleBasedStateMachine):

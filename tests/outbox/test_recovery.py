@@ -20,6 +20,7 @@ from tillplug.engine import EngineClient, EngineSecrets
 from tillplug.engine.clock import InFlight
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, new_event_key
+from tillplug.engine.outcome import Outcome
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.outbox.store import Row
 
@@ -113,7 +114,7 @@ class ExplodingClient:
 
     async def look_up_event(self, key, since=None):
         self.looked_up.append(key)
-        return Lookup("found", engine_id=f"id-{key}") if key in self.sent else Lookup("not_found")
+        return Lookup(Outcome.LANDED, engine_id=f"id-{key}") if key in self.sent else Lookup(Outcome.NOT_LANDED)
 
 
 def test_an_unexpected_failure_puts_the_row_back_for_a_look_up_never_left_sending(tmp_path):
@@ -254,7 +255,7 @@ class LookupCounter:
 
     async def look_up_event(self, key, since=None):
         self.looked_up.append(key)
-        return Lookup("unverifiable", reason="the eventKey filter is ignored")
+        return Lookup(Outcome.UNKNOWN, reason="the eventKey filter is ignored")
 
 
 @pytest.mark.parametrize("reversal", [False, True])

@@ -348,6 +348,7 @@ class Voided(Answer):
     pointsRefunded: int
     vouchersNotReinstated: list[str]
     pointsPending: int = Field(default=0, description="Refunded if their deduction proves to have landed.")
+    pointsHeld: int = Field(default=0, description="Not given back: the engine shows these points never taken.")
     vouchersPending: list[str] = Field(default_factory=list)
     print: QueuedJob | None = PrintField
 

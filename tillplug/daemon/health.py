@@ -220,7 +220,7 @@ class HealthMonitor:
         with contextlib.suppress(sqlite3.OperationalError):  # no flows tables yet: nothing is pending
             pending = self.store.query(
                 "SELECT (SELECT COUNT(*) FROM deductions WHERE state='unknown')"
-                " + (SELECT COUNT(*) FROM burns WHERE state='unknown')"
+                " + (SELECT COUNT(*) FROM burns WHERE state IN ('unknown', 'unverifiable'))"
             )
             snap.outcomes_pending = int(pending[0][0])
         folder = self.config.state_dir

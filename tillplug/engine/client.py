@@ -50,6 +50,7 @@ from tillplug.engine.models import (
     parse_time,
     points_of,
 )
+from tillplug.engine.outcome import Outcome
 from tillplug.engine.refusals import VOUCHER_REASONS, classify_voucher_refusal
 from tillplug.engine.traffic import OUTBOX, Traffic, current_use_case, parse_retry_after
 from tillplug.errors import (
@@ -438,7 +439,7 @@ class EngineClient:
         return [Event(id=result.engine_id or "found", type="")] if result.found else []
 
     async def look_up_event(self, event_key: str, since: float | None = None) -> Lookup:
-        """Did a write carrying ``event_key`` reach the engine?  found / not_found / unverifiable.
+        """Did a write carrying ``event_key`` reach the engine?  landed / not_landed / unknown (an ``Outcome``).
 
         ``since``: the earliest the write can have been sent (epoch seconds, our clock), which
         lets a look-up that the filter cannot answer stop reading the engine's list there.
@@ -454,14 +455,14 @@ class EngineClient:
         by reading the recent unfiltered list (``tillplug.engine.lookup.scan_recent``)."""
         calibrated = self.dialect.event_key_filter if kind == "event" else self.dialect.order_key_filter
         if calibrated in ("ignored", "rejected"):  # engine-check saw it cannot tell: one request saved
-            found = Lookup("unverifiable", reason=f"the eventKey filter is {calibrated} (engine-check)")
+            found = Lookup(Outcome.UNKNOWN, reason=f"the eventKey filter is {calibrated} (engine-check)")
         else:
             found = await self._look_up_filtered(kind, key)
-        if found.verdict != "unverifiable":
+        if found.outcome is not Outcome.UNKNOWN:
             return found
         scanned = await scan_recent(self._recent_page(kind), key, self._engine_since(since), kind=kind)
-        if scanned.verdict == "unverifiable":
-            return Lookup("unverifiable", reason=f"{found.reason}; {scanned.reason}", unproven=found.unproven)
+        if scanned.outcome is Outcome.UNKNOWN:
+            return Lookup(Outcome.UNKNOWN, reason=f"{found.reason}; {scanned.reason}", unproven=found.unproven)
         return scanned
 
     def _recent_page(self, kind: str) -> Callable[[int, int], Awaitable[list[Any]]]:
@@ -511,18 +512,18 @@ class EngineClient:
             except (EngineRejected, EngineProtocolError) as exc:
                 # The look-up itself was refused or unreadable: it proves nothing either way,
                 # and it must never condemn the write it was checking.
-                return Lookup("unverifiable", reason=f"the look-up was refused ({exc.code})")
+                return Lookup(Outcome.UNKNOWN, reason=f"the look-up was refused ({exc.code})")
             self.filter_evidence.observe(kind, verdict)
             if verdict.match is not None:
-                return Lookup("found", engine_id=engine_id)
+                return Lookup(Outcome.LANDED, engine_id=engine_id)
             foreign = foreign or verdict.foreign
             if foreign or verdict.count < PAGE:  # an ignored filter: the unfiltered list is read instead
                 break
         if not foreign and self.filter_evidence.works(kind):
-            return Lookup("not_found")
+            return Lookup(Outcome.NOT_LANDED)
         if foreign:
-            return Lookup("unverifiable", reason="the engine ignored the eventKey filter")
-        return Lookup("unverifiable", reason="the eventKey filter is not known to work", unproven=True)
+            return Lookup(Outcome.UNKNOWN, reason="the engine ignored the eventKey filter")
+        return Lookup(Outcome.UNKNOWN, reason="the eventKey filter is not known to work", unproven=True)
 
     async def recent_events(
         self, until: Callable[[Event], bool], *, max_pages: int = RECENT_MAX_PAGES

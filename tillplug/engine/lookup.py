@@ -3,13 +3,15 @@
 The outbox asks the engine whether a write carrying ``eventKey`` arrived.  WLL documents
 no filter syntax, so an answer proves only what it shows:
 
-* **found**: a returned event (or order) carries the key in its payload (or metadata);
-* **not found**: nothing carries it *and* the engine is known to filter — either the
-  dialect file says engine-check saw the filter work, or a look-up in this process
+* **landed** (found): a returned event (or order) carries the key in its payload (or metadata);
+* **not landed** (not found): nothing carries it *and* the engine is known to filter — either
+  the dialect file says engine-check saw the filter work, or a look-up in this process
   returned results that all carried the requested key (so the engine filtered);
-* **unverifiable**: anything else — the filter ignored (other keys came back),
+* **unknown** (unverifiable): anything else — the filter ignored (other keys came back),
   rejected (a 4xx), or never yet seen to work.  Such a row is never resent and never
   marked "not needed"; it is held and reported.
+
+The verdict is an ``Outcome`` (``tillplug.engine.outcome``), the money writes' one vocabulary.
 
 Where the filter cannot tell, the engine's recent list is read unfiltered, newest first
 (``scan_recent``): ``limit`` at the documented maximum, at most ``SCAN_MAX_PAGES`` pages per
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tillplug.engine.models import parse_time
+from tillplug.engine.outcome import Outcome
 from tillplug.errors import EngineAuthError, EngineProtocolError, EngineRejected
 
 LIST_LIMIT = 1000  # the documented maximum of ``limit`` on WLL's list endpoints (engine-api.md 3.4)
@@ -35,12 +38,10 @@ SCAN_MAX_PAGES = 3  # pages of the unfiltered list one look-up may read
 # headers of whole seconds; this covers both, and a clock stepped by less while tillplug ran.
 SCAN_SKEW = 120.0
 
-Verdict = Literal["found", "not_found", "unverifiable"]
-
 
 @dataclass(frozen=True)
 class Lookup:
-    verdict: Verdict
+    outcome: Outcome  # landed (found), not_landed (surely absent), unknown (cannot tell)
     engine_id: str | None = None
     reason: str = ""
     # Unverifiable only because the filter was never seen to work (nothing contradicted it):
@@ -49,7 +50,7 @@ class Lookup:
 
     @property
     def found(self) -> bool:
-        return self.verdict == "found"
+        return self.outcome is Outcome.LANDED
 
 
 @dataclass
@@ -135,16 +136,16 @@ async def scan_recent(
         except EngineAuthError:
             raise
         except (EngineRejected, EngineProtocolError) as exc:
-            return Lookup("unverifiable", reason=f"the unfiltered list was refused too ({exc.code})")
+            return Lookup(Outcome.UNKNOWN, reason=f"the unfiltered list was refused too ({exc.code})")
         for item in items:
             if key_in(item, kind) == key:
-                return Lookup("found", engine_id=str(item.get("id") or "found"))
+                return Lookup(Outcome.LANDED, engine_id=str(item.get("id") or "found"))
             when = stamped(item)
             if when is None or (previous is not None and when > previous):
                 ordered = False  # no stamp, or not newest first: only the list's end proves absence
             previous = when if when is not None else previous
         if len(items) < limit:
-            return Lookup("not_found")
+            return Lookup(Outcome.NOT_LANDED)
         if ordered and back_to is not None and previous is not None and previous < back_to:
-            return Lookup("not_found")
-    return Lookup("unverifiable", reason=f"not among the newest {max_pages * limit} and the list goes on")
+            return Lookup(Outcome.NOT_LANDED)
+    return Lookup(Outcome.UNKNOWN, reason=f"not among the newest {max_pages * limit} and the list goes on")

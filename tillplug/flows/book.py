@@ -18,6 +18,7 @@ from tillplug.errors import (
 )
 from tillplug.flows.checkouts import Checkout, Member
 from tillplug.flows.context import FlowContext
+from tillplug.flows.intents import OPEN_STATES, State
 from tillplug.logs import mask
 from tillplug.money import points_to_money
 from tillplug.receipts import templates
@@ -170,7 +171,7 @@ class CheckoutBook:
     def view(self, checkout: Checkout) -> dict[str, Any]:
         store = self.ctx.store
         deductions = store.deductions(checkout.tx_id)
-        taken = [d for d in deductions if d.state == "confirmed"]
+        taken = [d for d in deductions if d.state == State.LANDED]
         return {
             "transactionId": checkout.tx_id,
             "lane": checkout.lane,
@@ -181,8 +182,8 @@ class CheckoutBook:
             "memberUnverified": bool(checkout.member and checkout.member.unverified),
             "pointsSpent": sum(d.points for d in taken),
             "pointsDiscount": self.ctx.money(sum(d.money for d in taken)).to_dict(),
-            "pointsPending": sum(d.points for d in deductions if d.state == "unknown" and d.pending),
-            "refunded": sum(d.points for d in deductions if d.state == "refunded"),
+            "pointsPending": sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed),
+            "refunded": sum(d.points for d in deductions if d.state == State.REFUNDED),
             "vouchers": [v.to_api() for v in checkout.vouchers],
             "vouchersPending": [b.code for b in store.burns(checkout.tx_id) if b.awaiting_verdict],
         }
@@ -210,7 +211,7 @@ class CheckoutBook:
             if checkout.member is not None and checkout.member.id != member.id:
                 spent = ctx.store.deductions(tx_id)
                 burning = any(b.awaiting_verdict for b in ctx.store.burns(tx_id))
-                if checkout.vouchers or burning or any(d.state in ("confirmed", "unknown", "sending") for d in spent):
+                if checkout.vouchers or burning or any(d.state in (State.LANDED, *OPEN_STATES) for d in spent):
                     # Refunds must go back to whoever spent: the member cannot change under them.
                     raise CheckoutConflict(
                         "Another member already used points or vouchers on this sale; void it first."

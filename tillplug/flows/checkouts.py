@@ -2,21 +2,13 @@
 
 Every engine write that moves points or burns a voucher has an *intent* row,
 committed before the engine hears of it: a deduction (points) or a burn (a
-voucher).  Its outcome is one of *landed*, *did not land* or *unknown*:
+voucher).  Both follow the one intent machine of ``tillplug.flows.intents``
+(states ``sending``, ``landed``, ``not_landed``, ``unknown``, ``refunded`` for a
+deduction given back, ``unverifiable`` for a burn no look-up can tell of; ``owed``
+while the till awaits a verdict).  A state directory written before that
+vocabulary is migrated when the store opens (``migrate_intents``).
 
-    deduction   sending ──► confirmed (landed) ──► refunded (a refund is queued in the outbox)
-                        ├─► failed    (did not land)
-                        └─► unknown   (timeout, reset, unreadable 2xx: settled by look-up)
-    burn        sending ──► burned | failed | unknown
-
-``pending = 1`` on an unknown intent means the till was told ``pending`` and the
-settler owes it a verdict on the event stream.  An unknown deduction with
-``pending = 0`` was interrupted by a crash: the till got no answer, and a
-refund-if-it-landed is already queued in the outbox.
-
-Writes that change an intent and queue an outbox row happen in one transaction,
-so a crash between them cannot leave points taken with no refund queued.  The
-methods that commit are synchronous (SQLite with fsync); the flows call them
+The methods that commit are synchronous (SQLite with fsync); the flows call them
 through ``asyncio.to_thread`` so a commit never stalls the event loop.
 """
 
@@ -30,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tillplug.flows.intents import OPEN_STATES, IntentTable, State
 from tillplug.outbox.store import OutboxStore, Tx
 
 SCHEMA = """
@@ -47,8 +40,10 @@ CREATE TABLE IF NOT EXISTS deductions (
     tx_id      TEXT NOT NULL REFERENCES checkouts (tx_id),
     points     INTEGER NOT NULL CHECK (points > 0),
     money      INTEGER NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('sending', 'confirmed', 'failed', 'unknown', 'refunded')),
-    created    REAL NOT NULL
+    state      TEXT NOT NULL CHECK (state IN ('sending', 'landed', 'not_landed', 'unknown', 'refunded')),
+    owed       INTEGER NOT NULL DEFAULT 0,
+    created    REAL NOT NULL,
+    final      INTEGER NOT NULL DEFAULT 0  -- 1 once tender (or complete) found it applied and covered
 );
 CREATE INDEX IF NOT EXISTS deductions_tx ON deductions (tx_id);
 CREATE TABLE IF NOT EXISTS burns (
@@ -56,8 +51,8 @@ CREATE TABLE IF NOT EXISTS burns (
     tx_id       TEXT NOT NULL REFERENCES checkouts (tx_id),
     code        TEXT NOT NULL,
     benefit_id  TEXT,
-    state       TEXT NOT NULL CHECK (state IN ('sending', 'burned', 'failed', 'unknown')),
-    pending     INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL CHECK (state IN ('sending', 'landed', 'not_landed', 'unknown', 'unverifiable')),
+    owed        INTEGER NOT NULL DEFAULT 0,
     created     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS burns_tx ON burns (tx_id);
@@ -68,10 +63,9 @@ CREATE TABLE IF NOT EXISTS member_cache (
 );
 """
 
-# Columns added after the first release: (table, column, definition).
-MIGRATIONS = (
+# Columns added after the first release to tables written before the intent machine: (table, column, definition).
+OLD_COLUMNS = (
     ("deductions", "pending", "INTEGER NOT NULL DEFAULT 0"),
-    # 1 once tender (or complete) found the deduction applied and the member's balance covering it.
     ("deductions", "final", "INTEGER NOT NULL DEFAULT 0"),
 )
 MEMBER_CACHE_ROWS = 50_000
@@ -146,10 +140,14 @@ class Deduction:
     tx_id: str
     points: int
     money: int
-    state: str
-    pending: bool = False
+    state: str  # a tillplug.flows.intents.State
+    owed: bool = False  # the till awaits a verdict (points_settled)
     created: float = 0.0
     final: bool = False  # tender found it applied and covered: the sale's points are final
+
+    @classmethod
+    def from_sql(cls, r: Any) -> Deduction:
+        return cls(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
 
 
 @dataclass(frozen=True)
@@ -158,33 +156,57 @@ class Burn:
     tx_id: str
     code: str
     benefit_id: str | None
-    state: str
-    pending: bool
+    state: str  # a tillplug.flows.intents.State
+    owed: bool  # the till awaits a verdict (voucher_settled)
     created: float
+
+    @classmethod
+    def from_sql(cls, r: Any) -> Burn:
+        return cls(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
 
     @property
     def awaiting_verdict(self) -> bool:
-        """Its outcome is still being looked up: unknown and pending, or interrupted while sending.
-
-        Unknown and not pending is a look-up that gave up: the burn cannot be verified.
-        """
-        return self.state == "sending" or (self.state == "unknown" and self.pending)
+        """Its outcome is still being looked up (unknown, or interrupted while sending)."""
+        return self.state in OPEN_STATES
 
 
 def ident_hash(ident: str) -> str:
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()
 
 
-_DEDUCTION = "SELECT event_key, tx_id, points, money, state, pending, created, final FROM deductions"
-_BURN = "SELECT id, tx_id, code, benefit_id, state, pending, created FROM burns"
+def migrate_intents(tx: Tx) -> None:
+    """Tables written before the intent machine: old state words and ``pending`` become the new ones.
+
+    ``confirmed``/``burned`` → landed, ``failed`` → not_landed, ``pending`` → ``owed``; a burn
+    left unknown and not pending (its look-up had given up) → unverifiable.  SQLite cannot change
+    a CHECK constraint in place, so each table is copied into its new form; one transaction.
+    """
+    for table, column, definition in OLD_COLUMNS:
+        columns = {r[1] for r in tx.execute(f"PRAGMA table_info({table})").fetchall()}
+        if "owed" not in columns and column not in columns:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    renamed = "CASE state WHEN 'confirmed' THEN 'landed' WHEN 'burned' THEN 'landed' WHEN 'failed' THEN 'not_landed'"
+    copies = {
+        "deductions": "INSERT INTO deductions (event_key, tx_id, points, money, state, owed, created, final)"
+        f" SELECT event_key, tx_id, points, money, {renamed} ELSE state END, pending, created, final FROM old",
+        "burns": "INSERT INTO burns (id, tx_id, code, benefit_id, state, owed, created)"
+        f" SELECT id, tx_id, code, benefit_id, {renamed}"
+        " WHEN 'unknown' THEN (CASE pending WHEN 1 THEN 'unknown' ELSE 'unverifiable' END) ELSE state END,"
+        " pending, created FROM old",
+    }
+    for table, copy in copies.items():
+        if "owed" in {r[1] for r in tx.execute(f"PRAGMA table_info({table})").fetchall()}:
+            continue
+        tx.execute(f"ALTER TABLE {table} RENAME TO old")
+        tx.execute(f"DROP INDEX IF EXISTS {table}_tx")
+        tx.executescript_inside(_table_in(SCHEMA, table))
+        tx.execute(copy.replace(" FROM old", " FROM old ORDER BY rowid"))
+        tx.execute("DROP TABLE old")
 
 
-def _deduction(r: Any) -> Deduction:
-    return Deduction(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
-
-
-def _burn(r: Any) -> Burn:
-    return Burn(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6])
+def _table_in(schema: str, table: str) -> str:
+    """The CREATE TABLE and CREATE INDEX statements of ``table`` in ``schema``."""
+    return ";".join(s for s in schema.split(";") if f" {table} (" in s or f" ON {table} (" in s)
 
 
 class CheckoutStore:
@@ -192,10 +214,12 @@ class CheckoutStore:
         self.outbox = outbox
         with outbox.transaction() as tx:
             tx.executescript_inside(SCHEMA)
-            for table, column, definition in MIGRATIONS:
-                columns = {r[1] for r in tx.execute(f"PRAGMA table_info({table})").fetchall()}
-                if column not in columns:
-                    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            migrate_intents(tx)
+        columns = "event_key, tx_id, points, money, state, owed, created, final"
+        self.deduction_intents = IntentTable(outbox, "deductions", "event_key", columns, Deduction)
+        self.burn_intents = IntentTable(
+            outbox, "burns", "id", "id, tx_id, code, benefit_id, state, owed, created", Burn
+        )
 
     def transaction(self) -> AbstractContextManager[Tx]:
         return self.outbox.transaction()
@@ -224,13 +248,19 @@ class CheckoutStore:
         with self.transaction() as tx:
             self.save(tx, checkout)
 
-    # -- deductions ------------------------------------------------------------------
+    # -- deductions and burns (their machine: tillplug.flows.intents) -------------------
 
     def add_deduction(self, tx: Tx, d: Deduction) -> None:
-        tx.execute(
-            "INSERT INTO deductions (event_key, tx_id, points, money, state, pending, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (d.event_key, d.tx_id, d.points, d.money, d.state, int(d.pending), d.created or time.time()),
+        """Write a deduction down as it is, inside the caller's transaction."""
+        self.deduction_intents.begin(
+            tx,
+            event_key=d.event_key,
+            tx_id=d.tx_id,
+            points=d.points,
+            money=d.money,
+            state=State(d.state).value,
+            owed=int(d.owed),
+            created=d.created or time.time(),
         )
 
     def begin_deduction(self, d: Deduction) -> None:
@@ -238,64 +268,29 @@ class CheckoutStore:
         with self.transaction() as tx:
             self.add_deduction(tx, d)
 
-    def set_deduction(self, tx: Tx, event_key: str, state: str, *, pending: bool = False) -> None:
-        tx.execute("UPDATE deductions SET state=?, pending=? WHERE event_key=?", (state, int(pending), event_key))
-
-    def settle_deduction(self, event_key: str, state: str, *, pending: bool = False) -> None:
-        with self.transaction() as tx:
-            self.set_deduction(tx, event_key, state, pending=pending)
-
     def finalize_deduction(self, event_key: str) -> None:
         with self.transaction() as tx:
             tx.execute("UPDATE deductions SET final=1 WHERE event_key=?", (event_key,))
 
     def deduction(self, event_key: str) -> Deduction | None:
-        rows = self.outbox.query(_DEDUCTION + " WHERE event_key=?", (event_key,))
-        return _deduction(rows[0]) if rows else None
+        return self.deduction_intents.get(event_key)
 
     def deductions(self, tx_id: str, state: str | None = None) -> list[Deduction]:
-        sql = _DEDUCTION + " WHERE tx_id=?"
-        args: tuple[Any, ...] = (tx_id,)
-        if state:
-            sql += " AND state=?"
-            args += (state,)
-        return [_deduction(r) for r in self.outbox.query(sql + " ORDER BY created", args)]
-
-    def interrupted_deductions(self) -> list[Deduction]:
-        """Deductions a crash left in 'sending': their outcome is unknown."""
-        return [_deduction(r) for r in self.outbox.query(_DEDUCTION + " WHERE state='sending'")]
-
-    def pending_deductions(self) -> list[Deduction]:
-        """Unknown outcomes the till was told are pending: the settler owes it a verdict."""
-        return [_deduction(r) for r in self.outbox.query(_DEDUCTION + " WHERE state='unknown' AND pending=1")]
-
-    # -- voucher burns ---------------------------------------------------------------
+        if state is None:
+            return self.deduction_intents.where("tx_id=? ORDER BY created", (tx_id,))
+        return self.deduction_intents.where("tx_id=? AND state=? ORDER BY created", (tx_id, State(state).value))
 
     def begin_burn(self, tx_id: str, code: str, benefit_id: str | None) -> int:
-        with self.transaction() as tx:
-            cur = tx.execute(
-                "INSERT INTO burns (tx_id, code, benefit_id, state, pending, created)"
-                " VALUES (?, ?, ?, 'sending', 0, ?)",
-                (tx_id, code, benefit_id, time.time()),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+        burn_id: int = self.burn_intents.begin(tx_id=tx_id, code=code, benefit_id=benefit_id)
+        return burn_id
 
-    def settle_burn(self, burn_id: int, state: str, *, pending: bool = False, checkout: Checkout | None = None) -> None:
+    def settle_burn(self, burn_id: int, state: State, *, owed: bool = False, checkout: Checkout | None = None) -> None:
         """The burn's outcome, and with it (same transaction) the checkout that now carries the voucher."""
-        with self.transaction() as tx:
-            tx.execute("UPDATE burns SET state=?, pending=? WHERE id=?", (state, int(pending), burn_id))
-            if checkout is not None:
-                self.save(tx, checkout)
+        also = None if checkout is None else (lambda tx: self.save(tx, checkout))
+        self.burn_intents.settle(burn_id, state, owed=owed, also=also)
 
     def burns(self, tx_id: str) -> list[Burn]:
-        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE tx_id=? ORDER BY id", (tx_id,))]
-
-    def pending_burns(self) -> list[Burn]:
-        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE state='unknown' AND pending=1 ORDER BY id")]
-
-    def interrupted_burns(self) -> list[Burn]:
-        return [_burn(r) for r in self.outbox.query(_BURN + " WHERE state='sending' ORDER BY id")]
+        return self.burn_intents.where("tx_id=? ORDER BY id", (tx_id,))
 
     # -- the offline member cache -----------------------------------------------------
 
@@ -328,10 +323,10 @@ class CheckoutStore:
                 r[0]
                 for r in tx.execute(
                     "SELECT tx_id FROM checkouts WHERE state != 'open' AND updated < ?"
-                    " AND tx_id NOT IN (SELECT tx_id FROM deductions WHERE state IN ('sending', 'unknown'))"
-                    " AND tx_id NOT IN (SELECT tx_id FROM burns WHERE state IN ('sending', 'unknown'))"
+                    " AND tx_id NOT IN (SELECT tx_id FROM deductions WHERE state IN (?, ?))"
+                    " AND tx_id NOT IN (SELECT tx_id FROM burns WHERE state IN (?, ?))"
                     " LIMIT 5000",
-                    (cutoff,),
+                    (cutoff, *OPEN_STATES, *OPEN_STATES),
                 )
             ]
             for table in ("deductions", "burns", "checkouts"):

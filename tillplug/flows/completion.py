@@ -17,11 +17,16 @@ from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered, 
 from tillplug.flows.book import ADDED_IF_VALID, CheckoutBook
 from tillplug.flows.checkouts import Checkout
 from tillplug.flows.context import FlowContext
+from tillplug.flows.intents import State
 from tillplug.flows.points import Points
 from tillplug.money import CURRENCY_EXPONENTS
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
+HELD_MESSAGE = (
+    "{points} points were not given back: the loyalty service shows them never taken (its redemption "
+    "reactor may be missing). Tell a technician; the member's balance is as before the sale."
+)
 
 
 class Completion:
@@ -57,7 +62,7 @@ class Completion:
             points_final = await self.points.finalize(tx_id, after_payment=True)
             member = checkout.member
             lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
-            points_redeemed = sum(d.points for d in ctx.store.deductions(tx_id, "confirmed"))
+            points_redeemed = sum(d.points for d in ctx.store.deductions(tx_id, State.LANDED))
             payload = {
                 "transactionId": tx_id,
                 "cashierId": checkout.cashier_id,
@@ -152,8 +157,8 @@ class Completion:
         async with ctx.checkout_locks.hold(tx_id):
             checkout = ctx.open(tx_id)
             deductions = ctx.store.deductions(tx_id)
-            taken = [d for d in deductions if d.state == "confirmed"]
-            pending = sum(d.points for d in deductions if d.state == "unknown" and d.pending)
+            taken, held = await self.points.shown_applied([d for d in deductions if d.state == State.LANDED])
+            pending = sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed)
             checkout.state = "voided"
             await ctx.db(self._void, checkout, taken)
             self.book.closed(checkout)
@@ -170,6 +175,9 @@ class Completion:
             "vouchersNotReinstated": [v.code for v in checkout.vouchers if v.burned],
             "vouchersPending": [b.code for b in burns if b.awaiting_verdict],
         }
+        if held:  # the engine shows these points never taken: giving them back would invent points
+            result["pointsHeld"] = sum(d.points for d in held)
+            result["message"] = HELD_MESSAGE.format(points=result["pointsHeld"])
         ctx.events.publish("checkout_voided", result, lane=checkout.lane)
         kept = [v.name or v.code for v in checkout.vouchers if v.burned]
         if (refunded or kept) and ctx.config.receipts.points_slip:
@@ -196,5 +204,5 @@ class Completion:
                         body=refund.body(),
                         event_key=refund.payload["eventKey"],
                     )
-                    ctx.store.set_deduction(tx, d.event_key, "refunded")
+                    ctx.store.deduction_intents.set(tx, d.event_key, State.REFUNDED)
             ctx.store.save(tx, checkout)

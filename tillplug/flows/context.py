@@ -17,9 +17,7 @@ from tillplug.engine.models import EventDefinition, new_event_key
 from tillplug.errors import (
     CheckoutConflict,
     CheckoutNotFound,
-    EngineProtocolError,
     MemberOffline,
-    OutcomeUnknown,
     PrinterNotReady,
     TillplugError,
 )
@@ -35,23 +33,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Queues a slip on the lane's printer and answers {"job": ID, "state": "queued"} at once (tillplug.spool).
 Printer = Callable[[int, Receipt], Awaitable[dict[str, Any]]]
-
-LANDED, NOT_LANDED, UNKNOWN = "landed", "not_landed", "unknown"
-
-
-def write_outcome(exc: BaseException) -> str:
-    """What a failed engine write tells us about whether it took effect.
-
-    A refusal (4xx), or an error raised before the request left (refused
-    connection, 429, 503), means it did not land.  A timeout or reset after it
-    left, a 5xx behind a gateway, an answer that cannot be read, or anything
-    unexpected, means nobody knows: it is settled by look-up, never guessed.
-    """
-    if isinstance(exc, (OutcomeUnknown, EngineProtocolError)):
-        return UNKNOWN
-    if isinstance(exc, TillplugError):
-        return NOT_LANDED
-    return UNKNOWN
 
 
 class FlowContext:

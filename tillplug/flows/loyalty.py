@@ -11,7 +11,6 @@ unknown outcomes by look-up and tells the till on the event stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,15 +21,14 @@ from tillplug.errors import MemberNotFound, TillplugError, VoucherError
 from tillplug.flows.book import CheckoutBook
 from tillplug.flows.checkouts import Checkout, CheckoutStore
 from tillplug.flows.completion import Completion
-from tillplug.flows.context import UNKNOWN, FlowContext, Printer
+from tillplug.flows.context import FlowContext, Printer
 from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
-from tillplug.flows.points import Points
-from tillplug.flows.vouchers import Vouchers
+from tillplug.flows.intents import Settler
+from tillplug.flows.points import DeductionIntents, Points
+from tillplug.flows.vouchers import BurnIntents, Vouchers
 from tillplug.outbox.store import OutboxStore
 
 log = logging.getLogger(__name__)
-SETTLE_FIRST = 0.5  # seconds before the first look-up of an unknown outcome
-SETTLE_MAX = 60.0  # the longest wait between look-ups (backoff doubles up to this)
 
 
 class Loyalty:
@@ -51,8 +49,10 @@ class Loyalty:
         self.points = Points(self.ctx)
         self.vouchers = Vouchers(self.ctx)
         self.completion = Completion(self.ctx, self.book, self.points)
-        self._settle_wake = asyncio.Event()
-        self.ctx.wake_settler = self._settle_wake.set
+        # The one settler of unknown outcomes, for every kind of intent (tillplug.flows.intents).
+        self.settler = Settler(
+            self.ctx, [DeductionIntents(self.ctx, self.points), BurnIntents(self.ctx, self.vouchers)]
+        )
 
     # -- what the daemon and tests read ---------------------------------------------------
 
@@ -167,49 +167,16 @@ class Loyalty:
     # -- recovery and settling ----------------------------------------------------------------
 
     def recover(self) -> int:
-        """At start-up: interrupted deductions get a refund-if-landed; interrupted burns are looked up."""
-        count = self.points.recover()
-        store = self.ctx.store
-        for burn in store.interrupted_burns():
-            store.settle_burn(burn.id, "unknown", pending=True)
-            count += 1
-        return count
+        """At start-up: intents a crash left ``sending`` go to their kind (a deduction gets a
+        refund-if-it-landed; a burn is looked up); how many there were."""
+        return self.settler.recover()
 
-    def _not_landed_after(self) -> float:
-        """How long after the intent a "not found" look-up is believed: past any request still in flight."""
-        return float(self.ctx.client.in_flight.window)  # engine.in_flight_window: one rule (tillplug.engine.clock)
-
-    async def settle_pending(self) -> int:
-        """One pass over every pending outcome; returns how many are still unknown."""
-        store, left = self.ctx.store, 0
-        after = self._not_landed_after()
-        for d in store.pending_deductions():
-            left += await self.points.settle(d, not_landed_after=after) == UNKNOWN
-        for b in store.pending_burns():
-            left += await self.vouchers.settle(b, not_landed_after=after) == UNKNOWN
-        return left
+    async def settle_owed(self) -> int:
+        """One pass over every outcome the till is owed; returns how many are still unknown."""
+        return await self.settler.settle_owed()
 
     async def run_settler(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: settle pending outcomes, backing off while the engine cannot tell."""
-        delay = SETTLE_FIRST
-        while not stop.is_set():
-            self._settle_wake.clear()
-            try:
-                left = await self.settle_pending()
-            except Exception:  # the settler must outlive any single bug
-                log.exception("settling pending outcomes failed; trying again")
-                left = 1
-            delay = min(SETTLE_MAX, delay * 2) if left else SETTLE_FIRST
-            wait = delay if left else SETTLE_MAX
-            waiters = [asyncio.ensure_future(self._settle_wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
-            if self._settle_wake.is_set():
-                await asyncio.sleep(SETTLE_FIRST)  # a fresh unknown: give the engine a moment first
-                delay = SETTLE_FIRST
+        await self.settler.run(stop)
 
 
 __all__ = ["Loyalty"]

@@ -29,9 +29,10 @@ from tillplug.errors import (
     InvalidRequest,
     TillplugError,
 )
-from tillplug.flows.checkouts import Deduction, Member
-from tillplug.flows.context import LANDED, NOT_LANDED, UNKNOWN, FlowContext, write_outcome
+from tillplug.flows.checkouts import Checkout, Deduction, Member
+from tillplug.flows.context import FlowContext
 from tillplug.flows.finality import GIVE_BACK, KEEP, Finality, Verdict, wait_applied
+from tillplug.flows.intents import Finding, IntentTable, Outcome, State, write_outcome
 from tillplug.money import points_to_money
 from tillplug.receipts import templates
 
@@ -45,6 +46,10 @@ LISTED_REACTIONS = (*PROMPT_REACTIONS, "delayed")
 # take "almost instant to a few seconds".
 FINAL_WAIT = 5.0
 FINAL_BUDGET = 10.0  # seconds all of tender's reads may take together
+NOT_APPLIED = (
+    "The loyalty service accepted a points deduction but has not shown it applied; "
+    "its redemption reactor may be missing or conditional. Tell a technician."
+)
 GIVEN_BACK = (
     "The member's points were spent at another till at the same moment; these points were given back. "
     "Remove the points discount; check the balance and try again."
@@ -64,20 +69,42 @@ class UnseenDeduction:
     until: float  # time.monotonic() after which it is forgotten
 
 
-async def event_landed(client: EngineClient, event_key: str, since: float | None = None) -> bool | None:
-    """True if the engine has an event carrying ``event_key``, False if it surely has none, None if it
-    cannot tell: a look-up that failed, or an engine whose filter is not known to work (a "nothing
-    found" from it proves nothing), so the outcome stays pending rather than guessed.  ``since``: the
-    earliest the event can have been sent (epoch seconds), for a look-up that reads the engine's list."""
+async def event_finding(client: EngineClient, event_key: str, since: float | None = None) -> Finding | None:
+    """What the engine shows of the event carrying ``event_key``: landed, or not landed because it is
+    absent (believed once it cannot be in flight); None if it cannot tell now — a look-up that
+    failed, or one whose "nothing found" proves nothing — so the outcome stays unknown, never
+    guessed.  ``since``: the earliest the event can have been sent (epoch seconds), for a look-up
+    that reads the engine's list."""
     try:
         lookup = await client.look_up_event(event_key, since)
     except TillplugError as exc:
         log.info("look-up of an unknown outcome failed (%s); tried again later", exc.code)
         return None
-    if lookup.verdict == "unverifiable":
-        log.warning("look-up of an unknown outcome is unverifiable (%s); it stays pending", lookup.reason)
+    if lookup.outcome is Outcome.UNKNOWN:
+        log.warning("look-up of an unknown outcome cannot tell (%s); asked again later", lookup.reason)
         return None
-    return lookup.found
+    return Finding(lookup.outcome, absent=lookup.outcome is Outcome.NOT_LANDED)
+
+
+async def applied_within(client: EngineClient, event_id: str, seconds: float | None = None) -> bool | None:
+    """Whether the engine shows ``event_id``'s points reaction within ``seconds`` (``FINAL_WAIT``):
+    True once it does; False if it answered, to the end, that it has not; None if no read answered."""
+    deadline = time.monotonic() + (FINAL_WAIT if seconds is None else seconds)
+    answered, pause = False, FIRST_CONFIRM_DELAY
+    while True:
+        try:
+            if points_of(await client.event_reactions(event_id)) != 0:
+                return True
+            answered = True
+        except EngineAuthError:
+            raise
+        except TillplugError as exc:
+            log.info("reactions of %s unreadable (%s)", event_id, exc.code)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False if answered else None
+        await asyncio.sleep(min(pause, left))
+        pause = min(0.5, pause * 2)
 
 
 def _what(exc: BaseException) -> str:
@@ -115,7 +142,7 @@ class Points:
         ctx = self.ctx
         checkout = ctx.checkout(tx_id)
         member = checkout.member
-        waiting = [d for d in ctx.store.deductions(tx_id, "confirmed") if not d.final]
+        waiting = [d for d in ctx.store.deductions(tx_id, State.LANDED) if not d.final]
         given_back: list[Deduction] = []
         overdrawn = 0
         unconfirmed: list[tuple[Deduction, str]] = []
@@ -179,10 +206,7 @@ class Points:
                 if client.dialect.reactions in LISTED_REACTIONS:
                     # This engine lists reactions (engine-check saw it): one that never shows a deduction
                     # points to a missing or conditional redemption reactor.
-                    self.problems["deduction_not_applied"] = (
-                        "The loyalty service accepted a points deduction but has not shown it applied; "
-                        "its redemption reactor may be missing or conditional. Tell a technician."
-                    )
+                    self.problems["deduction_not_applied"] = NOT_APPLIED
             else:
                 self.problems.pop("deduction_not_applied", None)
                 points = -float(shown[d.event_key] or 0)
@@ -215,7 +239,7 @@ class Points:
         self, tx_id: str, balance: float | None, unconfirmed: list[tuple[Deduction, str]], overdrawn: int
     ) -> dict[str, Any]:
         ctx = self.ctx
-        kept = [d for d in ctx.store.deductions(tx_id, "confirmed") if d.final]
+        kept = [d for d in ctx.store.deductions(tx_id, State.LANDED) if d.final]
         waiting = [d for d, _ in unconfirmed]
         state = "unconfirmed" if waiting else ("final" if kept else "none")
         answer: dict[str, Any] = {
@@ -254,16 +278,18 @@ class Points:
                     {"transactionId": tx_id, "points": points, "value": money, "currency": cfg.currency},
                 )
                 key = event.payload["eventKey"]
-                available = await self._available_with_intent(member, Deduction(key, tx_id, points, money, "sending"))
+                available = await self._available_with_intent(
+                    member, Deduction(key, tx_id, points, money, State.SENDING)
+                )
                 sent_at = time.monotonic()
                 try:
                     reported = await ctx.client.report_event(event)
                 except Exception as exc:
-                    if write_outcome(exc) == NOT_LANDED:
-                        await ctx.db(ctx.store.settle_deduction, key, "failed")
+                    if write_outcome(exc) is Outcome.NOT_LANDED:
+                        await ctx.db(ctx.store.deduction_intents.settle, key, State.NOT_LANDED)
                         raise
                     log.warning("spend on %s: outcome unknown (%s); looking it up", tx_id, type(exc).__name__)
-                    await ctx.db(ctx.store.settle_deduction, key, "unknown", pending=True)
+                    await ctx.db(ctx.store.deduction_intents.settle, key, State.UNKNOWN, owed=True)
                     ctx.wake_settler()
                     return self._pending_answer(tx_id, key, points, money, lane=ctx.checkout(tx_id).lane)
                 # Landed.  Re-check the checkout: a deduction on a sale no longer open goes straight back.
@@ -273,7 +299,7 @@ class Points:
                     raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
                 # The outcome is committed while the confirming reads are out, and before the till is
                 # told or the deduction's state is written again.
-                landed = asyncio.ensure_future(ctx.db(ctx.store.settle_deduction, key, "confirmed"))
+                landed = asyncio.ensure_future(ctx.db(ctx.store.deduction_intents.settle, key, State.LANDED))
                 try:
                     balance_after, estimated = await self._confirm_balance(
                         reported.id, member, available, points, key, sent_at
@@ -346,13 +372,13 @@ class Points:
         """
         try:
             await asyncio.shield(intent)
-            await self.ctx.db(self.ctx.store.settle_deduction, key, "failed")
+            await self.ctx.db(self.ctx.store.deduction_intents.settle, key, State.NOT_LANDED)
         except Exception as exc:  # the spend's own error is the one the till hears of
             log.warning("spend stopped before its report; its intent row may stay 'sending' (%s)", type(exc).__name__)
 
     @staticmethod
     def _landed(key: str, tx_id: str, points: int, money: int) -> Deduction:
-        return Deduction(key, tx_id, points, money, "confirmed")
+        return Deduction(key, tx_id, points, money, State.LANDED)
 
     def _pending_answer(self, tx_id: str, key: str, points: int, money: int, *, lane: int) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -492,6 +518,33 @@ class Points:
 
     # -- refunds -------------------------------------------------------------------------
 
+    async def shown_applied(self, deductions: list[Deduction]) -> tuple[list[Deduction], list[Deduction]]:
+        """Of a sale's landed deductions, (those a void gives back, those it holds).
+
+        Held: the engine lists reactions (engine-check saw them), lists the deduction, and answers
+        within ``FINAL_WAIT`` that it is not applied — a missing or conditional redemption reactor
+        took nothing, and refunding it would invent points.  A deduction tender found applied is
+        given back at once; where the engine cannot show (it lists no reactions, a read fails, the
+        deduction is not among its latest events) the refund is queued as before: a deduction the
+        member may have paid for is never kept on a failed read.
+        """
+        client = self.ctx.client
+        unsure = [d for d in deductions if not d.final]
+        if not unsure or client.dialect.reactions not in LISTED_REACTIONS:
+            return deductions, []
+        try:
+            async with asyncio.timeout(FINAL_BUDGET):
+                listed = await self.finality().find([d.event_key for d in unsure])
+                shown = [d for d in unsure if d.event_key in listed]
+                applied = await asyncio.gather(*(applied_within(client, listed[d.event_key].id) for d in shown))
+        except (TillplugError, TimeoutError) as exc:
+            log.info("void: whether the engine applied its deductions is unreadable (%s); refunded", _what(exc))
+            return deductions, []
+        never = {d.event_key for d, seen in zip(shown, applied, strict=True) if seen is False}
+        if never:
+            self.problems["deduction_not_applied"] = NOT_APPLIED
+        return [d for d in deductions if d.event_key not in never], [d for d in deductions if d.event_key in never]
+
     def _refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
         """Queue a refund for each landed deduction and mark it refunded: one transaction (sync: off-loop)."""
         ctx = self.ctx
@@ -506,7 +559,7 @@ class Points:
                 ctx.outbox.enqueue(
                     tx, kind="event", stream=tx_id, body=refund.body(), event_key=refund.payload["eventKey"]
                 )
-                ctx.store.set_deduction(tx, d.event_key, "refunded")
+                ctx.store.deduction_intents.set(tx, d.event_key, State.REFUNDED)
                 total += d.points
         ctx.wake_outbox()
         return total
@@ -514,62 +567,79 @@ class Points:
     async def refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
         return await self.ctx.db(self._refund, tx_id, deductions, member)
 
-    def _refund_if_landed(self, tx_id: str, d: Deduction, member: Member) -> None:
-        """A crash interrupted the spend (the till got no answer): queue a refund sent only if it landed."""
+
+class DeductionIntents:
+    """Points deductions in the intent machine (``tillplug.flows.intents.Kind``): their look-up by
+    eventKey, and what each verdict does to the sale and the member's points."""
+
+    settled_event = "points_settled"
+
+    def __init__(self, ctx: FlowContext, points: Points) -> None:
+        self.ctx = ctx
+        self.points = points
+        self.table: IntentTable[Deduction] = ctx.store.deduction_intents
+
+    @staticmethod
+    def key(d: Deduction) -> str:
+        return d.event_key
+
+    @staticmethod
+    def flight_key(d: Deduction) -> str:
+        return d.event_key
+
+    async def look_up(self, d: Deduction, checkout: Checkout) -> Finding | None:
+        return await event_finding(self.ctx.client, d.event_key, d.created or None)
+
+    def _told(self, d: Deduction, outcome: str, discount: int) -> dict[str, Any]:
+        return {
+            "transactionId": d.tx_id,
+            "eventKey": d.event_key,
+            "points": d.points,
+            "outcome": outcome,
+            "discount": self.ctx.money(discount).to_dict(),
+        }
+
+    async def not_landed(self, d: Deduction, checkout: Checkout) -> dict[str, Any]:
+        await self.ctx.db(self.table.settle, d.event_key, State.NOT_LANDED)
+        return self._told(d, Outcome.NOT_LANDED, 0)
+
+    async def landed_open(self, d: Deduction, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        await self.ctx.db(self.table.settle, d.event_key, State.LANDED)
+        return self._told(d, Outcome.LANDED, d.money)
+
+    async def landed_closed(self, d: Deduction, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        """Landed on a sale that closed without it: the member gets the points back."""
+        assert checkout.member is not None
+        await self.points.refund(d.tx_id, [d], checkout.member)
+        return self._told(d, State.REFUNDED, 0)
+
+    async def cannot_tell(self, d: Deduction, checkout: Checkout, finding: Finding) -> None:
+        return None  # a deduction stays owed and is looked up again (its look-up returns None first)
+
+    def interrupted(self, d: Deduction) -> None:
+        """A crash cut the spend off (the till got no answer): a refund is queued, sent only if it landed.
+
+        The deduction stays unknown and is not owed: the outbox's refund-if-landed settles it, once
+        the deduction can no longer be in flight (counted from the restart, never from before).
+        """
         ctx = self.ctx
-        refund = ctx.event(
-            ctx.config.engine.event_types.points_refund,
-            member,
-            {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
-        )
+        checkout = ctx.store.get(d.tx_id)
+        if checkout is None or checkout.member is None:
+            return  # no spend is made without a member: nothing to give back to
         with ctx.store.transaction() as tx:
-            ctx.store.set_deduction(tx, d.event_key, "unknown")
+            ctx.store.deduction_intents.set(tx, d.event_key, State.UNKNOWN)
+            refund = ctx.event(
+                ctx.config.engine.event_types.points_refund,
+                checkout.member,
+                {"transactionId": d.tx_id, "points": d.points, "reverses": d.event_key},
+            )
             ctx.outbox.enqueue(
                 tx,
                 kind="event",
-                stream=tx_id,
+                stream=d.tx_id,
                 body=refund.body(),
                 event_key=refund.payload["eventKey"],
                 requires_key=d.event_key,
                 requires_since=d.created or None,  # the deduction's intent: it was not sent before
             )
         ctx.wake_outbox()
-
-    def recover(self) -> int:
-        """At start-up: deductions a crash interrupted get a refund-if-it-landed."""
-        count = 0
-        for d in self.ctx.store.interrupted_deductions():
-            checkout = self.ctx.store.get(d.tx_id)
-            if checkout and checkout.member:
-                self._refund_if_landed(d.tx_id, d, checkout.member)
-                count += 1
-        return count
-
-    # -- settling unknown outcomes --------------------------------------------------------
-
-    async def settle(self, d: Deduction, *, not_landed_after: float) -> str:
-        """Look one pending deduction up; tell the till the verdict.  Returns landed/not_landed/unknown."""
-        ctx = self.ctx
-        found = await event_landed(ctx.client, d.event_key, d.created or None)
-        if found is None or (found is False and ctx.client.in_flight.may_land(d.event_key, not_landed_after)):
-            return UNKNOWN  # cannot tell yet (the deduction may still be in flight): never guessed
-        async with ctx.checkout_locks.hold(d.tx_id):
-            current = ctx.store.deduction(d.event_key)
-            if current is None or current.state != "unknown" or not current.pending:
-                return UNKNOWN  # settled meanwhile
-            checkout = ctx.checkout(d.tx_id)
-            data: dict[str, Any] = {"transactionId": d.tx_id, "eventKey": d.event_key, "points": d.points}
-            if not found:
-                await ctx.db(ctx.store.settle_deduction, d.event_key, "failed")
-                data |= {"outcome": NOT_LANDED, "discount": ctx.money(0).to_dict()}
-            elif checkout.state == "open":
-                await ctx.db(ctx.store.settle_deduction, d.event_key, "confirmed")
-                data |= {"outcome": LANDED, "discount": ctx.money(d.money).to_dict()}
-            else:
-                # Landed on a sale that closed without it: the member gets the points back.
-                assert checkout.member is not None
-                await self.refund(d.tx_id, [d], checkout.member)
-                data |= {"outcome": "refunded", "discount": ctx.money(0).to_dict()}
-            log.info("pending deduction on %s settled: %s", d.tx_id, data["outcome"])
-            ctx.events.publish("points_settled", data, lane=checkout.lane)
-            return LANDED if found else NOT_LANDED

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -34,7 +35,8 @@ from tillplug.errors import (
 )
 from tillplug.flows.book import benefit_view
 from tillplug.flows.checkouts import AppliedVoucher, Burn, Checkout, Member
-from tillplug.flows.context import NOT_LANDED, UNKNOWN, FlowContext, write_outcome
+from tillplug.flows.context import FlowContext
+from tillplug.flows.intents import Finding, IntentTable, Outcome, State, write_outcome
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,13 @@ UNVERIFIABLE_MESSAGE = (
     "tillplug cannot tell whether voucher {code} was used on this sale or elsewhere just before: "
     "its discount is not given. Ask a supervisor to check the voucher in the loyalty service."
 )
-# Verdicts of a look-up of an unknown burn.
-OURS, NOT_BURNED, USED_BEFORE, UNVERIFIABLE = "burned", "not_burned", "used_before", "unverifiable"
+# What a look-up of an unknown burn can find (``Finding``s of the intent machine): our burn; not
+# burned (absent: believed once our request cannot be in flight); burned by someone else before
+# our intent (ours was refused, whatever comes late); burned, but whose cannot be told.
+OURS = Finding(Outcome.LANDED)
+NOT_BURNED = Finding(Outcome.NOT_LANDED, absent=True)
+USED_BEFORE = Finding(Outcome.NOT_LANDED)
+UNVERIFIABLE = Finding(Outcome.UNKNOWN)
 # A check-only refusal that shows the code is not burned now (so our burn did not land).
 _UNBURNED_REFUSALS = (VoucherUnknown, VoucherNotRedeemed, VoucherWrongVenue)
 
@@ -89,14 +96,14 @@ def engine_offset(server_date: str | None, seen: float | None) -> tuple[float, f
     return (0.0 if low <= 0.0 <= high else high), low
 
 
-def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> str:
+def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> Finding:
     """Whose burn the benefit shows, against our intent written at ``since`` (our clock), with
     ``offset`` (estimate, lower bound) of the engine's clock minus ours (``engine_offset``)."""
     estimate, low = offset
     return verdict_between(benefit, since + estimate, since + low)
 
 
-def verdict_between(benefit: Benefit, ours_from: float, others_before: float) -> str:
+def verdict_between(benefit: Benefit, ours_from: float, others_before: float) -> Finding:
     """Whose burn the benefit shows, with our intent placed on the engine's clock.
 
     Ours only if it was burned at or after ``ours_from`` (our intent at the latest); clearly
@@ -142,12 +149,12 @@ class Vouchers:
         try:
             benefit = await ctx.client.validate_voucher(code, user_identifier=member.id if member else None)
         except Exception as exc:
-            if write_outcome(exc) == NOT_LANDED:
-                await ctx.db(ctx.store.settle_burn, burn_id, "failed")
+            if write_outcome(exc) is Outcome.NOT_LANDED:
+                await ctx.db(ctx.store.settle_burn, burn_id, State.NOT_LANDED)
                 raise
             log.warning("voucher burn on %s: outcome unknown (%s); looking it up", checkout.tx_id, type(exc).__name__)
             self._intents[burn_id] = intent
-            await ctx.db(ctx.store.settle_burn, burn_id, "unknown", pending=True)
+            await ctx.db(ctx.store.settle_burn, burn_id, State.UNKNOWN, owed=True)
             ctx.wake_settler()
             return burn_id, None
         finally:
@@ -176,12 +183,12 @@ class Vouchers:
         checkout = ctx.checkout(tx_id)
         if checkout.state != "open":
             if burn_id is not None:
-                await ctx.db(ctx.store.settle_burn, burn_id, "burned")
+                await ctx.db(ctx.store.settle_burn, burn_id, State.LANDED)
                 self._burned_on_closed(checkout, voucher.code)
             raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile.")
         checkout.vouchers.append(voucher)
         if burn_id is not None:
-            await ctx.db(ctx.store.settle_burn, burn_id, "burned", checkout=checkout)
+            await ctx.db(ctx.store.settle_burn, burn_id, State.LANDED, checkout=checkout)
         else:
             await ctx.db(ctx.store.commit, checkout)
         return checkout
@@ -329,7 +336,7 @@ class Vouchers:
             activated: Benefit = await client.redeem_benefit(benefit_id)
             return activated
         except TillplugError as exc:
-            if write_outcome(exc) == NOT_LANDED:
+            if write_outcome(exc) is Outcome.NOT_LANDED:
                 raise
             unknown = exc
         try:
@@ -377,7 +384,7 @@ class Vouchers:
                     continue
                 voucher.burned = True
                 burned.append(voucher.code)
-                await ctx.db(ctx.store.settle_burn, burn_id, "burned", checkout=checkout)
+                await ctx.db(ctx.store.settle_burn, burn_id, State.LANDED, checkout=checkout)
             checkout = await self._save_open(checkout)
             # Burns of earlier calls still unknown: until settled, the sale's discount is not known.
             pending += [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
@@ -405,8 +412,8 @@ class Vouchers:
 
     # -- settling unknown burns ---------------------------------------------------------------
 
-    async def _look_up(self, burn: Burn, member: Member | None) -> tuple[str, Benefit | None] | None:
-        """The verdict on an unknown burn and the benefit it was read from; None if the engine could not say."""
+    async def look_up(self, burn: Burn, member: Member | None) -> Finding | None:
+        """What the engine shows of an unknown burn (the benefit read is its evidence); None if it could not say."""
         client = self.ctx.client
         try:
             benefit: Benefit | None = None
@@ -419,15 +426,15 @@ class Vouchers:
                 )
                 benefit = next(owned, None)
             if benefit is None:
-                verdict = await self._check_code(burn.code)
-                if verdict != UNVERIFIABLE:
-                    return verdict, None
+                checked = await self._check_code(burn.code)
+                if checked is not UNVERIFIABLE:
+                    return checked
                 # Used, by whom is not said: only the benefit's burn time can tell.
                 benefit = await self._find_by_code(burn.code)
                 if benefit is None:
-                    return UNVERIFIABLE, None
+                    return UNVERIFIABLE
             ours_from, others_before = self._intent_on_engine_clock(burn)
-            return verdict_between(benefit, ours_from, others_before), benefit
+            return replace(verdict_between(benefit, ours_from, others_before), evidence=benefit)
         except TillplugError as exc:
             log.info("look-up of an unknown voucher burn failed (%s); tried again later", exc.code)
         return None
@@ -460,7 +467,7 @@ class Vouchers:
             return None
         return found
 
-    async def _check_code(self, code: str) -> str:
+    async def _check_code(self, code: str) -> Finding:
         """No benefit to read (no member, or not in the member's wallet): check the code without burning it.
 
         Usable now means our burn did not land.  "Already used" says nothing of when or by
@@ -475,40 +482,60 @@ class Vouchers:
             return UNVERIFIABLE
         return NOT_BURNED
 
-    async def settle(self, burn: Burn, *, not_landed_after: float) -> str:
-        ctx = self.ctx
-        checkout = ctx.checkout(burn.tx_id)
-        found = await self._look_up(burn, checkout.member)
-        if found is None:
-            return UNKNOWN
-        verdict, benefit = found
-        # Not burned yet: a late request could still land, so only believed once it cannot be in flight.
-        if verdict == NOT_BURNED and ctx.client.in_flight.may_land(burn_key(burn.id), not_landed_after):
-            return UNKNOWN
-        async with ctx.checkout_locks.hold(burn.tx_id):
-            if not any(b.id == burn.id for b in ctx.store.pending_burns()):
-                return UNKNOWN  # settled meanwhile
-            checkout = ctx.checkout(burn.tx_id)
-            data: dict[str, Any] = {"transactionId": burn.tx_id, "code": burn.code}
-            if verdict in (NOT_BURNED, USED_BEFORE):
-                await ctx.db(ctx.store.settle_burn, burn.id, "failed")
-                data |= {"outcome": "not_burned", "applied": False, "discounts": []}
-            elif verdict == UNVERIFIABLE or benefit is None:
-                await ctx.db(ctx.store.settle_burn, burn.id, "unknown", pending=False)
-                message = UNVERIFIABLE_MESSAGE.format(code=burn.code)
-                data |= {"outcome": UNVERIFIABLE, "applied": False, "discounts": [], "message": message}
-            elif checkout.state == "open":
-                voucher = _applied(benefit, burned=True, code=burn.code)
-                checkout.vouchers.append(voucher)
-                await ctx.db(ctx.store.settle_burn, burn.id, "burned", checkout=checkout)
-                data |= {"outcome": "burned", "applied": True, "discounts": voucher.discounts}
-            else:
-                await ctx.db(ctx.store.settle_burn, burn.id, "burned")
-                self._burned_on_closed(checkout, burn.code)
-                data |= {"outcome": "burned", "applied": False, "discounts": []}
-            self._intents.pop(burn.id, None)
-            log.info("pending voucher burn on %s settled: %s", burn.tx_id, data["outcome"])
-            ctx.events.publish("voucher_settled", data, lane=checkout.lane)
-            if data["outcome"] == UNVERIFIABLE:
-                return UNVERIFIABLE
-            return "landed" if data["outcome"] == "burned" else NOT_LANDED
+
+class BurnIntents:
+    """Voucher burns in the intent machine (``tillplug.flows.intents.Kind``): their look-up on the
+    benefit, and what each verdict does to the sale."""
+
+    settled_event = "voucher_settled"
+
+    def __init__(self, ctx: FlowContext, vouchers: Vouchers) -> None:
+        self.ctx = ctx
+        self.vouchers = vouchers
+        self.table: IntentTable[Burn] = ctx.store.burn_intents
+
+    @staticmethod
+    def key(burn: Burn) -> int:
+        return burn.id
+
+    @staticmethod
+    def flight_key(burn: Burn) -> str:
+        return burn_key(burn.id)
+
+    async def look_up(self, burn: Burn, checkout: Checkout) -> Finding | None:
+        return await self.vouchers.look_up(burn, checkout.member)
+
+    def _told(self, burn: Burn, outcome: str, discounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        self.vouchers._intents.pop(burn.id, None)
+        applied = discounts is not None
+        return {
+            "transactionId": burn.tx_id,
+            "code": burn.code,
+            "outcome": outcome,
+            "applied": applied,
+            "discounts": discounts or [],
+        }
+
+    async def not_landed(self, burn: Burn, checkout: Checkout) -> dict[str, Any]:
+        await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.NOT_LANDED)
+        return self._told(burn, "not_burned")
+
+    async def landed_open(self, burn: Burn, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        voucher = _applied(finding.evidence, burned=True, code=burn.code)
+        checkout.vouchers.append(voucher)
+        await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.LANDED, checkout=checkout)
+        return self._told(burn, "burned", voucher.discounts)
+
+    async def landed_closed(self, burn: Burn, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.LANDED)
+        self.vouchers._burned_on_closed(checkout, burn.code)
+        return self._told(burn, "burned")
+
+    async def cannot_tell(self, burn: Burn, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        """Burned, by us or just before by someone else: no look-up will tell.  Held for a supervisor."""
+        await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.UNVERIFIABLE)
+        return self._told(burn, "unverifiable") | {"message": UNVERIFIABLE_MESSAGE.format(code=burn.code)}
+
+    def interrupted(self, burn: Burn) -> None:
+        """A crash cut the burn off: looked up like any unknown burn, its verdict owed to the till."""
+        self.ctx.store.settle_burn(burn.id, State.UNKNOWN, owed=True)

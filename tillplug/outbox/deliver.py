@@ -2,8 +2,9 @@
 
 An outcome-unknown failure (timeout or reset after the request left, or an
 answer we cannot read) marks the row for look-up: before it is sent again the
-engine is asked for its ``eventKey``; found → delivered, not found → resent, but
-only once the write can no longer be in flight (``tillplug.engine.clock.InFlight``:
+engine is asked for its ``eventKey`` (an ``Outcome``, the vocabulary of every money
+write: ``tillplug.flows.intents``); landed → delivered, not landed → resent, but only
+once the write can no longer be in flight (``tillplug.engine.clock.InFlight``:
 until then the row waits, ``last_error = in_flight``; a reversal's "not needed" waits
 the same way for the write it reverses).  Where the filter cannot tell, the client
 reads the engine's recent list instead (``tillplug.engine.lookup.scan_recent``).
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from tillplug.engine.client import EngineClient
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, EventDefinition, Order
+from tillplug.engine.outcome import Outcome
 from tillplug.engine.traffic import OUTBOX, Traffic, use_case
 from tillplug.errors import (
     EngineAuthError,
@@ -123,7 +125,7 @@ class Deliverer:
         return await asyncio.to_thread(self.store.backlog, self._back)
 
     async def _look_up(self, row: Row, key: str) -> Lookup:
-        """Does the engine have the write carrying ``key``?  found, not_found or unverifiable.
+        """Does the engine have the write carrying ``key``?  landed, not_landed or unknown.
 
         If the filter was merely never seen to work, look up a key the engine surely has (a
         write it acknowledged): results carrying only that key show the filter works, and
@@ -132,7 +134,7 @@ class Deliverer:
         # The earliest the write can have been sent: this row's own write not before it was queued.
         since = row.created if key == row.event_key else row.requires_since
         result = await self._ask(row.kind, key, since)
-        if result.verdict == "unverifiable" and result.unproven:
+        if result.outcome is Outcome.UNKNOWN and result.unproven:
             known = await asyncio.to_thread(self.store.delivered_key, row.kind)
             if known is not None and known != key:
                 await self._ask(row.kind, known, None)
@@ -179,21 +181,21 @@ class Deliverer:
 
     async def _landed_or_waits(self, row: Row) -> bool:
         found = await self._look_up(row, row.event_key)
-        if found.verdict == "found":
+        if found.outcome is Outcome.LANDED:
             await asyncio.to_thread(self.store.delivered, row.id, engine_id=found.engine_id, note="found by look-up")
             self.delivered += 1
             return True
-        if found.verdict == "unverifiable":
+        if found.outcome is Outcome.UNKNOWN:
             await self._hold(row, row.event_key, found)
             return True
         return await self._still_in_flight(row, row.event_key)
 
     async def _reversal_settled(self, row: Row, reversed_key: str) -> bool:
         reversed_write = await self._look_up(row, reversed_key)
-        if reversed_write.verdict == "unverifiable":
+        if reversed_write.outcome is Outcome.UNKNOWN:
             await self._hold(row, reversed_key, reversed_write)
             return True
-        if reversed_write.verdict == "found":
+        if reversed_write.outcome is Outcome.LANDED:
             return False  # it landed: the reversal is sent
         if await self._still_in_flight(row, reversed_key):
             return True
