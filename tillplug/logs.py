@@ -27,6 +27,8 @@ _UUID = re.compile(rf"\b{UUID_PATTERN}\b")
 _DIGITS = re.compile(r"(?<!\d)(?:\d{7,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?)(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s,;\"']+")
 _TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>|]+")  # a word as a member code could appear in a line
+CODE_PUNCTUATION = "._@-"  # inside a code (MBR:jo.smith@shop-1): not where one starts
+TRAILING = ".:,;!?*#=/"  # after a code, in a sentence
 MASKED_SECRET = "********"
 MIN_SECRET = 4  # shorter values would mask ordinary words; no real secret is this short
 MEMBER_RULE_TIMEOUT = 0.05  # seconds per rule and line, as for a scan
@@ -87,8 +89,19 @@ def scrub(text: str) -> str:
     text = _UUID.sub(lambda m: mask(m.group(0)), text)
     text = _DIGITS.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
     if _masks.member_rules:
-        text = _TOKEN.sub(lambda m: mask(m.group(0)) if _member_code(m.group(0)) else m.group(0), text)
+        text = _TOKEN.sub(lambda m: _mask_code_in(m.group(0)), text)
     return text
+
+
+def _mask_code_in(word: str) -> str:
+    """A member code within a word, even glued to punctuation ("card=MBR:123:", "x:MBR:123!")."""
+    starts = [0, *(i + 1 for i, ch in enumerate(word) if not ch.isalnum() and ch not in CODE_PUNCTUATION)]
+    for start in starts:
+        for end in dict.fromkeys((len(word), len(word.rstrip(TRAILING)))):
+            code = word[start:end]
+            if code and _member_code(code):
+                return word[:start] + mask(code) + word[end:]
+    return word
 
 
 class MaskingFilter(logging.Filter):
