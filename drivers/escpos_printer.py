@@ -86,15 +86,23 @@ def parse_status(replies: dict[int, bytes | None]) -> PrinterStatus:
     printer, offline, paper = (valid(replies.get(n)) for n in (1, 2, 4))
     if printer is None:
         return PrinterStatus(PrinterState.UNKNOWN, "the printer did not answer")
+    pin3 = bool(printer & 0x04)  # the drawer connector's pin 3: the sensor, whatever else is wrong
     if printer & 0x08:  # offline: ask why
-        return PrinterStatus(PrinterState.ERROR, _offline_reasons(offline, paper))
+        return PrinterStatus(PrinterState.ERROR, _offline_reasons(offline, paper), pin3)
     if paper is None:
-        return PrinterStatus(PrinterState.UNKNOWN, "the printer did not report its paper")
+        return PrinterStatus(PrinterState.UNKNOWN, "the printer did not report its paper", pin3)
     if paper & 0x60:
-        return PrinterStatus(PrinterState.ERROR, "paper out")
+        return PrinterStatus(PrinterState.ERROR, "paper out", pin3)
     if paper & 0x0C:
-        return PrinterStatus(PrinterState.WARNING, "paper near end")
-    return PrinterStatus(PrinterState.OK, "")
+        return PrinterStatus(PrinterState.WARNING, "paper near end", pin3)
+    return PrinterStatus(PrinterState.OK, "", pin3)
+
+
+def drawer_pin3(reply: bytes | None) -> bool | None:
+    """Pin 3 of the drawer connector from a DLE EOT 1 reply (bit 2), or None for no valid reply."""
+    if reply is None or len(reply) != 1 or (reply[0] & 0x93) != 0x12:
+        return None
+    return bool(reply[0] & 0x04)
 
 
 # -- connections ---------------------------------------------------------------
@@ -561,6 +569,11 @@ class EscposPrinter(PrinterDriver):
             replies[2] = conn.ask(2)
             replies[4] = conn.ask(4)
         return parse_status(replies)
+
+    def drawer_pin3(self) -> bool | None:
+        """DLE EOT 1 alone: the real-time status, answered even while the printer is busy or offline."""
+        conn = self.connection
+        return drawer_pin3(conn.ask(1)) if conn.answers_status else None
 
     def close(self) -> None:
         self.connection.close()

@@ -1,5 +1,6 @@
 """`tillplug demo` is the README's first command: it must run green from a fresh clone."""
 
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,13 @@ def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
     assert any("accepted: £5.00 off (used up now)" in line for line in told), told
     assert "duplicates: none" in result.stdout
     assert len(list((tmp_path / "out").glob("slip-*.png"))) >= 6
+    marker = "customer display: "
+    shown = [line.split(marker, 1)[1] for line in result.stdout.splitlines() if marker in line]
+    assert shown[0] == "│****0001            │ │Balance 1,250       │", shown
+    assert "│Points used 500     │ │Balance 750         │" in shown
+    assert any(line.startswith("│Points earned +") for line in shown), shown
+    if shutil.which("chromium"):
+        assert (tmp_path / "out" / "customer-display.png").stat().st_size > 1000
 
 
 def test_interactive_demo_takes_barcodes_and_commands(tmp_path):

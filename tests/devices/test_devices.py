@@ -175,7 +175,7 @@ def test_third_party_driver_is_discovered_and_a_broken_one_is_skipped(tmp_path):
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     out = result.stdout.splitlines()
-    assert out[0] == "['acme', 'escpos', 'hid-scanner', 'serial-scanner']", result.stderr
+    assert out[0] == "['acme', 'escpos', 'hid-scanner', 'pole-display', 'serial-scanner']", result.stderr
     assert "needs libfoo" in out[1]
     assert "broken" in result.stderr  # reported in the log, not fatal
 

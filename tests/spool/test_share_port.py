@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.spool.test_share_stream import TRAPS, raster, till_receipt
 from tillplug.devices.base import PrinterState, PrinterStatus
 from tillplug.spool import JobStore
+from tillplug.spool.drawer import DrawerWatch
 from tillplug.spool.share import IDLE_GAP, IDLE_TIMEOUT, MAX_JOB_BYTES, SharePort, first_protocol
 
 
@@ -32,6 +33,7 @@ class Spool:
         self.till_floor = False
         self.till_first = False
         self.gate: asyncio.Event | None = None  # while set to an unset event, submit waits (a full spool)
+        self.drawer = DrawerWatch("p1", 1, None)  # no drawer sensor: the fixed answers
 
     async def submit(self, data: bytes, kind: str, *, source: str) -> None:
         assert (kind, source) == ("raw", "till")

@@ -48,6 +48,8 @@ from tillplug.api.idempotency import (
     valid_key,
 )
 from tillplug.api.routes import OPERATIONS, Operation
+from tillplug.display.hub import DisplayHub
+from tillplug.display.page import DisplayPages
 from tillplug.errors import (
     InvalidRequest,
     PrinterNotReady,
@@ -73,6 +75,12 @@ class TooManyStreams(RetryableError):
     code = "too_many_streams"
     default_message = "Too many event streams are open; close one, or try again in a few seconds."
     http_status = 503
+
+
+class DisplayKeyRefused(TillplugError):
+    code = "display_key_invalid"
+    default_message = "This display's address has no key, or not this lane's key (tillplug display-url prints it)."
+    http_status = 403
 
 
 class UnsupportedBody(InvalidRequest):
@@ -203,7 +211,11 @@ class TillApi:
         spools: PrintSpools | None = None,
         idempotency: IdempotencyStore | None = None,
         max_streams: int = MAX_STREAMS,
+        display: DisplayPages | None = None,
+        display_hub: DisplayHub | None = None,
     ) -> None:
+        self.display = display
+        self.display_hub = display_hub
         self.spools = spools
         # The daemon passes the durable store in its state directory; without one, keys last this run only.
         self.idempotency = idempotency or IdempotencyStore(":memory:")
@@ -437,7 +449,57 @@ class TillApi:
         return await self._spools().submit_raw(data, printer=body.printer, lane=body.lane)
 
     async def _open_drawer(self, request: Request, body: schemas.DrawerOpen) -> Any:
-        return await self._spools().open_drawer(printer=body.printer, lane=body.lane, pin=body.pin)
+        return await self._spools().open_drawer(
+            printer=body.printer, lane=body.lane, pin=body.pin, wait_for_close=body.waitForCloseSeconds
+        )
+
+    async def _drawer(self, request: Request, body: None) -> Any:
+        q = request.query_params
+        lane = q.get("lane")
+        if lane is not None and not (lane.isascii() and lane.isdigit() and 1 <= int(lane) <= 999):
+            raise InvalidRequest("lane is a number from 1 to 999.")
+        return self._spools().drawer(printer=q.get("printer"), lane=int(lane) if lane is not None else None)
+
+    # -- the customer display (its own read-only key, never the API token) -------------------
+
+    def _display_lane(self, request: Request) -> tuple[DisplayPages, DisplayHub, int]:
+        text = request.path_params["lane"]
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 999):
+            raise InvalidRequest("A lane is a number from 1 to 999.")
+        if self.display is None or self.display_hub is None:
+            raise InvalidRequest("This till serves no customer display.")
+        lane = int(text)
+        if not self.display.allowed(lane, request.query_params.get("key")):
+            raise DisplayKeyRefused()
+        return self.display, self.display_hub, lane
+
+    async def _display_page(self, request: Request, body: None) -> Response:
+        pages, _, lane = self._display_lane(request)
+        text, headers = pages.page(lane)
+        return Response(text, media_type="text/html; charset=utf-8", headers=headers)
+
+    async def _display_stream(self, request: Request, body: None) -> Response:
+        pages, hub, lane = self._display_lane(request)
+        queue = hub.watch(lane)
+
+        async def stream() -> AsyncIterator[str]:
+            yield pages.screen_data(hub.current(lane).view())
+            while True:
+                try:
+                    screen = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                if screen is None:  # the daemon is stopping
+                    return
+                yield pages.screen_data(screen.view())
+
+        return StreamAnswer(
+            stream(),
+            [lambda: hub.unwatch(lane, queue)],
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Referrer-Policy": "no-referrer"},
+        )
 
     async def _stream(self, request: Request, body: None) -> Response:
         backlog = self._backlog(request.headers.get("last-event-id"))

@@ -214,11 +214,38 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/v1/drawer/open",
-        "Open the cash drawer (dropped if not done within 5 s)",
+        "Open the cash drawer (dropped if not done within 5 s); waitForCloseSeconds (at most 30) answers when "
+        "it has closed again",
         "open_drawer",
         request=s.DrawerOpen,
-        response=s.QueuedJob,
+        response=s.DrawerOpened,
         status=202,
         idempotent=True,
+    ),
+    Operation(
+        "GET",
+        "/display/{lane}",
+        "The customer display page for one lane (?key=, the lane's read-only page key): member, balance, "
+        "points of the sale, vouchers, as they happen",
+        "display_page",
+        media_type="text/html",
+        auth=False,
+    ),
+    Operation(
+        "GET",
+        "/display/{lane}/events",
+        "The lane's customer screen as server-sent events (?key=): what the display page shows, nothing else; "
+        "counted against the stream cap",
+        "display_stream",
+        media_type="text/event-stream",
+        auth=False,
+        stream=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/drawer",
+        "The cash drawer's state from its sensor (?printer= or ?lane=): open, closed, or unknown with why",
+        "drawer",
+        response=s.DrawerView,
     ),
 )

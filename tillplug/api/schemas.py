@@ -89,6 +89,14 @@ class DrawerOpen(Body):
     printer: str | None = None
     lane: int | None = Field(default=None, ge=1, le=999)
     pin: Literal[2, 5] = 2
+    waitForCloseSeconds: float = Field(
+        default=0,
+        ge=0,
+        le=30,
+        allow_inf_nan=False,
+        description="Answer once the drawer has opened and closed again, or after this many seconds "
+        "(needs the printer's drawer_sensor); 0 answers at once. The drawer_state event tells the same.",
+    )
 
 
 class NoBody(Body):
@@ -127,6 +135,23 @@ class QueuedJob(Answer):
 
     job: int
     state: Literal["queued"]
+
+
+class DrawerView(Answer):
+    """What a printer's drawer sensor last said (also the data of the ``drawer_state`` event, less lane/sensor)."""
+
+    printer: str
+    lane: int
+    sensor: bool = Field(description="false: this printer does not report the drawer sensor (state is unknown)")
+    state: Literal["open", "closed", "unknown"]
+    reason: str = Field(description="why the state is unknown, or that a waited-for drawer did not open")
+    since: float
+
+
+class DrawerOpened(QueuedJob):
+    """The kick's print job; with ``waitForCloseSeconds``, the drawer's state when the call answered."""
+
+    drawer: DrawerView | None = None
 
 
 class PrintJobView(Answer):

@@ -270,6 +270,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_display_url(args: argparse.Namespace) -> int:
+    """The address each lane's customer display opens, with its read-only key."""
+    from tillplug.config import load_config, read_secret
+    from tillplug.display.page import DisplayPages
+    from tillplug.errors import ConfigError
+    from tillplug.receipts.templates import SlipContext
+
+    try:
+        cfg = load_config(args.config)
+        ref = cfg.customer_display.key or cfg.api.token
+        secret = read_secret(ref).reveal() if ref else None
+    except ConfigError as exc:
+        _err(exc.message)
+        return EXIT_USAGE
+    pages = DisplayPages(secret, SlipContext.from_config(cfg), cfg.customer_display.idle_text)
+    host = cfg.api.host if cfg.api.host not in ("0.0.0.0", "::") else "TILL-ADDRESS"
+    base = args.base or f"http://{'[' + host + ']' if ':' in host else host}:{cfg.api.port}"
+    lanes = (
+        [args.lane]
+        if args.lane
+        else sorted({d.lane for group in (cfg.scanners, cfg.printers, cfg.displays) for d in group})
+    )
+    for lane in lanes or [1]:
+        _out(pages.url(base, lane))
+    return EXIT_OK
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from tillplug.receipts.preview import interpret, render_png
 
@@ -760,6 +787,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("demo", "run the whole product against the simulator and virtual devices", cmd_demo)
     p.add_argument("--interactive", action="store_true", help="type barcodes and till commands yourself")
     p.add_argument("--out", default="demo-out", help="folder for the slips as PNG (default: ./demo-out)")
+
+    p = add("display-url", "print the customer display page's address for each lane, with its key", cmd_display_url)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--lane", type=int, help="only this lane")
+    p.add_argument("--base", help="the address the display reaches the till at (default: api.listen)")
 
     p = add("sim", "run the Loyalty Engine simulator alone on 127.0.0.1", cmd_sim)
     p.add_argument("--port", type=int, default=8620)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tillplug.commands.virtual.display import VirtualPoleDisplay, page_screenshot
 from tillplug.commands.virtual.till import VirtualTill
 from tillplug.engine.models import Discount
 from tillplug.receipts.preview import interpret, render_png
@@ -24,8 +25,10 @@ BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\0
 
 
 class Story:
-    def __init__(self, till: VirtualTill, out: Path, color: bool) -> None:
+    def __init__(self, till: VirtualTill, out: Path, color: bool, display: VirtualPoleDisplay | None = None) -> None:
         self.till = till
+        self.display = display
+        self.display_shown = ""
         self.out = out
         self.color = color
         self.step = 0
@@ -77,6 +80,24 @@ class Story:
         self.till.wait_for(arrived, timeout=10)
         return found[0] if found else None
 
+    def customer_sees(self) -> None:
+        """What the customer's pole display shows now (it follows the sale within moments)."""
+        display = self.display
+        if display is None:
+            return
+        self.till.wait_for(lambda: display.text() != self.display_shown, timeout=3)
+        self.display_shown = display.text()
+        lines = (*display.lines, "", "")[:2]
+        self.say(self.c(DIM, "  customer display: ") + " ".join(f"│{line}│" for line in lines))
+
+    def page_png(self) -> None:
+        """The customer display page (GET /display/1) as the shopper's screen shows it, if Chromium is here."""
+        png = page_screenshot(f"{self.till.url}/display/1", self.out / "customer-display.png")
+        if png is None:
+            self.say(self.c(DIM, "  (no Chromium here: apt-get install chromium for a PNG of the display page)"))
+        else:
+            self.say(self.c(DIM, f"  customer display page: {png.name}"))
+
     def slip(self) -> None:
         """Show whatever the printer got since last time, as text, and save it as PNG."""
         self.till.wait_for(lambda: len(self.till.printed(1)) > self.printed_upto, timeout=5)
@@ -101,11 +122,16 @@ def run(out_dir: str | None = None, *, color: bool | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work:
         print("Starting the Loyalty Engine simulator, a virtual scanner, a virtual printer and the daemon…", flush=True)
-        with VirtualTill(
-            Path(work),
-            receipts={"header": ["Corner Shop", "12 High Street"], "footer": ["Thank you for shopping with us"]},
-        ) as till:
-            story = Story(till, out, color)
+        with (
+            VirtualPoleDisplay(Path(work) / "display1") as display,
+            VirtualTill(
+                Path(work),
+                receipts={"header": ["Corner Shop", "12 High Street"], "footer": ["Thank you for shopping with us"]},
+                displays=[{"name": "pole1", "port": str(display.link), "lane": 1}],
+                customer_display={"idle_text": ["Corner Shop", "Welcome!"]},
+            ) as till,
+        ):
+            story = Story(till, out, color, display)
             _walk(story)
             ledger = till.ledger()
         story.chapter("What reached the engine", "The simulator's ledger: every event, once.")
@@ -159,12 +185,14 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     e = s.scan("1000001", "member_attached")
     s.expect(e is not None and e["type"] == "member_attached", "the member is attached to the sale")
     s.told("member attached to T-1001")
+    s.customer_sees()
 
     s.chapter("Spending points as money (3.1)", "Alice spends 500 points; they are taken now, before she pays.")
     status, body = s.api("POST", "/v1/checkouts/T-1001/points", {"points": 500})
     s.expect(status == 200, "500 points are spent")
     if status == 200:
         s.told(f"discount £{body['discount']['amount'] / 100:.2f}, balance after {body['balanceAfter']:,}")
+    s.customer_sees()
     s.slip()
     status, body = s.api("POST", "/v1/checkouts/T-1001/points", {"points": 5000})
     s.expect(status == 409 and body["error"]["code"] == "insufficient_points", "5000 points are refused")
@@ -175,6 +203,7 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     s.expect(e is not None and e["data"].get("ok") is True, "the voucher is accepted")
     if e and e["data"].get("ok"):
         s.told(voucher_sentence(e["data"], used=True))
+    s.customer_sees()
     s.slip()
     e = s.scan("ALICE-USED-0003", "voucher_result")
     s.expect(e is not None and e["data"].get("error") == "voucher_already_used", "a used voucher is refused")
@@ -215,6 +244,8 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     )
     s.expect(status == 200, "the sale completes")
     s.told(f"completed; {body.get('expectedPoints')} points expected for this sale")
+    s.customer_sees()
+    s.page_png()
     s.slip()
 
     s.chapter("A void gives points back", "Bob spends 200 points, then changes his mind: the sale is voided.")

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tillplug.config.layers import LayerError, Merged, dotted, drop_ins, merge
-from tillplug.config.model import INLINE_SECRET, Config, PrinterConfig, ScannerConfig
+from tillplug.config.model import INLINE_SECRET, Config, DisplayConfig, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
 from tillplug.logs import never_log
 
@@ -258,6 +258,7 @@ def secret_refs(config: Config) -> list[tuple[str, str]]:
     refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
     refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
     refs.append(("api.token", config.api.token))
+    refs.append(("customer_display.key", config.customer_display.key))
     return [(p, r) for p, r in refs if r is not None]
 
 
@@ -282,9 +283,10 @@ def validate(
         return report
     report.config = config
     if known_drivers is not None:
-        sections: list[tuple[str, Sequence[ScannerConfig | PrinterConfig]]] = [
+        sections: list[tuple[str, Sequence[ScannerConfig | PrinterConfig | DisplayConfig]]] = [
             ("scanners", config.scanners),
             ("printers", config.printers),
+            ("displays", config.displays),
         ]
         for kind, devices in sections:
             for i, device in enumerate(devices):

@@ -353,6 +353,10 @@ class PrinterConfig(Section):
     # The same as a Unix socket at this absolute path: mode 0660, owned by its directory's group (put it
     # in a directory of the till's group), so no other user's program and no web page can print.
     share_socket: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=100)
+    # The cash drawer's sensor, read from the printer's real-time status (DLE EOT 1, connector pin 3):
+    # whether one is wired, and the pin's level while the drawer is open (the drawer's data sheet says).
+    drawer_sensor: bool = False
+    drawer_open_level: Literal["high", "low"] | None = None
 
     @model_validator(mode="after")
     def _connection_shape(self) -> PrinterConfig:
@@ -360,6 +364,51 @@ class PrinterConfig(Section):
         if scheme not in PRINTER_SCHEMES:
             raise ValueError("connection must start with one of " + ", ".join(f"{s}://" for s in PRINTER_SCHEMES))
         return self
+
+    @model_validator(mode="after")
+    def _drawer_sensor_level(self) -> PrinterConfig:
+        if self.drawer_sensor and self.drawer_open_level is None:
+            raise ValueError(
+                'drawer_sensor = true needs drawer_open_level = "high" or "low" (the level of connector pin 3 '
+                "while the drawer is open: the drawer's data sheet says; a guess would read every state backwards)"
+            )
+        if self.drawer_open_level is not None and not self.drawer_sensor:
+            raise ValueError("drawer_open_level is set but drawer_sensor is not: set drawer_sensor = true")
+        return self
+
+
+class DisplayConfig(Section):
+    """A customer display on a serial port (a pole display: 2 lines of 20 characters)."""
+
+    name: Identifier
+    driver: str = Field(default="pole-display", min_length=1)
+    port: str = Field(min_length=1, description="device path (/dev/tillplug/display0) or pyserial URL")
+    lane: int = Field(default=1, ge=1, le=999)
+    # epson: the Epson customer-display (DM-D) command set, which most pole displays accept; cd5220: the
+    # other common one (ESC Q A / ESC Q B).
+    command_set: Literal["epson", "cd5220"] = "epson"
+    columns: int = Field(default=20, ge=8, le=40)
+    baudrate: BAUDRATES = 9600
+    # The display's character table: characters outside it are transliterated (Ł → L, € → EUR).
+    code_page: Literal["cp437", "cp850", "cp858", "cp1252"] = "cp437"
+
+    @model_validator(mode="after")
+    def _port_shape(self) -> DisplayConfig:
+        if not (self.port.startswith("/") or re.match(r"^[a-z0-9+]+://", self.port)):
+            raise ValueError("port must be a device path like /dev/tillplug/display0 or a URL like socket://host:port")
+        return self
+
+
+class CustomerDisplayConfig(Section):
+    """What the customer's displays show: the pole displays and the page at /display/{lane}."""
+
+    # masked: the member's masked card number; first_name: their first name only (read from the engine).
+    member: Literal["masked", "first_name"] = "masked"
+    idle_text: list[Annotated[str, Field(max_length=40)]] = Field(default_factory=lambda: ["Welcome"], max_length=2)
+    # After a sale is completed or voided (or a card looked up with no sale), the idle text comes back.
+    idle_after_seconds: float = Field(default=20.0, ge=1, le=3600)
+    # The secret each lane's page key is derived from (a file or credential:NAME); default: api.token.
+    key: SecretRef | None = None
 
 
 def _slip_language(value: str) -> str:
@@ -520,6 +569,8 @@ class Config(Section):
     barcodes: BarcodeRules = Field(default_factory=BarcodeRules)
     scanners: list[ScannerConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
     printers: list[PrinterConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
+    displays: list[DisplayConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
+    customer_display: CustomerDisplayConfig = Field(default_factory=CustomerDisplayConfig)
     receipts: ReceiptsConfig = Field(default_factory=ReceiptsConfig)
     printing: PrintingConfig = Field(default_factory=PrintingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
@@ -528,9 +579,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
         seen: set[str] = set()
-        devices: list[ScannerConfig | PrinterConfig] = [*self.scanners, *self.printers]
+        devices: list[ScannerConfig | PrinterConfig | DisplayConfig] = [*self.scanners, *self.printers, *self.displays]
         for device in devices:
             if device.name in seen:
-                raise ValueError(f"device name {device.name!r} is used twice; scanners and printers need unique names")
+                raise ValueError(f"device name {device.name!r} is used twice; devices need unique names")
             seen.add(device.name)
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -115,6 +115,18 @@ class Metrics:
             ["printer", "protocol"],
             registry=self.registry,
         )
+        self.drawer_state = Gauge(
+            "tillplug_drawer_state",
+            "1 for the cash drawer's state as its sensor last said (open, closed, unknown), by printer",
+            ["printer", "state"],
+            registry=self.registry,
+        )
+        self.drawer_openings = Counter(
+            "tillplug_drawer_openings",
+            "Times the drawer sensor saw the drawer open, by printer",
+            ["printer"],
+            registry=self.registry,
+        )
         self.engine_latency = Histogram(
             "tillplug_engine_request_seconds",
             "Engine round trips by endpoint",
@@ -149,6 +161,12 @@ class Metrics:
     def engine_failure(self, endpoint: str, kind: str) -> None:
         """An engine answer that was a failure (kinds from ``failure_kind``; transport failures come by engine_call)."""
         self.engine_failures.labels(endpoint, kind).inc()
+
+    def drawer_changed(self, printer: str, state: str) -> None:
+        for each in ("open", "closed", "unknown"):
+            self.drawer_state.labels(printer, each).set(1.0 if each == state else 0.0)
+        if state == "open":
+            self.drawer_openings.labels(printer).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -41,6 +41,10 @@ from tillplug.devices.supervisor import (
     Scan,
     ScannerSupervisor,
 )
+from tillplug.display.hub import DisplayHub
+from tillplug.display.page import DisplayPages
+from tillplug.display.pole import PoleDisplayLink
+from tillplug.display.screen import ScreenBook, first_name_only, pole_lines
 from tillplug.engine import EngineClient, load_secrets
 from tillplug.engine.dialect import read_test_member
 from tillplug.engine.reactors import UNKNOWN, check_reactors, reactor_problems
@@ -57,7 +61,9 @@ from tillplug.outbox import Deliverer, Pacer, PacingPolicy
 from tillplug.outbox.store import open_store
 from tillplug.receipts import templates
 from tillplug.receipts.layout import Block, Receipt
+from tillplug.receipts.templates import SlipContext
 from tillplug.spool import JobStore, PrintSpool, PrintSpools
+from tillplug.spool.drawer import DrawerChanged
 from tillplug.spool.jobs import StoreLimits
 from tillplug.spool.sales import SaleTracker
 from tillplug.spool.spool import JobChanged, SpoolEvent
@@ -88,6 +94,7 @@ class Daemon:
         self.traffic = Traffic()  # engine requests by use case; interactive 429s pause the outbox
         self.scanners: dict[str, ScannerSupervisor] = {}
         self.printers: dict[str, PrintSpool] = {}
+        self.displays: dict[str, PoleDisplayLink] = {}
         self.stop_event = asyncio.Event()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -159,6 +166,44 @@ class Daemon:
         self.spools.add(sup)
         sup.start()
 
+    async def _start_displays(self, cfg: Config) -> None:
+        """The lanes' customer screens, and the pole displays that show them (not reloaded: restart)."""
+        shown = cfg.customer_display
+        first_name = self._first_name if shown.member == "first_name" else None
+        self.display_hub = DisplayHub(self.events, ScreenBook(shown.idle_after_seconds, first_name))
+        self.display_hub.start()
+        self._opened.push_async_callback(self.display_hub.close)
+        slip = SlipContext.from_config(cfg)
+        for dcfg in cfg.displays:
+            try:
+                driver = await asyncio.to_thread(self.registry.get(dcfg.driver), dcfg)
+            except (DriverError, TillplugError) as exc:
+                log.error("display %s: %s", dcfg.name, exc.message)
+                continue
+            link = PoleDisplayLink(
+                driver,
+                self.display_hub,
+                functools.partial(pole_lines, ctx=slip, idle_text=shown.idle_text),
+                on_state=self._device_state,
+            )
+            self.displays[dcfg.name] = link
+            self._opened.push_async_callback(link.close)
+            link.start()
+
+    def display_pages(self, api_token: str | None) -> DisplayPages:
+        """The pages at /display/{lane}: their keys come from customer_display.key, else the API token."""
+        cfg = self.config
+        secret = read_secret(cfg.customer_display.key).reveal() if cfg.customer_display.key else api_token
+        return DisplayPages(secret, SlipContext.from_config(cfg), cfg.customer_display.idle_text)
+
+    async def _first_name(self, lane: int) -> str | None:
+        """The first name of the member on the lane's sale, for its customer display only."""
+        checkout = self.loyalty.open_on_lane(lane)
+        if checkout is None or checkout.member is None or checkout.member.offline:
+            return None
+        user = await self.client.get_user(checkout.member.id)
+        return first_name_only(user.given_name)
+
     def _share_refused(self, printer: str, protocol: str) -> None:
         self.metrics.share_refused.labels(printer, protocol).inc()
 
@@ -182,6 +227,8 @@ class Daemon:
         self.events.publish(event.type, event.data(), lane=event.lane)
         if isinstance(event, JobChanged):
             self.metrics.print_jobs.labels(event.job.printer, event.job.state.value).inc()
+        elif isinstance(event, DrawerChanged):
+            self.metrics.drawer_changed(event.printer, event.state.value)
 
     async def _print_on_lane(self, lane: int, receipt: Receipt) -> dict[str, Any]:
         return await self.spools.submit(lane, receipt)
@@ -220,7 +267,8 @@ class Daemon:
             {**p.health.to_dict(), "paper": p.last_status.to_dict(), "queue": p.queue_view()}
             for p in self.printers.values()
         ]
-        return [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers
+        displays = [d.health.to_dict() for d in self.displays.values()]
+        return [{**s.health.to_dict(), **self.router.view(n)} for n, s in self.scanners.items()] + printers + displays
 
     async def check_outbox_limits(self) -> bool:
         """Loud, never lossy: over the configured bounds the till, the log and health are told;
@@ -318,6 +366,7 @@ class Daemon:
             wake_outbox=self.deliverer.wake,
             printer=self._print_on_lane,
         )
+        await self._start_displays(cfg)
         interrupted = self.loyalty.recover()
         if recovered or interrupted:
             log.warning(
@@ -334,10 +383,7 @@ class Daemon:
             money=lambda: dict(self.loyalty.points.problems),
         )
         await self.monitor.refresh()
-        self._tasks.append(asyncio.ensure_future(self.monitor.run(self.stop_event)))
-        self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
-        self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
-        self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
+        self._start_loops()
         for s in cfg.scanners:
             self._start_scanner(s)
         if self.router.sinks:  # a till waits on pass-through: read product codes before the first one comes
@@ -345,7 +391,11 @@ class Daemon:
         self.metrics.registry.register(self.router.collector())
         self.metrics.watch(
             self.store.stats,
-            lambda: [s.health for s in self.scanners.values()] + [p.health for p in self.printers.values()],
+            lambda: [
+                *(s.health for s in self.scanners.values()),
+                *(p.health for p in self.printers.values()),
+                *(d.health for d in self.displays.values()),
+            ],
             lambda: {n: p.last_status.state.value for n, p in self.printers.items()},
         )
         self.metrics.watch_traffic(self.traffic, self.deliverer.pacer.view)
@@ -365,6 +415,13 @@ class Daemon:
         self.ready.set()
         self._tasks.append(asyncio.ensure_future(self._check_reactors()))
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
+
+    def _start_loops(self) -> None:
+        """The daemon's own loops: health, the outbox's delivery, the settler and the outbox alarm."""
+        self._tasks.append(asyncio.ensure_future(self.monitor.run(self.stop_event)))
+        self._tasks.append(asyncio.ensure_future(self.deliverer.run(self.stop_event)))
+        self._tasks.append(asyncio.ensure_future(self.loyalty.run_settler(self.stop_event)))
+        self._tasks.append(asyncio.ensure_future(self._outbox_alarm()))
 
     async def _check_reactors(self) -> None:
         """engine-check stored its test member: ask test_reaction (no side effects) whether the reactors
@@ -401,6 +458,8 @@ class Daemon:
             spools=self.spools,
             idempotency=self.idempotency,
             max_streams=stream_limit(cfg.api.max_connections),
+            display=self.display_pages(token),
+            display_hub=self.display_hub,
             policy=GuardPolicy(
                 allowed_host_headers(cfg.api.host, self.api_port, cfg.api.allowed_hosts),
                 cfg.api.allowed_origins,

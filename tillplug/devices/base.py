@@ -18,7 +18,7 @@ from tillplug.barcodes.framing import Frame
 from tillplug.errors import DriverError
 
 if TYPE_CHECKING:
-    from tillplug.config.model import PrinterConfig, ScannerConfig
+    from tillplug.config.model import DisplayConfig, PrinterConfig, ScannerConfig
     from tillplug.receipts.layout import Receipt
 
 
@@ -41,6 +41,9 @@ class PrinterState(enum.Enum):
 class PrinterStatus:
     state: PrinterState
     reason: str = ""
+    # The cash drawer connector's pin 3 (the drawer sensor) as DLE EOT 1 bit 2 reported it: True high,
+    # False low, None when the printer did not say.  Which level means "open" is the drawer's, in config.
+    drawer_pin3: bool | None = None
 
     def to_dict(self) -> dict[str, str]:
         return {"state": self.state.value, "reason": self.reason}
@@ -123,6 +126,10 @@ class PrinterDriver(ABC):
         """Override when ``Capability.STATUS`` is declared."""
         return PrinterStatus(PrinterState.UNKNOWN, "this printer does not report status")
 
+    def drawer_pin3(self) -> bool | None:
+        """One real-time read of the drawer sensor (connector pin 3 high?); None without an answer."""
+        return None
+
     def answers_status(self) -> bool:
         """Can ``status()`` get an answer over this connection?  Without one a job is only ever ``sent``."""
         return Capability.STATUS in self.capabilities
@@ -130,3 +137,25 @@ class PrinterDriver(ABC):
     def alive(self) -> bool:
         """Checked before each job: False when the open connection has died (the driver is then reopened)."""
         return True
+
+
+class DisplayDriver(ABC):
+    """Shows a few short lines to the customer (a pole display).  Write-only, blocking, simple."""
+
+    kind: ClassVar[str] = "display"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, config: DisplayConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def open(self) -> None:
+        """Open the port exclusively and reset the display; raise DeviceGone or DeviceBusy."""
+
+    @abstractmethod
+    def show(self, lines: tuple[str, ...]) -> None:
+        """Replace what the display shows with these lines (made to fit); raise DeviceGone on unplug."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the port; safe to call twice."""

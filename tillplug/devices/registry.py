@@ -45,8 +45,8 @@ def load_drivers() -> Registry:
         try:
             cls = ep.load()
             kind = getattr(cls, "kind", None)
-            if kind not in ("scanner", "printer"):
-                raise TypeError(f"{ep.value} is not a tillplug driver (no kind 'scanner' or 'printer')")
+            if kind not in ("scanner", "printer", "display"):
+                raise TypeError(f"{ep.value} is not a tillplug driver (no kind 'scanner', 'printer' or 'display')")
         except Exception as exc:  # a broken plug-in must never be fatal
             why = f"{type(exc).__name__}: {exc}"
             registry.broken[ep.name] = why

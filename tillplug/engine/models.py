@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasPath, BaseModel, ConfigDict, Field
 
 
 class Wire(BaseModel):
@@ -37,6 +37,8 @@ class User(Wire):
     account_number: str | None = Field(default=None, alias="accountNumber")
     auth_identifier: str | None = Field(default=None, alias="authIdentifier")
     is_restricted: bool = Field(default=False, alias="isRestricted")
+    # Read for the customer's display only (customer_display.member = "first_name"); never logged or stored.
+    given_name: str | None = Field(default=None, validation_alias=AliasPath("profile", "givenName"), repr=False)
 
 
 class Tier(Wire):

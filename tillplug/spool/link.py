@@ -62,6 +62,15 @@ class PrinterLink:
             self.silent = True
         return status
 
+    def drawer_pin3(self) -> bool | None:
+        """The drawer sensor, between jobs; None when not connected or the printer does not answer."""
+        if not self._open or self.silent:
+            return None
+        try:
+            return self.driver.drawer_pin3()
+        except (DeviceError, DriverError):
+            return None
+
     def check(self) -> tuple[PrinterStatus, Outcome | None]:
         """Connect if needed and ask: the status, and the fault (as an outcome) if it cannot print now."""
         try:

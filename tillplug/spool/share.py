@@ -310,8 +310,12 @@ class SharePort:
         if status.state is PrinterState.ERROR or self.spool.fault is not None:
             reason = status.reason or self.spool.fault or ""
             key = next((k for k in ("paper out", "cover open") if k in reason), "offline")
+        pin3 = status.drawer_pin3 if self.spool.drawer.fitted else None  # the drawer sensor, when one is wired
         if name == "DLE EOT":
             answer = ANSWERS[key].get(n)
+            if answer is not None and n == 1 and pin3 is not None:
+                answer = answer & ~0x04 | (0x04 if pin3 else 0)
         else:
-            answer = {1: GS_R_PAPER[key], 49: GS_R_PAPER[key], 2: 0x00, 50: 0x00}.get(n)
+            drawer = 0x01 if pin3 else 0x00
+            answer = {1: GS_R_PAPER[key], 49: GS_R_PAPER[key], 2: drawer, 50: drawer}.get(n)
         return None if answer is None else bytes([answer])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
 from tillplug.devices.supervisor import DeviceHealth, DeviceState, should_log
 from tillplug.errors import PrintQueueFull
 from tillplug.receipts.layout import Block, Receipt
+from tillplug.spool.drawer import WATCH_EVERY, DrawerChanged, DrawerWatch
 from tillplug.spool.jobs import JobState, JobStore, PrintJob, QueueFigures
 from tillplug.spool.link import Outcome, PrinterLink
 from tillplug.spool.sales import has_cut, insert_before_cut
@@ -74,7 +76,7 @@ class JobNotPrinted:
         return {"code": self.code, "message": self.message, "job": self.job.id, "printer": self.job.printer}
 
 
-SpoolEvent = JobChanged | JobNotPrinted
+SpoolEvent = JobChanged | JobNotPrinted | DrawerChanged
 Publish = Callable[[SpoolEvent], object]
 
 
@@ -98,6 +100,10 @@ class PrintSpool:
         self.hold_seconds = hold_seconds
         self.till_block = till_block  # the loyalty block for the till's own receipt on this lane, if any
         self.link = PrinterLink(driver)
+        sensor = getattr(config, "drawer_sensor", False)
+        self.drawer = DrawerWatch(
+            config.name, config.lane, getattr(config, "drawer_open_level", None) if sensor else None
+        )
         self.health = DeviceHealth(config.name, "printer")
         self.last_status = PrinterStatus(PrinterState.UNKNOWN, "not asked yet")
         self.fault: str | None = None  # the breaker: open while set
@@ -166,7 +172,7 @@ class PrintSpool:
         try:
             self.publish(event)
         except Exception:
-            log.exception("printer %s: the %s event for job %d could not be told", self.name, event.type, event.job.id)
+            log.exception("printer %s: a %s event could not be told", self.name, event.type)
 
     async def status(self) -> PrinterStatus:
         """What the printer said last (health never waits on the wire)."""
@@ -220,8 +226,7 @@ class PrintSpool:
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = time.monotonic()
                 await asyncio.to_thread(self.store.prune)
-            if await self._sleep(IDLE_CHECK_EVERY) is False:
-                await self._probe()
+            await self._idle()
             return
         job, data = claimed
         self._changed(job)
@@ -235,6 +240,28 @@ class PrintSpool:
         self._saw(status, outcome if outcome.fault else None)  # health first: telling the till may fail
         if moved is not None:
             self._changed(moved)
+
+    async def _idle(self) -> None:
+        """Nothing to print: wait for a job, asking the printer now and then; with a drawer sensor, read it
+        often meanwhile (one real-time query), so an opening or a close is told within ``WATCH_EVERY``."""
+        if not self.drawer.fitted:
+            if await self._sleep(IDLE_CHECK_EVERY) is False:
+                await self._probe()
+            return
+        until = time.monotonic() + IDLE_CHECK_EVERY
+        while time.monotonic() < until and not self._stopping:
+            if await self._sleep(WATCH_EVERY):
+                return
+            pin3 = await asyncio.to_thread(self.link.drawer_pin3)
+            if pin3 is not None:  # no answer: the probe below decides whether the printer is away
+                self.last_status = dataclasses.replace(self.last_status, drawer_pin3=pin3)  # the share port's too
+                self._drawer_saw(pin3)
+        await self._probe()
+
+    def _drawer_saw(self, pin3: bool | None, why_unknown: str = "the printer did not report the sensor") -> None:
+        change = self.drawer.saw(pin3, why_unknown)
+        if change is not None:
+            self.tell(change)
 
     async def _count(self) -> None:
         """The queue's figures for health; a job that left the queue ends a refusal's "full"."""
@@ -269,6 +296,7 @@ class PrintSpool:
 
     def _saw(self, status: PrinterStatus, fault: Outcome | None) -> None:
         self.last_status = status
+        self._drawer_saw(status.drawer_pin3, status.reason or "the printer did not report the sensor")
         h = self.health
         if fault is None:
             if h.failures:

@@ -17,6 +17,7 @@ from tillplug.errors import (
     PrintJobNotFound,
     TillplugError,
 )
+from tillplug.spool.drawer import NO_SENSOR, DrawerState
 from tillplug.spool.jobs import WAITING, JobState, JobStore, PrintJob
 from tillplug.spool.spool import JobChanged, PrintSpool
 
@@ -70,13 +71,29 @@ class PrintSpools:
         """The till's own ESC/POS bytes, printed whole between tillplug's slips."""
         return (await self.pick(printer, lane).submit(data, "raw", source="till")).summary()
 
-    async def open_drawer(self, *, printer: str | None = None, lane: int | None = None, pin: int = 2) -> dict[str, Any]:
+    async def open_drawer(
+        self, *, printer: str | None = None, lane: int | None = None, pin: int = 2, wait_for_close: float = 0
+    ) -> dict[str, Any]:
+        """Kick the drawer; with ``wait_for_close`` (seconds, at most 30), answer once it has opened and
+        closed again, or when that time is up, with the drawer's state then."""
         spool = self.pick(printer, lane)
         kick = getattr(spool.driver, "drawer_kick", None)
         if kick is None:
             raise InvalidRequest(f"Printer {spool.name} cannot open a cash drawer.")
+        if wait_for_close and not spool.drawer.fitted:
+            raise InvalidRequest(f"Printer {spool.name} cannot tell when its drawer closes: {NO_SENSOR}.")
         job = await spool.submit(kick(pin), "drawer", source="till", hold_seconds=DRAWER_HOLD_SECONDS)
-        return job.summary()
+        if not wait_for_close:
+            return job.summary()
+        closed = await spool.drawer.wait_for_close(wait_for_close)
+        drawer = spool.drawer.view()
+        if not closed and spool.drawer.state is DrawerState.CLOSED:
+            drawer["reason"] = "the drawer did not open"
+        return {**job.summary(), "drawer": drawer}
+
+    def drawer(self, *, printer: str | None = None, lane: int | None = None) -> dict[str, Any]:
+        """What the drawer sensor last said: open, closed, or unknown (with why)."""
+        return self.pick(printer, lane).drawer.view()
 
     async def jobs(self, *, printer: str | None = None, state: str | None = None, limit: int = 100) -> list[PrintJob]:
         if state is not None and state not in {s.value for s in JobState}:

@@ -4,12 +4,15 @@ It keeps every byte it is sent and answers DLE EOT 1/2/4 as a real Epson does, i
 moods: ``ok``, ``paper_out``, ``cover_open`` or ``silent`` (connected, never answers).  It can also
 ``vanish`` (the port refuses connections, open ones are reset), ``black_hole`` (connections hang
 until the client's timeout, open ones swallow bytes and never answer) and ``come_back`` on the
-same port.
+same port.  Its cash drawer opens on a kick (ESC p, DLE DC4 1) and stays open until ``close_drawer``;
+its sensor is reported on pin 3 (DLE EOT 1 bit 2) at ``drawer_open_level`` while open, as a drawer
+wired to a real printer is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -21,11 +24,15 @@ ANSWERS = {
     "cover_open": {1: b"\x1e", 2: b"\x16", 4: b"\x12"},
     "silent": {},
 }
+KICK = re.compile(rb"\x1bp[\x00\x01\x30\x31]..|\x10\x14\x01[\x00\x01][\x01-\x08]", re.DOTALL)
 
 
 class FakeNetworkPrinter:
-    def __init__(self, mood: str = "ok") -> None:
+    def __init__(self, mood: str = "ok", *, drawer_open_level: str = "high") -> None:
         self.mood = mood
+        self.drawer_open = False
+        self.drawer_open_level = drawer_open_level
+        self.kicks = 0
         self.received = bytearray()
         self.connections = 0
         self._lock = threading.Lock()
@@ -47,6 +54,10 @@ class FakeNetworkPrinter:
     def printed(self) -> bytes:
         with self._lock:
             return bytes(self.received)
+
+    def close_drawer(self) -> None:
+        """The cashier pushes the drawer shut."""
+        self.drawer_open = False
 
     def vanish(self) -> None:
         """Switched off: connections are refused, open ones reset."""
@@ -164,13 +175,24 @@ class FakeNetworkPrinter:
                 keep = pending[:cut]
                 with self._lock:
                     self.received += keep
+                self._kicked(bytes(keep))
                 del pending[: len(keep)]
                 return
             with self._lock:
                 self.received += pending[:at]
+            self._kicked(pending[:at])
             n = pending[at + 2]
             del pending[: at + 3]
             answer = ANSWERS[self.mood].get(n)
+            if answer and n == 1:  # bit 2: pin 3, the drawer sensor
+                pin3 = self.drawer_open == (self.drawer_open_level == "high")
+                answer = bytes([answer[0] & ~0x04 | (0x04 if pin3 else 0)])
             if answer:
                 with contextlib.suppress(OSError):
                     conn.sendall(answer)
+
+    def _kicked(self, data: bytes | bytearray) -> None:
+        """A drawer kick in job bytes opens the drawer (a kick split across reads is missed: a fake's limit)."""
+        if KICK.search(data):
+            self.kicks += 1
+            self.drawer_open = True
