@@ -36,6 +36,7 @@ from typing import Protocol
 from tillplug.devices.base import PrinterState, PrinterStatus
 from tillplug.devices.supervisor import should_log
 from tillplug.errors import TillplugError
+from tillplug.spool.drawer import DrawerWatch
 from tillplug.spool.escpos_stream import EscPosReader, Kind, Piece
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class SharedPrinter(Protocol):
     fault: str | None  # the spool's breaker, open while set
     till_floor: bool  # set while a long till receipt arrives in parts: only the till's jobs print
     till_first: bool  # then set until those parts have printed
+    drawer: DrawerWatch  # the drawer sensor, when one is wired: the till's status queries report it too
 
     @property
     def name(self) -> str: ...
