@@ -57,10 +57,14 @@ def test_engine_check_asks_test_reaction_for_the_spend_and_refund_reactors() -> 
         return report.reactors
 
     with SimServer() as sim:
-        assert asyncio.run(go(sim)) == {"REDEEMED_POINTS": "ok", "POINTS_REFUND": "ok"}
+        assert asyncio.run(go(sim)) == {"REDEEMED_POINTS": "ok", "POINTS_REFUND": "ok", "POINTS_TAKEN_BACK": "ok"}
         sim.state.reactors["redemption"] = "missing"
         reactors = asyncio.run(go(sim))
-    assert reactors["REDEEMED_POINTS"].startswith("MISSING") and reactors["POINTS_REFUND"] == "ok"
+        assert reactors["REDEEMED_POINTS"].startswith("MISSING") and reactors["POINTS_REFUND"] == "ok"
+        sim.state.reactors |= {"redemption": "present", "take_back": "missing"}
+        reactors = asyncio.run(go(sim))
+    # Issue 25: a tenant with no take-back reactor would let a returned sale keep its points.
+    assert reactors["POINTS_TAKEN_BACK"].startswith("MISSING") and reactors["REDEEMED_POINTS"] == "ok"
 
 
 def _dialect_file_from_engine_check(sim: SimServer, path: Path) -> None:
@@ -108,9 +112,9 @@ def test_a_missing_redemption_reactor_is_a_health_problem_from_the_daemons_start
             "dialect_file": str(dialect),
         }
         with VirtualTill(tmp_path / "good", sim=sim, engine=engine) as till:
-            assert till.wait_for(lambda: len(asked) == 2)
-            assert sorted(asked) == ["POINTS_REFUND", "REDEEMED_POINTS"]
-            assert till.wait_for(lambda: till.daemon.loyalty.points.problems == {} and len(asked) == 2)
+            assert till.wait_for(lambda: len(asked) == 3)
+            assert sorted(asked) == ["POINTS_REFUND", "POINTS_TAKEN_BACK", "REDEEMED_POINTS"]
+            assert till.wait_for(lambda: till.daemon.loyalty.points.problems == {} and len(asked) == 3)
             assert "reactor_missing" not in _health_problems(till)
         sim.state.reactors["redemption"] = "missing"
         with VirtualTill(tmp_path / "bad", sim=sim, engine=engine) as till:

@@ -24,7 +24,7 @@ from typing import Any
 from tillplug.engine.client import EngineClient, Probe, event_key_filter, is_documented_member_id, order_key_filter
 from tillplug.engine.dialect import EngineDialect
 from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, utc_now_iso
-from tillplug.engine.reactors import check_reactors
+from tillplug.engine.reactors import check_reactors, reactor_events
 
 REACTION_WAIT = 10.0  # seconds to watch for the test spend's reaction
 LATE_AFTER = 1.0  # a reaction first seen later than this is "delayed" (beyond tillplug's confirm budget)
@@ -200,10 +200,11 @@ class EngineCheck:
         self.report.set("voucher_refusals", "codes" if has_code else "status_only", why)
 
     async def _reactors(self, user: User) -> None:
-        """test_reaction (no side effects) for a 1-point spend and its refund: the engine's reactors
-        must take and give back exactly that point.  A missing or conditional redemption reactor
-        accepts the spend and deducts nothing; the refund reactor then invents points."""
-        for event_type in (self.event_types.redeemed_points, self.event_types.points_refund):
+        """test_reaction (no side effects) for a 1-point spend and its refund, and a return's take-back
+        and give-back: the engine's reactors must move exactly that point.  A missing or conditional
+        redemption reactor accepts the spend and deducts nothing; the refund reactor then invents
+        points.  A missing take-back reactor lets a returned sale keep its points."""
+        for event_type in reactor_events(self.event_types):
             self.report.sent.append(f"POST /events/test_reaction {event_type} points=1")
         for verdict in await check_reactors(self.client, user.id, self.event_types, self.ids):
             self.report.reactors[verdict.event_type] = verdict.describe()

@@ -367,6 +367,8 @@ class Daemon:
             printer=self._print_on_lane,
         )
         await self._start_displays(cfg)
+        # A delivery may be the earn a waiting return's take-back needs: the settler looks at once.
+        self.deliverer.on_change = self.loyalty.returns.outbox_moved
         interrupted = self.loyalty.recover()
         if recovered or interrupted:
             log.warning(

@@ -42,19 +42,28 @@ class ReactorVerdict:
         return f"unknown: test_reaction answered {self.trouble}"
 
 
+def reactor_events(event_types: EventTypes) -> dict[str, int]:
+    """Each event type a till sends that moves points, and what its reactors must do with 1 point:
+    a spend and its refund, a return's take-back and give-back (often the refund's own type)."""
+    return {
+        event_types.redeemed_points: -1,
+        event_types.points_refund: 1,
+        event_types.points_taken_back: -1,
+        event_types.points_given_back: 1,
+    }
+
+
 async def check_reactors(
     client: EngineClient, subject: str, event_types: EventTypes, ids: dict[str, str]
 ) -> list[ReactorVerdict]:
-    """A 1-point spend and its refund through ``test_reaction`` (no side effects): each reactor must
+    """A 1-point event of each kind through ``test_reaction`` (no side effects): each reactor must
     move exactly that point."""
     verdicts = []
-    for event_type, expected in ((event_types.redeemed_points, -1), (event_types.points_refund, 1)):
-        event = EventDefinition(
-            type=event_type,
-            subject=subject,
-            executor="tillplug-reactor-check",
-            payload={"eventKey": new_event_key(), **ids, "transactionId": "reactor-check", "points": 1},
-        )
+    for event_type, expected in reactor_events(event_types).items():
+        payload: dict[str, object] = {"eventKey": new_event_key(), **ids, "transactionId": "reactor-check", "points": 1}
+        if event_type == event_types.points_taken_back:
+            payload["returnId"] = "reactor-check"
+        event = EventDefinition(type=event_type, subject=subject, executor="tillplug-reactor-check", payload=payload)
         try:
             moved = reactor_points(await client.test_reaction(event))
         except TillplugError as exc:
@@ -65,6 +74,14 @@ async def check_reactors(
     return verdicts
 
 
+def _what_goes_wrong(v: ReactorVerdict) -> str:
+    if v.expected > 0:
+        return "a void or a return would not give a member's points back. "
+    if "TAKEN" in v.event_type.upper() or "RETURN" in v.event_type.upper():
+        return "a returned sale would keep the points it earned. "
+    return "a points spend would give a discount the member never pays for. "
+
+
 def reactor_problems(verdicts: list[ReactorVerdict]) -> dict[str, str]:
     """Health problems (code → a sentence for the technician) from the verdicts; unknown is none."""
     problems: dict[str, str] = {}
@@ -72,11 +89,7 @@ def reactor_problems(verdicts: list[ReactorVerdict]) -> dict[str, str]:
         if v.outcome == MISSING:
             problems["reactor_missing"] = (
                 f"The loyalty service's reactor for {v.event_type} moves no points (missing or conditional): "
-                + (
-                    "a points spend would give a discount the member never pays for. "
-                    if v.expected < 0
-                    else "a void would not give a member's points back. "
-                )
+                + _what_goes_wrong(v)
                 + "Check the tenant's reactors (tillplug engine-check)."
             )
         elif v.outcome == RATE_DIFFERS:
@@ -87,4 +100,13 @@ def reactor_problems(verdicts: list[ReactorVerdict]) -> dict[str, str]:
     return problems
 
 
-__all__ = ["MISSING", "OK", "RATE_DIFFERS", "UNKNOWN", "ReactorVerdict", "check_reactors", "reactor_problems"]
+__all__ = [
+    "MISSING",
+    "OK",
+    "RATE_DIFFERS",
+    "UNKNOWN",
+    "ReactorVerdict",
+    "check_reactors",
+    "reactor_events",
+    "reactor_problems",
+]

@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -215,9 +215,18 @@ async def settle(
 class Settler:
     """Every kind's owed intents settled by look-up, backing off while the engine cannot tell."""
 
-    def __init__(self, ctx: FlowContext, kinds: Sequence[Kind[Any]]) -> None:
+    def __init__(
+        self,
+        ctx: FlowContext,
+        kinds: Sequence[Kind[Any]],
+        *,
+        waiting: Sequence[Callable[[], Awaitable[int]]] = (),
+    ) -> None:
+        """``waiting``: passes over work that waits on settled writes (a return's take-back waits
+        for its sale's earn); each returns how many still wait."""
         self.ctx = ctx
         self.kinds = list(kinds)
+        self.waiting = list(waiting)
         self.wake = asyncio.Event()
         ctx.wake_settler = self.wake.set
 
@@ -245,6 +254,8 @@ class Settler:
         for kind in self.kinds:
             for intent in await asyncio.to_thread(kind.table.owed):
                 left += await settle(self.ctx, kind, intent) is None
+        for waiting in self.waiting:
+            left += await waiting()
         return left
 
     async def run(self, stop: asyncio.Event) -> None:

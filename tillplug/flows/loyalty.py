@@ -25,6 +25,7 @@ from tillplug.flows.context import FlowContext, Printer
 from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
 from tillplug.flows.intents import Settler
 from tillplug.flows.points import DeductionIntents, Points
+from tillplug.flows.returns import ReturnAnswer, ReturnRequest, Returns
 from tillplug.flows.vouchers import BurnIntents, Vouchers
 from tillplug.outbox.store import OutboxStore
 
@@ -49,9 +50,13 @@ class Loyalty:
         self.points = Points(self.ctx)
         self.vouchers = Vouchers(self.ctx)
         self.completion = Completion(self.ctx, self.book, self.points)
-        # The one settler of unknown outcomes, for every kind of intent (tillplug.flows.intents).
+        self.returns = Returns(self.ctx)
+        # The one settler of unknown outcomes, for every kind of intent (tillplug.flows.intents), and of
+        # the take-backs that wait for their sale's earn.
         self.settler = Settler(
-            self.ctx, [DeductionIntents(self.ctx, self.points), BurnIntents(self.ctx, self.vouchers)]
+            self.ctx,
+            [DeductionIntents(self.ctx, self.points), BurnIntents(self.ctx, self.vouchers)],
+            waiting=[self.returns.settle_waiting],
         )
 
     # -- what the daemon and tests read ---------------------------------------------------
@@ -118,6 +123,9 @@ class Loyalty:
 
     async def void(self, tx_id: str) -> dict[str, Any]:
         return await self.completion.void(tx_id)
+
+    async def return_sale(self, request: ReturnRequest) -> ReturnAnswer:
+        return await self.returns.create(request)
 
     # -- scans --------------------------------------------------------------------------------
 
