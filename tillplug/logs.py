@@ -27,7 +27,10 @@ _UUID = re.compile(rf"\b{UUID_PATTERN}\b")
 _DIGITS = re.compile(r"(?<!\d)(?:\d{7,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?)(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s,;\"']+")
 _TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>|]+")  # a word as a member code could appear in a line
+CODE_PUNCTUATION = "._@-"  # inside a code (MBR:jo.smith@shop-1): not where one starts
+TRAILING = ".:,;!?*#=/"  # after a code, in a sentence
 MASKED_SECRET = "********"
+KEEP_RENEWED = 16  # access tokens: the current one and those before it, long expired
 MIN_SECRET = 4  # shorter values would mask ordinary words; no real secret is this short
 MEMBER_RULE_TIMEOUT = 0.05  # seconds per rule and line, as for a scan
 
@@ -38,6 +41,7 @@ class _Masks:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.secrets: set[str] = set()
+        self.renewed: list[str] = []  # oldest first
         self.secret_re: re.Pattern[str] | None = None
         self.member_rules: tuple[regex.Pattern[str], ...] = ()
 
@@ -53,12 +57,17 @@ def mask(member_id: str | None) -> str:
     return "…" + tail
 
 
-def never_log(value: str) -> None:
-    """Keep ``value`` (a secret just read) out of every log line from now on."""
+def never_log(value: str, *, renewed: bool = False) -> None:
+    """Keep ``value`` (a secret just read) out of every log line from now on.  ``renewed``: one of a
+    series replaced for as long as the daemon runs (access tokens): only the last few are kept."""
     if len(value) < MIN_SECRET or value in _masks.secrets:
         return
     with _masks.lock:
         _masks.secrets.add(value)
+        if renewed:
+            _masks.renewed.append(value)
+            if len(_masks.renewed) > KEEP_RENEWED:  # long expired: the engine no longer takes it
+                _masks.secrets.discard(_masks.renewed.pop(0))
         longest_first = sorted(_masks.secrets, key=len, reverse=True)  # a secret inside another is masked whole
         _masks.secret_re = re.compile("|".join(re.escape(s) for s in longest_first))
 
@@ -87,8 +96,19 @@ def scrub(text: str) -> str:
     text = _UUID.sub(lambda m: mask(m.group(0)), text)
     text = _DIGITS.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
     if _masks.member_rules:
-        text = _TOKEN.sub(lambda m: mask(m.group(0)) if _member_code(m.group(0)) else m.group(0), text)
+        text = _TOKEN.sub(lambda m: _mask_code_in(m.group(0)), text)
     return text
+
+
+def _mask_code_in(word: str) -> str:
+    """A member code within a word, even glued to punctuation ("card=MBR:123:", "x:MBR:123!")."""
+    starts = [0, *(i + 1 for i, ch in enumerate(word) if not ch.isalnum() and ch not in CODE_PUNCTUATION)]
+    for start in starts:
+        for end in dict.fromkeys((len(word), len(word.rstrip(TRAILING)))):
+            code = word[start:end]
+            if code and _member_code(code):
+                return word[:start] + mask(code) + word[end:]
+    return word
 
 
 class MaskingFilter(logging.Filter):

@@ -55,10 +55,10 @@ def test_no_secret_member_id_or_card_number_anywhere_in_the_bundle(member, card,
         (folder / "state").mkdir()
         store = open_store(folder / "state" / "outbox.sqlite3")
         with store.transaction() as tx:
-            row = store.enqueue(
-                tx, kind="event", stream="T1", body={"userId": member, "card": card}, event_key=f"k-{card}"
-            )
-        store.dead(row, error=f"engine refused user {member} (card {card}) with key {secret}")
+            store.enqueue(tx, kind="event", stream="T1", body={"userId": member, "card": card}, event_key=f"k-{card}")
+        claimed = store.claim()
+        assert claimed is not None
+        store.dead(claimed.id, error=f"engine refused user {member} (card {card}) with key {secret}")
         store.close()
 
         def old_journal() -> str:  # lines an older version (or a crash before logging was set up) wrote

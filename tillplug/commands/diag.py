@@ -111,7 +111,7 @@ def state(config: Config | None) -> dict[str, Any]:
     queries = {
         "outbox.sqlite3": {
             "outbox_by_state": "SELECT state, COUNT(*) FROM outbox GROUP BY state",
-            "outbox_oldest_waiting_age_s": f"SELECT {now} - MIN(created) FROM outbox WHERE state IN {WAITING}",
+            "outbox_oldest_waiting_age_s": f"SELECT ROUND({now} - MIN(created)) FROM outbox WHERE state IN {WAITING}",
             "outbox_dead_reasons": "SELECT kind, last_error, COUNT(*) FROM outbox WHERE state='dead' GROUP BY 1, 2",
             "checkouts_by_state": "SELECT state, COUNT(*) FROM checkouts GROUP BY state",
             "deductions_by_state": "SELECT state, COUNT(*) FROM deductions GROUP BY state",

@@ -9,14 +9,14 @@ import stat
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tillplug.config.layers import LayerError, Merged, drop_ins, merge
+from tillplug.config.layers import LayerError, Merged, dotted, drop_ins, merge
 from tillplug.config.model import INLINE_SECRET, Config, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
 from tillplug.logs import never_log
@@ -62,9 +62,9 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, renewed: bool = False) -> None:
         self._value = value
-        never_log(value)  # from now on, masked in every log line (tillplug.logs)
+        never_log(value, renewed=renewed)  # from now on, masked in every log line (tillplug.logs)
 
     def reveal(self) -> str:
         return self._value
@@ -200,16 +200,6 @@ def parse_toml(text: str, source: str = "config") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already says "(at line N, column M)".
         raise ConfigError(f"{source} is not valid TOML: {exc}", problems=[("", f"not valid TOML: {exc}")]) from None
-
-
-def dotted(loc: Iterable[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
