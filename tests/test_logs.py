@@ -5,9 +5,11 @@ import string
 import sys
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tillplug import logs
 from tillplug.config import Secret
 from tillplug.logs import JournalFormatter, mask_member_codes, scrub
 
@@ -23,6 +25,18 @@ member_codes = st.from_regex(r"\AMBR:[A-Za-z0-9._@-]{8,40}\Z")
 secrets = st.text(string.ascii_letters + string.digits + "-_./+=", min_size=12, max_size=64)
 # Around the sensitive value: words, punctuation and newlines, but no letters a secret could be made of.
 filler = st.text(" :;,()[]{}'\"=\n\t#!?*", max_size=12)
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_from_other_tests():
+    """The secrets other tests read are masked process-wide; these tests start from none."""
+    saved = (set(logs._masks.secrets), logs._masks.secret_re)
+    logs._masks.secrets.clear()
+    logs._masks.secret_re = None
+    yield
+    logs._masks.secrets.clear()
+    logs._masks.secrets.update(saved[0])
+    logs._masks.secret_re = saved[1]
 
 
 def formatted(message: str, *args: object, exc: BaseException | None = None, journald: bool = True) -> str:
@@ -86,3 +100,13 @@ def test_masks_keep_the_tail_and_the_line_readable():
         "member …0001 card …1111 account …0001 at 2026-12-07 12:16:42"
     )
     assert scrub("outbox row 42 of 100 after 1.5 s") == "outbox row 42 of 100 after 1.5 s"
+
+
+def test_configured_secrets_stay_masked_however_often_the_access_token_renews():
+    Secret("configured-api-key-0123")
+    tokens = [f"access-token-number-{i:04d}" for i in range(100)]
+    for token in tokens:
+        Secret(token, renewed=True)
+    line = formatted("key %s, tokens %s and %s", "configured-api-key-0123", tokens[-1], tokens[0])
+    assert "configured-api-key-0123" not in line and tokens[-1] not in line
+    assert len(logs._masks.secrets) <= 1 + logs.KEEP_RENEWED  # bounded: the oldest tokens went

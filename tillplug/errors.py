@@ -26,6 +26,7 @@ help?*
     │       └── StorageFull            no space left
     └── PermanentError                 the same request will fail the same way
         ├── ConfigError                the config file or a secret file is wrong
+        │   └── EnrolmentRefused       an enrolment code unsigned, foreign, expired or damaged
         ├── StateDirLocked             another tillplug process holds the state directory
         ├── DriverError                no such driver, or it cannot load
         ├── EngineProtocolError        a body that is not the engine's JSON envelope
@@ -74,6 +75,7 @@ __all__ = [
     "EngineTimeout",
     "EngineUnavailable",
     "EngineUnreachable",
+    "EnrolmentRefused",
     "FlowError",
     "InsufficientPoints",
     "InvalidRequest",
@@ -235,6 +237,13 @@ class ConfigError(PermanentError):
     def __init__(self, message: str | None = None, problems: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class EnrolmentRefused(ConfigError):
+    """A scanned enrolment code this till will not take; the message says why, never the code."""
+
+    code = "enrolment_refused"
+    default_message = "The enrolment code was refused."
 
 
 class StateDirLocked(PermanentError):

@@ -30,6 +30,7 @@ _TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>|]+")  # a word as a member code could
 CODE_PUNCTUATION = "._@-"  # inside a code (MBR:jo.smith@shop-1): not where one starts
 TRAILING = ".:,;!?*#=/"  # after a code, in a sentence
 MASKED_SECRET = "********"
+KEEP_RENEWED = 16  # access tokens: the current one and those before it, long expired
 MIN_SECRET = 4  # shorter values would mask ordinary words; no real secret is this short
 MEMBER_RULE_TIMEOUT = 0.05  # seconds per rule and line, as for a scan
 
@@ -40,6 +41,7 @@ class _Masks:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.secrets: set[str] = set()
+        self.renewed: list[str] = []  # oldest first
         self.secret_re: re.Pattern[str] | None = None
         self.member_rules: tuple[regex.Pattern[str], ...] = ()
 
@@ -55,12 +57,17 @@ def mask(member_id: str | None) -> str:
     return "…" + tail
 
 
-def never_log(value: str) -> None:
-    """Keep ``value`` (a secret just read) out of every log line from now on."""
+def never_log(value: str, *, renewed: bool = False) -> None:
+    """Keep ``value`` (a secret just read) out of every log line from now on.  ``renewed``: one of a
+    series replaced for as long as the daemon runs (access tokens): only the last few are kept."""
     if len(value) < MIN_SECRET or value in _masks.secrets:
         return
     with _masks.lock:
         _masks.secrets.add(value)
+        if renewed:
+            _masks.renewed.append(value)
+            if len(_masks.renewed) > KEEP_RENEWED:  # long expired: the engine no longer takes it
+                _masks.secrets.discard(_masks.renewed.pop(0))
         longest_first = sorted(_masks.secrets, key=len, reverse=True)  # a secret inside another is masked whole
         _masks.secret_re = re.compile("|".join(re.escape(s) for s in longest_first))
 

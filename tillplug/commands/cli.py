@@ -471,6 +471,53 @@ def cmd_diag(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_enrol(args: argparse.Namespace) -> int:
+    """The chain's side of enrolment: a key pair once, then one signed code per till."""
+    import os
+    from pathlib import Path
+
+    from tillplug.config.enrolment import fingerprint, load_private_key, make_code, new_key
+    from tillplug.config.loader import read_secret
+    from tillplug.errors import ConfigError
+
+    if args.action == "keygen":
+        private, public = new_key()
+        key, pub = Path(args.out + ".key"), Path(args.out + ".pub")
+        if key.exists() or pub.exists():
+            _err(f"tillplug enrol keygen: {key} or {pub} exists already; a chain's key is never overwritten")
+            return EXIT_USAGE
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private)
+        pub.write_bytes(public)
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        print_key = fingerprint(load_pem_public_key(public))  # type: ignore[arg-type]
+        _out(f"wrote {key} (keep it off the tills) and {pub} (ship it as enrolment.pub); key {print_key}")
+        return EXIT_OK
+    try:
+        relay = read_secret(args.relay_token_file).reveal() if args.relay_token_file else None
+        code = make_code(
+            load_private_key(Path(args.key)),
+            till_id=args.till,
+            branch_id=args.branch,
+            config_url=args.config_url,
+            relay_token=relay,
+            valid_days=args.valid_days,
+        )
+    except ConfigError as exc:
+        _err(f"tillplug enrol make-code: {exc.message}")
+        return EXIT_USAGE
+    if args.png:
+        import qrcode
+
+        qrcode.make(code).save(args.png)
+        _out(f"wrote {args.png}: a QR code for till {args.till} of branch {args.branch}, to scan at the till")
+    else:
+        _out(code)
+    return EXIT_OK
+
+
 def cmd_engine_check(args: argparse.Namespace) -> int:
     """How this engine answers where WLL publishes nothing; the answers go to engine.dialect_file."""
     import asyncio
@@ -873,6 +920,19 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("diag", "write one bundle for a support ticket: config, health, queues, versions, the journal", cmd_diag)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--out", required=True, help="the bundle to write (tar.gz)")
+
+    p = add("enrol", "make the chain's enrolment key, and signed enrolment codes for new tills", cmd_enrol)
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = acts.add_parser("keygen", help="a new Ed25519 key pair: PREFIX.key (private) and PREFIX.pub")
+    a.add_argument("--out", required=True, metavar="PREFIX")
+    a = acts.add_parser("make-code", help="a signed code saying who a till is, to scan at that till")
+    a.add_argument("--key", required=True, help="the chain's private key (PEM, from keygen)")
+    a.add_argument("--till", required=True, help="the till's id")
+    a.add_argument("--branch", required=True, help="the branch's id")
+    a.add_argument("--config-url", required=True, help="the chain's config layer: https://… or file:///…")
+    a.add_argument("--relay-token-file", help="a file holding the relay token, if the chain uses the relay")
+    a.add_argument("--valid-days", type=float, default=7.0, help="how long the code may be used (default: 7)")
+    a.add_argument("--png", help="write the code as a QR code image here instead of printing it")
 
     p = add("sniff", "show what a scanner sends, to find its terminator and baud rate", cmd_sniff)
     p.add_argument("port")

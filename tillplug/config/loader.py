@@ -62,9 +62,9 @@ class Secret:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, renewed: bool = False) -> None:
         self._value = value
-        never_log(value)  # from now on, masked in every log line (tillplug.logs)
+        never_log(value, renewed=renewed)  # from now on, masked in every log line (tillplug.logs)
 
     def reveal(self) -> str:
         return self._value

@@ -579,6 +579,15 @@ class OutboxConfig(Section):
         return depth >= self.max_rows or oldest_age_s >= self.max_age_hours * 3600
 
 
+class EnrolmentConfig(Section):
+    """Enrolment at the till (docs/technician.md: Enrolment)."""
+
+    # The chain's enrolment public key(s), PEM.  Unset: enrolment.pub beside the config file.
+    public_key: Annotated[str, AfterValidator(_abs_path)] | None = None
+    # Written by enrolment: where the chain's config layer (conf.d/10-chain.toml) came from.
+    config_url: str | None = Field(default=None, max_length=2048)
+
+
 class Config(Section):
     till_id: Identifier
     branch_id: Identifier
@@ -599,6 +608,7 @@ class Config(Section):
     printing: PrintingConfig = Field(default_factory=PrintingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    enrolment: EnrolmentConfig = Field(default_factory=EnrolmentConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -608,6 +608,10 @@ def pacing_policy(outbox: OutboxConfig) -> PacingPolicy:
 
 
 def run_daemon(config_path: str) -> int:
+    from tillplug.daemon.enrolment import enrol_if_needed
+
+    logs.setup("info")  # enrolment mode logs too; the config's level applies once it is known
+    enrol_if_needed(config_path)  # an unconfigured till waits here for its enrolment code
     config = load_config(config_path, known_drivers=driver_names())
     logs.setup(config.log_level, member_rules=config.barcodes.member)
     asyncio.run(Daemon(config, config_path=str(Path(config_path))).run())

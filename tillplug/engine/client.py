@@ -153,7 +153,7 @@ class TokenCache:
             issued = self._clock()
             fetched: Token = await fetch()
             margin = min(TOKEN_MARGIN, fetched.expires_in / 10)
-            self._token = Secret(fetched.access_token)
+            self._token = Secret(fetched.access_token, renewed=True)
             self._expires = issued + fetched.expires_in - margin
             self._save(fetched.access_token)
             return self._token
@@ -170,7 +170,7 @@ class TokenCache:
         # file): such a token is not trusted, a new one is minted.
         now = self._clock()
         if scope == self._scope and isinstance(token, str) and token and now < expires <= now + MAX_TOKEN_LIFETIME:
-            self._token, self._expires = Secret(token), expires
+            self._token, self._expires = Secret(token, renewed=True), expires
 
     def _save(self, token: str) -> None:
         if self._path is None:
