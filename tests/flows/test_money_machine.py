@@ -17,7 +17,9 @@ contract of ``tillplug.engine.clock.InFlight``), on a clock the machine moves.  
   no eventKey reached the engine twice;
 * vouchers both ways: every code a till was told burned is burned, once, and every code burned
   was told to a till (or its verdict is still owed, or held as unverifiable for a supervisor);
-* a void gives back every point the till was told the sale took, to the member who spent them.
+* a void gives back every point the till was told the sale took, to the member who spent them;
+* returns after the sale (issue 25) never add up to more than the sale: its amount, the points it
+  spent, the points it earned; what a return was told it moves enters the count above.
 
 ``TILLPLUG_MONEY_EXAMPLES`` sets the examples per dialect (50); ``TILLPLUG_MONEY_PROFILE=mutation``
 is a fixed, smaller run for mutation testing (``python -m bench mutation``).
@@ -57,6 +59,7 @@ from tillplug.engine.clock import InFlight
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
 from tillplug.flows.checkouts import Deduction
+from tillplug.flows.returns import ReturnRequest
 from tillplug.sim import SimServer
 from tillplug.sim.app import Faults
 from tillplug.sim.state import EngineState, default_seed
@@ -145,7 +148,13 @@ class MoneyMachine(RuleBasedStateMachine):
     # -- plumbing ------------------------------------------------------------------
 
     def _build(self, name: str) -> None:
-        h = Harness(self.dir / name, self.sim, till_id=f"till-{name}", engine={"max_attempts": 1})
+        h = Harness(
+            self.dir / name,
+            self.sim,
+            till_id=f"till-{name}",
+            engine={"max_attempts": 1},
+            returns={"confirm_wait": 0},  # no outbox runs between steps: nothing to wait for
+        )
         h.client.in_flight = InFlight(h.client.in_flight.window, monotonic=lambda: self.now)
         h.loyalty.recover()
         self.tills[name] = h
@@ -187,6 +196,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.by_sale[tx] = self.by_sale.get(tx, 0) + data["points"]
             elif kind == "voucher_settled" and data["outcome"] == "burned":
                 self.told_burns[data["code"]] += 1
+            elif kind in ("return", "return_settled") and tx in self.member_of:
+                # What the till was told a return moves: the give-back once, the take-back once queued.
+                moved = data["giveBack"]["points"] if kind == "return" else 0
+                if data["takeBack"]["state"] in ("queued", "applied"):
+                    moved -= data["takeBack"]["points"]
+                self.told[self.member_of[tx]] += moved
         self.seen_events[name] = len(h.published)
 
     def _call(self, name: str, coro: Any) -> Any:
@@ -210,6 +225,7 @@ class MoneyMachine(RuleBasedStateMachine):
     # -- the tills' operations ---------------------------------------------------------
 
     sales = Bundle("sales")
+    completed = Bundle("completed")
 
     @initialize(target=sales)
     def a_sale_with_a_member(self) -> tuple[str, str]:
@@ -296,14 +312,29 @@ class MoneyMachine(RuleBasedStateMachine):
         for code in (answer or {}).get("burned", []):
             self.told_burns[code] += 1
 
-    @rule(sale=consumes(sales), total=st.integers(0, 5000))
-    def complete(self, sale: tuple[str, str], total: int) -> None:
+    @rule(target=completed, sale=consumes(sales), total=st.integers(0, 5000))
+    def complete(self, sale: tuple[str, str], total: int) -> tuple[str, str]:
         till, tx = sale
         answer = self._call(till, self.tills[till].loyalty.complete(tx, total, [], True))
         if answer is not None:
             self.closed.add(tx)
             if tx in self.member_of:
                 self.earnings.add(answer["eventKey"])  # what it earns is the engine's to say
+        return sale
+
+    @rule(sale=completed, percent=st.integers(1, 120), again=st.booleans())
+    def return_sale(self, sale: tuple[str, str], percent: int, again: bool) -> None:
+        """A return after the sale (issue 25), of a share of it (past 100 %: refused, all of it or not);
+        maybe the same returnId twice: it answers the first answer."""
+        till, tx = sale
+        h = self.tills[till]
+        checkout = h.loyalty.checkouts.get(tx)
+        spent = sum(d.money for d in h.loyalty.checkouts.deductions(tx, "confirmed"))
+        gross = ((checkout.total or 0) if checkout else 0) + spent
+        self.counter += 1
+        request = ReturnRequest(f"r-{self.counter}", tx, 1, max(1, gross * percent // 100))
+        for _ in range(2 if again else 1):
+            self._call(till, h.loyalty.return_sale(request))
 
     @rule(sale=consumes(sales))
     def void(self, sale: tuple[str, str]) -> None:
@@ -515,6 +546,21 @@ class MoneyMachine(RuleBasedStateMachine):
         for code in set(burned) | set(self.told_burns):
             assert self.told_burns[code] <= burned[code] <= 1, (code, self.told_burns[code], burned[code])
             assert burned[code] == self.told_burns[code] or code in owed_codes, (code, burned, self.told_burns)
+        self._returns_within_their_sales()
+
+    def _returns_within_their_sales(self) -> None:
+        for h in self.tills.values():
+            returns = h.loyalty.returns
+            for (tx,) in h.store.query("SELECT DISTINCT tx_id FROM returns"):
+                records = returns.records(tx)
+                checkout = h.loyalty.checkouts.get(tx)
+                assert checkout is not None and checkout.state == "completed", tx
+                spent = h.loyalty.checkouts.deductions(tx, "confirmed")
+                gross = (checkout.total or 0) + sum(d.money for d in spent)
+                assert sum(r.amount for r in records) <= gross, tx
+                assert sum(r.give_back for r in records) <= sum(d.points for d in spent), tx
+                earned = max((r.earned or 0 for r in records), default=0)
+                assert sum(r.take_back for r in records) <= sum(r.take_back_due for r in records) <= earned, tx
 
 
 def money_settings() -> settings:
