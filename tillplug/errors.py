@@ -45,8 +45,10 @@ help?*
             ├── InsufficientPoints
             ├── CheckoutNotFound
             ├── CheckoutConflict       e.g. a second completion, a void after completion
-            │   └── VouchersNotTendered  check-only vouchers not burned before payment
+            │   ├── VouchersNotTendered  check-only vouchers not burned before payment
+            │   └── ReturnExceedsSale  the returns of a sale would add up to more than it
             ├── InvalidRequest
+            ├── ReturnIdReused         a returnId already used for another return
             ├── PrintJobNotFound
             └── PrintJobConflict       e.g. cancelling a job that has printed
 
@@ -85,6 +87,8 @@ __all__ = [
     "PrinterNotReady",
     "RateLimited",
     "RetryableError",
+    "ReturnExceedsSale",
+    "ReturnIdReused",
     "StateDirLocked",
     "StorageError",
     "StorageFull",
@@ -383,6 +387,17 @@ class InvalidRequest(FlowError):
     def __init__(self, message: str | None = None, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.details = details or []  # one {field, problem} per invalid field of a request body
+
+
+class ReturnExceedsSale(CheckoutConflict):
+    code = "return_exceeds_sale"
+    default_message = "The returns of this sale would add up to more than was sold."
+
+
+class ReturnIdReused(FlowError):
+    code = "return_id_reused"
+    default_message = "This returnId was used for a different return; use a new returnId for a new return."
+    http_status = 422
 
 
 class PrintJobNotFound(FlowError):

@@ -80,6 +80,17 @@ def test_a_whole_sale_answers_what_the_document_says(till):
             {"tx": "C1"},
             {"total": 1234, "basket": [{"sku": "A", "quantity": 1.5, "amount": 1234}], "paymentConfirmed": True},
         ),
+        (
+            "/v1/returns",
+            "POST",
+            {},
+            {
+                "returnId": "RET-C1",
+                "transactionId": "C1",
+                "amount": 600,
+                "lines": [{"sku": "A", "quantity": 0.5, "amount": 600}],
+            },
+        ),
         ("/v1/checkouts", "POST", {}, {"transactionId": "C2", "lane": 1}),
         ("/v1/checkouts/{tx}/member", "PUT", {"tx": "C2"}, {"code": "1000001"}),
         ("/v1/checkouts/{tx}/points", "POST", {"tx": "C2"}, {"points": 50}),

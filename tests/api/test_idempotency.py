@@ -29,6 +29,7 @@ KEYED = {
     ("POST", "/v1/checkouts/{tx}/tender"),
     ("POST", "/v1/checkouts/{tx}/complete"),
     ("POST", "/v1/checkouts/{tx}/void"),
+    ("POST", "/v1/returns"),
     ("POST", "/v1/print/raw"),
     ("POST", "/v1/drawer/open"),
 }

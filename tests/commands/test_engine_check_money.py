@@ -52,7 +52,11 @@ def test_engine_check_asks_test_reaction_for_the_spend_and_refund_reactors() -> 
         return report.reactors
 
     with SimServer() as sim:
-        assert asyncio.run(go(sim)) == {"REDEEMED_POINTS": "ok", "POINTS_REFUND": "ok"}
+        assert asyncio.run(go(sim)) == {"REDEEMED_POINTS": "ok", "POINTS_REFUND": "ok", "POINTS_TAKEN_BACK": "ok"}
         sim.state.reactors["redemption"] = "missing"
         reactors = asyncio.run(go(sim))
-    assert reactors["REDEEMED_POINTS"].startswith("MISSING") and reactors["POINTS_REFUND"] == "ok"
+        assert reactors["REDEEMED_POINTS"].startswith("MISSING") and reactors["POINTS_REFUND"] == "ok"
+        sim.state.reactors |= {"redemption": "present", "take_back": "missing"}
+        reactors = asyncio.run(go(sim))
+    # Issue 25: a tenant with no take-back reactor would let a returned sale keep its points.
+    assert reactors["POINTS_TAKEN_BACK"].startswith("MISSING") and reactors["REDEEMED_POINTS"] == "ok"

@@ -1,7 +1,7 @@
 """The money invariant, tested by machine (issue 11).
 
 A hypothesis state machine drives two tills' flows against the simulator —
-open, attach, spend, voucher, redeem, complete, void, kill and restart (also in
+open, attach, spend, voucher, redeem, complete, void, return, kill and restart (also in
 the middle of a spend), engine down and up, engines that answer writes oddly —
 and checks after every step:
 
@@ -11,7 +11,9 @@ and checks after every step:
   a write it took but answered unreadably stays queued, held as unverifiable
   where the look-up is refused, and counts once, in the balance);
 * no eventKey reached the engine twice;
-* no voucher was burned that a till was not told about.
+* no voucher was burned that a till was not told about;
+* the returns of a sale (issue 25) never add up to more than it: its amount, the points it spent,
+  the points it earned.
 
 Unknown outcomes are settled by look-up before each check (as the settler
 would), and what the till is told about them enters the model; an outcome the
@@ -50,6 +52,7 @@ from tests.flow_harness import Harness, answer_2xx, is_burn, is_spend, reset_aft
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
 from tillplug.flows.checkouts import Deduction
+from tillplug.flows.returns import ReturnRequest
 from tillplug.sim import SimServer
 from tillplug.sim.app import Faults
 from tillplug.sim.state import EngineState, default_seed
@@ -111,7 +114,13 @@ class MoneyMachine(RuleBasedStateMachine):
     # -- plumbing ------------------------------------------------------------------
 
     def _build(self, name: str) -> None:
-        h = Harness(self.dir / name, self.sim, till_id=f"till-{name}", engine={"max_attempts": 1})
+        h = Harness(
+            self.dir / name,
+            self.sim,
+            till_id=f"till-{name}",
+            engine={"max_attempts": 1},
+            returns={"confirm_wait": 0},  # no outbox runs between steps: nothing to wait for
+        )
         h.loyalty.recover()
         self.tills[name] = h
         self.seen_events[name] = 0
@@ -135,6 +144,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.by_sale[tx] = self.by_sale.get(tx, 0) - data["points"]
             elif kind == "voucher_settled" and data["outcome"] == "burned":
                 self.told_burns.add(data["code"])
+            elif kind in ("return", "return_settled") and tx in self.member_of:
+                # What the till was told a return moves: the give-back once, the take-back once queued.
+                moved = data["giveBack"]["points"] if kind == "return" else 0
+                if data["takeBack"]["state"] in ("queued", "applied"):
+                    moved -= data["takeBack"]["points"]
+                self.told[self.member_of[tx]] += moved
         self.seen_events[name] = len(h.published)
 
     def _call(self, name: str, coro: Any) -> Any:
@@ -157,6 +172,7 @@ class MoneyMachine(RuleBasedStateMachine):
     # -- the tills' operations ---------------------------------------------------------
 
     sales = Bundle("sales")
+    completed = Bundle("completed")
 
     @initialize(target=sales)
     def a_sale_with_a_member(self) -> tuple[str, str]:
@@ -214,14 +230,29 @@ class MoneyMachine(RuleBasedStateMachine):
             if answer is not None and answer.get("burned"):
                 self.told_burns.add(answer["code"])
 
-    @rule(sale=consumes(sales), total=st.integers(0, 5000))
-    def complete(self, sale: tuple[str, str], total: int) -> None:
+    @rule(target=completed, sale=consumes(sales), total=st.integers(0, 5000))
+    def complete(self, sale: tuple[str, str], total: int) -> tuple[str, str]:
         till, tx = sale
         answer = self._call(till, self.tills[till].loyalty.complete(tx, total, [], True))
         if answer is not None:
             self.closed.add(tx)
         if answer is not None and tx in self.member_of:
             self.told[self.member_of[tx]] += answer["expectedPoints"]
+        return sale
+
+    @rule(sale=completed, percent=st.integers(1, 120), again=st.booleans())
+    def return_sale(self, sale: tuple[str, str], percent: int, again: bool) -> None:
+        """A return after the sale (issue 25), of a share of it (past 100 %: refused, all of it or not);
+        maybe the same returnId twice: it answers the first answer."""
+        till, tx = sale
+        h = self.tills[till]
+        checkout = h.loyalty.checkouts.get(tx)
+        spent = sum(d.money for d in h.loyalty.checkouts.deductions(tx, "confirmed"))
+        gross = ((checkout.total or 0) if checkout else 0) + spent
+        self.counter += 1
+        request = ReturnRequest(f"r-{self.counter}", tx, 1, max(1, gross * percent // 100))
+        for _ in range(2 if again else 1):
+            self._call(till, self.tills[till].loyalty.return_sale(request))
 
     @rule(sale=consumes(sales))
     def void(self, sale: tuple[str, str]) -> None:
@@ -277,6 +308,7 @@ class MoneyMachine(RuleBasedStateMachine):
                     self.run(h.loyalty.points.settle(d, not_landed_after=0))
                 for b in h.loyalty.checkouts.pending_burns():
                     self.run(h.loyalty.vouchers.settle(b, not_landed_after=0))
+                self.run(h.loyalty.returns.settle_waiting())
                 self._absorb(name)
             with h.store.transaction() as t:  # time passes: rows backing off (or held) are due again
                 t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
@@ -345,6 +377,21 @@ class MoneyMachine(RuleBasedStateMachine):
         assert self.sim.state.ledger.duplicates() == {}
         burned = {b["code"] for b in self.sim.state.ledger.burns}
         assert burned <= self.told_burns | pending_codes, (burned, self.told_burns, pending_codes)
+        self._returns_within_their_sales()
+
+    def _returns_within_their_sales(self) -> None:
+        for h in self.tills.values():
+            returns = h.loyalty.returns
+            for (tx,) in h.store.query("SELECT DISTINCT tx_id FROM returns"):
+                records = returns.records(tx)
+                checkout = h.loyalty.checkouts.get(tx)
+                assert checkout is not None and checkout.state == "completed", tx
+                spent = h.loyalty.checkouts.deductions(tx, "confirmed")
+                gross = (checkout.total or 0) + sum(d.money for d in spent)
+                assert sum(r.amount for r in records) <= gross, tx
+                assert sum(r.give_back for r in records) <= sum(d.points for d in spent), tx
+                earned = max((r.earned or 0 for r in records), default=0)
+                assert sum(r.take_back for r in records) <= sum(r.take_back_due for r in records) <= earned, tx
 
 
 @pytest.mark.system

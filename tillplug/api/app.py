@@ -58,6 +58,7 @@ from tillplug.errors import (
 )
 from tillplug.flows.events import EventBus
 from tillplug.flows.loyalty import Loyalty
+from tillplug.flows.returns import ReturnedLine, ReturnRequest
 from tillplug.spool import PrintSpools
 
 log = logging.getLogger(__name__)
@@ -390,6 +391,13 @@ class TillApi:
 
     async def _void(self, request: Request, body: schemas.NoBody) -> Any:
         return await self.loyalty.void(request.path_params["tx"])
+
+    async def _create_return(self, request: Request, body: schemas.ReturnCreate) -> Any:
+        lines = tuple(ReturnedLine(line.sku, line.quantity, line.amount) for line in body.lines)
+        returned = await self.loyalty.return_sale(
+            ReturnRequest(body.returnId, body.transactionId, body.lane, body.amount, lines)
+        )
+        return returned.model_dump()
 
     async def _print_balance(self, request: Request, body: schemas.PrintBalance) -> Any:
         """``{job, state}`` like every print call, with the member's view the slip shows."""

@@ -3,9 +3,9 @@
 A spend can take seconds (a balance read with a retry, the report, the confirming reads); a POS
 whose HTTP client gives up sooner and sends "spend 500 points" again would spend twice.  With an
 ``Idempotency-Key`` header on a call that changes something (open, attach, spend, voucher, redeem,
-tender, complete, void, raw print, drawer), the rules are:
+tender, complete, void, return, raw print, drawer), the rules are:
 
-* a key is scoped to the operation and the checkout (the path's ``tx``; for opening, the body's
+* a key is scoped to the operation and the checkout (the path's ``tx``; for opening or a return, the body's
   ``transactionId``): the same key on another checkout is another request;
 * the first call claims the key, committed before the call runs, so a restart cannot forget it;
 * its answer (status and body) is kept for at least ``KEEP_SECONDS`` (24 h) and pruned after; a

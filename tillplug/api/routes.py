@@ -166,6 +166,17 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST",
+        "/v1/returns",
+        "A return after the sale: earned points taken back, spent points given back, in proportion; "
+        "the same returnId answers the first answer again",
+        "create_return",
+        request=s.ReturnCreate,
+        response=s.Returned,
+        status=201,
+        idempotent=True,
+    ),
+    Operation(
+        "POST",
         "/v1/print/balance",
         "Print a balance slip for a member: answers its print job {job, state} at once",
         "print_balance",

@@ -67,6 +67,28 @@ class Complete(Body):
     paymentConfirmed: bool
 
 
+class ReturnLine(Body):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: float = Field(gt=0, le=MAX_QUANTITY, allow_inf_nan=False)
+    amount: int = Field(ge=0, le=MAX_MINOR_UNITS)
+
+
+class ReturnCreate(Body):
+    returnId: str = Field(
+        min_length=1, max_length=64, description="The POS's id of this return: sent again, the same answer"
+    )
+    transactionId: str = Field(min_length=1, max_length=64, description="The completed sale returned to")
+    lane: int = Field(default=1, ge=1, le=999)
+    amount: int = Field(
+        ge=1,
+        le=MAX_MINOR_UNITS,
+        description="Minor units: the returned goods' value at the sale's prices, before the points discount",
+    )
+    lines: list[ReturnLine] = Field(
+        default_factory=list, max_length=500, description="The returned basket lines: then capped per SKU too"
+    )
+
+
 class PrintBalance(Body):
     code: str = Field(min_length=1, max_length=512)
     lane: int = Field(default=1, ge=1, le=999)
@@ -350,6 +372,38 @@ class Voided(Answer):
     pointsPending: int = Field(default=0, description="Refunded if their deduction proves to have landed.")
     vouchersPending: list[str] = Field(default_factory=list)
     print: QueuedJob | None = PrintField
+
+
+class ReturnTakeBack(Answer):
+    state: Literal["none", "waiting", "queued", "applied", "unverifiable"]
+    policy: Literal["proportion", "none", "all"]
+    due: int
+    points: int
+    notTakenBack: int
+    reason: str | None = None
+
+
+class ReturnGiveBack(Answer):
+    state: Literal["none", "queued", "applied"]
+    policy: Literal["proportion", "none", "all"]
+    points: int
+
+
+class Returned(Answer):
+    returnId: str
+    transactionId: str
+    lane: int
+    amount: int
+    currency: str
+    returnedSoFar: int
+    returnable: int
+    pointsEarned: int | None = Field(description="Earned on the sale, as the engine's reactions show (null: not yet)")
+    pointsSpent: int
+    takeBack: ReturnTakeBack
+    giveBack: ReturnGiveBack
+    balanceAfter: int | None = None
+    balanceEstimated: bool = False
+    member: str | None = None
 
 
 class TestPrinted(Answer):

@@ -217,6 +217,32 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     s.told(f"completed; {body.get('expectedPoints')} points expected for this sale")
     s.slip()
 
+    s.chapter(
+        "A return the next day",
+        "Alice brings the coffee beans back: the points she earned on them are taken back and the points "
+        "she spent given back, in proportion, once each.",
+    )
+    s.expect(till.settle(timeout=20), "the sale's points reached the engine")
+    returned = {
+        "returnId": "RET-1",
+        "transactionId": "T-1001",
+        "lane": 1,
+        "amount": 2300,
+        "lines": [{"sku": "COFFEE-BEANS", "quantity": 1, "amount": 2300}],
+    }
+    status, body = s.api("POST", "/v1/returns", returned)
+    s.expect(status == 201, "the return is taken")
+    if status == 201:
+        take, give = body["takeBack"], body["giveBack"]
+        s.told(
+            f"{give['points']} points given back, {take['points']} taken back ({take['state']}); "
+            f"new balance {body['balanceAfter']:,}"
+        )
+    s.slip()
+    status, body = s.api("POST", "/v1/returns", {**returned, "returnId": "RET-2", "amount": 1000, "lines": []})
+    s.expect(status == 409 and body["error"]["code"] == "return_exceeds_sale", "a return past the sale is refused")
+    s.told(f"refused: {body['error']['message']} ({body['error']['code']})", ok=False)
+
     s.chapter("A void gives points back", "Bob spends 200 points, then changes his mind: the sale is voided.")
     s.api("POST", "/v1/checkouts", {"transactionId": "T-1002", "lane": 1})
     s.scan("1000002", "member_attached")
@@ -252,7 +278,7 @@ def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0
     help_text = (
         "Type a barcode to scan it (try 1000001, ALICE-5OFF-0001, 4006381333931), or a command:\n"
         "  open TX | points N | voucher CODE | benefits | redeem ID | complete TOTAL | void | "
-        "ledger | help | quit"
+        "return TX AMOUNT | ledger | help | quit"
     )
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work, VirtualTill(Path(work)) as till:
         s = Story(till, out, sys.stdout.isatty())
@@ -294,6 +320,14 @@ def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0
                 s.api("POST", f"/v1/checkouts/{tx}/void")
                 s.slip()
                 tx = None
+            elif word == "return":  # a completed sale: return TX AMOUNT (minor units)
+                sale, _, amount = rest.partition(" ")
+                if not sale or not amount.strip().isdigit():
+                    print("return TX AMOUNT, e.g. return T-9 250")
+                    continue
+                returned = {"returnId": f"RET-{time.time_ns()}", "transactionId": sale, "amount": int(amount)}
+                s.api("POST", "/v1/returns", returned)
+                s.slip()
             elif word == "ledger":
                 print(json.dumps(till.ledger(), indent=2))
             else:

@@ -198,16 +198,18 @@ class EngineCheck:
         self.report.set("voucher_refusals", "codes" if has_code else "status_only", why)
 
     async def _reactors(self, user: User) -> None:
-        """test_reaction (no side effects) for a 1-point spend and its refund: the engine's reactors
-        must take and give back exactly that point.  A missing or conditional redemption reactor
-        accepts the spend and deducts nothing; the refund reactor then invents points."""
-        for event_type, expected in ((self.event_types.redeemed_points, -1), (self.event_types.points_refund, 1)):
-            event = EventDefinition(
-                type=event_type,
-                subject=user.id,
-                executor="tillplug-engine-check",
-                payload={"eventKey": new_event_key(), **self.ids, "transactionId": "engine-check", "points": 1},
-            )
+        """test_reaction (no side effects) for a 1-point spend and its refund, and a return's take-back
+        and give-back: the engine's reactors must take and give back exactly that point.  A missing or
+        conditional redemption reactor accepts the spend and deducts nothing; the refund reactor then
+        invents points.  A missing take-back reactor lets a returned sale keep its points."""
+        types = self.event_types
+        expected_of = {types.redeemed_points: -1, types.points_refund: 1}
+        returns = {types.points_taken_back: -1, types.points_given_back: 1}
+        for event_type, expected in (expected_of | returns).items():
+            payload = {"eventKey": new_event_key(), **self.ids, "transactionId": "engine-check", "points": 1}
+            if event_type in returns and event_type not in expected_of:
+                payload["returnId"] = "engine-check"
+            event = EventDefinition(type=event_type, subject=user.id, executor="tillplug-engine-check", payload=payload)
             self.report.sent.append(f"POST /events/test_reaction {event_type} points=1")
             try:
                 moved = reactor_points(await self.client.test_reaction(event))

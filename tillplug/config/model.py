@@ -190,6 +190,10 @@ class EventTypes(Section):
     transaction: EventType = "TRANSACTION"
     redeemed_points: EventType = "REDEEMED_POINTS"
     points_refund: EventType = "POINTS_REFUND"
+    # Returns after the sale (docs/technician.md: Returns): the earned points taken back (the reactor
+    # negates ``points``), and the spent points given back (a positive ``points``, as a void's refund).
+    points_taken_back: EventType = "POINTS_TAKEN_BACK"
+    points_given_back: EventType = "POINTS_REFUND"
 
 
 class EngineConfig(Section):
@@ -261,6 +265,25 @@ class PointsConfig(Section):
     # with the balance marked estimated.  Two: the cashier waits at most two round trips more (one
     # with reactions listed promptly); each further read widens what is seen by a longer wait.
     confirm_reads: int = Field(default=2, ge=0, le=10)
+
+
+ReturnPolicy = Literal["proportion", "none", "all"]
+
+
+class ReturnsConfig(Section):
+    """Points on a return after the sale (``POST /v1/returns``)."""
+
+    # The original's earned points, taken back in proportion to the amount returned over the amount
+    # paid ("proportion"), not at all, or all of them on the first return.
+    take_back: ReturnPolicy = "proportion"
+    # The points spent on the original, given back in proportion to the amount returned over the
+    # sale's total before the points discount, not at all, or all of them on the first return.
+    give_back: ReturnPolicy = "proportion"
+    # A take-back never drives the balance below zero (what could not be taken back is reported)
+    # unless this is true.
+    allow_negative_balance: bool = False
+    # Seconds a return waits for the engine to show its points moved, for the slip; 0: never waits.
+    confirm_wait: float = Field(default=5.0, ge=0, le=30)
 
 
 class VoucherConfig(Section):
@@ -384,7 +407,7 @@ class ReceiptsConfig(Section):
     header: FooterLines = Field(default_factory=list, max_length=16)
     footer: FooterLines = Field(default_factory=list, max_length=16)
     # Per slip kind, instead of ``footer``: e.g. voucher = ["Valid in every store"].
-    footers: dict[Literal["balance", "voucher", "points", "refund", "sale", "test"], FooterLines] = Field(
+    footers: dict[Literal["balance", "voucher", "points", "refund", "sale", "test", "return"], FooterLines] = Field(
         default_factory=dict
     )
     language: Annotated[str, AfterValidator(_slip_language)] = "en"
@@ -517,6 +540,7 @@ class Config(Section):
     engine: EngineConfig
     points: PointsConfig = Field(default_factory=PointsConfig)
     vouchers: VoucherConfig = Field(default_factory=VoucherConfig)
+    returns: ReturnsConfig = Field(default_factory=ReturnsConfig)
     barcodes: BarcodeRules = Field(default_factory=BarcodeRules)
     scanners: list[ScannerConfig] = Field(default_factory=list, max_length=MAX_DEVICES)
     printers: list[PrinterConfig] = Field(default_factory=list, max_length=MAX_DEVICES)

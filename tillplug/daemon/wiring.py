@@ -314,6 +314,8 @@ class Daemon:
             wake_outbox=self.deliverer.wake,
             printer=self._print_on_lane,
         )
+        # A delivery may be the earn a waiting return's take-back needs: the settler looks at once.
+        self.deliverer.on_change = self.loyalty.returns.outbox_moved
         interrupted = self.loyalty.recover()
         if recovered or interrupted:
             log.warning(

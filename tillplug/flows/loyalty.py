@@ -25,6 +25,7 @@ from tillplug.flows.completion import Completion
 from tillplug.flows.context import UNKNOWN, FlowContext, Printer
 from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
 from tillplug.flows.points import Points
+from tillplug.flows.returns import ReturnAnswer, ReturnRequest, Returns
 from tillplug.flows.vouchers import Vouchers
 from tillplug.outbox.store import OutboxStore
 
@@ -51,6 +52,7 @@ class Loyalty:
         self.points = Points(self.ctx)
         self.vouchers = Vouchers(self.ctx)
         self.completion = Completion(self.ctx, self.book, self.points)
+        self.returns = Returns(self.ctx)
         self._settle_wake = asyncio.Event()
         self.ctx.wake_settler = self._settle_wake.set
 
@@ -118,6 +120,9 @@ class Loyalty:
 
     async def void(self, tx_id: str) -> dict[str, Any]:
         return await self.completion.void(tx_id)
+
+    async def return_sale(self, request: ReturnRequest) -> ReturnAnswer:
+        return await self.returns.create(request)
 
     # -- scans --------------------------------------------------------------------------------
 
@@ -187,6 +192,7 @@ class Loyalty:
             left += await self.points.settle(d, not_landed_after=after) == UNKNOWN
         for b in store.pending_burns():
             left += await self.vouchers.settle(b, not_landed_after=after) == UNKNOWN
+        left += await self.returns.settle_waiting()  # take-backs that waited for their sale's earn
         return left
 
     async def run_settler(self, stop: asyncio.Event) -> None:

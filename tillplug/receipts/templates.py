@@ -28,7 +28,7 @@ from tillplug.receipts.layout import (
 )
 from tillplug.receipts.messages import translator
 
-SLIP_KINDS = ("balance", "voucher", "points", "refund", "sale", "test")
+SLIP_KINDS = ("balance", "voucher", "points", "refund", "sale", "test", "return")
 # A bare language means the shop's usual country: English slips in a UK shop, not 11/26/26.
 DEFAULT_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "es": "es_ES", "nl": "nl_NL"}
 
@@ -237,6 +237,43 @@ def refund_slip(
     if not_reinstated:
         blocks += [Feed(1), Text(_("Vouchers not reinstated"), bold=True), *_voucher_lines(ctx, not_reinstated)]
     return Receipt("refund", [*blocks, *ctx.bottom("refund", when)])
+
+
+def return_slip(  # noqa: PLR0913 -- one slip, every figure it may show
+    ctx: SlipContext,
+    transaction_id: str,
+    returned: Money,
+    when: datetime | None = None,
+    *,
+    taken_back: int = 0,
+    to_take_back: int = 0,
+    given_back: int = 0,
+    not_taken_back: int = 0,
+    balance: float | None = None,
+    estimated: bool = False,
+    member: str | None = None,
+) -> Receipt:
+    """A return after the sale: the points taken back (only once the engine's reactions show it; until
+    then "to be taken back"), the points given back, what could not be taken back, the new balance."""
+    _ = ctx._
+    blocks: list[Block] = [*ctx.top("Return")]
+    if member:
+        blocks.append(Columns(_("Member"), printed_mask(member)))
+    blocks += [Columns(_("Sale"), transaction_id), Columns(_("Returned"), ctx.money(returned))]
+    if given_back:
+        blocks.append(Columns(_("Points given back"), ctx.points(given_back)))
+    if taken_back:
+        blocks.append(Columns(_("Points taken back"), ctx.points(taken_back)))
+    if to_take_back:
+        blocks.append(Columns(_("Points to be taken back"), ctx.points(to_take_back)))
+    if not_taken_back:
+        blocks.append(Columns(_("Not taken back"), ctx.points(not_taken_back)))
+    if balance is not None:
+        label = _("Estimated balance") if estimated else _("New balance")
+        blocks.append(Columns(label, ctx.points(balance), bold=True))
+    if estimated:
+        blocks.append(Text(_("They will show in your balance shortly.")))
+    return Receipt("return", [*blocks, *ctx.bottom("return", when)])
 
 
 def _voucher_lines(ctx: SlipContext, names: Sequence[str]) -> list[Block]:

@@ -320,17 +320,20 @@ class Simulator:
         return JSONResponse(self.dialect.to_dict())
 
     async def set_reactors(self, request: Request) -> Response:
-        """POST {"redemption": "missing" | "conditional" | "present"} and/or {"delay_seconds": 0.5}."""
+        """POST {"redemption": "missing" | "conditional" | "present"}, {"take_back": "missing" | "present"}
+        and/or {"delay_seconds": 0.5}."""
         if request.method == "POST":
             values = await _json(request)
             for key, value in values.items():
                 if key == "redemption" and value in ("present", "missing", "conditional"):
                     continue
+                if key == "take_back" and value in ("present", "missing"):  # a return's take-back reactor
+                    continue
                 if key == "delay_seconds" and isinstance(value, (int, float)) and 0 <= value <= 60:
                     continue
                 raise SimError(400, "UNKNOWN_REACTOR_SWITCH", f"{key}={value!r} is no reactor switch")
             self.state.reactors.update(values)
-        return JSONResponse({k: self.state.reactors.get(k) for k in ("redemption", "delay_seconds")})
+        return JSONResponse({k: self.state.reactors.get(k) for k in ("redemption", "take_back", "delay_seconds")})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "requests": self.requests})

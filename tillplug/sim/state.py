@@ -277,7 +277,11 @@ class EngineState:
         payload = body.get("payload", {})
         if not isinstance(payload, dict):
             raise SimError(400, "VALIDATION_ERROR", "payload must be an object")
-        moves_points = etype in (self.reactors["spend_event_type"], self.reactors["refund_event_type"])
+        moves_points = etype in (
+            self.reactors["spend_event_type"],
+            self.reactors["refund_event_type"],
+            self.reactors.get("take_back_event_type"),
+        )
         if moves_points and (not isinstance(payload.get("points"), (int, float)) or payload["points"] < 0):
             raise SimError(400, "SCHEMA_MISMATCH", "payload.points must be a non-negative number")
         subject = body.get("subject")
@@ -298,8 +302,10 @@ class EngineState:
             if redemption == "missing" or (redemption == "conditional" and payload.get("channel") != "app"):
                 return 0
             return -float(payload["points"])
-        if etype == r["refund_event_type"]:
+        if etype == r["refund_event_type"]:  # a void's refund, and a return's give-back
             return float(payload["points"])
+        if etype == r.get("take_back_event_type"):  # a return takes earned points back
+            return 0 if r.get("take_back") == "missing" else -float(payload["points"])
         return 0
 
     def test_reaction(self, body: dict[str, Any]) -> list[dict[str, Any]]:
