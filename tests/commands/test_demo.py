@@ -34,7 +34,7 @@ def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
 
 
 def test_interactive_demo_takes_barcodes_and_commands(tmp_path):
-    script = "open T-9\n1000001\npoints 100\nvoucher ALICE-5OFF-0001\ncomplete 500\nquit\n"
+    script = "open T-9\n1000001\npoints 100\nvoucher ALICE-5OFF-0001\ncomplete 500\nreturn T-9 250\nquit\n"
     result = subprocess.run(
         [sys.executable, "-m", "tillplug", "demo", "--interactive", "--out", str(tmp_path)],
         input=script,
@@ -46,6 +46,7 @@ def test_interactive_demo_takes_barcodes_and_commands(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"points": 100' in result.stdout and "ALICE-5OFF-0001" in result.stdout
     assert '"state": "completed"' in result.stdout
+    assert '← 201 {"returnId": "RET-' in result.stdout  # the return of T-9 is taken
 
 
 def test_the_cashier_reads_what_a_voucher_takes_off_in_words():

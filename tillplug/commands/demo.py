@@ -309,7 +309,7 @@ def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0
     help_text = (
         "Type a barcode to scan it (try 1000001, ALICE-5OFF-0001, 4006381333931), or a command:\n"
         "  open TX | points N | voucher CODE | benefits | redeem ID | complete TOTAL | void | "
-        "ledger | help | quit"
+        "return TX AMOUNT | ledger | help | quit"
     )
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work, VirtualTill(Path(work)) as till:
         s = Story(till, out, sys.stdout.isatty())
@@ -351,6 +351,14 @@ def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0
                 s.api("POST", f"/v1/checkouts/{tx}/void")
                 s.slip()
                 tx = None
+            elif word == "return":  # a completed sale: return TX AMOUNT (minor units)
+                sale, _, amount = rest.partition(" ")
+                if not sale or not amount.strip().isdigit():
+                    print("return TX AMOUNT, e.g. return T-9 250")
+                    continue
+                returned = {"returnId": f"RET-{time.time_ns()}", "transactionId": sale, "amount": int(amount)}
+                s.api("POST", "/v1/returns", returned)
+                s.slip()
             elif word == "ledger":
                 print(json.dumps(till.ledger(), indent=2))
             else:

@@ -721,7 +721,8 @@ class Returns:
                     continue
                 await ctx.db(self._commit_take_back, record, member, plan, sale.earn)
             ctx.wake_outbox()
-            settled = await self._answer(self.record(record.return_id) or record, wait=0)
+            now: ReturnRecord | None = await ctx.db(self.record, record.return_id)
+            settled = await self._answer(now or record, wait=0)
             log.info("return %s of sale %s: take-back settled (%s)", record.return_id, record.tx_id, plan.state)
             ctx.events.publish("return_settled", settled.event(), lane=record.lane)
         self._any_waiting = left > 0
