@@ -49,6 +49,7 @@ from hypothesis.stateful import (
 from tests.flow_harness import Harness, answer_2xx, is_burn, is_spend, reset_after, reset_before
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
+from tillplug.flows.answers import EngineVoucher
 from tillplug.flows.checkouts import Deduction
 from tillplug.sim import SimServer
 from tillplug.sim.app import Faults
@@ -189,9 +190,9 @@ class MoneyMachine(RuleBasedStateMachine):
             if hook is not None:
                 h.tamper.on(is_spend, hook)
             answer = self._call(till, h.loyalty.spend_points(tx, points))
-            if answer is not None and not answer["pending"]:
-                self.told[self.member_of[tx]] -= answer["points"]
-                self.by_sale[tx] = self.by_sale.get(tx, 0) - answer["points"]
+            if answer is not None and not answer.pending:
+                self.told[self.member_of[tx]] -= answer.points
+                self.by_sale[tx] = self.by_sale.get(tx, 0) - answer.points
 
     @rule(sale=sales, code=st.sampled_from(VOUCHERS), fault=st.sampled_from(FAULT_CHOICES))
     def voucher(self, sale: tuple[str, str], code: str, fault: str) -> None:
@@ -201,8 +202,8 @@ class MoneyMachine(RuleBasedStateMachine):
         if hook is not None:
             h.tamper.on(is_burn, hook)
         answer = self._call(till, h.loyalty.apply_voucher(tx, code))
-        if answer is not None and answer.get("burned"):
-            self.told_burns.add(answer["code"])
+        if isinstance(answer, EngineVoucher) and answer.burned:
+            self.told_burns.add(answer.code)
 
     @rule(sale=sales, pick=st.integers(0, 3))
     def redeem(self, sale: tuple[str, str], pick: int) -> None:
@@ -210,9 +211,9 @@ class MoneyMachine(RuleBasedStateMachine):
         h = self.tills[till]
         listed = self._call(till, h.loyalty.list_benefits(tx)) or []
         if listed:
-            answer = self._call(till, h.loyalty.redeem_benefit(tx, listed[pick % len(listed)]["id"]))
-            if answer is not None and answer.get("burned"):
-                self.told_burns.add(answer["code"])
+            answer = self._call(till, h.loyalty.redeem_benefit(tx, listed[pick % len(listed)].id))
+            if isinstance(answer, EngineVoucher) and answer.burned:
+                self.told_burns.add(answer.code)
 
     @rule(sale=consumes(sales), total=st.integers(0, 5000))
     def complete(self, sale: tuple[str, str], total: int) -> None:
@@ -221,7 +222,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None:
             self.closed.add(tx)
         if answer is not None and tx in self.member_of:
-            self.told[self.member_of[tx]] += answer["expectedPoints"]
+            self.told[self.member_of[tx]] += answer.expectedPoints
 
     @rule(sale=consumes(sales))
     def void(self, sale: tuple[str, str]) -> None:
@@ -231,8 +232,8 @@ class MoneyMachine(RuleBasedStateMachine):
             self.closed.add(tx)
             self.voided.add(tx)
         if answer is not None and tx in self.member_of:
-            self.told[self.member_of[tx]] += answer["pointsRefunded"]
-            self.by_sale[tx] = self.by_sale.get(tx, 0) + answer["pointsRefunded"]
+            self.told[self.member_of[tx]] += answer.pointsRefunded
+            self.by_sale[tx] = self.by_sale.get(tx, 0) + answer.pointsRefunded
 
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
