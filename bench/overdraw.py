@@ -20,6 +20,7 @@ Not a CI test: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -89,6 +90,11 @@ def tender_as_documented(till: VirtualTill, tx: str) -> Callable[[], tuple[httpx
     return call
 
 
+def drained(till: VirtualTill) -> bool:
+    """The till's outbox has sent every row."""
+    return till.daemon.store.stats().depth == 0
+
+
 def new_member(sim: SimServer, n: int) -> tuple[str, str]:
     member_id = str(uuid.uuid4())
     account = f"{7000000 + n}"
@@ -152,7 +158,7 @@ def measure(tills: int, delay: float, rounds: int, work: Path) -> dict[str, Any]
                         f"/v1/checkouts/{tx}/void" if kept == 0 else f"/v1/checkouts/{tx}/complete",
                         json=None if kept == 0 else {"total": 0, "paymentConfirmed": True},
                     )
-            settled = all(poll_until(lambda t=t: t.daemon.store.stats().depth == 0, 120) for t in daemons)
+            settled = all(poll_until(functools.partial(drained, t), 120) for t in daemons)
             settled = settled and poll_until(lambda: sim.state.reactions_due == 0, 120)
             for o in outcomes:
                 o["balance"] = sim.state.members[o["member"]]["pointsBalance"]

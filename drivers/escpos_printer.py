@@ -22,15 +22,18 @@ import select
 import socket
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
 from tillplug.devices.base import Capability, PrinterDriver, PrinterState, PrinterStatus
 from tillplug.errors import DeviceBusy, DeviceGone, DriverError
 from tillplug.receipts import scripts
 from tillplug.receipts.code128 import escpos_payload, symbol_count
-from tillplug.receipts.layout import QR, Barcode, Columns, Cut, Feed, Image, Receipt, Rule, Text, text_lines
+from tillplug.receipts.layout import QR, Barcode, Block, Columns, Cut, Feed, Image, Receipt, Rule, Text, text_lines
 from tillplug.receipts.paper import paper_layout, pinned_code_page, small_font_columns
+
+if TYPE_CHECKING:
+    from tillplug.config.model import PrinterConfig
 
 log = logging.getLogger(__name__)
 DLE_EOT = b"\x10\x04"
@@ -114,7 +117,7 @@ class Connection(ABC):
     scheme: ClassVar[str]
     answers_status: ClassVar[bool] = False  # can a DLE EOT reply come back over this wire?
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         self.config = config
         self.url = url
 
@@ -145,7 +148,7 @@ class CaptureConnection(Connection):
     scheme = "capture"
     answers_status = True
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         super().__init__(config, url)
         self.captured = bytearray()
         self._file: Any = None
@@ -184,7 +187,7 @@ class TcpConnection(Connection):
     answers_status = True
     write_timeout = 10.0
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         super().__init__(config, url)
         self._sock: socket.socket | None = None
 
@@ -245,7 +248,7 @@ class SerialConnection(Connection):
     scheme = "serial"
     answers_status = True
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         super().__init__(config, url)
         self._port: Any = None
 
@@ -300,7 +303,7 @@ class FileConnection(Connection):
     scheme = "file"
     answers_status = True
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         super().__init__(config, url)
         self._fd: int | None = None
 
@@ -345,7 +348,7 @@ class UsbConnection(Connection):
     scheme = "usb"
     answers_status = True
 
-    def __init__(self, config: Any, url: SplitResult) -> None:
+    def __init__(self, config: PrinterConfig, url: SplitResult) -> None:
         super().__init__(config, url)
         try:
             self.vid, self.pid = (int(x, 16) for x in url.netloc.split(":"))
@@ -397,7 +400,7 @@ CONNECTIONS: dict[str, type[Connection]] = {
 }
 
 
-def connection_for(config: Any) -> Connection:
+def connection_for(config: PrinterConfig) -> Connection:
     url = urlsplit(config.connection)
     cls = CONNECTIONS.get(url.scheme)
     if cls is None:
@@ -414,7 +417,7 @@ def connection_for(config: Any) -> Connection:
 class EscposPrinter(PrinterDriver):
     capabilities = frozenset({Capability.CUT, Capability.BARCODE, Capability.QR, Capability.STATUS, Capability.DRAWER})
 
-    def __init__(self, config: Any, cache_dir: str | None = None) -> None:
+    def __init__(self, config: PrinterConfig, cache_dir: str | None = None) -> None:
         super().__init__(config, cache_dir)
         use_cache_dir(cache_dir)
         self.connection = connection_for(config)
@@ -499,7 +502,7 @@ class EscposPrinter(PrinterDriver):
         encoder = self._encoder
         return scripts.printable(text, lambda ch: encoder is not None and encoder.can_encode(self.code_page, ch))
 
-    def _render_block(self, out: Any, block: Any) -> None:
+    def _render_block(self, out: Any, block: Block) -> None:
         if isinstance(block, (Text, Columns, Rule)):
             shown = self._printable_block(block)
             if shown is None:  # its stated fallback: leave it out

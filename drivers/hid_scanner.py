@@ -30,6 +30,8 @@ from tillplug.procfs import holders
 if TYPE_CHECKING:
     import evdev
 
+    from tillplug.config.model import ScannerConfig
+
 log = logging.getLogger(__name__)
 READ_TIMEOUT = 0.05
 USB_PORT = re.compile(r"^usb://(?P<vid>[0-9a-fA-F]{4}):(?P<pid>[0-9a-fA-F]{4})(?:/(?P<serial>.+))?$")
@@ -50,7 +52,7 @@ class HidScanner(ScannerDriver):
     frames_itself = True
     passes_through = True
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ScannerConfig) -> None:
         super().__init__(config)
         self._device: evdev.InputDevice[str] | None = None
         self._uinput: evdev.UInput | None = None

@@ -114,10 +114,70 @@ def test_a_whole_sale_answers_what_the_document_says(till):
 def test_an_answer_that_strays_from_its_model_is_still_sent_and_logged(caplog):
     """The work is done by the time the answer is checked: a 500 would tell the till a completed sale failed."""
     from tillplug.api.app import answer
-    from tillplug.api.schemas import Completed
+    from tillplug.flows.answers import Completed
 
     good = {"transactionId": "T", "state": "completed", "expectedPoints": 5, "eventKey": "k", "voucherBurnFailures": []}
     assert answer(Completed, {**good, "pending": True}) == {**good, "pending": True}  # new fields pass through
     strayed = {**good, "expectedPoints": "five"}
     assert answer(Completed, strayed) == strayed
     assert "does not match its documented model Completed" in caplog.text
+
+
+def test_every_flow_answer_type_is_sent_with_the_status_the_document_gives_it():
+    """#23: the HTTP status comes from the answer's type (a ``Pending`` is 202), and the document lists
+    each type the flows answer under the status it is sent with; no success status is documented that
+    no answer is sent with.  (Once one dict key, ``pending``, picked the status and 202 was undocumented.)"""
+    import types
+    import typing
+
+    from tillplug.flows.loyalty import Loyalty
+
+    doc = document()
+    components = doc["components"]["schemas"]
+
+    def named(schema: dict) -> set[str]:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return {name} | {one["$ref"].rsplit("/", 1)[1] for one in components[name].get("oneOf", [])}
+
+    flows = 0
+    for op in OPERATIONS:
+        flow = getattr(Loyalty, op.handler, None)
+        if flow is None or op.response is None:
+            continue
+        flows += 1
+        returned = typing.get_type_hints(flow)["return"]
+        if typing.get_origin(returned) is list:  # a list: the API's own wrapper is the answer (BenefitList)
+            kinds: tuple[type, ...] = (op.response,)
+        else:
+            kinds = typing.get_args(returned) if isinstance(returned, types.UnionType) else (returned,)
+        responses = doc["paths"][op.path][op.method.lower()]["responses"]
+        sent = set()
+        for kind in kinds:
+            status = op.status_for(kind)
+            sent.add(str(status))
+            assert str(status) in responses, f"{op.handler}: {kind.__name__} is sent {status}, undocumented"
+            documented = named(responses[str(status)]["content"]["application/json"]["schema"])
+            assert kind.__name__ in documented, (
+                f"{op.handler}: {kind.__name__} is sent {status}, documented {documented}"
+            )
+        assert {s for s in responses if s.startswith("2")} == sent, op.handler
+    assert flows == 11  # every flow the till calls: look-up, checkouts, points, vouchers, tender, complete, void
+
+
+def test_the_api_declares_no_answer_the_flows_declare():
+    """#23: every answer existed twice (a flow's dict, and a model in api/schemas.py checking it afterwards).
+    The flows' answers are declared once, in flows/answers.py; the API only imports them."""
+    from pydantic import BaseModel
+
+    from tillplug.api import schemas
+    from tillplug.flows import answers
+
+    declared_here = {
+        name
+        for name, value in vars(schemas).items()
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == schemas.__name__
+    }
+    flows = {name for name, value in vars(answers).items() if isinstance(value, type) and issubclass(value, BaseModel)}
+    documented = set(document()["components"]["schemas"])
+    assert declared_here & flows & documented == set()
+    assert {"Wallet", "CheckoutView", "PointsSpent", "PointsPending", "Tendered", "Completed", "Voided"} <= flows

@@ -19,6 +19,7 @@ import pytest
 
 from tests.flow_harness import Harness, is_burn, reset_after, reset_before
 from tillplug.engine.clock import EngineClock, InFlight
+from tillplug.flows.answers import VoucherPending
 from tillplug.sim import SimServer
 
 CODE = "ALICE-5OFF-0001"
@@ -56,7 +57,7 @@ def test_our_own_burn_stays_ours_when_the_clock_steps_back_while_it_is_pending(
         try:
             await h.loyalty.open_checkout("T1", 1, "c-1")
             h.tamper.on(is_burn, reset_after)  # the burn lands; its answer is lost
-            assert (await h.loyalty.apply_voucher("T1", CODE))["pending"] is True
+            assert isinstance(await h.loyalty.apply_voucher("T1", CODE), VoucherPending)
             step_wall_clock(monkeypatch, -5.0)
             return await settled_outcome(h)
         finally:
@@ -79,7 +80,7 @@ def test_another_tills_earlier_burn_is_not_taken_for_ours_when_the_clock_steps_f
             sim.state.validate_voucher({"code": CODE})
             sim.state.clock = real
             h.tamper.on(is_burn, reset_before)  # ours never reached the engine; the till cannot tell
-            assert (await h.loyalty.apply_voucher("T1", CODE))["pending"] is True
+            assert isinstance(await h.loyalty.apply_voucher("T1", CODE), VoucherPending)
             step_wall_clock(monkeypatch, +5.0)
             return await settled_outcome(h)
         finally:
@@ -107,7 +108,7 @@ def test_the_points_grace_is_counted_on_a_steady_clock(
             await h.loyalty.open_checkout("T1", 1, "c-1")
             await h.loyalty.attach_member("T1", "1000001")
             h.tamper.on(lambda r: r.method == "POST" and r.url.path.endswith("/events/"), reset_before)
-            assert (await h.loyalty.spend_points("T1", 500))["pending"] is True
+            assert (await h.loyalty.spend_points("T1", 500)).pending is True
             # However far the wall clock is set ahead, only steady time ends the window.
             import tillplug.flows.points as points_module
 

@@ -120,7 +120,7 @@ def test_old_open_outcomes_settle_under_the_new_words(old_state: Path, sim: SimS
             assert store.deduction_intents.owed() == [] and store.burn_intents.owed() == []
             # A void gives back what landed, old row and settled row alike.
             voided = await h.loyalty.void("OLD-OPEN")
-            assert voided["pointsRefunded"] == 200 and voided["pointsPending"] == 0
+            assert voided.pointsRefunded == 200 and voided.pointsPending == 0
         finally:
             await h.close()
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.flow_harness import ALICE, Harness, config, is_spend, settled_balance
+from tillplug.flows.answers import PointsSpent
 from tillplug.sim import SimServer
 
 Forward = Callable[[], Awaitable[httpx.Response]]
@@ -65,9 +66,9 @@ def test_a_broken_gzip_on_the_confirming_reads_never_turns_a_taken_spend_into_a_
 
             h.tamper.on(is_spend, spend_then_break_reads)
             answer = await h.loyalty.spend_points("T1", 500)
-            assert answer["pending"] is False and answer["discount"]["amount"] == 500
-            assert answer["balanceEstimated"] is True
-            assert h.loyalty.get_checkout("T1")["pointsSpent"] == 500
+            assert answer.pending is False and answer.discount.amount == 500
+            assert answer.balanceEstimated is True
+            assert h.loyalty.get_checkout("T1").pointsSpent == 500
             assert await settled_balance(sim, ALICE, 750) == 750
         finally:
             await h.close()
@@ -87,10 +88,10 @@ def test_a_broken_gzip_on_the_unseen_deductions_check_of_a_next_spend_is_not_a_5
         try:
             await open_sale(h, "T1")
             first = await h.loyalty.spend_points("T1", 100)
-            assert first["balanceEstimated"] is True
+            assert isinstance(first, PointsSpent) and first.balanceEstimated is True
             h.tamper.on(lambda r: r.url.path.endswith("/reactions"), broken_gzip, times=1000)
             second = await h.loyalty.spend_points("T1", 100)
-            assert second["discount"]["amount"] == 100
+            assert second.discount.amount == 100
         finally:
             await h.close()
 
@@ -156,10 +157,10 @@ def test_offline_a_keyed_code_never_seen_is_attached_without_a_points_figure(tmp
             sim.sim.faults.update({"down": True})
             await h.loyalty.open_checkout("K1", 1, None)
             attached = await h.loyalty.attach_member("K1", "1000002", entry="keyed")
-            assert attached["offline"] is True and attached["memberUnverified"] is True
-            assert attached["message"] == ADDED_IF_VALID
+            assert attached.offline is True and attached.memberUnverified is True
+            assert attached.message == ADDED_IF_VALID
             done = await h.loyalty.complete("K1", 2000, [], True)
-            assert done["expectedPoints"] is None and done["message"] == ADDED_IF_VALID
+            assert done.expectedPoints is None and done.message == ADDED_IF_VALID
             sim.sim.faults.update({"down": False})
             assert await h.drain()
             assert await settled_balance(sim, BOB, 320) == 320  # the engine accepted it as Bob's
@@ -184,10 +185,10 @@ def test_offline_a_scanned_card_or_a_keyed_code_seen_lately_earns_with_a_figure(
             sim.sim.faults.update({"down": True})
             await h.loyalty.open_checkout("K2", 1, None)
             attached = await h.loyalty.attach_member("K2", "1000002", entry=entry)
-            assert attached["offline"] is True and attached["memberUnverified"] is False
-            assert "message" not in attached
+            assert attached.offline is True and attached.memberUnverified is False
+            assert "message" not in attached.model_fields_set
             done = await h.loyalty.complete("K2", 2000, [], True)
-            assert done["expectedPoints"] == 20
+            assert done.expectedPoints == 20
         finally:
             await h.close()
 
@@ -217,7 +218,7 @@ def test_tillplugs_own_scanners_attach_as_scanned(tmp_path: object, sim: SimServ
             await h.loyalty.open_checkout("K3", 1, None)
             await h.loyalty.scan(h.loyalty.ctx.classifier.classify("1000002"), 1)  # as the scan path hands it
             view = h.loyalty.get_checkout("K3")
-            assert view["offline"] is True and view["memberUnverified"] is False
+            assert view.offline is True and view.memberUnverified is False
         finally:
             await h.close()
 
@@ -243,11 +244,11 @@ def test_a_deduction_the_engine_never_shows_applied_is_not_given_at_tender_witho
         try:
             await open_sale(h, "R1")
             spent = await h.loyalty.spend_points("R1", 500)
-            assert spent["final"] is False and spent["balanceEstimated"] is True
+            assert isinstance(spent, PointsSpent) and spent.final is False and spent.balanceEstimated is True
             tendered = await h.loyalty.tender("R1")
-            assert tendered["ready"] is False
-            assert tendered["points"]["state"] == "unconfirmed" and tendered["points"]["unconfirmed"] == 500
-            assert "not confirmed" in tendered["points"]["message"]
+            assert tendered.ready is False
+            assert tendered.points.state == "unconfirmed" and tendered.points.unconfirmed == 500
+            assert "not confirmed" in (tendered.points.message or "")
             assert "deduction_not_applied" in h.loyalty.points.problems
         finally:
             await h.close()
@@ -277,10 +278,11 @@ def test_a_void_never_refunds_a_deduction_the_engine_never_applied(
             await open_sale(h, "V1")
             await h.loyalty.spend_points("V1", 500)
             if tender_first:
-                assert (await h.loyalty.tender("V1"))["points"]["state"] == "unconfirmed"
+                tendered = await h.loyalty.tender("V1")
+                assert tendered.points is not None and tendered.points.state == "unconfirmed"
             voided = await h.loyalty.void("V1")
-            assert voided["pointsRefunded"] == 0 and voided["pointsHeld"] == 500
-            assert "not given back" in voided["message"]
+            assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
+            assert voided.message is not None and "not given back" in voided.message
             assert "deduction_not_applied" in h.loyalty.points.problems
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250  # not 1,750: nothing invented
@@ -305,7 +307,7 @@ def test_a_void_refunds_a_deduction_the_engine_applied_late(tmp_path: object, si
             await open_sale(h, "V2")
             await h.loyalty.spend_points("V2", 500)
             voided = await h.loyalty.void("V2")
-            assert voided["pointsRefunded"] == 500 and voided.get("pointsHeld", 0) == 0
+            assert voided.pointsRefunded == 500 and voided.pointsHeld == 0
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
@@ -334,7 +336,7 @@ def test_a_rate_the_engine_applies_otherwise_than_configured_is_a_health_problem
             await h.loyalty.spend_points("R2", 100)
             h.tamper.on(lambda r: r.url.path.endswith("/reactions"), doubled, times=1000)
             tendered = await h.loyalty.tender("R2")
-            assert tendered["points"]["state"] == "final"
+            assert tendered.points.state == "final"
             assert "rate_mismatch" in h.loyalty.points.problems
         finally:
             await h.close()
@@ -357,14 +359,14 @@ def test_complete_without_tender_keeps_an_overdraw_reports_it_and_counts_it(tmp_
         try:
             await open_sale(other, "O1", "1000002")
             await open_sale(h, "H1", "1000002")
-            assert (await other.loyalty.spend_points("O1", 200))["discount"]["amount"] == 200
+            assert (await other.loyalty.spend_points("O1", 200)).discount.amount == 200
             h.loyalty.points._unseen.clear()
             # The other till's deduction not yet shown when this till checks the balance: both taken.
             sim.state.members[BOB]["pointsBalance"] += 200
             await h.loyalty.spend_points("H1", 200)
             sim.state.members[BOB]["pointsBalance"] -= 200
             done = await h.loyalty.complete("H1", 1000, [], True)
-            assert done["points"]["overdrawn"] == 200 and done["points"]["final"] == 200
+            assert done.points.overdrawn == 200 and done.points.final == 200
             assert h.loyalty.points.overdraws_kept == 1 and "overdraw_kept" in h.loyalty.points.problems
             assert [e for e in h.of_type("error") if e["code"] == "overdraw_kept"]
         finally:
@@ -387,12 +389,12 @@ def test_tender_makes_every_deduction_of_a_sale_final_and_a_second_tender_reads_
             await h.loyalty.spend_points("M1", 300)
             await h.loyalty.spend_points("M1", 200)
             tendered = await h.loyalty.tender("M1")
-            assert tendered["ready"] is True
-            assert tendered["points"]["state"] == "final" and tendered["points"]["final"] == 500
-            assert tendered["points"]["balanceAfter"] == 750
+            assert tendered.ready is True
+            assert tendered.points.state == "final" and tendered.points.final == 500
+            assert tendered.points.balanceAfter == 750
             before = len(h.tamper.seen)
             again = await h.loyalty.tender("M1")
-            assert again["points"]["final"] == 500 and h.tamper.seen[before:] == []
+            assert again.points.final == 500 and h.tamper.seen[before:] == []
         finally:
             await h.close()
 

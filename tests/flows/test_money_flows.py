@@ -55,15 +55,15 @@ def test_a_spend_the_engine_accepted_with_an_unreadable_2xx_is_pending_then_land
             await open_sale(h, "T1")
             h.tamper.on(is_spend, answer_2xx)
             answer = await h.loyalty.spend_points("T1", 500)
-            assert answer["pending"] is True and answer["discount"]["amount"] == 0
-            assert answer["pendingDiscount"]["amount"] == 500
+            assert answer.pending is True and answer.discount.amount == 0
+            assert answer.pendingDiscount.amount == 500
             assert await settled_balance(sim, ALICE, 750) == 750  # it did land
             assert await h.loyalty.settle_owed() == 0
             [verdict] = h.of_type("points_settled")
             assert verdict["outcome"] == "landed" and verdict["discount"]["amount"] == 500
-            assert h.loyalty.get_checkout("T1")["pointsSpent"] == 500
+            assert h.loyalty.get_checkout("T1").pointsSpent == 500
             voided = await h.loyalty.void("T1")
-            assert voided["pointsRefunded"] == 500
+            assert voided.pointsRefunded == 500
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
@@ -81,13 +81,13 @@ def test_a_voucher_burned_with_an_unreadable_2xx_is_reported_to_the_till_once_lo
             await open_sale(h, "T2")
             h.tamper.on(is_burn, answer_2xx)
             answer = await h.loyalty.apply_voucher("T2", "ALICE-5OFF-0001")
-            assert answer["pending"] is True and answer["discounts"] == []
+            assert answer.pending is True and answer.discounts == []
             assert [b["code"] for b in sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
             assert await h.loyalty.settle_owed() == 0
             [verdict] = h.of_type("voucher_settled")
             assert verdict["outcome"] == "burned" and verdict["applied"] is True
             assert verdict["discounts"] == [{"type": "ABSOLUTE", "value": 500.0}]
-            assert [v["code"] for v in h.loyalty.get_checkout("T2")["vouchers"]] == ["ALICE-5OFF-0001"]
+            assert [v.code for v in h.loyalty.get_checkout("T2").vouchers] == ["ALICE-5OFF-0001"]
         finally:
             await h.close()
 
@@ -107,9 +107,9 @@ def test_reactions_in_another_shape_never_turn_an_accepted_spend_into_a_failure(
             await open_sale(h, "T3")
             h.tamper.on(lambda r: r.url.path.endswith("/reactions"), nested, times=100)
             answer = await h.loyalty.spend_points("T3", 500)
-            assert answer["pending"] is False and answer["discount"]["amount"] == 500
-            assert answer["balanceAfter"] == 750
-            assert h.loyalty.get_checkout("T3")["pointsSpent"] == 500
+            assert answer.pending is False and answer.discount.amount == 500
+            assert answer.balanceAfter == 750
+            assert h.loyalty.get_checkout("T3").pointsSpent == 500
         finally:
             await h.close()
 
@@ -130,8 +130,8 @@ def test_confirming_a_deduction_costs_at_most_the_read_budget_then_the_balance_i
             spend_at = calls.index("POST /v1/events/")
             confirming = [c for c in calls[spend_at + 1 :] if c.startswith("GET")]
             assert len(confirming) <= h.config.points.confirm_reads == 2
-            assert answer["pending"] is False and answer["balanceEstimated"] is True
-            assert answer["balanceAfter"] == 1150 and answer["discount"]["amount"] == 100
+            assert answer.pending is False and answer.balanceEstimated is True
+            assert answer.balanceAfter == 1150 and answer.discount.amount == 100
         finally:
             await h.close()
 
@@ -151,8 +151,8 @@ def test_a_void_while_a_spend_is_in_flight_waits_for_it_and_refunds_it(tmp_path,
             await asyncio.wait_for(in_flight.wait(), 5)
             voided = await h.loyalty.void("T5")
             answer = await spend
-            assert answer["pending"] is False and answer["points"] == 500  # the till was told it was taken
-            assert voided["pointsRefunded"] == 500  # … and the void gave it back
+            assert answer.pending is False and answer.points == 500  # the till was told it was taken
+            assert voided.pointsRefunded == 500  # … and the void gave it back
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
@@ -173,8 +173,8 @@ def test_a_voucher_burn_in_flight_during_a_void_is_reported_by_the_void(tmp_path
             burn = asyncio.ensure_future(h.loyalty.apply_voucher("T6", "ALICE-5OFF-0001"))
             await asyncio.wait_for(in_flight.wait(), 5)
             voided = await h.loyalty.void("T6")
-            assert (await burn)["burned"] is True
-            assert voided["vouchersNotReinstated"] == ["ALICE-5OFF-0001"]
+            assert (await burn).burned is True
+            assert voided.vouchersNotReinstated == ["ALICE-5OFF-0001"]
         finally:
             await h.close()
 
@@ -189,9 +189,9 @@ def test_a_pending_deduction_that_lands_on_a_voided_sale_is_refunded_and_the_til
         try:
             await open_sale(h, "T7")
             h.tamper.on(is_spend, reset_after)
-            assert (await h.loyalty.spend_points("T7", 400))["pending"] is True
+            assert (await h.loyalty.spend_points("T7", 400)).pending is True
             voided = await h.loyalty.void("T7")
-            assert voided["pointsRefunded"] == 0 and voided["pointsPending"] == 400
+            assert voided.pointsRefunded == 0 and voided.pointsPending == 400
             assert await h.loyalty.settle_owed() == 0
             assert [v["outcome"] for v in h.of_type("points_settled")] == ["refunded"]
             assert await h.drain()
@@ -208,12 +208,12 @@ def test_a_lost_spend_is_settled_as_not_landed_only_after_the_look_up_says_so(tm
         try:
             await open_sale(h, "T8")
             h.tamper.on(is_spend, reset_before)
-            assert (await h.loyalty.spend_points("T8", 400))["pending"] is True
+            assert (await h.loyalty.spend_points("T8", 400)).pending is True
             assert await h.loyalty.settle_owed() == 1  # "not found" this soon is not believed yet
             [d] = h.loyalty.checkouts.deduction_intents.owed()
             assert await h.loyalty.settler.settle(d, window=0) == "not_landed"
             assert [v["outcome"] for v in h.of_type("points_settled")] == ["not_landed"]
-            assert (await h.loyalty.void("T8"))["pointsRefunded"] == 0
+            assert (await h.loyalty.void("T8")).pointsRefunded == 0
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
@@ -231,16 +231,16 @@ def test_an_unknown_voucher_burn_is_looked_up_and_the_till_told_either_way(tmp_p
             await open_sale(h, "T9")
             h.tamper.on(is_burn, reset_after)
             landed = await h.loyalty.apply_voucher("T9", "ALICE-5OFF-0001")
-            assert landed["pending"] is True and "retried" not in landed["message"]
+            assert landed.pending is True and "retried" not in landed.message
             h.tamper.on(is_burn, reset_before)
             lost = await h.loyalty.apply_voucher("T9", "ALICE-RIVER-0005")
-            assert lost["pending"] is True
+            assert lost.pending is True
             assert await h.loyalty.settle_owed() == 1  # the lost one: not believed this soon
             for burn in h.loyalty.checkouts.burn_intents.owed():
                 await h.loyalty.settler.settle(burn, window=0)
             verdicts = {v["code"]: (v["outcome"], v["applied"]) for v in h.of_type("voucher_settled")}
             assert verdicts == {"ALICE-5OFF-0001": ("burned", True), "ALICE-RIVER-0005": ("not_burned", False)}
-            assert [v["code"] for v in h.loyalty.get_checkout("T9")["vouchers"]] == ["ALICE-5OFF-0001"]
+            assert [v.code for v in h.loyalty.get_checkout("T9").vouchers] == ["ALICE-5OFF-0001"]
             assert [b["code"] for b in sim.state.ledger.burns] == ["ALICE-5OFF-0001"]
         finally:
             await h.close()
@@ -264,14 +264,14 @@ def test_a_card_seen_recently_or_a_subject_identifier_attaches_offline_and_earns
             for tx, card in (("OA", "MBR:auth-alice"), ("OB", "1000002")):
                 await h.loyalty.open_checkout(tx, 1, None)
                 attached = await h.loyalty.attach_member(tx, card)
-                assert attached["offline"] is True and attached["wallet"] is None
+                assert attached.offline is True and attached.wallet is None
             with pytest.raises(MemberOffline):
                 await h.loyalty.spend_points("OA", 100)
             with pytest.raises(MemberOffline):
                 await h.loyalty.apply_voucher("OA", "ALICE-5OFF-0001")
             for tx in ("OA", "OB"):
                 done = await h.loyalty.complete(tx, 2000, [], True)
-                assert done["offline"] is True
+                assert done.offline is True
             sim.sim.faults.update({"down": False})
             assert await h.drain()
             assert await settled_balance(sim, ALICE, 1270) == 1270
@@ -342,7 +342,7 @@ def test_with_the_owner_filter_ignored_another_members_voucher_is_neither_listed
             assert any("/benefits" in c for c in h.tamper.seen)
             assert not any(b.code and b.code.value.startswith("ALICE") for b in unfiltered)  # the client checks owners
             listed = await h.loyalty.list_benefits("TB")
-            assert listed and all(b["code"] in (None, "POOL-COFFEE-0001", "BOB-5OFF-0001") for b in listed)
+            assert listed and all(b.code in (None, "POOL-COFFEE-0001", "BOB-5OFF-0001") for b in listed)
             alices = "be000000-0000-4000-8000-000000000002"  # created: redeeming it would activate it
             with pytest.raises(BenefitNotFound):
                 await h.loyalty.redeem_benefit("TB", alices)

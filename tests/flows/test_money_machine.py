@@ -58,7 +58,9 @@ from tests.flow_harness import Harness, answer_2xx, body_of, is_burn, is_spend, 
 from tillplug.engine.clock import InFlight
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
+from tillplug.flows.answers import EngineVoucher
 from tillplug.flows.checkouts import Deduction
+from tillplug.flows.intents import State
 from tillplug.flows.returns import ReturnRequest
 from tillplug.sim import SimServer
 from tillplug.sim.app import Faults
@@ -287,8 +289,8 @@ class MoneyMachine(RuleBasedStateMachine):
         if (hook := self.fault(fault)) is not None:
             h.tamper.on(is_burn, hook)
         answer = self._call(till, h.loyalty.apply_voucher(tx, code))
-        if answer is not None and answer.get("burned"):
-            self.told_burns[answer["code"]] += 1
+        if isinstance(answer, EngineVoucher) and answer.burned:
+            self.told_burns[answer.code] += 1
 
     @rule(sale=sales, pick=st.integers(0, 3))
     def redeem(self, sale: tuple[str, str], pick: int) -> None:
@@ -296,9 +298,9 @@ class MoneyMachine(RuleBasedStateMachine):
         h = self.tills[till]
         listed = self._call(till, h.loyalty.list_benefits(tx)) or []
         if listed:
-            answer = self._call(till, h.loyalty.redeem_benefit(tx, listed[pick % len(listed)]["id"]))
-            if answer is not None and answer.get("burned"):
-                self.told_burns[answer["code"]] += 1
+            answer = self._call(till, h.loyalty.redeem_benefit(tx, listed[pick % len(listed)].id))
+            if isinstance(answer, EngineVoucher) and answer.burned:
+                self.told_burns[answer.code] += 1
 
     @rule(sale=sales, fault=st.sampled_from(FAULT_CHOICES))
     def tender(self, sale: tuple[str, str], fault: str) -> None:
@@ -319,7 +321,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None:
             self.closed.add(tx)
             if tx in self.member_of:
-                self.earnings.add(answer["eventKey"])  # what it earns is the engine's to say
+                self.earnings.add(answer.eventKey)  # what it earns is the engine's to say
         return sale
 
     @rule(sale=completed, percent=st.integers(1, 120), again=st.booleans())
@@ -329,7 +331,7 @@ class MoneyMachine(RuleBasedStateMachine):
         till, tx = sale
         h = self.tills[till]
         checkout = h.loyalty.checkouts.get(tx)
-        spent = sum(d.money for d in h.loyalty.checkouts.deductions(tx, "confirmed"))
+        spent = sum(d.money for d in h.loyalty.checkouts.deductions(tx, State.LANDED))
         gross = ((checkout.total or 0) if checkout else 0) + spent
         self.counter += 1
         request = ReturnRequest(f"r-{self.counter}", tx, 1, max(1, gross * percent // 100))
@@ -343,9 +345,9 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None:
             self.closed.add(tx)
             self.voided.add(tx)
-        if answer is not None and answer["pointsRefunded"]:
-            self.told[self.spender[tx]] += answer["pointsRefunded"]
-            self.by_sale[tx] = self.by_sale.get(tx, 0) + answer["pointsRefunded"]
+        if answer is not None and answer.pointsRefunded:
+            self.told[self.spender[tx]] += answer.pointsRefunded
+            self.by_sale[tx] = self.by_sale.get(tx, 0) + answer.pointsRefunded
 
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
@@ -555,7 +557,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 records = returns.records(tx)
                 checkout = h.loyalty.checkouts.get(tx)
                 assert checkout is not None and checkout.state == "completed", tx
-                spent = h.loyalty.checkouts.deductions(tx, "confirmed")
+                spent = h.loyalty.checkouts.deductions(tx, State.LANDED)
                 gross = (checkout.total or 0) + sum(d.money for d in spent)
                 assert sum(r.amount for r in records) <= gross, tx
                 assert sum(r.give_back for r in records) <= sum(d.points for d in spent), tx

@@ -21,6 +21,7 @@ import pytest
 from tests.flow_harness import ALICE, Harness, body_of, is_spend, reset_before, settled_balance
 from tillplug.engine.dialect import EngineDialect
 from tillplug.errors import EngineUnavailable, InsufficientPoints, TillplugError
+from tillplug.flows.answers import PointsSpent
 from tillplug.flows.checkouts import Deduction
 from tillplug.flows.intents import State
 from tillplug.sim import SimServer
@@ -80,7 +81,7 @@ def test_the_intent_row_is_committed_while_the_balance_is_re_read_and_is_durable
             h.tamper.on(is_wallet_read, wallet)
             h.tamper.on(is_spend, report)
             answer = await h.loyalty.spend_points("R1", 100)
-            assert answer["pending"] is False and answer["balanceAfter"] == 1150
+            assert answer.pending is False and answer.balanceAfter == 1150
             assert overlapped == [True], "the intent's commit waited for the wallet re-read"
             [row] = durable_at_report
             assert row is not None and row.state == "sending" and row.points == 100
@@ -114,9 +115,9 @@ def test_the_outcome_is_committed_while_the_confirming_reads_are_out_and_recorde
             store.deduction_intents.settle = settle  # type: ignore[method-assign,assignment]
             h.tamper.on(is_reactions_read, reactions)
             answer = await h.loyalty.spend_points("R2", 100)
-            assert answer["pending"] is False and answer["balanceEstimated"] is False
+            assert answer.pending is False and answer.balanceEstimated is False
             assert overlapped == [True], "the outcome's commit waited for nothing, before the confirming reads"
-            row = store.deduction(answer["eventKey"])
+            row = store.deduction(answer.eventKey)
             assert row is not None and row.state == "landed"  # recorded before the till was told
         finally:
             await h.close()
@@ -157,7 +158,7 @@ def test_a_spend_stopped_before_its_report_leaves_no_row_that_counts_nor_anythin
             assert not any(is_spend_call(c) for c in h.tamper.seen)
             assert all(d.state == "not_landed" for d in h.loyalty.checkouts.deductions("R3"))
             changed = await h.loyalty.attach_member("R3", "1000002")  # another member: nothing was spent
-            assert changed["member"] is not None
+            assert changed.member is not None
         finally:
             await h.close()
         restarted = Harness(tmp_path, sim)
@@ -235,7 +236,8 @@ def test_reactions_showing_ours_applied_let_a_later_balance_read_confirm_it(tmp_
             h.tamper.on(is_wallet_read, first_confirming_wallet_read_early, times=2)
             before = len(h.tamper.seen)
             answer = await h.loyalty.spend_points("R5", 100)
-            assert answer["balanceEstimated"] is False and answer["balanceAfter"] == 1150
+            assert isinstance(answer, PointsSpent)
+            assert answer.balanceEstimated is False and answer.balanceAfter == 1150
             calls = confirming_calls(h, before)
             # The pair (in either order), then the balance alone.
             assert len(calls) == 3 and sum(c.endswith("/reactions") for c in calls[:2]) == 1, calls
@@ -258,7 +260,8 @@ def test_with_no_read_left_that_could_confirm_the_till_is_answered_at_once(tmp_p
             await open_sale(h, "R6")
             before = len(h.tamper.seen)
             answer = await h.loyalty.spend_points("R6", 100)
-            assert answer["balanceEstimated"] is True and answer["balanceAfter"] == 1150
+            assert isinstance(answer, PointsSpent)
+            assert answer.balanceEstimated is True and answer.balanceAfter == 1150
             calls = confirming_calls(h, before)
             assert len(calls) == 2 and any(c.endswith("/reactions") for c in calls), calls
         finally:
@@ -280,7 +283,8 @@ def test_where_reactions_are_not_known_to_be_listed_the_balance_alone_confirms_i
             await open_sale(h, "R7")
             before = len(h.tamper.seen)
             answer = await h.loyalty.spend_points("R7", 100)
-            assert answer["balanceEstimated"] is False and answer["balanceAfter"] == 1150
+            assert isinstance(answer, PointsSpent)
+            assert answer.balanceEstimated is False and answer.balanceAfter == 1150
             assert h.tamper.seen[before:] == [
                 f"GET /v1/users/{ALICE}/wallet",
                 "POST /v1/events/",

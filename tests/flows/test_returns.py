@@ -21,10 +21,11 @@ import pytest
 from tests.flow_harness import ALICE, Harness, settled_balance
 from tests.receipts.test_slips import text_of
 from tillplug.errors import CheckoutConflict, CheckoutNotFound, ReturnExceedsSale, ReturnIdReused
+from tillplug.flows.completion import BasketLine
 from tillplug.flows.returns import ReturnedLine, ReturnRequest
 from tillplug.sim import SimServer
 
-BASKET = [{"sku": "SHIRT", "quantity": 2, "amount": 1500}, {"sku": "SOCKS", "quantity": 2, "amount": 1500}]
+BASKET = [BasketLine("SHIRT", 2, 1500), BasketLine("SOCKS", 2, 1500)]
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from tests.flow_harness import Harness, is_burn, reset_after
 from tillplug.engine.models import Benefit
 from tillplug.errors import VouchersPending
+from tillplug.flows.answers import VoucherPending
 from tillplug.flows.vouchers import DATE_SLACK, NOT_BURNED, OURS, USED_BEFORE, burn_verdict, engine_offset
 from tillplug.sim import SimServer
 
@@ -121,7 +122,7 @@ def test_a_lost_burn_that_cannot_be_verified_blocks_completion_until_the_till_is
             await h.loyalty.open_checkout("T1", 1, "c-1")
             h.tamper.on(is_burn, reset_after)
             answer = await h.loyalty.apply_voucher("T1", "ALICE-5OFF-0001")
-            assert answer["pending"] is True
+            assert isinstance(answer, VoucherPending)
             with pytest.raises(VouchersPending):
                 await h.loyalty.complete("T1", 2000, [], True)
             h.tamper.on(is_benefit_listing, refuse, times=10)
@@ -129,9 +130,9 @@ def test_a_lost_burn_that_cannot_be_verified_blocks_completion_until_the_till_is
             [verdict] = h.of_type("voucher_settled")
             assert (verdict["outcome"], verdict["applied"], verdict["discounts"]) == ("unverifiable", False, [])
             assert "ALICE-5OFF-0001" in verdict["message"]
-            assert h.loyalty.get_checkout("T1")["vouchersPending"] == []
+            assert h.loyalty.get_checkout("T1").vouchersPending == []
             done = await h.loyalty.complete("T1", 2000, [], True)
-            assert done["state"] == "completed"
+            assert done.state == "completed"
         finally:
             await h.close()
 

@@ -58,6 +58,7 @@ from tillplug.errors import (
     StorageFull,
     TillplugError,
 )
+from tillplug.flows.completion import BasketLine
 from tillplug.flows.events import EventBus
 from tillplug.flows.loyalty import Loyalty
 from tillplug.flows.returns import ReturnedLine, ReturnRequest
@@ -174,13 +175,16 @@ async def parse(request: Request, model: type[BaseModel]) -> Any:
 
 
 def answer(model: type[BaseModel], result: Any) -> Any:
-    """The flows' result checked against the documented model, as JSON-ready data.
+    """An answer as JSON-ready data: a flow's typed answer as it is, any other checked against ``model``.
 
-    Fields the flows left out stay out (``exclude_unset``); fields the model does not name pass through.
-    An answer that does not match its model is still sent, and logged as an error: by now the work is
-    done (points taken, a sale completed), and a 500 would tell the till it was not.  The contract
-    tests are where a mismatch fails.
+    Fields left out stay out (``exclude_unset``: ``tillplug.flows.answers`` says which may be).  The
+    API's own answers (health, print jobs) are dicts: fields the model does not name pass through,
+    and one that does not match its model is still sent, and logged as an error: by now the work is
+    done (a job queued), and a 500 would tell the till it was not.  The contract tests are where a
+    mismatch fails.
     """
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json", exclude_unset=True)
     try:
         return model.model_validate(result).model_dump(mode="json", exclude_unset=True)
     except ValidationError as exc:
@@ -278,9 +282,7 @@ class TillApi:
             if op.response is None:
                 assert isinstance(result, Response)
                 return result, None
-            # An unknown outcome is 202: the verdict follows on /v1/events.
-            pending = isinstance(result, dict) and result.get("pending") is True
-            return JSONResponse(answer(op.response, result), status_code=202 if pending else op.status), None
+            return JSONResponse(answer(op.response, result), status_code=op.status_for(type(result))), None
         except Exception as exc:  # every failure answers in the error shape
             return _failure(op, exc), exc
 
@@ -388,7 +390,7 @@ class TillApi:
         return await self.loyalty.apply_voucher(request.path_params["tx"], body.code, body.checkOnly)
 
     async def _list_benefits(self, request: Request, body: None) -> Any:
-        return {"benefits": await self.loyalty.list_benefits(request.path_params["tx"])}
+        return schemas.BenefitList(benefits=await self.loyalty.list_benefits(request.path_params["tx"]))
 
     async def _redeem_benefit(self, request: Request, body: schemas.RedeemBenefit) -> Any:
         return await self.loyalty.redeem_benefit(request.path_params["tx"], request.path_params["bid"], body.checkOnly)
@@ -398,7 +400,10 @@ class TillApi:
 
     async def _complete(self, request: Request, body: schemas.Complete) -> Any:
         return await self.loyalty.complete(
-            request.path_params["tx"], body.total, [line.model_dump() for line in body.basket], body.paymentConfirmed
+            request.path_params["tx"],
+            body.total,
+            [BasketLine(line.sku, line.quantity, line.amount) for line in body.basket],
+            body.paymentConfirmed,
         )
 
     async def _void(self, request: Request, body: schemas.NoBody) -> Any:
@@ -413,11 +418,11 @@ class TillApi:
 
     async def _print_balance(self, request: Request, body: schemas.PrintBalance) -> Any:
         """``{job, state}`` like every print call, with the member's view the slip shows."""
-        view = dict(await self.loyalty.lookup(body.code, lane=body.lane, print_slip=True))
-        job = view.pop("print", None)
-        if job is None:  # the flows told the event stream why
+        wallet = await self.loyalty.lookup(body.code, lane=body.lane, print_slip=True)
+        if wallet.print is None:  # the flows told the event stream why
             raise PrinterNotReady(f"No balance slip was queued: the printer for lane {body.lane} cannot take it now.")
-        return {**job, **view}
+        seen = wallet.model_dump(exclude_unset=True, exclude={"print"})
+        return schemas.BalancePrinted.model_validate({**wallet.print.model_dump(), **seen})
 
     async def _print_test(self, request: Request, body: schemas.PrintTest) -> Any:
         return await self.print_test_source(body.printer)

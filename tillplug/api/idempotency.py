@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tillplug.errors import FlowError, OutcomeUnknown, RetryableError, StorageError
 
@@ -93,7 +93,7 @@ def valid_key(value: str) -> bool:
     return 0 < len(value) <= MAX_KEY_LENGTH and all("!" <= c <= "~" for c in value)
 
 
-def fingerprint(request: Any) -> str:
+def fingerprint(request: object) -> str:
     """What makes two requests the same one: their JSON meaning, whatever the key order or spacing."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from tillplug import __version__
 from tillplug.api import schemas
 from tillplug.api.idempotency import HEADER, KEEP_SECONDS, MAX_KEY_LENGTH
-from tillplug.api.routes import OPERATIONS
+from tillplug.api.routes import OPERATIONS, PENDING_STATUS
 
 IDEMPOTENCY_KEY = {
     "name": HEADER,
@@ -69,6 +69,12 @@ def document() -> dict[str, Any]:
                 "5XX": failed,
             },
         }
+        if op.pending is not None:
+            spec["responses"][str(PENDING_STATUS)] = {
+                "description": "the engine's answer was lost: the outcome is being looked up, and its verdict "
+                "follows on /v1/events; give no discount until then",
+                "content": {op.media_type: {"schema": _ref(op.pending, components)}},
+            }
         parameters: list[dict[str, Any]] = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in op.path_params
         ]

@@ -9,6 +9,9 @@ from functools import cached_property
 from pydantic import BaseModel
 
 from tillplug.api import schemas as s
+from tillplug.flows import answers as a
+
+PENDING_STATUS = 202  # an unknown outcome: the verdict follows on /v1/events
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Operation:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None  # None: not JSON (a stream, the metrics text)
     status: int = 200
+    # The answer when the engine's answer was lost and the outcome is being looked up (202).
+    pending: type[a.Pending] | None = None
     media_type: str = "application/json"
     auth: bool = True
     documented: bool = True
@@ -39,6 +44,10 @@ class Operation:
         """Acts on a body of its own: it must come as JSON, even when empty (a web page's simple request
         cannot say ``Content-Type: application/json``)."""
         return self.request is not None and self.request is not s.NoBody
+
+    def status_for(self, answer: type[object]) -> int:
+        """The HTTP status of an answer of this type: a ``Pending`` is 202, any other the operation's own."""
+        return PENDING_STATUS if issubclass(answer, a.Pending) else self.status
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -74,7 +83,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/v1/members/{code}",
         "Look a member up without a checkout (balance, vouchers)",
         "lookup",
-        response=s.Wallet,
+        response=a.Wallet,
     ),
     Operation(
         "POST",
@@ -82,7 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Open a checkout on a lane",
         "open_checkout",
         request=s.CheckoutCreate,
-        response=s.CheckoutView,
+        response=a.CheckoutView,
         status=201,
         idempotent=True,
     ),
@@ -91,7 +100,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/v1/checkouts/{tx}",
         "A checkout: member, points spent, vouchers",
         "get_checkout",
-        response=s.CheckoutView,
+        response=a.CheckoutView,
     ),
     Operation(
         "PUT",
@@ -99,7 +108,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Attach a member (same as scanning the card)",
         "attach_member",
         request=s.MemberAttach,
-        response=s.CheckoutWithWallet,
+        response=a.CheckoutWithWallet,
         idempotent=True,
     ),
     Operation(
@@ -108,7 +117,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "Spend points as money (taken now, before completion)",
         "spend_points",
         request=s.SpendPoints,
-        response=s.PointsAnswer,
+        response=a.PointsSpent,
+        pending=a.PointsPending,
         idempotent=True,
     ),
     Operation(
@@ -118,6 +128,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "apply_voucher",
         request=s.VoucherApply,
         response=s.VoucherResult,
+        pending=a.VoucherPending,
         idempotent=True,
     ),
     Operation(
@@ -134,6 +145,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "redeem_benefit",
         request=s.RedeemBenefit,
         response=s.VoucherResult,
+        pending=a.VoucherPending,
         idempotent=True,
     ),
     Operation(
@@ -143,7 +155,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "burn the checked vouchers",
         "tender",
         request=s.NoBody,
-        response=s.Tendered,
+        response=a.Tendered,
         idempotent=True,
     ),
     Operation(
@@ -152,7 +164,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Complete the sale after payment: points are earned through the outbox",
         "complete",
         request=s.Complete,
-        response=s.Completed,
+        response=a.Completed,
         idempotent=True,
     ),
     Operation(
@@ -161,7 +173,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Void the sale: every points deduction is given back",
         "void",
         request=s.NoBody,
-        response=s.Voided,
+        response=a.Voided,
         idempotent=True,
     ),
     Operation(
@@ -207,7 +219,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Print a job again (a new job, the same bytes)",
         "reprint",
         request=s.NoBody,
-        response=s.QueuedJob,
+        response=a.QueuedJob,
         status=202,
     ),
     Operation(
@@ -216,7 +228,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Print the till's own ESC/POS bytes (up to 1 MiB, base64), whole, between slips",
         "print_raw",
         request=s.PrintRaw,
-        response=s.QueuedJob,
+        response=a.QueuedJob,
         status=202,
         idempotent=True,
         # Base64 of MAX_RAW_BYTES, the JSON around it, and room for the other fields.

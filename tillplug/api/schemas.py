@@ -1,10 +1,11 @@
-"""Every body the till API reads or writes, as pydantic models: the OpenAPI document is built from them.
+"""The till API's own bodies, as pydantic models: requests, errors, and the answers only the API builds.
 
-Requests are strict (unknown keys refused, no type coercion, numbers finite and bounded): a bad
-request changes nothing.  Answers are validated on the way out, so what a POS developer reads in
-``/v1/openapi.json`` is what the server sends.  Answer models keep fields they do not list
-(``extra="allow"``): the flows may add a field before its model names it, and it must reach the
-till rather than vanish; the contract test still checks every field the models document.
+The flows' answers are typed where they are made (``tillplug.flows.answers``) and sent as they
+are; the OpenAPI document is built from both.  Requests are strict (unknown keys refused, no type
+coercion, numbers finite and bounded): a bad request changes nothing.  The answers built here from
+the daemon's or the spool's data (health, print jobs) are validated on the way out, so what a POS
+developer reads in ``/v1/openapi.json`` is what the server sends; they keep fields they do not list
+(``extra="allow"``): such a field must reach the till rather than vanish.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from tillplug.flows.answers import Benefit, EngineVoucher, LocalPoolVoucher, Money, QueuedJob
 
 # Bounds a till never reaches: a sale of ten million pounds, a basket line of a million items.
 MAX_MINOR_UNITS = 10**12
@@ -149,14 +152,9 @@ class Error(BaseModel):
 
 
 class Answer(BaseModel):
+    """An answer the API builds from the daemon's or the spool's own data (health, print jobs)."""
+
     model_config = ConfigDict(extra="allow")
-
-
-class QueuedJob(Answer):
-    """What every print call answers at once; the job's later states come as ``print_job`` events."""
-
-    job: int
-    state: Literal["queued"]
 
 
 class DrawerView(Answer):
@@ -197,42 +195,6 @@ class PrintJobList(Answer):
     jobs: list[PrintJobView]
 
 
-PrintField = Field(default=None, description="The slip's print job, when a slip was queued; null without a printer.")
-
-
-class Money(Answer):
-    amount: int = Field(description="Minor units (pence, cents).")
-    currency: str = Field(min_length=3, max_length=3)
-
-
-class Discount(Answer):
-    type: str = Field(description="ABSOLUTE, PERCENTAGE or FIXED, as the engine's reward says.")
-    value: float
-    sku: str | None = None
-    productSku: str | None = None
-
-
-class Benefit(Answer):
-    """A voucher in the member's wallet."""
-
-    id: str
-    state: Literal["created", "redeemed", "validated", "burned", "expired"]
-    name: str
-    expiresAt: str | None
-    code: str | None = Field(description="null until the voucher is redeemed")
-    discounts: list[Discount]
-
-
-class Wallet(Answer):
-    member: str = Field(description="The member's id, masked.")
-    pointsBalance: int
-    lifetimePoints: int
-    tier: str | None
-    pointsValue: Money
-    vouchers: list[Benefit]
-    print: QueuedJob | None = PrintField
-
-
 class BalancePrinted(QueuedJob):
     """``POST /v1/print/balance``: the slip's print job (``{job, state}``, as every print call answers), with
     the member's view the slip was printed from."""
@@ -245,159 +207,12 @@ class BalancePrinted(QueuedJob):
     vouchers: list[Benefit]
 
 
-class AppliedVoucher(Answer):
-    code: str
-    benefitId: str | None
-    name: str
-    discounts: list[Discount]
-    burned: bool
-
-
-class CheckoutView(Answer):
-    transactionId: str
-    lane: int
-    cashierId: str | None
-    state: Literal["open", "completed", "voided"]
-    member: str | None = Field(description="The member's id, masked; null until a card is scanned.")
-    pointsSpent: int
-    pointsDiscount: Money
-    refunded: int = Field(description="Points given back.")
-    vouchers: list[AppliedVoucher]
-    offline: bool = Field(default=False, description="The member was attached while the engine was down.")
-    memberUnverified: bool = Field(
-        default=False,
-        description="Attached offline from a keyed code not seen lately: no points figure is promised; "
-        "points will be added if the card is valid.",
-    )
-    pointsPending: int = Field(default=0, description="Points whose deduction is still being looked up.")
-    vouchersPending: list[str] = Field(default_factory=list, description="Codes whose burn is being looked up.")
-
-
-class CheckoutWithWallet(CheckoutView):
-    wallet: Wallet | None = Field(description="null when the member was attached offline")
-
-
-class PointsSpent(Answer):
-    """200: the deduction landed.  Show ``discount``; it becomes final at tender, before payment."""
-
-    transactionId: str
-    points: int
-    pending: Literal[False] = False
-    discount: Money
-    balanceAfter: int
-    balanceEstimated: bool = Field(
-        default=False, description="The engine accepted the spend but its new balance could not be read back."
-    )
-    final: bool = Field(
-        default=False,
-        description="Always false: the points become final at POST /v1/checkouts/{tx}/tender, before payment.",
-    )
-    eventKey: str
-    print: QueuedJob | None = PrintField
-
-
-class PointsPending(Answer):
-    """202: the engine's answer was lost; whether the points were taken is being looked up.  ``discount`` is
-    zero on purpose: the verdict comes as a ``points_settled`` event, with the discount to give if landed."""
-
-    transactionId: str
-    points: int
-    pending: Literal[True]
-    discount: Money
-    pendingDiscount: Money
-    eventKey: str
-    message: str
-
-
-class PointsAnswer(RootModel[PointsSpent | PointsPending]):
-    pass
-
-
-class PointsFinal(Answer):
-    """The sale's points at tender (or complete): final, given back (tender answers 409), or unconfirmed."""
-
-    state: Literal["final", "unconfirmed", "none"] = Field(
-        description="final: every deduction shown applied and covered; unconfirmed: the engine did not show "
-        "some in time (tender again); none: the sale spends no points."
-    )
-    final: int = Field(description="Points final on this sale.")
-    unconfirmed: int = Field(description="Points the engine has not shown taken in time; still spent.")
-    discount: Money = Field(description="The points discount the sale carries (final and unconfirmed).")
-    balanceAfter: int | None
-    overdrawn: int = Field(
-        default=0,
-        description="complete only: points kept after payment though another till spent them first.",
-    )
-    message: str | None = None
-
-
-class Tendered(Answer):
-    """Before payment: the sale's points made final, then the checked vouchers burned.  Take payment only
-    when ``ready``.  409 ``insufficient_points``: another till spent the member's points first and this
-    sale's were given back; remove the points discount and tender again."""
-
-    transactionId: str
-    burned: list[str]
-    failed: list[BurnFailure]
-    pending: list[str]
-    vouchers: list[AppliedVoucher]
-    ready: bool
-    points: PointsFinal | None = None
-
-
-class LocalPoolVoucher(Answer):
-    """A code the shop manages itself: never sent to the engine."""
-
-    transactionId: str
-    kind: Literal["local_pool"]
-    code: str
-
-
-class EngineVoucher(AppliedVoucher):
-    transactionId: str
-    kind: Literal["engine"]
-    ok: bool
-    name: str = ""
-    benefitId: str | None = None
-    pending: bool = Field(default=False, description="202: the burn's outcome is being looked up (voucher_settled)")
-    message: str | None = None
-    print: QueuedJob | None = PrintField
-
-
 class VoucherResult(RootModel[Annotated[LocalPoolVoucher | EngineVoucher, Field(discriminator="kind")]]):
-    pass
+    """200 to a voucher: the shop's own code, or the engine's voucher (a ``VoucherPending`` is 202)."""
 
 
 class BenefitList(Answer):
     benefits: list[Benefit]
-
-
-class BurnFailure(Answer):
-    code: str
-    error: str
-    message: str
-
-
-class Completed(Answer):
-    transactionId: str
-    state: Literal["completed"]
-    expectedPoints: int | None = Field(description="null for a member attached unverified: no figure promised")
-    eventKey: str
-    voucherBurnFailures: list[BurnFailure]
-    offline: bool = False
-    points: PointsFinal | None = None
-    print: QueuedJob | None = PrintField
-
-
-class Voided(Answer):
-    transactionId: str
-    state: Literal["voided"]
-    pointsRefunded: int
-    vouchersNotReinstated: list[str]
-    pointsPending: int = Field(default=0, description="Refunded if their deduction proves to have landed.")
-    pointsHeld: int = Field(default=0, description="Not given back: the engine shows these points never taken.")
-    vouchersPending: list[str] = Field(default_factory=list)
-    print: QueuedJob | None = PrintField
 
 
 class ReturnTakeBack(Answer):

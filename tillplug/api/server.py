@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -28,6 +28,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from tillplug.api.guard import RESERVED
 from tillplug.api.routes import OPERATIONS, Operation
 from tillplug.config.model import ApiConfig
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT = 10.0  # seconds to send a request line and headers (api.request_timeout)
@@ -181,7 +184,7 @@ class BoundedH11Protocol(H11Protocol):
             self.transport.abort()
 
 
-def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
+def server_config(app: ASGIApp, api: ApiConfig) -> uvicorn.Config:
     quiet_floods()
     protocol = type(
         "TillApiProtocol",

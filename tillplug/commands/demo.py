@@ -59,7 +59,7 @@ class Story:
             self.failures.append(what)
             self.say(self.c(RED, f"  ✗ expected: {what}"))
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
+    def api(self, method: str, path: str, body: object = None) -> Any:
         shown = f" {json.dumps(body)}" if body is not None else ""
         self.say(self.c(DIM, f"  POS → {method} {path}{shown}"))
         r = self.till.api.request(method, path, json=body)

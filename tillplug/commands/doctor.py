@@ -16,10 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillplug.commands.install import GROUP, RULES_NAME, USER
 from tillplug.procfs import holders, running_commands
+
+if TYPE_CHECKING:
+    from tillplug.config.model import ScannerConfig
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 HOLDERS = {
@@ -278,7 +281,7 @@ class Doctor:
         else:
             self.add(OK, "uinput", f"/dev/uinput (group {group}, mode {stat.S_IMODE(st.st_mode):o})")
 
-    def _check_grab(self, cfg: Any) -> None:
+    def _check_grab(self, cfg: ScannerConfig) -> None:
         from tillplug.devices.registry import load_drivers
         from tillplug.errors import TillplugError
 
@@ -323,7 +326,9 @@ def layout_verdict(events: list[tuple[int, int]], configured: str) -> tuple[str,
     )
 
 
-def read_test_scan(cfg: Any, timeout: float = 30.0, out: Callable[[str], None] = print) -> list[tuple[int, int]] | None:
+def read_test_scan(
+    cfg: ScannerConfig, timeout: float = 30.0, out: Callable[[str], None] = print
+) -> list[tuple[int, int]] | None:
     """Ask for one scan of LAYOUT_TEST_CODE on a keyboard-mode scanner; its key events, or None."""
     from tillplug.devices.registry import load_drivers
     from tillplug.errors import TillplugError

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tillplug.config.model import EventTypes
 from tillplug.engine.client import EngineClient, Probe, event_key_filter, is_documented_member_id, order_key_filter
 from tillplug.engine.dialect import EngineDialect
 from tillplug.engine.models import Benefit, EventDefinition, User, new_event_key, utc_now_iso
@@ -97,7 +98,7 @@ class EngineCheck:
         self,
         client: EngineClient,
         *,
-        event_types: Any,
+        event_types: EventTypes,
         till_id: str,
         branch_id: str,
         sleep: Callable[[float], Any] = asyncio.sleep,
@@ -339,7 +340,7 @@ async def engine_check(
     client: EngineClient,
     card: str,
     *,
-    event_types: Any,
+    event_types: EventTypes,
     write: bool,
     till_id: str,
     branch_id: str,

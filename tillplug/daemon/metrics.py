@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tillplug.engine.traffic import Traffic
 
 
 class _Live(Collector):
@@ -66,7 +69,7 @@ def failure_kind(status: int) -> str:
 class _Traffic(Collector):
     """Engine requests and 429s by use case, and the outbox's current pace (tillplug/engine/traffic.py)."""
 
-    def __init__(self, traffic: Any, pace: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, traffic: Traffic, pace: Callable[[], dict[str, Any]]) -> None:
         self.traffic, self.pace = traffic, pace
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -150,7 +153,7 @@ class Metrics:
     ) -> None:
         self.registry.register(_Live(outbox_stats, devices, printer_states))
 
-    def watch_traffic(self, traffic: Any, pace: Callable[[], dict[str, Any]]) -> None:
+    def watch_traffic(self, traffic: Traffic, pace: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_Traffic(traffic, pace))
 
     def engine_call(self, endpoint: str, seconds: float, error: str | None) -> None:

@@ -29,7 +29,7 @@ from tillplug.api.idempotency import open_idempotency_store
 from tillplug.api.server import server_config, stream_limit
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
-from tillplug.config.model import OutboxConfig
+from tillplug.config.model import OutboxConfig, PrinterConfig, ScannerConfig
 from tillplug.daemon import systemd
 from tillplug.daemon.health import EngineWatch, HealthMonitor
 from tillplug.daemon.metrics import Metrics, failure_kind
@@ -134,7 +134,7 @@ class Daemon:
             except Exception:
                 log.exception("scan on lane %d could not be handled", scan.lane)
 
-    def _start_scanner(self, cfg: Any) -> None:
+    def _start_scanner(self, cfg: ScannerConfig) -> None:
         try:
             driver_cls = self.registry.get(cfg.driver)
         except DriverError as exc:
@@ -145,7 +145,7 @@ class Daemon:
         self.router.attach(cfg, sup, self.loop)
         sup.start()
 
-    async def _start_printer(self, cfg: Any) -> None:
+    async def _start_printer(self, cfg: PrinterConfig) -> None:
         try:
             driver = await asyncio.to_thread(self.registry.get(cfg.driver), cfg, str(self.config.cache_dir))
         except (DriverError, TillplugError) as exc:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillplug.barcodes.framing import Frame, ScanFramer, decode
 from tillplug.devices.base import (
@@ -30,6 +30,9 @@ from tillplug.errors import (
     DeviceGone,
     DriverError,
 )
+
+if TYPE_CHECKING:
+    from tillplug.config.model import ScannerConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,8 @@ class _Supervised:
 class ScannerSupervisor(_Supervised):
     def __init__(
         self,
-        config: Any,
-        driver_cls: Callable[[Any], ScannerDriver],
+        config: ScannerConfig,
+        driver_cls: Callable[[ScannerConfig], ScannerDriver],
         on_scan: Callable[[Scan], None],
         on_state: Callable[[DeviceHealth], None] = lambda h: None,
         *,

@@ -22,7 +22,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 OUTBOX = "outbox"  # the background use case: everything else is a cashier waiting
 OTHER = "other"
@@ -63,10 +66,10 @@ def use_case_of(method: str, path: str) -> str:
 class UseCaseMiddleware:
     """ASGI: every request to the till API runs with its use case set (see ``ROUTE_USE_CASES``)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return

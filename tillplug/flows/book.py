@@ -6,7 +6,6 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import Any
 
 from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.engine.models import Benefit, Wallet
@@ -16,7 +15,8 @@ from tillplug.errors import (
     InvalidRequest,
     MemberNotFound,
 )
-from tillplug.flows.checkouts import Checkout, Member
+from tillplug.flows import answers
+from tillplug.flows.checkouts import AppliedVoucher, Checkout, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import OPEN_STATES, State
 from tillplug.logs import mask
@@ -35,15 +35,29 @@ ENTRIES = ("scanned", "keyed")
 ADDED_IF_VALID = "Points will be added if the card is valid."
 
 
-def benefit_view(b: Benefit) -> dict[str, Any]:
-    return {
-        "id": b.id,
-        "state": b.state(),
-        "name": b.reward.name if b.reward else "",
-        "expiresAt": b.expires_at,
-        "code": b.code.value if b.code and b.state() != "created" else None,
-        "discounts": [d.model_dump(exclude_none=True, by_alias=True) for d in (b.reward.discounts if b.reward else [])],
-    }
+def benefit_view(b: Benefit) -> answers.Benefit:
+    return answers.Benefit.model_validate(
+        {
+            "id": b.id,
+            "state": b.state(),
+            "name": b.reward.name if b.reward else "",
+            "expiresAt": b.expires_at,
+            "code": b.code.value if b.code and b.state() != "created" else None,
+            "discounts": [
+                d.model_dump(exclude_none=True, by_alias=True) for d in (b.reward.discounts if b.reward else [])
+            ],
+        }
+    )
+
+
+def voucher_view(v: AppliedVoucher) -> answers.AppliedVoucher:
+    return answers.AppliedVoucher(
+        code=v.code,
+        benefitId=v.benefit_id,
+        name=v.name,
+        discounts=[answers.Discount.model_validate(d) for d in v.discounts],
+        burned=v.burned,
+    )
 
 
 class CheckoutBook:
@@ -108,33 +122,32 @@ class CheckoutBook:
             return Member(ident, None, mask(ident), offline=True, unverified=entry != "scanned")
         return None
 
-    def wallet_view(self, member: Member, wallet: Wallet) -> dict[str, Any]:
+    def wallet_view(self, member: Member, wallet: Wallet) -> answers.Wallet:
         cfg = self.ctx.config
         usable = [benefit_view(v) for v in wallet.vouchers if v.state() in ("created", "redeemed", "validated")]
-        return {
-            "member": member.masked,
-            "pointsBalance": int(wallet.points_balance),
-            "lifetimePoints": int(wallet.lifetime_earn),
-            "tier": wallet.tier.name if wallet.tier else None,
-            "pointsValue": self.ctx.money(
-                points_to_money(max(0, int(wallet.points_balance)), cfg.points.rate_points, cfg.points.rate_money)
-            ).to_dict(),
-            "vouchers": usable,
-        }
+        value = points_to_money(max(0, int(wallet.points_balance)), cfg.points.rate_points, cfg.points.rate_money)
+        return answers.Wallet(
+            member=member.masked,
+            pointsBalance=int(wallet.points_balance),
+            lifetimePoints=int(wallet.lifetime_earn),
+            tier=wallet.tier.name if wallet.tier else None,
+            pointsValue=answers.Money.of(self.ctx.money(value)),
+            vouchers=usable,
+        )
 
     async def lookup(
         self, code: str | Classified, *, lane: int | None = None, print_slip: bool = False
-    ) -> dict[str, Any]:
+    ) -> answers.Wallet:
         member, wallet = await self.find_member(code)
         view = self.wallet_view(member, wallet)
-        self.ctx.events.publish("member_found", view, lane=lane)
+        self.ctx.events.publish("member_found", view.event_data(), lane=lane)
         if print_slip and lane is not None and self.ctx.config.receipts.balance_slip:
-            view["print"] = await self.ctx.print(lane, templates.balance_slip(self.ctx.slip, member.masked, wallet))
+            view.print = await self.ctx.print(lane, templates.balance_slip(self.ctx.slip, member.masked, wallet))
         return view
 
     # -- checkouts -----------------------------------------------------------------------
 
-    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> dict[str, Any]:
+    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> answers.CheckoutView:
         if not TX_ID.match(tx_id):
             raise InvalidRequest("transactionId must be 1-64 letters, digits, '.', '_', ':' or '-'.")
         if cashier_id is not None and not TX_ID.match(cashier_id):
@@ -168,30 +181,32 @@ class CheckoutBook:
         tx_id = self.lanes().get(lane)
         return self.ctx.store.get(tx_id) if tx_id else None
 
-    def view(self, checkout: Checkout) -> dict[str, Any]:
+    def view(self, checkout: Checkout) -> answers.CheckoutView:
         store = self.ctx.store
         deductions = store.deductions(checkout.tx_id)
         taken = [d for d in deductions if d.state == State.LANDED]
-        return {
-            "transactionId": checkout.tx_id,
-            "lane": checkout.lane,
-            "cashierId": checkout.cashier_id,
-            "state": checkout.state,
-            "member": checkout.member.masked if checkout.member else None,
-            "offline": bool(checkout.member and checkout.member.offline),
-            "memberUnverified": bool(checkout.member and checkout.member.unverified),
-            "pointsSpent": sum(d.points for d in taken),
-            "pointsDiscount": self.ctx.money(sum(d.money for d in taken)).to_dict(),
-            "pointsPending": sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed),
-            "refunded": sum(d.points for d in deductions if d.state == State.REFUNDED),
-            "vouchers": [v.to_api() for v in checkout.vouchers],
-            "vouchersPending": [b.code for b in store.burns(checkout.tx_id) if b.awaiting_verdict],
-        }
+        return answers.CheckoutView(
+            transactionId=checkout.tx_id,
+            lane=checkout.lane,
+            cashierId=checkout.cashier_id,
+            state=checkout.state,
+            member=checkout.member.masked if checkout.member else None,
+            offline=bool(checkout.member and checkout.member.offline),
+            memberUnverified=bool(checkout.member and checkout.member.unverified),
+            pointsSpent=sum(d.points for d in taken),
+            pointsDiscount=answers.Money.of(self.ctx.money(sum(d.money for d in taken))),
+            pointsPending=sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed),
+            refunded=sum(d.points for d in deductions if d.state == State.REFUNDED),
+            vouchers=[voucher_view(v) for v in checkout.vouchers],
+            vouchersPending=[b.code for b in store.burns(checkout.tx_id) if b.awaiting_verdict],
+        )
 
-    def get_checkout(self, tx_id: str) -> dict[str, Any]:
+    def get_checkout(self, tx_id: str) -> answers.CheckoutView:
         return self.view(self.ctx.checkout(tx_id))
 
-    async def attach_member(self, tx_id: str, code: str | Classified, entry: str = "keyed") -> dict[str, Any]:
+    async def attach_member(
+        self, tx_id: str, code: str | Classified, entry: str = "keyed"
+    ) -> answers.CheckoutWithWallet:
         """Attach the member ``code`` names; ``entry`` says how it came: ``scanned`` or ``keyed``."""
         if entry not in ENTRIES:
             raise InvalidRequest("entry is 'scanned' or 'keyed'.")
@@ -219,15 +234,14 @@ class CheckoutBook:
             checkout.member = member
             checkout.balance = wallet.points_balance if wallet is not None else None
             await ctx.db(ctx.store.commit, checkout)
-        view = self.view(checkout)
         if wallet is not None:
-            view["wallet"] = self.wallet_view(member, wallet)
-            ctx.events.publish("member_attached", {"transactionId": tx_id, **view["wallet"]}, lane=checkout.lane)
-        else:
-            view["wallet"] = None
-            attached: dict[str, Any] = {"transactionId": tx_id, "member": member.masked, "offline": True}
-            if member.unverified:
-                view["message"] = attached["message"] = ADDED_IF_VALID
-                attached["memberUnverified"] = True
-            ctx.events.publish("member_attached", attached, lane=checkout.lane)
+            seen = self.wallet_view(member, wallet)
+            ctx.events.publish("member_attached", {"transactionId": tx_id, **seen.event_data()}, lane=checkout.lane)
+            return answers.CheckoutWithWallet.of(self.view(checkout), seen)
+        view = answers.CheckoutWithWallet.of(self.view(checkout), None)
+        attached: dict[str, object] = {"transactionId": tx_id, "member": member.masked, "offline": True}
+        if member.unverified:
+            view.message = attached["message"] = ADDED_IF_VALID
+            attached["memberUnverified"] = True
+        ctx.events.publish("member_attached", attached, lane=checkout.lane)
         return view

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tillplug.flows.intents import OPEN_STATES, IntentTable, State
 from tillplug.outbox.store import OutboxStore, Tx
@@ -74,6 +74,9 @@ MEMBER_CACHE_ROWS = 50_000
 KEEP_FINISHED_CHECKOUTS = 30 * 86400.0
 
 
+CheckoutState = Literal["open", "completed", "voided"]  # the checkouts table's CHECK, for the type checker
+
+
 @dataclass
 class Member:
     id: str  # WLL UUID (or, offline, the identifier the engine accepts as an event subject)
@@ -91,17 +94,8 @@ class AppliedVoucher:
     code: str
     benefit_id: str | None
     name: str
-    discounts: list[dict[str, Any]]
+    discounts: list[dict[str, Any]]  # as the engine's reward lists them (``flows.answers.Discount``)
     burned: bool
-
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "benefitId": self.benefit_id,
-            "name": self.name,
-            "discounts": self.discounts,
-            "burned": self.burned,
-        }
 
 
 @dataclass
@@ -109,7 +103,7 @@ class Checkout:
     tx_id: str
     lane: int
     cashier_id: str | None = None
-    state: str = "open"
+    state: CheckoutState = "open"
     member: Member | None = None
     vouchers: list[AppliedVoucher] = field(default_factory=list)
     total: int | None = None
@@ -124,7 +118,7 @@ class Checkout:
         return json.dumps(data)
 
     @classmethod
-    def from_row(cls, tx_id: str, lane: int, state: str, data: str) -> Checkout:
+    def from_row(cls, tx_id: str, lane: int, state: CheckoutState, data: str) -> Checkout:
         d = json.loads(data)
         member = Member(**d.pop("member")) if d.get("member") else None
         d.pop("member", None)

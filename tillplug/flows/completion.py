@@ -10,12 +10,13 @@ deductions still being looked up are given back by the settler if they landed.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from tillplug.engine.models import EventDefinition, Order, OrderLine, reactor_points
 from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered, VouchersPending
+from tillplug.flows.answers import Completed, Voided
 from tillplug.flows.book import ADDED_IF_VALID, CheckoutBook
-from tillplug.flows.checkouts import Checkout
+from tillplug.flows.checkouts import Checkout, Deduction
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import State
 from tillplug.flows.points import Points
@@ -29,15 +30,22 @@ HELD_MESSAGE = (
 )
 
 
+@dataclass(frozen=True)
+class BasketLine:
+    """One line of the sale's basket, as the till sent it (the engine's order lines, the sale event)."""
+
+    sku: str
+    quantity: float
+    amount: int  # minor units
+
+
 class Completion:
     def __init__(self, ctx: FlowContext, book: CheckoutBook, points: Points) -> None:
         self.ctx = ctx
         self.book = book
         self.points = points
 
-    async def complete(
-        self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
-    ) -> dict[str, Any]:
+    async def complete(self, tx_id: str, total: int, basket: list[BasketLine], payment_confirmed: bool) -> Completed:
         if not payment_confirmed:
             raise InvalidRequest("Complete the sale only once payment is confirmed.")
         if not isinstance(total, int) or isinstance(total, bool) or total < 0:
@@ -61,7 +69,7 @@ class Completion:
             # given back (an overdraw is kept, reported and counted).
             points_final = await self.points.finalize(tx_id, after_payment=True)
             member = checkout.member
-            lines = [{"sku": str(i["sku"]), "quantity": i["quantity"], "amount": int(i["amount"])} for i in basket]
+            lines = [asdict(line) for line in basket]
             points_redeemed = sum(d.points for d in ctx.store.deductions(tx_id, State.LANDED))
             payload = {
                 "transactionId": tx_id,
@@ -85,22 +93,20 @@ class Completion:
             expected = 0
         elif not member.unverified:
             expected = await self._expected_points(event, total)
-        result: dict[str, Any] = {
-            "transactionId": tx_id,
-            "state": "completed",
-            "expectedPoints": expected,
-            "eventKey": key,
-            "offline": bool(member and member.offline),
-            "voucherBurnFailures": [],  # kept for old tills: vouchers are burned before payment now
-            "points": points_final,
-        }
-        if expected is None:
-            result["message"] = ADDED_IF_VALID
-        ctx.events.publish(
-            "checkout_completed", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane
+        result = Completed(
+            transactionId=tx_id,
+            state="completed",
+            expectedPoints=expected,
+            eventKey=key,
+            offline=bool(member and member.offline),
+            voucherBurnFailures=[],  # kept for old tills: vouchers are burned before payment now
+            points=points_final,
         )
+        if expected is None:
+            result.message = ADDED_IF_VALID
+        ctx.events.publish("checkout_completed", result.event_data(exclude={"eventKey"}), lane=checkout.lane)
         if member and ctx.config.receipts.sale_summary:
-            result["print"] = await ctx.print(
+            result.print = await ctx.print(
                 checkout.lane,
                 templates.sale_summary(
                     ctx.slip,
@@ -118,7 +124,7 @@ class Completion:
             )
         return result
 
-    def _close(self, checkout: Checkout, event: EventDefinition, lines: list[dict[str, Any]]) -> None:
+    def _close(self, checkout: Checkout, event: EventDefinition, lines: list[dict[str, str | float | int]]) -> None:
         """Queue the earning write and close the checkout: one transaction (sync: off the loop)."""
         ctx = self.ctx
         member, key = checkout.member, event.payload["eventKey"]
@@ -152,7 +158,7 @@ class Completion:
         major = total / 10 ** CURRENCY_EXPONENTS[cfg.currency]
         return int(major * cfg.points.earn_per_major_unit)
 
-    async def void(self, tx_id: str) -> dict[str, Any]:
+    async def void(self, tx_id: str) -> Voided:
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             checkout = ctx.open(tx_id)
@@ -166,27 +172,27 @@ class Completion:
         if taken:
             ctx.wake_outbox()
         burns = ctx.store.burns(tx_id)
-        result = {
-            "transactionId": tx_id,
-            "state": "voided",
-            "pointsRefunded": refunded,
+        result = Voided(
+            transactionId=tx_id,
+            state="voided",
+            pointsRefunded=refunded,
+            vouchersNotReinstated=[v.code for v in checkout.vouchers if v.burned],
             # Points whose outcome is still being looked up: refunded if they landed (points_settled).
-            "pointsPending": pending,
-            "vouchersNotReinstated": [v.code for v in checkout.vouchers if v.burned],
-            "vouchersPending": [b.code for b in burns if b.awaiting_verdict],
-        }
+            pointsPending=pending,
+            vouchersPending=[b.code for b in burns if b.awaiting_verdict],
+        )
         if held:  # the engine shows these points never taken: giving them back would invent points
-            result["pointsHeld"] = sum(d.points for d in held)
-            result["message"] = HELD_MESSAGE.format(points=result["pointsHeld"])
-        ctx.events.publish("checkout_voided", result, lane=checkout.lane)
+            result.pointsHeld = sum(d.points for d in held)
+            result.message = HELD_MESSAGE.format(points=result.pointsHeld)
+        ctx.events.publish("checkout_voided", result.event_data(), lane=checkout.lane)
         kept = [v.name or v.code for v in checkout.vouchers if v.burned]
         if (refunded or kept) and ctx.config.receipts.points_slip:
-            result["print"] = await ctx.print(
+            result.print = await ctx.print(
                 checkout.lane, templates.refund_slip(ctx.slip, tx_id, refunded, not_reinstated=kept)
             )
         return result
 
-    def _void(self, checkout: Checkout, taken: list[Any]) -> None:
+    def _void(self, checkout: Checkout, taken: list[Deduction]) -> None:
         """Refunds for every landed deduction and the voided checkout: one transaction."""
         ctx = self.ctx
         with ctx.store.transaction() as tx:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 from tillplug.barcodes.classify import Classifier
 from tillplug.config.model import Config
+from tillplug.engine.client import EngineClient
 from tillplug.engine.models import EventDefinition, new_event_key
 from tillplug.errors import (
     CheckoutConflict,
@@ -21,6 +22,7 @@ from tillplug.errors import (
     PrinterNotReady,
     TillplugError,
 )
+from tillplug.flows.answers import QueuedJob
 from tillplug.flows.checkouts import Checkout, CheckoutStore, Member
 from tillplug.flows.events import EventBus
 from tillplug.flows.locks import KeyedLocks
@@ -31,15 +33,16 @@ from tillplug.receipts.layout import Receipt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 # Queues a slip on the lane's printer and answers {"job": ID, "state": "queued"} at once (tillplug.spool).
-Printer = Callable[[int, Receipt], Awaitable[dict[str, Any]]]
+Printer = Callable[[int, Receipt], Awaitable[Mapping[str, object]]]
 
 
 class FlowContext:
     def __init__(
         self,
         config: Config,
-        client: Any,
+        client: EngineClient,
         outbox: OutboxStore,
         *,
         events: EventBus | None = None,
@@ -63,7 +66,7 @@ class FlowContext:
         self.classifier = Classifier(config.barcodes)
         self.slip = templates.SlipContext.from_config(config)
 
-    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A database write (a commit with fsync) off the event loop, as the outbox's delivery does."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -98,12 +101,14 @@ class FlowContext:
             )
         return member
 
-    async def print(self, lane: int, receipt: Receipt) -> dict[str, Any] | None:
+    async def print(self, lane: int, receipt: Receipt) -> QueuedJob | None:
         """The queued print job, or None when there is no printer to queue it on."""
         if self.printer is None:
             return None
         try:
-            return await self.printer(lane, receipt)
+            queued = await self.printer(lane, receipt)
+            # Queued is what this call did; the job's next states (it may be printing already) are print_job events.
+            return QueuedJob.model_validate({"job": queued["job"], "state": "queued"})
         except (PrinterNotReady, TillplugError) as exc:
             self.events.publish("error", {"code": exc.code, "message": exc.message}, lane=lane)
             return None

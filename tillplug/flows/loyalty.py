@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from tillplug.barcodes.classify import Classified, ScanKind
 from tillplug.config.model import Config
+from tillplug.engine.client import EngineClient
 from tillplug.errors import MemberNotFound, TillplugError, VoucherError
+from tillplug.flows import answers
 from tillplug.flows.book import CheckoutBook
 from tillplug.flows.checkouts import Checkout, CheckoutStore
-from tillplug.flows.completion import Completion
+from tillplug.flows.completion import BasketLine, Completion
 from tillplug.flows.context import FlowContext, Printer
 from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
 from tillplug.flows.intents import Settler
@@ -28,6 +29,7 @@ from tillplug.flows.points import DeductionIntents, Points
 from tillplug.flows.returns import ReturnAnswer, ReturnRequest, Returns
 from tillplug.flows.vouchers import BurnIntents, Vouchers
 from tillplug.outbox.store import OutboxStore
+from tillplug.receipts.templates import SlipContext
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Loyalty:
     def __init__(
         self,
         config: Config,
-        client: Any,
+        client: EngineClient,
         outbox: OutboxStore,
         *,
         events: EventBus | None = None,
@@ -66,7 +68,7 @@ class Loyalty:
         return self.ctx.config
 
     @property
-    def client(self) -> Any:
+    def client(self) -> EngineClient:
         return self.ctx.client
 
     @property
@@ -78,7 +80,7 @@ class Loyalty:
         return self.ctx.events
 
     @property
-    def slip(self) -> Any:
+    def slip(self) -> SlipContext:
         return self.ctx.slip
 
     def reconfigure(self, config: Config) -> None:
@@ -86,42 +88,46 @@ class Loyalty:
 
     # -- the till's calls ---------------------------------------------------------------------
 
-    async def lookup(self, code: str, *, lane: int | None = None, print_slip: bool = False) -> dict[str, Any]:
+    async def lookup(self, code: str, *, lane: int | None = None, print_slip: bool = False) -> answers.Wallet:
         return await self.book.lookup(code, lane=lane, print_slip=print_slip)
 
-    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> dict[str, Any]:
+    async def open_checkout(self, tx_id: str, lane: int, cashier_id: str | None) -> answers.CheckoutView:
         return await self.book.open_checkout(tx_id, lane, cashier_id)
 
-    def get_checkout(self, tx_id: str) -> dict[str, Any]:
+    def get_checkout(self, tx_id: str) -> answers.CheckoutView:
         return self.book.get_checkout(tx_id)
 
     def open_on_lane(self, lane: int) -> Checkout | None:
         return self.book.open_on_lane(lane)
 
-    async def attach_member(self, tx_id: str, code: str, entry: str = "keyed") -> dict[str, Any]:
+    async def attach_member(self, tx_id: str, code: str, entry: str = "keyed") -> answers.CheckoutWithWallet:
         return await self.book.attach_member(tx_id, code, entry)
 
-    async def spend_points(self, tx_id: str, points: int) -> dict[str, Any]:
+    async def spend_points(self, tx_id: str, points: int) -> answers.PointsSpent | answers.PointsPending:
         return await self.points.spend(tx_id, points)
 
-    async def apply_voucher(self, tx_id: str, code: str, check_only: bool | None = None) -> dict[str, Any]:
+    async def apply_voucher(
+        self, tx_id: str, code: str, check_only: bool | None = None
+    ) -> answers.LocalPoolVoucher | answers.EngineVoucher | answers.VoucherPending:
         return await self.vouchers.apply(tx_id, code, check_only)
 
-    async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
+    async def list_benefits(self, tx_id: str) -> list[answers.Benefit]:
         return await self.vouchers.list_benefits(tx_id)
 
-    async def redeem_benefit(self, tx_id: str, benefit_id: str, check_only: bool | None = None) -> dict[str, Any]:
+    async def redeem_benefit(
+        self, tx_id: str, benefit_id: str, check_only: bool | None = None
+    ) -> answers.EngineVoucher | answers.VoucherPending:
         return await self.vouchers.redeem(tx_id, benefit_id, check_only)
 
-    async def tender(self, tx_id: str) -> dict[str, Any]:
+    async def tender(self, tx_id: str) -> answers.Tendered:
         return await self.vouchers.tender(tx_id, self.points.finalize)
 
     async def complete(
-        self, tx_id: str, total: int, basket: list[dict[str, Any]], payment_confirmed: bool
-    ) -> dict[str, Any]:
+        self, tx_id: str, total: int, basket: list[BasketLine], payment_confirmed: bool
+    ) -> answers.Completed:
         return await self.completion.complete(tx_id, total, basket, payment_confirmed)
 
-    async def void(self, tx_id: str) -> dict[str, Any]:
+    async def void(self, tx_id: str) -> answers.Voided:
         return await self.completion.void(tx_id)
 
     async def return_sale(self, request: ReturnRequest) -> ReturnAnswer:
@@ -164,13 +170,15 @@ class Loyalty:
             await self.vouchers.check_scan(voucher.code, lane)
             return ScanOutcome(ScanResult.VOUCHER_CHECKED)
         answer = await self.vouchers.apply(checkout.tx_id, voucher)
-        if answer.get("pending"):
+        if isinstance(answer, answers.Pending):
             return ScanOutcome(ScanResult.VOUCHER_PENDING)
         return ScanOutcome(ScanResult.VOUCHER_ACCEPTED, slip_failed=self._slip_failed(answer))
 
-    def _slip_failed(self, answer: dict[str, Any]) -> bool:
+    def _slip_failed(self, answer: answers.Wallet | answers.EngineVoucher | answers.LocalPoolVoucher) -> bool:
         """A slip was due and not queued (``ctx.print`` told the till why, as an ``error``)."""
-        return self.ctx.printer is not None and "print" in answer and answer["print"] is None
+        if isinstance(answer, answers.LocalPoolVoucher):
+            return False  # the shop's own code: no slip is ever due
+        return self.ctx.printer is not None and "print" in answer.model_fields_set and answer.print is None
 
     # -- recovery and settling ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from tillplug.errors import (
     InvalidRequest,
     TillplugError,
 )
+from tillplug.flows.answers import Money, PointsFinal, PointsPending, PointsSpent
 from tillplug.flows.checkouts import Checkout, Deduction, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.finality import GIVE_BACK, KEEP, Finality, Verdict, wait_applied
@@ -129,7 +130,7 @@ class Points:
 
     # -- final before payment -------------------------------------------------------------
 
-    async def finalize(self, tx_id: str, *, after_payment: bool = False) -> dict[str, Any]:
+    async def finalize(self, tx_id: str, *, after_payment: bool = False) -> PointsFinal:
         """Make the sale's points final: each deduction shown applied and covered by the member's
         balance under the rule of ``tillplug.flows.finality``, or given back.
 
@@ -237,29 +238,28 @@ class Points:
 
     def _final_answer(
         self, tx_id: str, balance: float | None, unconfirmed: list[tuple[Deduction, str]], overdrawn: int
-    ) -> dict[str, Any]:
+    ) -> PointsFinal:
         ctx = self.ctx
         kept = [d for d in ctx.store.deductions(tx_id, State.LANDED) if d.final]
         waiting = [d for d, _ in unconfirmed]
-        state = "unconfirmed" if waiting else ("final" if kept else "none")
-        answer: dict[str, Any] = {
-            "state": state,
-            "final": sum(d.points for d in kept),
-            "unconfirmed": sum(d.points for d in waiting),
-            "discount": ctx.money(sum(d.money for d in kept) + sum(d.money for d in waiting)).to_dict(),
-            "balanceAfter": None if balance is None else int(balance),
-            "overdrawn": overdrawn,
-        }
+        answer = PointsFinal(
+            state="unconfirmed" if waiting else ("final" if kept else "none"),
+            final=sum(d.points for d in kept),
+            unconfirmed=sum(d.points for d in waiting),
+            discount=Money.of(ctx.money(sum(d.money for d in kept) + sum(d.money for d in waiting))),
+            balanceAfter=None if balance is None else int(balance),
+            overdrawn=overdrawn,
+        )
         if waiting:
-            answer["message"] = (
-                f"The loyalty service has not confirmed {answer['unconfirmed']} points in time "
+            answer.message = (
+                f"The loyalty service has not confirmed {answer.unconfirmed} points in time "
                 f"({unconfirmed[0][1]}). Tender again in a few seconds; if it stays unconfirmed the points "
                 "stay spent and the discount holds, but tillplug could not rule out their being spent "
                 "at another till at the same moment."
             )
         return answer
 
-    async def spend(self, tx_id: str, points: int) -> dict[str, Any]:
+    async def spend(self, tx_id: str, points: int) -> PointsSpent | PointsPending:
         if not isinstance(points, int) or isinstance(points, bool) or points <= 0:
             raise InvalidRequest("points must be a whole number above zero.")
         ctx = self.ctx
@@ -317,20 +317,20 @@ class Points:
                         balance_after = verdict.balance
         if cfg.engine.confirm_rate_with_test_reaction:
             await self._check_rate(event, points)
-        result: dict[str, Any] = {
-            "transactionId": tx_id,
-            "points": points,
-            "pending": False,
-            "discount": ctx.money(money).to_dict(),
-            "balanceAfter": int(balance_after),
-            "balanceEstimated": estimated,
+        result = PointsSpent(
+            transactionId=tx_id,
+            points=points,
+            pending=False,
+            discount=Money.of(ctx.money(money)),
+            balanceAfter=int(balance_after),
+            balanceEstimated=estimated,
             # The points become final at tender, before payment (POST /v1/checkouts/{tx}/tender).
-            "final": False,
-            "eventKey": key,
-        }
-        ctx.events.publish("redemption", {k: v for k, v in result.items() if k != "eventKey"}, lane=checkout.lane)
+            final=False,
+            eventKey=key,
+        )
+        ctx.events.publish("redemption", result.event_data(exclude={"eventKey"}), lane=checkout.lane)
         if cfg.receipts.points_slip:
-            result["print"] = await ctx.print(
+            result.print = await ctx.print(
                 checkout.lane,
                 templates.points_slip(
                     ctx.slip,
@@ -380,19 +380,19 @@ class Points:
     def _landed(key: str, tx_id: str, points: int, money: int) -> Deduction:
         return Deduction(key, tx_id, points, money, State.LANDED)
 
-    def _pending_answer(self, tx_id: str, key: str, points: int, money: int, *, lane: int) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "transactionId": tx_id,
-            "points": points,
-            "pending": True,
+    def _pending_answer(self, tx_id: str, key: str, points: int, money: int, *, lane: int) -> PointsPending:
+        result = PointsPending(
+            transactionId=tx_id,
+            points=points,
+            pending=True,
             # Nothing to give yet: a till that reads only ``discount`` gives nothing.
-            "discount": self.ctx.money(0).to_dict(),
-            "pendingDiscount": self.ctx.money(money).to_dict(),
-            "eventKey": key,
-            "message": "The loyalty service did not confirm the points. Do not give the discount yet: "
+            discount=Money.of(self.ctx.money(0)),
+            pendingDiscount=Money.of(self.ctx.money(money)),
+            eventKey=key,
+            message="The loyalty service did not confirm the points. Do not give the discount yet: "
             "tillplug is checking and will tell the till (points_settled).",
-        }
-        self.ctx.events.publish("redemption_pending", {k: v for k, v in result.items() if k != "message"}, lane=lane)
+        )
+        self.ctx.events.publish("redemption_pending", result.event_data(exclude={"message"}), lane=lane)
         return result
 
     async def _still_unseen(self, member: Member) -> int:

@@ -55,6 +55,7 @@ from tillplug.errors import (
 )
 from tillplug.flows.checkouts import Checkout, Member
 from tillplug.flows.context import FlowContext
+from tillplug.flows.intents import State
 from tillplug.flows.locks import KeyedLocks
 from tillplug.flows.points import LISTED_REACTIONS
 from tillplug.outbox.store import Row
@@ -340,7 +341,7 @@ class Returns:
             raise CheckoutConflict(
                 f"Sale {tx_id} is {checkout.state}, not completed: only a completed sale is returned."
             )
-        confirmed = ctx.store.deductions(tx_id, "confirmed")
+        confirmed = ctx.store.deductions(tx_id, State.LANDED)
         paid = checkout.total or 0
         earn = self._earn_row(tx_id)
         basket: dict[str, tuple[float, int]] = {}

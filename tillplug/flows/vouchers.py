@@ -33,7 +33,8 @@ from tillplug.errors import (
     VoucherUnknown,
     VoucherWrongVenue,
 )
-from tillplug.flows.book import benefit_view
+from tillplug.flows import answers
+from tillplug.flows.book import benefit_view, voucher_view
 from tillplug.flows.checkouts import AppliedVoucher, Burn, Checkout, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import Finding, IntentTable, Outcome, State, write_outcome
@@ -161,20 +162,18 @@ class Vouchers:
             ctx.client.in_flight.sent(burn_key(burn_id))  # answered or not, the attempt is over
         return burn_id, benefit
 
-    def _pending_answer(self, checkout: Checkout, code: str) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "transactionId": checkout.tx_id,
-            "kind": "engine",
-            "ok": False,
-            "pending": True,
-            "code": code,
-            "discounts": [],
-            "burned": False,
-            "message": PENDING_MESSAGE,
-        }
-        self.ctx.events.publish(
-            "voucher_pending", {k: v for k, v in result.items() if k != "message"}, lane=checkout.lane
+    def _pending_answer(self, checkout: Checkout, code: str) -> answers.VoucherPending:
+        result = answers.VoucherPending(
+            transactionId=checkout.tx_id,
+            kind="engine",
+            ok=False,
+            pending=True,
+            code=code,
+            discounts=[],
+            burned=False,
+            message=PENDING_MESSAGE,
         )
+        self.ctx.events.publish("voucher_pending", result.event_data(exclude={"message"}), lane=checkout.lane)
         return result
 
     async def _keep(self, tx_id: str, burn_id: int | None, voucher: AppliedVoucher) -> Checkout:
@@ -209,7 +208,7 @@ class Vouchers:
 
     async def _validate_on(
         self, checkout: Checkout, code: str, benefit_id: str | None, member_id: str | None, *, check_only: bool
-    ) -> tuple[Checkout, AppliedVoucher, Benefit] | dict[str, Any]:
+    ) -> tuple[Checkout, AppliedVoucher, Benefit] | answers.VoucherPending:
         """Check ``code`` only, or burn it behind its intent row; then keep it on the sale.
 
         The checkout re-read with the voucher on it, or the 202 answer when the burn's outcome is unknown.
@@ -229,12 +228,14 @@ class Vouchers:
         voucher = _applied(benefit, burned=not check_only, code=code)
         return await self._keep(checkout.tx_id, burn_id, voucher), voucher, benefit
 
-    async def _result(self, checkout: Checkout, voucher: AppliedVoucher, benefit: Benefit) -> dict[str, Any]:
+    async def _result(self, checkout: Checkout, voucher: AppliedVoucher, benefit: Benefit) -> answers.EngineVoucher:
         ctx = self.ctx
-        result = {"transactionId": checkout.tx_id, "kind": "engine", "ok": True, "pending": False, **voucher.to_api()}
-        ctx.events.publish("voucher_result", result, lane=checkout.lane)
+        result = answers.EngineVoucher(
+            transactionId=checkout.tx_id, kind="engine", ok=True, pending=False, **dict(voucher_view(voucher))
+        )
+        ctx.events.publish("voucher_result", result.event_data(), lane=checkout.lane)
         if ctx.config.receipts.voucher_receipt:
-            result["print"] = await ctx.print(
+            result.print = await ctx.print(
                 checkout.lane, templates.voucher_receipt(ctx.slip, benefit, burned=voucher.burned)
             )
         return result
@@ -248,7 +249,9 @@ class Vouchers:
 
     # -- 3.2 user-led ----------------------------------------------------------------------
 
-    async def apply(self, tx_id: str, given: str | Classified, check_only: bool | None = None) -> dict[str, Any]:
+    async def apply(
+        self, tx_id: str, given: str | Classified, check_only: bool | None = None
+    ) -> answers.LocalPoolVoucher | answers.EngineVoucher | answers.VoucherPending:
         """``given``: the till's text, or a voucher scanned at a scanner as routing classified it (not again)."""
         scanned = given if isinstance(given, Classified) else None
         code = (given.code if isinstance(given, Classified) else given).strip()
@@ -260,8 +263,8 @@ class Vouchers:
             classified = scanned or ctx.classifier.classify(code, read_product=False)
             if classified.kind is ScanKind.LOCAL_POOL:
                 # Codes the POS manages alone: never sent to the engine.
-                local = {"transactionId": tx_id, "kind": "local_pool", "code": classified.code}
-                ctx.events.publish("voucher_result", local, lane=checkout.lane)
+                local = answers.LocalPoolVoucher(transactionId=tx_id, kind="local_pool", code=classified.code)
+                ctx.events.publish("voucher_result", local.event_data(), lane=checkout.lane)
                 return local
             if classified.kind is ScanKind.VOUCHER:
                 code = classified.code
@@ -273,7 +276,7 @@ class Vouchers:
                 check_only = ctx.config.vouchers.mode == "check_then_burn"
             member_id = checkout.member.id if checkout.member else None
             kept = await self._validate_on(checkout, code, None, member_id, check_only=check_only)
-            if isinstance(kept, dict):  # the burn's outcome is being looked up
+            if isinstance(kept, answers.VoucherPending):  # the burn's outcome is being looked up
                 return kept
         return await self._result(*kept)
 
@@ -289,20 +292,24 @@ class Vouchers:
             )
             raise
         self.ctx.events.publish(
-            "voucher_result", {"code": code, "ok": True, "checkOnly": True, **benefit_view(benefit)}, lane=lane
+            "voucher_result",
+            {"code": code, "ok": True, "checkOnly": True, **benefit_view(benefit).event_data()},
+            lane=lane,
         )
         return benefit
 
     # -- 3.3 cashier-led ---------------------------------------------------------------------
 
-    async def list_benefits(self, tx_id: str) -> list[dict[str, Any]]:
+    async def list_benefits(self, tx_id: str) -> list[answers.Benefit]:
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             member = ctx.online_member_of(ctx.checkout(tx_id), "vouchers")
             benefits = await ctx.client.list_benefits(member.id)
         return [benefit_view(b) for b in benefits if owned_by(b, member) and b.state() in ("created", "redeemed")]
 
-    async def redeem(self, tx_id: str, benefit_id: str, check_only: bool | None = None) -> dict[str, Any]:
+    async def redeem(
+        self, tx_id: str, benefit_id: str, check_only: bool | None = None
+    ) -> answers.EngineVoucher | answers.VoucherPending:
         ctx = self.ctx
         async with ctx.checkout_locks.hold(tx_id):
             checkout = ctx.open(tx_id)
@@ -325,7 +332,7 @@ class Vouchers:
             if check_only is None:
                 check_only = ctx.config.vouchers.mode == "check_then_burn"
             kept = await self._validate_on(checkout, code, benefit_id, member.id, check_only=check_only)
-            if isinstance(kept, dict):  # the burn's outcome is being looked up
+            if isinstance(kept, answers.VoucherPending):  # the burn's outcome is being looked up
                 return kept
         return await self._result(*kept)
 
@@ -353,19 +360,17 @@ class Vouchers:
     # -- tender: burn what was only checked, before payment ----------------------------------
 
     async def tender(
-        self, tx_id: str, finalize_points: Callable[[str], Awaitable[dict[str, Any]]] | None = None
-    ) -> dict[str, Any]:
+        self, tx_id: str, finalize_points: Callable[[str], Awaitable[answers.PointsFinal]]
+    ) -> answers.Tendered:
         """Before payment: the sale's points made final (``finalize_points``; it raises if they were
         given back, before any voucher is burned), then every voucher only checked is burned."""
         ctx = self.ctx
         burned: list[str] = []
-        failed: list[dict[str, Any]] = []
+        failed: list[answers.BurnFailure] = []
         pending: list[str] = []
-        points: dict[str, Any] | None = None
         async with ctx.checkout_locks.hold(tx_id):
             ctx.open(tx_id)
-            if finalize_points is not None:
-                points = await finalize_points(tx_id)
+            points = await finalize_points(tx_id)
             checkout = ctx.open(tx_id)
             for voucher in [v for v in checkout.vouchers if not v.burned]:
                 try:
@@ -373,7 +378,7 @@ class Vouchers:
                 except TillplugError as exc:
                     refused = isinstance(exc, VoucherError)
                     failed.append(
-                        {"code": voucher.code, "error": exc.code, "message": exc.message, "retry": not refused}
+                        answers.BurnFailure(code=voucher.code, error=exc.code, message=exc.message, retry=not refused)
                     )
                     if refused:  # it cannot be used: it leaves the sale, and its discount with it
                         checkout.vouchers.remove(voucher)
@@ -389,18 +394,16 @@ class Vouchers:
             # Burns of earlier calls still unknown: until settled, the sale's discount is not known.
             pending += [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
             pending = list(dict.fromkeys(pending))
-        result = {
-            "transactionId": tx_id,
-            "burned": burned,
-            "failed": failed,
-            "pending": pending,
-            "vouchers": [v.to_api() for v in checkout.vouchers],
-            "ready": not failed and not pending,
-        }
-        if points is not None:
-            result["points"] = points
-            result["ready"] = result["ready"] and points["state"] != "unconfirmed"
-        ctx.events.publish("tendered", result, lane=checkout.lane)
+        result = answers.Tendered(
+            transactionId=tx_id,
+            burned=burned,
+            failed=failed,
+            pending=pending,
+            vouchers=[voucher_view(v) for v in checkout.vouchers],
+            ready=not failed and not pending and points.state != "unconfirmed",
+            points=points,
+        )
+        ctx.events.publish("tendered", result.event_data(), lane=checkout.lane)
         return result
 
     async def _save_open(self, checkout: Checkout) -> Checkout:

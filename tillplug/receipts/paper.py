@@ -3,9 +3,12 @@ then the printer's escpos-printer-db profile, then the paper width."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tillplug.errors import DriverError
+
+if TYPE_CHECKING:  # for the type checker only: config imports this room at run time
+    from tillplug.config.model import PrinterConfig
 
 # Paper without a profile that names it: columns of font A and printable dots.
 PAPER = {58: (32, 384), 80: (48, 576)}
@@ -29,7 +32,7 @@ def profile_paper(profile_name: str) -> tuple[int, int] | None:
     return None
 
 
-def paper_layout(config: Any) -> tuple[int, int]:
+def paper_layout(config: PrinterConfig) -> tuple[int, int]:
     """(columns, dots): what the config sets explicitly wins, then the printer's profile, then 80 mm paper."""
     profile = profile_paper(config.profile)
     width_set = "paper_width_mm" in config.model_fields_set
@@ -38,7 +41,7 @@ def paper_layout(config: Any) -> tuple[int, int]:
     return config.columns or columns, dots
 
 
-def layout_warnings(config: Any) -> list[str]:
+def layout_warnings(config: PrinterConfig) -> list[str]:
     """Where the config's paper settings disagree with the printer's profile, or its code page may not be
     the printer's (for check-config)."""
     try:
@@ -76,7 +79,7 @@ def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
     return next((p for p in PREFERRED_CODE_PAGES if p in pages), next(iter(pages)))
 
 
-def code_page_warnings(config: Any) -> list[str]:
+def code_page_warnings(config: PrinterConfig) -> list[str]:
     """The profile lists the code page tillplug will use at more than one table number (POS-5890 and
     other clones: firmware differs).  On a printer whose table at the number used holds another page,
     every letter beyond ASCII prints as '?' or as another letter, and nothing can tell: check-config

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tillplug.money import CURRENCY_EXPONENTS, Money
 from tillplug.receipts.layout import (
@@ -27,6 +27,10 @@ from tillplug.receipts.layout import (
     Text,
 )
 from tillplug.receipts.messages import translator
+
+if TYPE_CHECKING:  # names for the type checker only: config and engine import this room at run time
+    from tillplug.config.model import Config
+    from tillplug.engine.models import Benefit, Discount, Wallet
 
 SLIP_KINDS = ("balance", "voucher", "points", "refund", "sale", "test", "return")
 # A bare language means the shop's usual country: English slips in a UK shop, not 11/26/26.
@@ -49,7 +53,7 @@ class SlipContext:
     logo: str | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> SlipContext:
+    def from_config(cls, config: Config) -> SlipContext:
         r = config.receipts
         return cls(
             config.till_id,
@@ -120,11 +124,11 @@ def printed_mask(masked: str) -> str:
     return "****" + masked[1:] if masked.startswith("…") else masked
 
 
-def discount_words(ctx: SlipContext, discount: Any) -> str:
+def discount_words(ctx: SlipContext, discount: Discount) -> str:
     """'£5.00 off', '10% off on COFFEE', 'COFFEE for £0.00' — in the slip's language."""
     _ = ctx._
     kind, value = discount.type, discount.value
-    sku = getattr(discount, "sku", None)
+    sku = discount.sku
     if kind == "ABSOLUTE":
         words = _("{amount} off").format(amount=ctx.money(int(value)))
     elif kind == "PERCENTAGE":
@@ -134,7 +138,7 @@ def discount_words(ctx: SlipContext, discount: Any) -> str:
     return _("{discount} on {sku}").format(discount=words, sku=sku) if sku else words
 
 
-def _usable(benefit: Any, now: datetime) -> bool:
+def _usable(benefit: Benefit, now: datetime) -> bool:
     from tillplug.engine.models import parse_time
 
     if benefit.state(now) not in ("created", "redeemed", "validated"):
@@ -143,7 +147,7 @@ def _usable(benefit: Any, now: datetime) -> bool:
     return expires is None or expires > now
 
 
-def balance_slip(ctx: SlipContext, masked_member: str, wallet: Any, when: datetime | None = None) -> Receipt:
+def balance_slip(ctx: SlipContext, masked_member: str, wallet: Wallet, when: datetime | None = None) -> Receipt:
     _ = ctx._
     blocks: list[Block] = [
         *ctx.top("Your points"),
@@ -171,7 +175,7 @@ def _code_row(ctx: SlipContext, code: str) -> list[Block]:
     return [Text(ctx._("Code")), Text(code, whole=True)]
 
 
-def voucher_receipt(ctx: SlipContext, benefit: Any, *, burned: bool, when: datetime | None = None) -> Receipt:
+def voucher_receipt(ctx: SlipContext, benefit: Benefit, *, burned: bool, when: datetime | None = None) -> Receipt:
     """A checked voucher shows its code (scannable), expiry and terms; a used one no scannable code."""
     _ = ctx._
     reward = benefit.reward

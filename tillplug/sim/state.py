@@ -14,6 +14,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
@@ -79,7 +80,7 @@ class Ledger:
 
 
 class EngineState:
-    def __init__(self, seed: dict[str, Any], *, clock: Any = time.time) -> None:
+    def __init__(self, seed: dict[str, Any], *, clock: Callable[[], float] = time.time) -> None:
         self.seed = seed
         self.clock = clock
         tenant = seed["tenant"]

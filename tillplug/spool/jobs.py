@@ -29,9 +29,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillplug.errors import PrintQueueFull, StorageError, StorageFull
+
+if TYPE_CHECKING:
+    from tillplug.config.model import PrintingConfig
 
 log = logging.getLogger(__name__)
 SCHEMA = """
@@ -67,7 +70,7 @@ class StoreLimits:
     keep_finished_seconds: float = 24 * 3600.0  # printed, sent, failed, expired, cancelled jobs kept this long
 
     @classmethod
-    def from_config(cls, printing: Any) -> StoreLimits:
+    def from_config(cls, printing: PrintingConfig) -> StoreLimits:
         return cls(
             max_waiting_jobs=int(printing.max_waiting_jobs),
             max_waiting_bytes=int(printing.max_waiting_mib * MIB),

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
 from tillplug.devices.supervisor import DeviceHealth, DeviceState, should_log
@@ -32,6 +32,9 @@ from tillplug.spool.jobs import JobState, JobStore, PrintJob, QueueFigures
 from tillplug.spool.link import Outcome, PrinterLink
 from tillplug.spool.sales import has_cut, insert_before_cut
 from tillplug.spool.share import SharePort
+
+if TYPE_CHECKING:
+    from tillplug.config.model import PrinterConfig
 
 log = logging.getLogger(__name__)
 PROBE_EVERY = 0.5  # while the printer cannot print: a return is noticed within this plus the connect timeout
@@ -83,7 +86,7 @@ Publish = Callable[[SpoolEvent], object]
 class PrintSpool:
     def __init__(
         self,
-        config: Any,
+        config: PrinterConfig,
         driver: PrinterDriver,
         store: JobStore,
         *,
@@ -118,7 +121,7 @@ class PrintSpool:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        port, path = getattr(config, "share_port", None), getattr(config, "share_socket", None)
+        port, path = config.share_port, config.share_socket
         self.share = SharePort(self, port, socket_path=path) if port or path else None
 
     @property

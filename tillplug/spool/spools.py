@@ -17,6 +17,7 @@ from tillplug.errors import (
     PrintJobNotFound,
     TillplugError,
 )
+from tillplug.receipts.layout import Receipt
 from tillplug.spool.drawer import NO_SENSOR, DrawerState
 from tillplug.spool.jobs import WAITING, JobState, JobStore, PrintJob
 from tillplug.spool.spool import JobChanged, PrintSpool
@@ -56,7 +57,7 @@ class PrintSpools:
             return spool
         return self.named(printer)
 
-    async def submit(self, lane: int, receipt: Any) -> dict[str, Any]:
+    async def submit(self, lane: int, receipt: Receipt) -> dict[str, Any]:
         """Queue a slip for the lane's printer: ``{"job": ID, "state": "queued"}``, never waiting on paper."""
         spool = self.for_lane(lane)
         try:

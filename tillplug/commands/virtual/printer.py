@@ -16,7 +16,6 @@ import re
 import socket
 import struct
 import threading
-from typing import Any
 
 ANSWERS = {
     "ok": {1: b"\x16", 2: b"\x12", 4: b"\x12"},
@@ -166,7 +165,7 @@ class FakeNetworkPrinter:
             pending += chunk
             self._take(conn, pending)
 
-    def _take(self, conn: Any, pending: bytearray) -> None:
+    def _take(self, conn: socket.socket, pending: bytearray) -> None:
         """Job bytes are kept; each DLE EOT n is answered as the mood says (a real-time command)."""
         while pending:
             at = pending.find(b"\x10\x04")

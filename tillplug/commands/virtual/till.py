@@ -13,8 +13,9 @@ import pty
 import threading
 import time
 import tty
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,8 +23,10 @@ from tillplug.config.model import Config
 from tillplug.daemon.wiring import Daemon
 from tillplug.sim import SimServer
 
+T = TypeVar("T")
 
-def poll_until(predicate: Any, timeout: float = 10.0, every: float = 0.01) -> bool:
+
+def poll_until(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.01) -> bool:
     """True as soon as ``predicate()`` is; False after ``timeout`` seconds.  Bounded, always."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -133,7 +136,7 @@ class VirtualTill:
         self.url = f"http://127.0.0.1:{self.daemon.api_port}"
         self.api = httpx.Client(base_url=self.url, timeout=30)
 
-    def call(self, coro: Any, timeout: float = 30) -> Any:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the daemon's loop (for looking inside in tests)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
@@ -144,7 +147,7 @@ class VirtualTill:
         path = self.workdir / f"printer{lane}.bin"
         return path.read_bytes() if path.exists() else b""
 
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0) -> bool:
         return poll_until(predicate, timeout, every=0.02)
 
     def events(self) -> list[dict[str, Any]]:
