@@ -29,6 +29,7 @@ def test_demo_runs_every_use_case_and_saves_the_slips(tmp_path):
     assert shown[0] == "│****0001            │ │Balance 1,250       │", shown
     assert "│Points used 500     │ │Balance 750         │" in shown
     assert any(line.startswith("│Points earned +") for line in shown), shown
+    assert any("drawer_state events: open, closed" in line for line in told), told
     if shutil.which("chromium"):
         assert (tmp_path / "out" / "customer-display.png").stat().st_size > 1000
 

@@ -165,6 +165,23 @@ def test_open_can_wait_for_the_close_and_answers_the_state_then(tmp_path):
         assert too_long.status_code == 400 and "waitForCloseSeconds" in too_long.text
 
 
+def test_a_wait_for_the_close_ends_when_the_kick_cannot_be_printed(tmp_path):
+    """Paper out: the kick is held, then dropped after its 5 s; the wait ends then, not at its 30 s, and says why."""
+    with (
+        FakeNetworkPrinter("ok") as fake,
+        drawer_till(tmp_path, fake.url, drawer_sensor=True, drawer_open_level="high") as till,
+    ):
+        assert till.wait_for(lambda: drawer_events(till) == ["closed"], timeout=15)
+        fake.mood = "paper_out"
+        assert till.wait_for(lambda: till.api.get("/v1/health").json()["status"] == "degraded", timeout=15)
+        answer = till.api.post("/v1/drawer/open", json={"waitForCloseSeconds": 30})
+        assert answer.status_code == 202, answer.text
+        drawer = answer.json()["drawer"]
+        assert drawer["state"] == "closed"
+        assert drawer["reason"].startswith("the drawer did not open: its kick was expired"), drawer
+        assert fake.kicks == 0 and drawer_events(till) == ["closed"]
+
+
 def test_a_printer_without_the_sensor_says_so_rather_than_guessing(tmp_path):
     with FakeNetworkPrinter("ok") as fake, drawer_till(tmp_path, fake.url) as till:
         view = till.api.get("/v1/drawer").json()
@@ -205,9 +222,11 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
         emu.close()
 
 
-def test_the_emulated_printers_drawer_opening_and_closing_are_drawer_state_events(tmp_path, emulator):
+@pytest.mark.parametrize("over", ["tcp", "pty"])
+def test_the_emulated_printers_drawer_opening_and_closing_are_drawer_state_events(tmp_path, emulator, over):
     """emupos's TM-T20III reports its drawer's pin 3 high while open."""
-    with drawer_till(tmp_path, emulator.url, drawer_sensor=True, drawer_open_level="high") as till:
+    connection = emulator.url if over == "tcp" else f"serial://{emulator.pty}"
+    with drawer_till(tmp_path, connection, drawer_sensor=True, drawer_open_level="high") as till:
         assert till.wait_for(lambda: drawer_events(till) == ["closed"], timeout=15), till.events()
         assert till.api.post("/v1/drawer/open", json={}).status_code == 202
         assert till.wait_for(lambda: drawer_events(till) == ["closed", "open"], timeout=10), till.events()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from tillplug.commands.virtual.display import VirtualPoleDisplay, page_screenshot
+from tillplug.commands.virtual.printer import FakeNetworkPrinter
 from tillplug.commands.virtual.till import VirtualTill
 from tillplug.engine.models import Discount
 from tillplug.receipts.preview import interpret, render_png
@@ -29,6 +31,7 @@ class Story:
         self.till = till
         self.display = display
         self.display_shown = ""
+        self.drawer_printer: FakeNetworkPrinter | None = None
         self.out = out
         self.color = color
         self.step = 0
@@ -122,16 +125,20 @@ def run(out_dir: str | None = None, *, color: bool | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tillplug-demo-") as work:
         print("Starting the Loyalty Engine simulator, a virtual scanner, a virtual printer and the daemon…", flush=True)
+        slips = {"name": "printer1", "connection": f"capture://{work}/printer1.bin", "lane": 1, "profile": "TM-T20II"}
         with (
             VirtualPoleDisplay(Path(work) / "display1") as display,
+            FakeNetworkPrinter("ok") as drawer_printer,  # a network printer with a cash drawer and its sensor
             VirtualTill(
                 Path(work),
                 receipts={"header": ["Corner Shop", "12 High Street"], "footer": ["Thank you for shopping with us"]},
+                printers=[slips, DRAWER_PRINTER | {"connection": drawer_printer.url}],
                 displays=[{"name": "pole1", "port": str(display.link), "lane": 1}],
                 customer_display={"idle_text": ["Corner Shop", "Welcome!"]},
             ) as till,
         ):
             story = Story(till, out, color, display)
+            story.drawer_printer = drawer_printer
             _walk(story)
             ledger = till.ledger()
         story.chapter("What reached the engine", "The simulator's ledger: every event, once.")
@@ -151,6 +158,14 @@ def run(out_dir: str | None = None, *, color: bool | None = None) -> int:
 
 
 DEMO_WORDS = SlipContext("demo", "demo", "GBP")  # the demo's till: English, pounds
+# Lane 2's printer: a network one with a cash drawer whose sensor reads pin 3 high while it is open.
+DRAWER_PRINTER = {
+    "name": "printer2",
+    "lane": 2,
+    "profile": "TM-T20II",
+    "drawer_sensor": True,
+    "drawer_open_level": "high",
+}
 
 
 def voucher_sentence(answer: dict[str, Any], *, used: bool) -> str:
@@ -273,6 +288,7 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     status, body = s.api("POST", "/v1/returns", {**returned, "returnId": "RET-2", "amount": 1000, "lines": []})
     s.expect(status == 409 and body["error"]["code"] == "return_exceeds_sale", "a return past the sale is refused")
     s.told(f"refused: {body['error']['message']} ({body['error']['code']})", ok=False)
+    _drawer(s)
 
     s.chapter("A void gives points back", "Bob spends 200 points, then changes his mind: the sale is voided.")
     s.api("POST", "/v1/checkouts", {"transactionId": "T-1002", "lane": 1})
@@ -300,6 +316,29 @@ def _walk(s: Story) -> None:  # noqa: PLR0915 -- the demo is one scripted story,
     delivered = till.settle(timeout=20)
     s.expect(delivered, "the outbox drains once the engine is back")
     s.told("every sale has reached the engine" if delivered else "sales are still waiting for the engine", ok=delivered)
+
+
+def _drawer(s: Story) -> None:
+    """The cash drawer on lane 2: kicked, seen open, pushed shut, seen closed (its sensor, DLE EOT 1)."""
+    fake = s.drawer_printer
+    if fake is None:
+        return
+    s.chapter("The cash drawer", "Lane 2's drawer opens for change; the till waits until the cashier shuts it.")
+    mark = max((e["id"] for e in s.till.events()), default=0)
+
+    def cashier_shuts_it() -> None:
+        if s.till.wait_for(lambda: fake.drawer_open, timeout=10):
+            time.sleep(0.5)
+            fake.close_drawer()
+
+    shutter = threading.Thread(target=cashier_shuts_it)
+    shutter.start()
+    status, body = s.api("POST", "/v1/drawer/open", {"printer": "printer2", "waitForCloseSeconds": 10})
+    shutter.join(15)
+    states = [e["data"]["state"] for e in s.till.events() if e["id"] > mark and e["type"] == "drawer_state"]
+    s.expect(status == 202 and body.get("drawer", {}).get("state") == "closed", "the drawer is seen closed again")
+    s.expect(states == ["open", "closed"], "drawer_state events: open, then closed")
+    s.told(f"drawer_state events: {', '.join(states) or 'none'}; the call answered when it closed")
 
 
 def interactive(out_dir: str | None = None) -> int:  # noqa: C901, PLR0912, PLR0915 -- one branch per prompt command

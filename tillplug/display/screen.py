@@ -130,7 +130,7 @@ class ScreenBook:
             if data.get("pending"):
                 return None
             if data.get("ok"):
-                base.voucher = str(data.get("name") or data.get("code") or "")[:40] or None
+                base.voucher = str(data.get("name") or "")[:40] or None  # its name; never its code
                 base.news = "voucher_accepted"
             else:
                 base.voucher_refused = VOUCHER_REFUSALS.get(str(data.get("error")), "not valid")

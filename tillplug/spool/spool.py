@@ -175,7 +175,9 @@ class PrintSpool:
         try:
             self.publish(event)
         except Exception:
-            log.exception("printer %s: a %s event could not be told", self.name, event.type)
+            job = getattr(event, "job", None)
+            what = f"the {event.type} event for job {job.id}" if job is not None else f"a {event.type} event"
+            log.exception("printer %s: %s could not be told", self.name, what)
 
     async def status(self) -> PrinterStatus:
         """What the printer said last (health never waits on the wire)."""

@@ -23,6 +23,8 @@ from tillplug.spool.jobs import WAITING, JobState, JobStore, PrintJob
 from tillplug.spool.spool import JobChanged, PrintSpool
 
 DRAWER_HOLD_SECONDS = 5.0  # a drawer that opens long after the cashier asked is worse than one that does not
+KICK_CHECK_EVERY = 0.25  # while a till waits for the close: how often the kick's own job is looked at
+NOT_PRINTED = (JobState.FAILED, JobState.EXPIRED, JobState.CANCELLED)
 
 
 class PrintSpools:
@@ -86,11 +88,30 @@ class PrintSpools:
         job = await spool.submit(kick(pin), "drawer", source="till", hold_seconds=DRAWER_HOLD_SECONDS)
         if not wait_for_close:
             return job.summary()
-        closed = await spool.drawer.wait_for_close(wait_for_close)
+        why_not = await self._until_closed(spool, job.id, wait_for_close)
         drawer = spool.drawer.view()
-        if not closed and spool.drawer.state is DrawerState.CLOSED:
-            drawer["reason"] = "the drawer did not open"
+        if why_not is not None:
+            drawer["reason"] = why_not
         return {**job.summary(), "drawer": drawer}
+
+    async def _until_closed(self, spool: PrintSpool, job_id: int, timeout: float) -> str | None:
+        """None once the drawer has opened and closed again; else why not, as soon as that is known: the
+        time is up, or the kick was never printed (held past its 5 s, failed) and the drawer did not open."""
+        opened_before = spool.drawer.opened
+        waiter = asyncio.ensure_future(spool.drawer.wait_for_close(timeout))
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=KICK_CHECK_EVERY)
+                if waiter.done() or spool.drawer.opened > opened_before or spool.drawer.state is DrawerState.OPEN:
+                    continue  # open, or opened: the close is what is waited for now
+                job = await asyncio.to_thread(self.store.get, job_id)
+                if job is not None and job.state in NOT_PRINTED:
+                    return f"the drawer did not open: its kick was {job.state.value} ({job.reason})"
+            if waiter.result():
+                return None
+            return "the drawer did not open" if spool.drawer.state is DrawerState.CLOSED else "not closed in time"
+        finally:
+            waiter.cancel()
 
     def drawer(self, *, printer: str | None = None, lane: int | None = None) -> dict[str, Any]:
         """What the drawer sensor last said: open, closed, or unknown (with why)."""
