@@ -105,7 +105,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-MEMBERS = 3000  # every timed look-up is of a card not seen before: no cache can help either side
+MEMBERS = 4000  # every timed look-up is of a card not seen before: no cache can help either side
 
 
 def seed_file(work: Path) -> Path:
@@ -189,6 +189,57 @@ class Sink:
         if self.conn:
             self.conn.close()
         self.server.close()
+
+
+STATUS_ANSWERS = {1: b"\x16", 2: b"\x12", 3: b"\x12", 4: b"\x12"}  # online, cover shut, paper in
+
+
+class PrinterSink(Sink):
+    """A network printer that answers status queries as a ready Epson does (DLE EOT 1/2/4, a reader
+    thread answering at once, as a printer's real-time handling would) and timestamps the first byte
+    of each slip, status traffic left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slips: queue.Queue[tuple[float, bytes]] = queue.Queue()
+
+    def accept(self, timeout: float = 20) -> None:
+        super().accept(timeout)
+        assert self.conn is not None
+        self.conn.settimeout(None)
+        self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._read, args=(self.conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        pending, slip, first = b"", b"", 0.0
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            t = time.perf_counter()
+            pending += chunk
+            answers = b""
+            while (at := pending.find(b"\x10\x04")) >= 0 and at + 2 < len(pending):
+                answers += STATUS_ANSWERS.get(pending[at + 2], b"")
+                slip += pending[:at]
+                pending = pending[at + 3 :]
+            if answers:
+                conn.sendall(answers)  # one segment: answers split by Nagle would wait for a delayed ACK
+            keep = 2 if pending.endswith(b"\x10\x04") else 1 if pending.endswith(b"\x10") else 0
+            slip += pending[: len(pending) - keep]
+            pending = pending[len(pending) - keep :]
+            if slip and not first:
+                first = t
+            if b"\x1dV" in slip:
+                self.slips.put((first, slip))
+                slip, first = b"", 0.0
+
+    def first_byte_then_until(self, marker: bytes) -> tuple[float, bytes]:
+        assert marker == b"\x1dV"
+        return self.slips.get(timeout=10)
 
 
 class Tillplug:
@@ -285,7 +336,7 @@ class EventStream:
 class Floor:
     def __init__(self, work: Path, sim: Sim, mode: str) -> None:
         self.scanner = VirtualScanner(work / f"floor-{mode}")
-        self.sink = Sink()
+        self.sink = PrinterSink() if mode.startswith("balance") else Sink()
         self.proc = subprocess.Popen(
             [
                 PY,
@@ -298,6 +349,8 @@ class Floor:
                 f"127.0.0.1:{self.sink.port}",
                 "--mode",
                 mode,
+                "--state",
+                str(work / f"floor-{mode}.sqlite3"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -320,13 +373,15 @@ class Floor:
 
 
 def latency_balance(work: Path, sim: Sim, n: int, blocks: int) -> dict[str, Any]:
-    sink = Sink()
+    sink = PrinterSink()
     till = Tillplug(work / "balance", sim, sink.port)
     till.wait_ready()
     sink.accept()
-    floor = Floor(work, sim, "balance")
+    plain = Floor(work, sim, "balance")
+    honest = Floor(work, sim, "balance-honest")
     ours: list[float] = []
     theirs: list[float] = []
+    honest_ones: list[float] = []
     cards = iter(range(MEMBERS))
 
     def one(scanner: VirtualScanner, s: Sink, into: list[float] | None) -> None:
@@ -338,20 +393,30 @@ def latency_balance(work: Path, sim: Sim, n: int, blocks: int) -> dict[str, Any]
             into.append(t1 - t0)
 
     try:
-        for _ in range(20):  # warm both up: connections, caches, the token
+        for _ in range(20):  # warm them up: connections, caches, the token
             one(till.scanner, sink, None)
-            one(floor.scanner, floor.sink, None)
+            one(plain.scanner, plain.sink, None)
+            one(honest.scanner, honest.sink, None)
         per_block = n // blocks
-        for _ in range(blocks):  # interleaved, so both see the same machine at the same moment
+        for _ in range(blocks):  # interleaved, so all see the same machine at the same moment
             for _ in range(per_block):
                 one(till.scanner, sink, ours)
             for _ in range(per_block):
-                one(floor.scanner, floor.sink, theirs)
+                one(plain.scanner, plain.sink, theirs)
+            for _ in range(per_block):
+                one(honest.scanner, honest.sink, honest_ones)
     finally:
         till.stop()
-        floor.stop()
+        plain.stop()
+        honest.stop()
         sink.close()
-    return summarise("scan → first byte of the balance slip", ours, theirs)
+    result = summarise("scan → first byte of the balance slip", ours, honest_ones)
+    result["floor"] = "honest: the plain floor plus one status answer and one durable commit a slip"
+    result["plain_floor_p50_ms"] = pct(theirs, 50) * 1e3
+    result["plain_floor_p99_ms"] = pct(theirs, 99) * 1e3
+    result["plain_ratio_p50"] = pct(ours, 50) / pct(theirs, 50)
+    result["plain_ratio_p99"] = pct(ours, 99) / pct(theirs, 99)
+    return result
 
 
 def latency_voucher(work: Path, sim: Sim, n: int, blocks: int) -> dict[str, Any]:
@@ -451,8 +516,8 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
         "ready_median_s": statistics.median(ready),
         "health_median_s": statistics.median(health),
         "bare_python_s": statistics.median(bare),
-        "goal": "≤ 1 s",
-        "met": statistics.median(ready) <= 1.0,
+        "goal": "≤ 0.5 s",
+        "met": statistics.median(ready) <= 0.5,
         "imports_total_ms": round(total, 1),
         "import_top10_ms": [{"module": m, "ms": round(ms, 1)} for ms, m in top[:10]],
     }
@@ -486,16 +551,11 @@ def memory(work: Path, sim: Sim, scans: int) -> dict[str, Any]:
     }
 
 
-def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) -> dict[str, Any]:
-    from tillplug.config.model import EngineConfig
-    from tillplug.engine import EngineClient, load_secrets
+def enqueue_rates(work: Path, body: Any) -> tuple[float, float]:
+    """Durable enqueue, one commit (fsync) per event, and its floor: the same INSERT in raw sqlite3."""
     from tillplug.engine.models import new_event_key
-    from tillplug.outbox import Deliverer, OutboxStore
+    from tillplug.outbox import OutboxStore
 
-    def body(key: str) -> dict[str, Any]:
-        return {"type": "TRANSACTION", "subject": "1000002", "payload": {"eventKey": key, "total": 100}}
-
-    # Durable enqueue, one commit (fsync) per event, and its floor: the same INSERT in raw sqlite3.
     store = OutboxStore(work / "enqueue.db")
     n = 2000
     t = time.perf_counter()
@@ -514,14 +574,23 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
         raw.execute("INSERT INTO t VALUES (?, ?)", (key, json.dumps(body(key))))
     raw_rate = n / (time.perf_counter() - t)
     raw.close()
+    return enqueue_rate, raw_rate
+
+
+def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) -> dict[str, Any]:
+    from tillplug.config.model import EngineConfig
+    from tillplug.engine import EngineClient, load_secrets
+    from tillplug.engine.models import new_event_key
+    from tillplug.outbox import Deliverer, OutboxStore
+
+    def body(key: str) -> dict[str, Any]:
+        return {"type": "TRANSACTION", "subject": "1000002", "payload": {"eventKey": key, "total": 100}}
+
+    enqueue_rate, raw_rate = enqueue_rates(work, body)
 
     cfg = EngineConfig(preset="simulator", base_url=sim.url + "/v1", auth_url=sim.url + "/oauth/token")
     before = len(sim.ledger()["events"])
     store = OutboxStore(work / "drain.db")
-    with store.transaction() as tx:
-        for i in range(backlog):
-            key = new_event_key()
-            store.enqueue(tx, kind="event", stream=f"tx{i}", body=body(key), event_key=key)
 
     async def drain(rate: float, burst: int, s: OutboxStore) -> float:
         async with EngineClient(cfg, load_secrets(cfg)) as client:
@@ -529,11 +598,6 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
             t0 = time.perf_counter()
             assert await Deliverer(s, client, rate=rate, burst=burst).drain(600)
             return time.perf_counter() - t0
-
-    unpaced = backlog / asyncio.run(drain(1e9, 10**9, store))
-    ledger = sim.ledger()
-    delivered = len(ledger["events"]) - before
-    dupes = len(ledger["duplicates"])
 
     async def floor_posts(count: int) -> float:  # no durability: POST after POST on one connection
         async with httpx.AsyncClient(base_url=sim.url + "/v1") as http:
@@ -554,7 +618,24 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
                 (await http.post("/events/", json=body(new_event_key()), headers=headers)).raise_for_status()
             return time.perf_counter() - t0
 
-    floor_rate = 2000 / asyncio.run(floor_posts(2000))
+    # In blocks, the drain's and the plain POSTs' in turn, so both see the same machine (it is shared).
+    blocks = max(1, backlog // 1000)
+    per_block = backlog // blocks
+    drained_in = posted_in = 0.0
+    for b in range(blocks):
+        with store.transaction() as tx:
+            for i in range(per_block):
+                key = new_event_key()
+                store.enqueue(tx, kind="event", stream=f"tx{b}-{i}", body=body(key), event_key=key)
+        drained_in += asyncio.run(drain(1e9, 10**9, store))
+        posted_in += asyncio.run(floor_posts(per_block))
+    backlog = blocks * per_block
+    unpaced = backlog / drained_in
+    floor_rate = backlog / posted_in
+    ledger = sim.ledger()
+    delivered = len(ledger["events"]) - before - backlog  # the plain POSTs are in the ledger too
+    dupes = len(ledger["duplicates"])
+
     paced_store = OutboxStore(work / "paced.db")
     with paced_store.transaction() as tx:
         for i in range(paced_n):
@@ -573,9 +654,10 @@ def outbox(work: Path, sim: Sim, backlog: int, paced_n: int, paced_rate: float) 
         "paced_target_per_s": paced_rate,
         "paced_actual_per_s": paced,
         "paced_error_pct": (paced - paced_rate) / paced_rate * 100,
-        "goal": "enqueue ≥ 500/s; drain ≥ 400/s unpaced; paced within ±5%",
+        "drain_ratio": unpaced / floor_rate,
+        "goal": "enqueue ≥ 500/s; drain unpaced ≥ 0.75 × plain POSTs; paced within ±5% of its ceiling",
         "met": enqueue_rate >= 500
-        and unpaced >= 400
+        and unpaced >= 0.75 * floor_rate
         and abs(paced - paced_rate) / paced_rate <= 0.05
         and delivered == backlog
         and dupes == 0,
@@ -625,11 +707,17 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         mark = "✓" if r.get("met") else "✗"
         if "ratio_p50" in r:
+            floor = "honest floor" if "plain_ratio_p50" in r else "floor"
             rows.append(
-                f"{mark} {r['name']:<45} p50 {r['tillplug_p50_ms']:6.2f} ms (floor {r['floor_p50_ms']:6.2f}, "
-                f"×{r['ratio_p50']:.2f})  p99 {r['tillplug_p99_ms']:6.2f} ms (floor {r['floor_p99_ms']:6.2f}, "
+                f"{mark} {r['name']:<45} p50 {r['tillplug_p50_ms']:6.2f} ms ({floor} {r['floor_p50_ms']:6.2f}, "
+                f"×{r['ratio_p50']:.2f})  p99 {r['tillplug_p99_ms']:6.2f} ms ({floor} {r['floor_p99_ms']:6.2f}, "
                 f"×{r['ratio_p99']:.2f})  n={r['n']}"
             )
+            if "plain_ratio_p50" in r:
+                rows.append(
+                    f"    against the plain floor: p50 {r['plain_floor_p50_ms']:.2f} ms ×{r['plain_ratio_p50']:.2f}, "
+                    f"p99 {r['plain_floor_p99_ms']:.2f} ms ×{r['plain_ratio_p99']:.2f}"
+                )
         elif r["name"].startswith("start-up"):
             rows.append(
                 f"{mark} {r['name']:<45} READY {r['ready_median_s']:.3f} s, health {r['health_median_s']:.3f} s "
@@ -648,7 +736,8 @@ def table(results: list[dict[str, Any]]) -> str:
             rows.append(
                 f"{mark} {'outbox':<45} enqueue {r['enqueue_per_s']:.0f}/s "
                 f"(raw sqlite {r['enqueue_floor_raw_sqlite_per_s']:.0f}/s); "
-                f"drain {r['drain_unpaced_per_s']:.0f}/s (plain POSTs {r['drain_floor_plain_posts_per_s']:.0f}/s), "
+                f"drain {r['drain_unpaced_per_s']:.0f}/s (plain POSTs {r['drain_floor_plain_posts_per_s']:.0f}/s, "
+                f"×{r['drain_ratio']:.2f}), "
                 f"{r['delivered']} delivered, {r['duplicates']} dupes; paced {r['paced_actual_per_s']:.1f}/s "
                 f"for {r['paced_target_per_s']:.0f}/s ({r['paced_error_pct']:+.1f}%)"
             )
@@ -660,18 +749,10 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
-    if sys.argv[1:2] == ["mutation"]:  # python -m bench mutation: the money core's mutation report
-        from bench.mutation import main as mutation
-
-        return mutation(sys.argv[2:])
-    ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
-    ap.add_argument("--out", default="bench-results/latest.json")
-    args = ap.parse_args()
-    global PY  # noqa: PLW0603 -- the production interpreter is found once, before any measurement
-    PY = production_python()
-    n, blocks = (200, 4) if args.quick else (1000, 10)
+def suite(args: argparse.Namespace) -> list[dict[str, Any]]:
+    # Blocks of ten scans each: on a shared machine the load changes by the second, and each side
+    # must see the same machine.
+    n, blocks = (200, 20) if args.quick else (1000, 100)
     work = Path(tempfile.mkdtemp(prefix="tillplug-bench-"))
     sim = Sim(seed_file(work))
     results = []
@@ -685,14 +766,74 @@ def main() -> int:
             ("burst", lambda: burst(work, sim, 200, 3 if args.quick else 10)),
         ):
             print(f"… {name}", file=sys.stderr, flush=True)
-            results.append(fn())
+            load = os.getloadavg()[0]
+            result = fn()
+            result["load_1min"] = round((load + os.getloadavg()[0]) / 2, 2)  # the machine is shared: say how busy
+            results.append(result)
     finally:
         sim.stop()
+    return results
+
+
+# The figures judged on the median of the runs: (result name prefix, key, goal as a bound).
+JUDGED = (
+    ("scan → first byte", "ratio_p50", 1.3),
+    ("scan → first byte", "ratio_p99", 2.0),
+    ("voucher", "ratio_p50", 1.3),
+    ("voucher", "ratio_p99", 2.0),
+    ("start-up", "ready_median_s", 0.5),
+    ("memory", "after_start_mb", 60.0),
+    ("memory", "growth_mb", 5.0),
+    ("outbox", "paced_error_pct", 5.0),
+)
+
+
+def medians(runs: list[list[dict[str, Any]]]) -> list[str]:
+    """Each judged figure: the median of the runs, their spread (min to max) and the load beside each."""
+    lines = []
+    for prefix, key, bound in JUDGED:
+        values, loads = [], []
+        for results in runs:
+            r = next(r for r in results if r["name"].startswith(prefix))
+            values.append(r[key])
+            loads.append(r["load_1min"])
+        mid = statistics.median(values)
+        ok = abs(mid) <= bound
+        lines.append(
+            f"{'✓' if ok else '✗'} {prefix} {key}: median {mid:.3g} (spread {min(values):.3g} to {max(values):.3g}; "
+            f"goal ≤ {bound:g}; load {', '.join(f'{x:.1f}' for x in loads)})"
+        )
+    drain = [next(r for r in results if r["name"] == "outbox")["drain_ratio"] for results in runs]
+    mid = statistics.median(drain)
+    lines.append(
+        f"{'✓' if mid >= 0.75 else '✗'} outbox drain_ratio: median {mid:.3g} "
+        f"(spread {min(drain):.3g} to {max(drain):.3g}; goal ≥ 0.75)"
+    )
+    return lines
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["mutation"]:  # python -m bench mutation: the money core's mutation report
+        from bench.mutation import main as mutation
+
+        return mutation(sys.argv[2:])
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
+    ap.add_argument("--runs", type=int, default=3, help="whole runs of the suite, judged on their median")
+    ap.add_argument("--out", default="bench-results/latest.json")
+    args = ap.parse_args()
+    global PY  # noqa: PLW0603 -- the production interpreter is found once, before any measurement
+    PY = production_python()
+    runs = []
+    for i in range(args.runs):
+        print(f"… run {i + 1} of {args.runs}", file=sys.stderr, flush=True)
+        runs.append(suite(args))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "quick": args.quick,
-        "results": results,
+        "runs": runs,
+        "medians": medians(runs),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -700,7 +841,11 @@ def main() -> int:
     print(
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python {report['machine']['python']}"
     )
-    print(table(results))
+    for i, results in enumerate(runs):
+        print(f"run {i + 1}:")
+        print(table(results))
+    print(f"median of {len(runs)} run(s):")
+    print("\n".join(report["medians"]))
     print(f"written: {out}")
     return 0
 

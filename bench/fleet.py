@@ -317,7 +317,9 @@ class Fleet:
         self.clock = clock
         self.spawned: set[asyncio.Future[Any]] = set()
         self.last_by_till: dict[str, float] = {}
-        self.policy: dict[str, Any] = {k: float(v) for k, v in (item.split("=", 1) for item in args.policy)}
+        # The chain opts in to tills taking what quieter tills leave ([outbox] above_share).
+        self.policy: dict[str, Any] = {"ceiling": args.above_share}
+        self.policy.update({k: float(v) for k, v in (item.split("=", 1) for item in args.policy)})
         self.rng = random.Random(args.seed)
         warmup = 600.0 if args.quick else 4 * 3600.0  # the whole day opens at 08:00, the outage at 12:00
         self.outage = (warmup, warmup + args.outage)
@@ -489,6 +491,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="override a PacingPolicy field (e.g. doubling=900, restart=0.8); repeatable",
     )
     p.add_argument("--share", type=float, default=None, help="each till's share (default: 100/s over the tills)")
+    p.add_argument(
+        "--above-share",
+        type=float,
+        default=4.0,
+        help="every till's [outbox] above_share: how far above its share it may send when there is room "
+        "(the daemon's default is 1, never above)",
+    )
     p.add_argument(
         "--dashboard",
         action=argparse.BooleanOptionalAction,

@@ -184,7 +184,7 @@ class Till:
             f'cache_dir = "{work}/cache{index}"\nlog_level = "warning"\n'
             f'[engine]\npreset = "simulator"\nbase_url = "{sim_url}/v1"\nauth_url = "{sim_url}/oauth/token"\n'
             f'[api]\nlisten = "127.0.0.1:{self.port}"\n'
-            f"[outbox]\nrate_per_second = {share!r}\n"
+            f"[outbox]\nrate_per_second = {share!r}\nabove_share = 4.0\n"
         )
         self.config.write_text(self.base_config)
         self.stderr = (work / f"till{index:02d}.log").open("wb")

@@ -8,6 +8,7 @@ read a line → validate the code (check only) → send the answer to the till a
 import argparse
 import json
 import socket
+import sqlite3
 
 import httpx
 import serial
@@ -19,7 +20,8 @@ def main() -> None:
     ap.add_argument("--port", required=True)
     ap.add_argument("--engine", required=True)
     ap.add_argument("--out", required=True, help="host:port of the printer (balance) or the till (voucher)")
-    ap.add_argument("--mode", choices=["balance", "voucher"], default="balance")
+    ap.add_argument("--mode", choices=["balance", "balance-honest", "voucher"], default="balance")
+    ap.add_argument("--state", help="the honest floor's job database (SQLite)")
     args = ap.parse_args()
 
     base = args.engine
@@ -39,6 +41,14 @@ def main() -> None:
     host, port = args.out.rsplit(":", 1)
     out = socket.create_connection((host, int(port)))
     out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    jobs = None
+    if args.mode == "balance-honest":
+        # The same essential work as a truthful spool: the slip recorded durably (as tillplug's spool
+        # does: WAL, synchronous=NORMAL, one commit) and one status answer before its bytes go out.
+        jobs = sqlite3.connect(args.state, isolation_level=None)
+        jobs.execute("PRAGMA journal_mode=WAL")
+        jobs.execute("PRAGMA synchronous=NORMAL")
+        jobs.execute("CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, data BLOB, state TEXT)")
     scanner = serial.Serial(args.port, 115200, timeout=None)
     print("ready", flush=True)
     while True:
@@ -60,6 +70,11 @@ def main() -> None:
         p.textln(f"Balance: {wallet['pointsBalance']} pts")
         p.textln(f"Lifetime: {wallet['lifetimeEarn']} pts")
         p.cut()
+        if jobs is not None:
+            jobs.execute("INSERT INTO jobs (data, state) VALUES (?, 'printing')", (p.output,))
+            out.sendall(b"\x10\x04\x01")  # DLE EOT 1: is the printer online?
+            if out.recv(1) != b"\x16":
+                raise SystemExit("the printer is not ready")
         out.sendall(p.output)
 
 

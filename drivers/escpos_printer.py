@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import socket
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,12 +44,10 @@ BARCODE_MODULE_WIDTHS = (3, 2)  # ESC/POS GS w: 2 is the narrowest most printers
 BARCODE_QUIET_MODULES = 10
 
 
-def _escpos() -> Any:
-    """Import python-escpos once, quietly."""
-    import escpos.printer
-
+def _quiet_escpos() -> None:
+    """python-escpos logs chatter; its printer module (Pillow, qrcode, python-barcode) is imported
+    by the first render, not at start-up: the daemon warms it up once READY=1 is sent."""
     logging.getLogger("escpos").setLevel(logging.WARNING)
-    return escpos
 
 
 def use_cache_dir(cache_dir: str | None) -> None:
@@ -133,6 +132,14 @@ class Connection(ABC):
     def ask(self, n: int) -> bytes | None:
         """One DLE EOT n round trip, bounded by ``status_timeout``; None when nothing (valid) came back."""
         return None
+
+    def ask_all(self, ns: tuple[int, ...]) -> dict[int, bytes | None]:
+        """DLE EOT for each n: the first, then the rest only if it answered.  Wires that can carry
+        several queries at once override this to ask them all in one round trip."""
+        replies = {ns[0]: self.ask(ns[0])}
+        if replies[ns[0]] is not None:
+            replies.update((n, self.ask(n)) for n in ns[1:])
+        return replies
 
     def alive(self) -> bool:
         """Cheap check before a job that the connection has not died since it was opened."""
@@ -237,6 +244,27 @@ class TcpConnection(Connection):
         except OSError:
             return None
 
+    def ask_all(self, ns: tuple[int, ...]) -> dict[int, bytes | None]:
+        """All the queries in one write, their one-byte answers read back in order: one round trip a
+        status, not three (a printer answers real-time commands in the order it reads them)."""
+        sock = self._sock
+        if sock is None:
+            return {ns[0]: None}
+        try:
+            while select.select([sock], [], [], 0)[0]:  # a late answer to an earlier query
+                if not sock.recv(64):
+                    return {ns[0]: None}
+            sock.sendall(b"".join(DLE_EOT + bytes([n]) for n in ns))
+            got = _read_answers(
+                lambda wait: select.select([sock], [], [], wait)[0],
+                lambda: sock.recv(16),
+                len(ns),
+                self.config.status_timeout,
+            )
+        except OSError:
+            return {ns[0]: None}
+        return _in_order(ns, got)
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -290,6 +318,14 @@ class SerialConnection(Connection):
         except Exception:
             return None
 
+    def ask_all(self, ns: tuple[int, ...]) -> dict[int, bytes | None]:
+        try:
+            self._port.reset_input_buffer()
+            self._port.write(b"".join(DLE_EOT + bytes([n]) for n in ns))
+            return _in_order(ns, bytes(self._port.read(len(ns))))  # bounded by the port's status_timeout
+        except Exception:
+            return {ns[0]: None}
+
     def close(self) -> None:
         port, self._port = self._port, None
         if port is not None:
@@ -333,6 +369,22 @@ class FileConnection(Connection):
             return os.read(fd, 16) if ready else None
         except OSError:
             return None
+
+    def ask_all(self, ns: tuple[int, ...]) -> dict[int, bytes | None]:
+        fd = self._fd
+        if fd is None:
+            return {ns[0]: None}
+        try:
+            os.write(fd, b"".join(DLE_EOT + bytes([n]) for n in ns))
+            got = _read_answers(
+                lambda wait: select.select([fd], [], [], wait)[0],
+                lambda: os.read(fd, 16),
+                len(ns),
+                self.config.status_timeout,
+            )
+        except OSError:
+            return {ns[0]: None}
+        return _in_order(ns, got)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -395,6 +447,26 @@ class UsbConnection(Connection):
                 printer.close()
 
 
+def _read_answers(ready: Any, read: Any, count: int, timeout: float) -> bytes:
+    """Up to ``count`` answer bytes, however the wire splits them, within ``timeout`` in all."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    while len(got) < count:
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not ready(wait):
+            break
+        chunk = read()
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _in_order(ns: tuple[int, ...], got: bytes) -> dict[int, bytes | None]:
+    """One answer byte per query, in the order asked; a query past what came back has no answer."""
+    return {n: got[i : i + 1] if i < len(got) else None for i, n in enumerate(ns)}
+
+
 CONNECTIONS: dict[str, type[Connection]] = {
     c.scheme: c for c in (SerialConnection, TcpConnection, UsbConnection, FileConnection, CaptureConnection)
 }
@@ -421,7 +493,7 @@ class EscposPrinter(PrinterDriver):
         super().__init__(config, cache_dir)
         use_cache_dir(cache_dir)
         self.connection = connection_for(config)
-        _escpos()
+        _quiet_escpos()
         from escpos.capabilities import get_profile
 
         try:
@@ -567,11 +639,7 @@ class EscposPrinter(PrinterDriver):
         conn = self.connection
         if not conn.answers_status:
             return PrinterStatus(PrinterState.UNKNOWN, f"a {conn.scheme}:// printer cannot report its status")
-        replies = {1: conn.ask(1)}
-        if replies[1] is not None:
-            replies[2] = conn.ask(2)
-            replies[4] = conn.ask(4)
-        return parse_status(replies)
+        return parse_status(conn.ask_all((1, 2, 4)))
 
     def drawer_pin3(self) -> bool | None:
         """DLE EOT 1 alone: the real-time status, answered even while the printer is busy or offline."""

@@ -1,5 +1,6 @@
 """One class per printer connection kind, each asking the printer's status where its wire can answer."""
 
+import contextlib
 import os
 import pty
 import select
@@ -136,3 +137,68 @@ def test_each_scheme_has_its_connection_class():
         ("file:///dev/usb/lp0", FileConnection),
     ):
         assert type(connection_for(PrinterConfig(name="p", connection=url))) is cls
+
+
+class AllAtOncePrinter(PtyPrinter):
+    """Answers nothing until it holds all three status queries: only a driver that sends them together
+    (one round trip, #27) hears back; one asking 1, then 2, then 4 waits out its timeout on the first."""
+
+    def _serve(self):
+        pending = bytearray()
+        while not self._stop.is_set():
+            if not select.select([self.master], [], [], 0.05)[0]:
+                continue
+            try:
+                pending += os.read(self.master, 4096)
+            except OSError:
+                return
+            if pending.count(b"\x10\x04") >= 3:
+                os.write(self.master, b"".join(ANSWERS["ok"][n] for n in (1, 2, 4)))
+                pending.clear()
+
+
+def serve_tcp_all_at_once(listener, got):
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(2)
+        pending = b""
+        try:
+            while pending.count(b"\x10\x04") < 3:
+                chunk = conn.recv(64)
+                if not chunk:
+                    return
+                pending += chunk
+        except OSError:
+            return
+        got.append(pending)
+        conn.sendall(b"".join(ANSWERS["ok"][n] for n in (1, 2, 4)))
+        conn.settimeout(2)
+        with contextlib.suppress(OSError):
+            conn.recv(64)  # until the driver closes
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "serial", "file"])
+def test_a_status_is_one_round_trip_its_three_queries_sent_together(scheme):
+    import socket
+
+    if scheme == "tcp":
+        listener = socket.create_server(("127.0.0.1", 0))
+        got: list[bytes] = []
+        threading.Thread(target=serve_tcp_all_at_once, args=(listener, got), daemon=True).start()
+        url, fake = f"tcp://127.0.0.1:{listener.getsockname()[1]}", None
+    else:
+        fake = AllAtOncePrinter("ok")
+        url = f"{scheme}://{fake.path}"
+    p = EscposPrinter(
+        PrinterConfig(name="p", connection=url, profile="TM-T20II", status_timeout=0.3, flow_control="none")
+    )
+    try:
+        p.open()
+        assert p.status().state is PrinterState.OK
+    finally:
+        p.close()
+        if fake is not None:
+            fake.close()
+        else:
+            listener.close()
+            assert got == [b"\x10\x04\x01\x10\x04\x02\x10\x04\x04"]

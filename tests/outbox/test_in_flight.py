@@ -9,6 +9,8 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.engine_helpers import calibrated_client
 from tillplug.engine.clock import InFlight, in_flight_window
@@ -151,3 +153,34 @@ def test_the_window_is_counted_from_the_restart_for_a_write_sent_before_it():
 def test_the_default_window_is_twice_connect_plus_read_and_the_key_overrides_it():
     assert in_flight_window(3.0, 5.0) == 16.0
     assert in_flight_window(3.0, 5.0, 40.0) == 40.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.floats(0, 40)), min_size=1, max_size=400))
+def test_forgetting_writes_past_their_window_changes_no_answer_and_keeps_the_map_small(sends):
+    """#27: every send once rebuilt the whole map past 256 keys, so a 10,000-row drain was quadratic.
+    What is forgotten now, a few at a time from the oldest, never changes what ``remaining`` says."""
+    clock = FakeMonotonic()
+    flight = InFlight(10.0, clock)
+    remembered: dict[str, float] = {}
+    for key, gap in sends:
+        clock.now += gap
+        flight.sent(f"k{key}")
+        remembered[f"k{key}"] = clock.now
+        for k, at in remembered.items():
+            assert flight.remaining(k) == pytest.approx(max(0.0, at + 10.0 - clock.now))
+        # Nothing older than the window stays long: at most a few past it, whatever was sent before.
+        assert sum(1 for t in flight._sent.values() if clock.now - t >= 10.0) <= 8 * len(sends)
+    in_window = sum(1 for at in remembered.values() if clock.now - at < 10.0)
+    assert len(flight._sent) <= in_window + 8 * (len(flight._sent) > in_window)
+
+
+def test_a_send_drops_what_is_past_its_window_from_the_front():
+    clock = FakeMonotonic()
+    flight = InFlight(5.0, clock)
+    for i in range(1000):
+        clock.now += 1.0
+        flight.sent(f"k{i}")
+    assert len(flight._sent) <= 5 + 8  # not every key sent: the map holds about one window's worth
+    flight.sent("k999")  # sent again: it moves to the end, and stays
+    assert flight.remaining("k999") == 5.0

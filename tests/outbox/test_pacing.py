@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from tests.engine.test_client import CFG, Engine, ok, secrets
 from tillplug import errors as E
+from tillplug.config.model import OutboxConfig
+from tillplug.daemon.wiring import pacing_policy
 from tillplug.engine import EngineClient
 from tillplug.engine.models import Event, EventDefinition
 from tillplug.engine.traffic import OUTBOX, Traffic, parse_retry_after, use_case
@@ -97,6 +99,37 @@ def test_nothing_is_sent_before_retry_after_has_passed_and_it_is_capped_at_an_ho
 @settings(max_examples=100, deadline=None)
 @given(
     share=st.floats(0.01, 50),
+    cut=st.integers(0, 100),
+    steps=st.lists(st.floats(0.001, 5), min_size=1, max_size=200),
+    figures=st.booleans(),
+)
+def test_by_default_the_configured_rate_is_a_ceiling_whatever_the_engine_and_the_cashiers_do(
+    share, cut, steps, figures
+):
+    """#27: the paced drain ran at 254/s for a configured 100/s.  Unless the config sets ``above_share``,
+    no success, drain plan or quiet cashier takes the outbox above ``rate_per_second``."""
+    clock = Clock()
+    fleet = {"fleet_interactive_per_second": share / 4, "fleet_writes_per_second": share / 8} if figures else {}
+    p = Pacer(pacing_policy(OutboxConfig(rate_per_second=share, **fleet)), clock=clock, traffic=Traffic(clock))
+    assert p.policy.ceiling == 1.0
+    admitted, start = 0, clock.now
+    for i, step in enumerate(steps):
+        clock.now += step
+        if i == cut:  # an outage and the engine's return: the restart, and the chain's plan with figures set
+            p.record(E.EngineUnreachable())
+            clock.now += 600
+            p.record(E.EngineUnreachable())
+            p.record(None)
+        assert p.allowed_rate() <= share * (1 + 1e-9)
+        if p.delay() == 0:
+            p.record(None)
+            admitted += 1
+    assert admitted <= p.policy.burst + share * (clock.now - start) + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    share=st.floats(0.01, 50),
     burst=st.integers(1, 50),
     window=st.floats(1, 1000),
     steps=st.lists(st.floats(0.001, 5), min_size=1, max_size=200),
@@ -141,7 +174,7 @@ def test_after_an_outage_the_restart_is_jittered_with_an_empty_bucket_at_the_sha
         clock.now += 600  # ten minutes down
         p.record(E.EngineServerError())
         p.record(None)  # the engine answers again
-        assert p.rate == pytest.approx(0.01 * (1 + p.policy.increase))
+        assert p.rate == pytest.approx(0.01 * min(1 + p.policy.increase, p.policy.ceiling))  # at most the share
         assert p.tokens == 0.0
         held = p.hold_until - clock.now
         assert 0 <= held <= 120
@@ -288,7 +321,7 @@ def test_with_the_fleet_average_known_the_free_share_is_split_by_how_busy_each_t
             clock.now += 1 / (0.01 * busyness)
             traffic.request("lookup")
         assert traffic.busy_rate() == pytest.approx(0.01 * busyness, rel=0.1)  # short history corrected
-        p = pacer(share=0.02, clock=clock, traffic=traffic, fleet_interactive=0.01, headroom=0.9)
+        p = pacer(share=0.02, clock=clock, traffic=traffic, fleet_interactive=0.01, headroom=0.9, ceiling=4.0)
         allowed[busyness] = p.allowed_rate()
     assert allowed[1.0] == pytest.approx(0.9 * (0.02 - 0.01), rel=0.1)
     assert allowed[2.0] == pytest.approx(2 * allowed[1.0], rel=0.1)
@@ -297,7 +330,8 @@ def test_with_the_fleet_average_known_the_free_share_is_split_by_how_busy_each_t
 
 # -- the chain's drain plan after an outage -----------------------------------------------------
 
-FLEET = {"fleet_interactive": 0.01, "fleet_writes": 0.004, "headroom": 0.9}
+# A chain that set its dashboard figures and lets tills go above their share ([outbox] above_share = 4).
+FLEET = {"fleet_interactive": 0.01, "fleet_writes": 0.004, "headroom": 0.9, "ceiling": 4.0}
 
 
 def outage(p: Pacer, clock: Clock, *, last_ok: float, first_failure: float, last_failure: float, back: float) -> None:
@@ -562,10 +596,11 @@ def test_a_reloaded_policy_keeps_the_rates_ratio_to_the_share_within_the_new_bou
 
 def test_a_till_whose_cashiers_use_its_whole_share_still_delivers_once_its_rate_has_grown():
     """Default pacing once held such a till at the floor for good (a scaled zero is zero): its sales'
-    writes queued all day while the tenant had room.  Its deliveries now raise what its outbox may use."""
+    writes queued all day while the tenant had room.  Its deliveries now raise what its outbox may use
+    (with ``above_share`` set: by default its share is its ceiling, #27)."""
     clock = Clock()
     traffic = Traffic(clock)
-    p = pacer(share=1.0, clock=clock, traffic=traffic)
+    p = pacer(share=1.0, clock=clock, traffic=traffic, ceiling=4.0)
     for _ in range(270):  # 1.5 requests/s of look-ups and spends for three minutes: more than the share
         clock.now += 2 / 3
         traffic.request("lookup")

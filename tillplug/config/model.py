@@ -550,6 +550,9 @@ class OutboxConfig(Section):
     # Share of the tenant's 100 requests/s that this till may use when draining a backlog.
     rate_per_second: float = Field(default=10, ge=MIN_OUTBOX_RATE, le=100)
     burst: int = Field(default=20, ge=1, le=400)
+    # The most the outbox may send, as a multiple of rate_per_second, when the engine has room (what other
+    # tills' cashiers leave): 1 (the default) never exceeds rate_per_second; a chain sets more on purpose.
+    above_share: float = Field(default=1.0, ge=1.0, le=10.0)
     # The chain's average interactive engine requests/s per till (the fleet dashboard shows it:
     # sum(rate(tillplug_engine_requests_total{use_case!="outbox"}[1h])) / count(up{job="tillplug"})).  When set,
     # the share left after interactive calls is split in proportion to how busy each till is.

@@ -86,7 +86,7 @@ class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None, registry: Registry | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.registry = registry or load_drivers()
+        self.registry = registry or load_drivers(lazily=True)  # only the configured devices' drivers
         self.events = EventBus()
         self.router = Router(config, self._on_scan)
         self.engine_watch = EngineWatch()
@@ -417,6 +417,16 @@ class Daemon:
         self.ready.set()
         self._tasks.append(asyncio.ensure_future(self._check_reactors()))
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
+        self._tasks.append(asyncio.ensure_future(self._warm_up_printers()))
+
+    async def _warm_up_printers(self) -> None:
+        """Once ready: a blank slip rendered per printer, so the renderer's imports and encoder are paid
+        for now, not by the first shopper's slip (start-up does not wait on them)."""
+        for spool in list(self.printers.values()):
+            try:
+                await asyncio.to_thread(spool.driver.render, Receipt("warm-up", []))
+            except Exception as exc:  # the first real slip will say what is wrong, with its own error
+                log.debug("printer %s: warm-up render failed: %s", spool.name, exc)
 
     def _start_loops(self) -> None:
         """The daemon's own loops: health, the outbox's delivery, the settler and the outbox alarm."""
@@ -602,6 +612,7 @@ def pacing_policy(outbox: OutboxConfig) -> PacingPolicy:
     return PacingPolicy(
         share=outbox.rate_per_second,
         burst=outbox.burst,
+        ceiling=outbox.above_share,
         fleet_interactive=outbox.fleet_interactive_per_second,
         fleet_writes=outbox.fleet_writes_per_second,
     )

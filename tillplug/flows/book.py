@@ -80,7 +80,9 @@ class CheckoutBook:
         classified = self.ctx.classifier.classify(text, read_product=False)
         return classified.code if classified.kind is ScanKind.MEMBER else text
 
-    async def find_member(self, code: str | Classified) -> tuple[Member, Wallet]:
+    async def find_member(self, code: str | Classified, *, remember: bool = True) -> tuple[Member, Wallet]:
+        """The member and wallet; with ``remember``, the card is kept for offline use before answering
+        (``remember_member`` otherwise: a look-up does that once its slip is queued)."""
         ctx = self.ctx
         ident = self.member_ident(code)
         cached = self._members.get(ident)
@@ -98,8 +100,12 @@ class CheckoutBook:
         except MemberNotFound:
             self._members.pop(ident, None)  # closed since it was cached
             raise
-        await ctx.db(ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
+        if remember:
+            await self.remember_member(ident, member)
         return member, wallet
+
+    async def remember_member(self, ident: str, member: Member) -> None:
+        await self.ctx.db(self.ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
 
     def offline_member(self, code: str | Classified, entry: str = "keyed") -> Member | None:
         """The member a card names while the engine is down, if tillplug can know it without asking.
@@ -138,11 +144,13 @@ class CheckoutBook:
     async def lookup(
         self, code: str | Classified, *, lane: int | None = None, print_slip: bool = False
     ) -> answers.Wallet:
-        member, wallet = await self.find_member(code)
+        member, wallet = await self.find_member(code, remember=False)
         view = self.wallet_view(member, wallet)
         self.ctx.events.publish("member_found", view.event_data(), lane=lane)
         if print_slip and lane is not None and self.ctx.config.receipts.balance_slip:
             view.print = await self.ctx.print(lane, templates.balance_slip(self.ctx.slip, member.masked, wallet))
+        # The offline cache's commit (an fsync) after the slip is queued: it is not what the shopper waits for.
+        await self.remember_member(self.member_ident(code), member)
         return view
 
     # -- checkouts -----------------------------------------------------------------------

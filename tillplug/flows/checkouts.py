@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS member_cache (
     member_id   TEXT NOT NULL,      -- the WLL id: no name, no e-mail, nothing else
     expires     REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS member_cache_expires ON member_cache (expires);  -- its pruning, on every look-up
 """
 
 # Columns added after the first release to tables written before the intent machine: (table, column, definition).

@@ -7,8 +7,10 @@ engine (additive increase, multiplicative decrease):
 
 * a 429, a 503, a timeout or a refused connection cuts the rate (``decrease``); a 429's
   ``Retry-After`` is honoured, up to an hour;
-* each delivery raises it by a small step (``increase`` times the share), up to ``ceiling`` times it,
-  so a till with a large backlog may take what quieter tills leave unused;
+* each delivery raises it by a small step (``increase`` times the share), up to ``ceiling`` times it.
+  The ceiling is 1 unless the config asks for more (``[outbox] above_share``): the configured
+  rate is never exceeded by default; a chain that sets it lets a till with a large backlog take
+  what quieter tills leave unused (every rate below, drain plans included, stays under it);
 * the interactive calls of this till come first: their recent request rate is left free
   out of the share, and while they are being rate limited the outbox does not send at all;
   once the rate has grown above the share, what it grew by goes to the outbox whole, so a till
@@ -53,7 +55,9 @@ MIN_PROBE_INTERVAL = 30.0  # seconds: a down engine is tried at most this often 
 # averages; these are the design's, measured in the fleet benchmark (docs/performance.md).  Each
 # is the default of the ``PacingPolicy`` field of the same name, the seam tests and the benchmark set.
 FLOOR = 1 / 8  # the lowest rate, as a fraction of the share (a down engine is probed at it)
-CEILING = 4.0  # the highest rate, as a multiple of the share
+# The highest rate, as a multiple of the share: 1, the configured rate is a ceiling, unless the config sets
+# ``above_share`` (taking what other tills' cashiers leave is then allowed, up to it).
+CEILING = 1.0
 DECREASE = 0.5  # the rate is multiplied by this on a 429 or 503
 INCREASE = 0.05  # each success adds this fraction of the share
 # Seconds in which the rate doubles while rows wait on it and nothing cuts it; None: off.

@@ -20,12 +20,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
 from tillplug.devices.supervisor import DeviceHealth, DeviceState, should_log
-from tillplug.errors import PrintQueueFull
+from tillplug.errors import DriverError, PrintQueueFull, TillplugError
 from tillplug.receipts.layout import Block, Receipt
 from tillplug.spool.drawer import WATCH_EVERY, DrawerChanged, DrawerWatch
 from tillplug.spool.jobs import JobState, JobStore, PrintJob, QueueFigures
@@ -77,6 +77,18 @@ class JobNotPrinted:
 
     def data(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "job": self.job.id, "printer": self.job.printer}
+
+
+@dataclass
+class _Step:
+    """What one step of the spool's task did in its worker thread."""
+
+    claimed: tuple[PrintJob, bytes] | None = None
+    status: PrinterStatus | None = None
+    outcome: Outcome | None = None
+    moved: PrintJob | None = None
+    expired: list[PrintJob] = field(default_factory=list)
+    figures: QueueFigures = field(default_factory=QueueFigures)
 
 
 SpoolEvent = JobChanged | JobNotPrinted | DrawerChanged
@@ -145,10 +157,29 @@ class PrintSpool:
             if blocks:
                 rendered = await asyncio.to_thread(self.driver.render, Receipt("loyalty", blocks))
                 data = insert_before_cut(data, rendered.removeprefix(b"\x1b@")) or data  # no reset inside
-        try:
-            job = await asyncio.to_thread(
-                self.store.add, self.name, self.config.lane, kind, source, data, hold_seconds=hold
+        return await self._add(
+            lambda: self.store.add(self.name, self.config.lane, kind, source, data, hold_seconds=hold)
+        )
+
+    async def submit_receipt(self, receipt: Receipt) -> PrintJob:
+        """Render one of tillplug's slips and queue it, in one worker-thread hop (``submit`` for bytes)."""
+
+        def render_and_add() -> PrintJob:
+            try:
+                data = self.driver.render(receipt)
+            except TillplugError:
+                raise
+            except Exception as exc:  # python-escpos or Pillow: translated at this boundary
+                raise DriverError(f"printer {self.name} cannot lay out a {receipt.kind} slip: {exc}") from exc
+            return self.store.add(
+                self.name, self.config.lane, receipt.kind, "tillplug", data, hold_seconds=self.hold_seconds
             )
+
+        return await self._add(render_and_add)
+
+    async def _add(self, add: Callable[[], PrintJob]) -> PrintJob:
+        try:
+            job = await asyncio.to_thread(add)
         except PrintQueueFull:
             self.refused += 1
             if should_log(self.refused):
@@ -213,38 +244,29 @@ class PrintSpool:
                 await self._sleep(PROBE_EVERY)
 
     async def _step(self) -> None:
-        for job in await asyncio.to_thread(self.store.expire, self.name):
-            self._changed(job)
-        await self._count()
         if self.fault is not None:
+            await self._housekeep(*await asyncio.to_thread(self._expire_and_count))
             for job in await asyncio.to_thread(self.store.hold_queued, self.name, self.fault):
                 self._changed(job)  # fail fast while the printer cannot print
             if not await self._probe():
                 await self._sleep(PROBE_EVERY)
                 return
-        only_till = self.till_floor or self.till_first
-        claimed = await asyncio.to_thread(self.store.claim, self.name, source="till" if only_till else None)
-        if claimed is None and self.till_first and not self.till_floor:
-            self.till_first = False  # the long receipt is out: back to first come, first served
-            claimed = await asyncio.to_thread(self.store.claim, self.name)
-        if claimed is None:
+        loop = asyncio.get_running_loop()
+        # One worker-thread hop a job: claim it (the durable mark), print it, record how it ended, then
+        # the queue's housekeeping.  A hop each cost more than the printing on a ready printer.
+        step = await asyncio.to_thread(self._print_next, lambda job: loop.call_soon_threadsafe(self._changed, job))
+        if step.claimed is None:
+            await self._housekeep(step.expired, step.figures)
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = time.monotonic()
                 await asyncio.to_thread(self.store.prune)
             await self._idle()
             return
-        job, data = claimed
-        self._changed(job)
-        try:
-            status, outcome = await asyncio.to_thread(self.link.print_job, data)
-        except Exception as exc:  # a driver bug: the job must not stay "printing"
-            log.exception("printer %s: job %d failed in the driver", self.name, job.id)
-            await asyncio.to_thread(self.link.close)
-            status, outcome = self.last_status, Outcome(JobState.FAILED, f"driver error: {type(exc).__name__}")
-        moved = await asyncio.to_thread(self.store.move, job.id, outcome.state, outcome.reason)
-        self._saw(status, outcome if outcome.fault else None)  # health first: telling the till may fail
-        if moved is not None:
-            self._changed(moved)
+        if step.status is not None and step.outcome is not None:
+            self._saw(step.status, step.outcome if step.outcome.fault else None)  # health first: telling may fail
+        if step.moved is not None:
+            self._changed(step.moved)
+        await self._housekeep(step.expired, step.figures)
 
     async def _idle(self) -> None:
         """Nothing to print: wait for a job, asking the printer now and then; with a drawer sensor, read it
@@ -268,9 +290,35 @@ class PrintSpool:
         if change is not None:
             self.tell(change)
 
-    async def _count(self) -> None:
-        """The queue's figures for health; a job that left the queue ends a refusal's "full"."""
-        figures = await asyncio.to_thread(self.store.figures, self.name)
+    def _print_next(self, claimed_now: Callable[[PrintJob], object]) -> _Step:
+        """In a worker thread: the next job claimed and printed, and the queue's figures after it."""
+        step = _Step()
+        only_till = self.till_floor or self.till_first
+        claimed = self.store.claim(self.name, source="till" if only_till else None)
+        if claimed is None and self.till_first and not self.till_floor:
+            self.till_first = False  # the long receipt is out: back to first come, first served
+            claimed = self.store.claim(self.name)
+        if claimed is not None:
+            job, data = step.claimed = claimed
+            claimed_now(job)
+            try:
+                step.status, step.outcome = self.link.print_job(data)
+            except Exception as exc:  # a driver bug: the job must not stay "printing"
+                log.exception("printer %s: job %d failed in the driver", self.name, job.id)
+                self.link.close()
+                step.status = self.last_status
+                step.outcome = Outcome(JobState.FAILED, f"driver error: {type(exc).__name__}")
+            step.moved = self.store.move(job.id, step.outcome.state, step.outcome.reason)
+        step.expired, step.figures = self._expire_and_count()
+        return step
+
+    def _expire_and_count(self) -> tuple[list[PrintJob], QueueFigures]:
+        return self.store.expire(self.name), self.store.figures(self.name)
+
+    async def _housekeep(self, expired: list[PrintJob], figures: QueueFigures) -> None:
+        """Expired jobs told; the queue's figures for health (a job that left the queue ends "full")."""
+        for job in expired:
+            self._changed(job)
         if figures.waiting < self.queue.waiting or figures.waiting_bytes < self.queue.waiting_bytes:
             self.refused = 0
         self.queue = figures

@@ -10,12 +10,10 @@ import asyncio
 from typing import Any
 
 from tillplug.errors import (
-    DriverError,
     InvalidRequest,
     PrinterNotReady,
     PrintJobConflict,
     PrintJobNotFound,
-    TillplugError,
 )
 from tillplug.receipts.layout import Receipt
 from tillplug.spool.drawer import NO_SENSOR, DrawerState
@@ -61,14 +59,7 @@ class PrintSpools:
 
     async def submit(self, lane: int, receipt: Receipt) -> dict[str, Any]:
         """Queue a slip for the lane's printer: ``{"job": ID, "state": "queued"}``, never waiting on paper."""
-        spool = self.for_lane(lane)
-        try:
-            data = await asyncio.to_thread(spool.driver.render, receipt)
-        except TillplugError:
-            raise
-        except Exception as exc:  # python-escpos or Pillow: translated at this boundary
-            raise DriverError(f"printer {spool.name} cannot lay out a {receipt.kind} slip: {exc}") from exc
-        return (await spool.submit(data, receipt.kind)).summary()
+        return (await self.for_lane(lane).submit_receipt(receipt)).summary()
 
     async def submit_raw(self, data: bytes, *, printer: str | None = None, lane: int | None = None) -> dict[str, Any]:
         """The till's own ESC/POS bytes, printed whole between tillplug's slips."""

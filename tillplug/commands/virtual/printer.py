@@ -147,6 +147,7 @@ class FakeNetworkPrinter:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.1)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as a printer answers: at once
         pending = bytearray()
         while not self._closed.is_set():
             if self._swallowing.is_set():  # a black hole: nothing is read, nothing answered
@@ -162,6 +163,8 @@ class FakeNetworkPrinter:
                 return
             if not chunk:
                 return
+            if self._swallowing.is_set():  # the cable was pulled while this read waited: nothing arrived
+                continue
             pending += chunk
             self._take(conn, pending)
 
