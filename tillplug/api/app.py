@@ -555,11 +555,17 @@ class TillApi:
         return self.events.since(0)
 
 
+MAX_JOB_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no job (and SQLite cannot bind it)
+
+
 def _job_id(request: Request) -> int:
     try:
-        return int(request.path_params["id"])
+        job_id = int(request.path_params["id"])
     except ValueError:
         raise InvalidRequest("A print job id is a number.") from None
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise InvalidRequest(f"A print job id is a whole number from 1 to {MAX_JOB_ID}.")
+    return job_id
 
 
 def storage_failure(exc: BaseException) -> StorageError | None:
