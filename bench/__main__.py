@@ -661,6 +661,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["relay"]:  # the chain relay's benchmark: python -m bench relay [--quick]
+        from bench.relay import main as relay_main
+
+        return relay_main(sys.argv[2:])
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
     ap.add_argument("--out", default="bench-results/latest.json")

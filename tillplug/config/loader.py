@@ -226,7 +226,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-SECRET_KEYS = frozenset({"api_key", "client_id", "client_secret", "token", "event_type_secrets"})
+SECRET_KEYS = frozenset({"api_key", "client_id", "client_secret", "token", "event_type_secrets", "relay_token"})
 
 
 def _secret_at(loc: tuple[int | str, ...], kind: str) -> bool:
@@ -257,7 +257,8 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
 
 
 def _secret_refs(config: Config) -> list[tuple[str, str]]:
-    refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
+    keys = ("api_key", "client_id", "client_secret", "relay_token")
+    refs = [(f"engine.{k}", getattr(config.engine, k)) for k in keys]
     refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
     refs.append(("api.token", config.api.token))
     return [(p, r) for p, r in refs if r is not None]

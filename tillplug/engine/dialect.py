@@ -57,6 +57,13 @@ class EngineDialect:
         return asdict(self)
 
 
+# What the chain's relay does (docs/relay.md): its look-ups by eventKey are exact (its own table),
+# its owner and member filters are checked.
+RELAY_DIALECT = EngineDialect(
+    event_key_filter="honoured", order_key_filter="honoured", owner_filter="honoured", user_filter="honoured"
+)
+
+
 def read_dialect_file(path: str | os.PathLike[str] | None) -> EngineDialect:
     """The answers in ``path``; every answer unknown when no file is named.
 
