@@ -817,6 +817,10 @@ def main() -> int:
         from bench.mutation import main as mutation
 
         return mutation(sys.argv[2:])
+    if sys.argv[1:2] == ["relay"]:  # the chain relay's benchmark: python -m bench relay [--quick]
+        from bench.relay import main as relay_main
+
+        return relay_main(sys.argv[2:])
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
     ap.add_argument("--runs", type=int, default=3, help="whole runs of the suite, judged on their median")

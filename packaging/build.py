@@ -11,7 +11,10 @@ Makes, from a clean clone (the build machine needs PyPI; the till needs nothing)
   postinst runs ``tillplug install`` (user, group, folders, the example config, udev and
   systemd reloaded), and ``man tillplug``, generated from the CLI's parser;
 * ``dist/tillplug-<version>-wheelhouse.tar.gz``: the wheels and ``install.sh`` for other
-  distributions (``sudo ./install.sh`` makes the same venv with ``pip --no-index``).
+  distributions (``sudo ./install.sh`` makes the same venv with ``pip --no-index``);
+* ``dist/tillplug-relay_<version>_<arch>.deb``: the chain relay (docs/relay.md), for a chain's
+  server, not a till: its own venv in ``/opt/tillplug-relay`` with the ``relay`` extra (psycopg),
+  its unit ``tillplug-relay.service``; the till's package and wheelhouse never carry psycopg.
 
 The venv is built with the interpreter the till will run (``--python``, by default Debian's
 ``/usr/bin/python3``), under a staging folder, then made relocatable to ``/opt/tillplug``.
@@ -32,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "/opt/tillplug"
+RELAY_PREFIX = "/opt/tillplug-relay"
 HERE = Path(__file__).resolve().parent
 
 
@@ -65,19 +69,29 @@ def wheelhouse(out: Path, python: str) -> Path:
     return wheels
 
 
-def staged_venv(stage: Path, wheels: Path, python: str) -> Path:
-    """The venv as it will be on the till, built under ``stage`` and rewritten to live at PREFIX."""
-    venv = stage / PREFIX.lstrip("/")
+def relay_wheelhouse(out: Path, python: str, wheels: Path) -> Path:
+    """The till's wheels and the relay extra's (psycopg and its pool), in a folder of their own."""
+    relay = out / "wheelhouse-relay"
+    shutil.rmtree(relay, ignore_errors=True)
+    shutil.copytree(wheels, relay)
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["relay"]
+    run(python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", relay, *extra)
+    return relay
+
+
+def staged_venv(stage: Path, wheels: Path, python: str, *, prefix: str = PREFIX, requirement: str = "tillplug") -> Path:
+    """The venv as it will be installed, built under ``stage`` and rewritten to live at ``prefix``."""
+    venv = stage / prefix.lstrip("/")
     shutil.rmtree(stage, ignore_errors=True)
     run(python, "-m", "venv", venv)
-    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels, "tillplug")
+    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels, requirement)
     for script in (venv / "bin").iterdir():  # entry points name the staging path in their #! line
         if script.is_file() and not script.is_symlink():
             data = script.read_bytes()
             if data.startswith(b"#!"):
-                script.write_bytes(data.replace(str(venv).encode(), PREFIX.encode()))
+                script.write_bytes(data.replace(str(venv).encode(), prefix.encode()))
     cfg = venv / "pyvenv.cfg"
-    cfg.write_text(cfg.read_text().replace(str(venv), PREFIX))
+    cfg.write_text(cfg.read_text().replace(str(venv), prefix))
     for cache in venv.rglob("__pycache__"):
         shutil.rmtree(cache)  # compiled again on the till, for the paths it really has
     shutil.copytree(wheels, venv / "wheels")
@@ -150,6 +164,53 @@ def nfpm_config(stage: Path, out: Path, ver: str, arch: str, py: tuple[int, int]
     return path
 
 
+def relay_nfpm_config(stage: Path, out: Path, ver: str, arch: str, py: tuple[int, int]) -> Path:
+    venv = stage / RELAY_PREFIX.lstrip("/")
+    lines = [
+        "name: tillplug-relay",
+        f"version: {ver}",
+        f"arch: {arch}",
+        "platform: linux",
+        "section: misc",
+        "priority: optional",
+        "maintainer: tillplug maintainers <tillplug@localhost>",
+        "description: |",
+        "  The tillplug chain relay: one gateway between a chain's tills and the White Label",
+        "  Loyalty engine, its state in PostgreSQL. For a chain's server, not a till.",
+        "license: Proprietary",
+        "depends:",
+        f"  - python3 (>= {py[0]}.{py[1]})",
+        f"  - python3 (<< {py[0]}.{py[1] + 1})",
+        "  - libpq5",
+        "  - systemd",
+        "contents:",
+        f"  - src: {venv}",
+        f"    dst: {RELAY_PREFIX}",
+        "    type: tree",
+        f"  - src: {HERE / 'tillplug-relay.service'}",
+        "    dst: /usr/lib/systemd/system/tillplug-relay.service",
+        "scripts:",
+        f"  postinstall: {HERE / 'relay-postinst.sh'}",
+        f"  preremove: {HERE / 'relay-prerm.sh'}",
+    ]
+    path = out / "nfpm-relay.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def relay_deb(out: Path, python: str, wheels: Path, ver: str, arch: str, py: tuple[int, int]) -> Path:
+    relay_wheels = relay_wheelhouse(out, python, wheels)
+    stage = out / "stage-relay"
+    venv = staged_venv(stage, relay_wheels, python, prefix=RELAY_PREFIX, requirement="tillplug[relay]")
+    shutil.rmtree(venv / "wheels")  # a server reaches an index; the wheels stay in dist/wheelhouse-relay
+    config = relay_nfpm_config(stage, out, ver, arch, py)
+    deb = out / f"tillplug-relay_{ver}_{arch}.deb"
+    deb.unlink(missing_ok=True)
+    run(nfpm(), "package", "--config", config, "--packager", "deb", "--target", deb, env={**os.environ})
+    shutil.rmtree(stage)
+    return deb
+
+
 def tarball(out: Path, wheels: Path, ver: str) -> Path:
     path = out / f"tillplug-{ver}-wheelhouse.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
@@ -186,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     run(nfpm(), "package", "--config", config, "--packager", "deb", "--target", deb, env={**os.environ})
     tar = tarball(out, wheels, ver)
     shutil.rmtree(stage)
-    print(f"built {deb} and {tar}")
+    relay = relay_deb(out, args.python, wheels, ver, arch, py)
+    print(f"built {deb}, {tar} and {relay}")
     return 0
 
 

@@ -22,8 +22,9 @@ help?*
     │   │   ├── DeviceBusy             the port is held by another process
     │   │   ├── PrinterNotReady        paper out, cover open, offline
     │   │   └── PrintQueueFull         the printer's waiting jobs or the print database at their bound
-    │   └── StorageError               the till's own disk refused a write
-    │       └── StorageFull            no space left
+    │   ├── StorageError               the till's own disk refused a write
+    │   │   └── StorageFull            no space left
+    │   └── RelayUnavailable           the chain relay's database cannot be reached (503)
     └── PermanentError                 the same request will fail the same way
         ├── ConfigError                the config file or a secret file is wrong
         │   └── EnrolmentRefused       an enrolment code unsigned, foreign, expired or damaged
@@ -51,7 +52,14 @@ help?*
             ├── InvalidRequest
             ├── ReturnIdReused         a returnId already used for another return
             ├── PrintJobNotFound
-            └── PrintJobConflict       e.g. cancelling a job that has printed
+            ├── PrintJobConflict       e.g. cancelling a job that has printed
+            └── RelayRefusal           the chain relay's own refusals of a till (docs/relay.md)
+                ├── RelayUnauthorized  no, unknown or revoked till token (401)
+                ├── RelayForbidden     outside the till's scope: another member, a listing (403)
+                ├── SpendInProgress    another spend on the member did not finish in time (409)
+                ├── DuplicateEvent     an eventKey used with another body or by another till (409)
+                ├── RefundTooLarge     more than is left of the deduction it reverses (422)
+                └── RelayTooLarge      a body over the relay's limit (413)
 
 Messages never contain secrets: errors are built from what was sent and
 received, never from headers or credentials.
@@ -68,6 +76,7 @@ __all__ = [
     "DeviceError",
     "DeviceGone",
     "DriverError",
+    "DuplicateEvent",
     "EngineAuthError",
     "EngineProtocolError",
     "EngineRejected",
@@ -88,9 +97,16 @@ __all__ = [
     "PrintQueueFull",
     "PrinterNotReady",
     "RateLimited",
+    "RefundTooLarge",
+    "RelayForbidden",
+    "RelayRefusal",
+    "RelayTooLarge",
+    "RelayUnauthorized",
+    "RelayUnavailable",
     "RetryableError",
     "ReturnExceedsSale",
     "ReturnIdReused",
+    "SpendInProgress",
     "StateDirLocked",
     "StorageError",
     "StorageFull",
@@ -419,3 +435,53 @@ class PrintJobConflict(FlowError):
     code = "print_job_conflict"
     default_message = "The print job is not in a state that allows this."
     http_status = 409
+
+
+# -- the chain relay (docs/relay.md) -------------------------------------------
+
+
+class RelayUnavailable(RetryableError):
+    code = "relay_unavailable"
+    default_message = "The relay's database cannot be reached; try again shortly."
+    http_status = 503
+
+
+class RelayRefusal(FlowError):
+    code = "bad_request"
+    default_message = "The relay refused the request."
+
+
+class RelayUnauthorized(RelayRefusal):
+    code = "unauthorized"
+    default_message = "This till's token is unknown or revoked."
+    http_status = 401
+
+
+class RelayForbidden(RelayRefusal):
+    code = "forbidden"
+    default_message = "This till may not do that."
+    http_status = 403
+
+
+class SpendInProgress(RelayRefusal):
+    code = "spend_in_progress"
+    default_message = "Another till is spending this member's points; try again."
+    http_status = 409
+
+
+class DuplicateEvent(RelayRefusal):
+    code = "duplicate_event"
+    default_message = "This eventKey was already used for another event."
+    http_status = 409
+
+
+class RefundTooLarge(RelayRefusal):
+    code = "refund_exceeds_deduction"
+    default_message = "The refund is larger than what is left of the deduction it reverses."
+    http_status = 422
+
+
+class RelayTooLarge(RelayRefusal):
+    code = "too_large"
+    default_message = "The request body is too large."
+    http_status = 413

@@ -109,3 +109,26 @@ def test_the_deb_carries_a_man_page_made_from_the_cli_parser(dist, tmp_path):
     verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     missing = [verb for verb in verbs if verb.replace("-", "\\-") not in page]  # roff escapes hyphens
     assert missing == [], f"the man page does not name {missing}"
+
+
+def contents(package: Path) -> set[str]:
+    listing = subprocess.run(["dpkg-deb", "--contents", str(package)], capture_output=True, text=True, check=True)
+    return {line.split()[5].removeprefix(".") for line in listing.stdout.splitlines()}
+
+
+def test_the_relay_has_a_package_of_its_own_and_the_tills_carries_no_database_driver(dist):
+    (relay,) = dist.glob(f"tillplug-relay_{VERSION}_*.deb")
+    paths = contents(relay)
+    assert "/usr/lib/systemd/system/tillplug-relay.service" in paths
+    assert "/opt/tillplug-relay/bin/tillplug" in paths
+    assert any(p.endswith("/site-packages/psycopg/__init__.py") for p in paths)
+    assert any(p.endswith("/site-packages/psycopg_pool/__init__.py") for p in paths)
+    assert any(p.endswith("/tillplug/relay/service.py") for p in paths)
+    info = subprocess.run(["dpkg-deb", "--field", str(relay), "Depends"], capture_output=True, text=True, check=True)
+    assert "libpq5" in info.stdout
+    till = contents(deb(dist))
+    assert not any("psycopg" in p for p in till)
+    assert not any(w.name.startswith("psycopg") for w in (dist / "wheelhouse").glob("*.whl"))
+    assert any(w.name.startswith("psycopg") for w in (dist / "wheelhouse-relay").glob("*.whl"))
+    unit = (ROOT / "packaging" / "tillplug-relay.service").read_text()
+    assert "ExecStart=/opt/tillplug-relay/bin/tillplug relay run --config /etc/tillplug/relay.toml" in unit

@@ -88,6 +88,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    """``tillplug relay ...``: the relay room does the work (it alone imports psycopg)."""
+    from tillplug.relay.cli import relay_command
+
+    return relay_command(args)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from tillplug.sim import serve
 
@@ -531,6 +538,9 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
+    if config.engine.relay_mode:  # the relay talks to the engine; its technician runs engine-check there
+        _out("engine-check: this till talks to the chain relay; run engine-check with the relay's engine settings")
+        return EXIT_USAGE
     classified = Classifier(config.barcodes).classify(args.card)
     card = classified.code if classified.kind is ScanKind.MEMBER else args.card.strip()
     out = args.out or config.engine.dialect_file
@@ -943,6 +953,22 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p.add_argument(
         "--layout", default="us", help="keyboard-mode scanners (/dev/input/…, usb://…): the layout it is set to"
     )
+
+    p = add("relay", "the chain relay: one gateway to the engine for many tills (docs/relay.md)", cmd_relay)
+    acts = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = acts.add_parser("config", help="print the commented example relay.toml")
+    a.add_argument("what", choices=["example"])
+    a = acts.add_parser("check-config", help="validate a relay.toml; exit 0 if valid, 2 if not")
+    a.add_argument("file")
+    for verb, help_ in (("migrate", "create or update the relay's tables"), ("run", "serve the tills")):
+        acts.add_parser(verb, help=help_).add_argument("--config", required=True)
+    a = acts.add_parser("enrol", help="enrol a till: prints its token alone on one line")
+    a.add_argument("--config", required=True)
+    a.add_argument("--till", required=True)
+    a.add_argument("--branch", required=True)
+    a = acts.add_parser("revoke", help="revoke a till's token (every relay process refuses it within 5 s)")
+    a.add_argument("--config", required=True)
+    a.add_argument("--till", required=True)
 
     p = add("install", "install the udev rules and the systemd unit, create the user and folders", cmd_install)
     p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")

@@ -224,7 +224,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-SECRET_KEYS = frozenset({"api_key", "client_id", "client_secret", "token", "event_type_secrets"})
+SECRET_KEYS = frozenset({"api_key", "client_id", "client_secret", "token", "event_type_secrets", "relay_token"})
 
 
 def _secret_at(loc: tuple[int | str, ...], kind: str) -> bool:
@@ -255,7 +255,8 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
 
 
 def secret_refs(config: Config) -> list[tuple[str, str]]:
-    refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
+    keys = ("api_key", "client_id", "client_secret", "relay_token")
+    refs = [(f"engine.{k}", getattr(config.engine, k)) for k in keys]
     refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
     refs.append(("api.token", config.api.token))
     refs.append(("customer_display.key", config.customer_display.key))

@@ -196,6 +196,21 @@ class EventTypes(Section):
     points_given_back: EventType = "POINTS_REFUND"
 
 
+# Keys a till in relay mode may not carry: where WLL is, and its secrets, are the relay's.
+RELAY_FORBIDS = (
+    "preset",
+    "base_url",
+    "auth_url",
+    "receipts_url",
+    "api_key",
+    "client_id",
+    "client_secret",
+    "event_type_secrets",
+    "venue_identifier",
+    "dialect_file",
+)
+
+
 class EngineConfig(Section):
     preset: Literal["simulator", "eu", "eu-staging", "us", "us-staging", "gcc", "gcc-staging"] | None = None
     base_url: HttpUrl | None = None
@@ -227,9 +242,15 @@ class EngineConfig(Section):
     # What `tillplug engine-check` found this engine to do where WLL publishes nothing
     # (docs/technician.md: Engine dialects).  Unset: tillplug trusts nothing it has not seen.
     dialect_file: Annotated[str, AfterValidator(_abs_path)] | None = None
+    # Relay mode (docs/relay.md): the chain's relay holds the WLL secrets; the till holds only its
+    # own token, and no preset, engine URL or WLL secret.
+    relay_url: HttpUrl | None = None
+    relay_token: SecretRef | None = None
 
     @model_validator(mode="after")
     def _where_and_who(self) -> EngineConfig:
+        if self.relay_url is not None or self.relay_token is not None:
+            return self._relay_mode()
         if self.preset is None and self.base_url is None:
             raise ValueError("set either 'preset' (simulator, eu, us, gcc, or *-staging) or 'base_url'")
         if self.preset != "simulator":
@@ -238,8 +259,25 @@ class EngineConfig(Section):
                 raise ValueError(f"the real engine needs {', '.join(missing)} (each a file path or credential:NAME)")
         return self
 
+    def _relay_mode(self) -> EngineConfig:
+        if self.relay_url is None or self.relay_token is None:
+            raise ValueError("relay mode needs both relay_url and relay_token (a file path or credential:NAME)")
+        wll = [k for k in RELAY_FORBIDS if getattr(self, k)]
+        if wll:
+            raise ValueError(
+                f"with relay_url the relay holds the engine's settings and secrets; remove {', '.join(wll)}"
+            )
+        return self
+
+    @property
+    def relay_mode(self) -> bool:
+        return self.relay_url is not None
+
     def urls(self) -> dict[str, str]:
         """base_url, auth_url and receipts_url, explicit values winning over the preset."""
+        if self.relay_url is not None:  # the relay serves both APIs; a till in relay mode mints no token
+            root = self.relay_url.rstrip("/")
+            return {"base_url": f"{root}/v1", "auth_url": f"{root}/oauth/token", "receipts_url": f"{root}/receipts/v1"}
         preset = ENGINE_PRESETS[self.preset] if self.preset else {}
         base = self.base_url or preset["base_url"]
         root = base.rsplit("/v1", 1)[0] if base.endswith("/v1") else base

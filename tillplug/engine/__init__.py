@@ -16,6 +16,8 @@ __all__ = ["EngineClient", "EngineSecrets", "TokenCache", "load_secrets"]
 
 def load_secrets(config: EngineConfig) -> EngineSecrets:
     """Read the engine's secrets from their files or credentials (the simulator's are built in)."""
+    if config.relay_token is not None:  # relay mode: the till's own token, no WLL secret at all
+        return EngineSecrets(api_key=None, relay_token=read_secret(config.relay_token))
     sim = config.preset == "simulator"
 
     def get(ref: str | None, fallback: str) -> Secret | None:

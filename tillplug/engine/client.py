@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine.clock import EngineClock, InFlight, in_flight_window
-from tillplug.engine.dialect import EngineDialect, read_dialect_file
+from tillplug.engine.dialect import RELAY_DIALECT, EngineDialect, read_dialect_file
 from tillplug.engine.lookup import FilterEvidence, Lookup, read_page, scan_recent
 from tillplug.engine.models import (
     Benefit,
@@ -62,6 +62,7 @@ from tillplug.errors import (
     EngineServerError,
     EngineTimeout,
     EngineUnreachable,
+    InsufficientPoints,
     MemberNotFound,
     OutcomeUnknown,
     RateLimited,
@@ -88,7 +89,8 @@ def benefit_owned_by(benefit: Benefit, member_id: str) -> bool:
 
 @dataclass(repr=False)
 class EngineSecrets:
-    api_key: Secret
+    api_key: Secret | None  # None only in relay mode
+    relay_token: Secret | None = None  # relay mode: the till's token, sent instead of WLL's credentials
     client_id: Secret | None = None
     client_secret: Secret | None = None
     event_type_secrets: dict[str, Secret] = field(default_factory=dict)
@@ -226,6 +228,8 @@ class EngineClient:
         self._refused_after_refresh = False
         # What engine-check found this engine to do; look-ups learn more as they go.
         self.dialect = dialect if dialect is not None else _dialect_or_unknown(config.dialect_file)
+        if config.relay_mode:  # the relay answers look-ups exactly, from its own table (docs/relay.md)
+            self.dialect = RELAY_DIALECT
         self.filter_evidence = FilterEvidence(
             {kind: True for kind in ("event", "order") if self.dialect.filter_works(kind)}
         )
@@ -664,6 +668,10 @@ class EngineClient:
             raise EngineProtocolError("the auth service's token answer does not parse") from None
 
     async def _headers(self, event_type: str | None) -> dict[str, str]:
+        if self._secrets.relay_token is not None:  # the relay adds WLL's key and token itself
+            return {"Authorization": f"Bearer {self._secrets.relay_token.reveal()}"}
+        if self._secrets.api_key is None:
+            raise EngineAuthError("no API key is configured for the loyalty service")
         headers = {"X-Api-Key": self._secrets.api_key.reveal()}
         secret = self._secrets.event_type_secrets.get(event_type or "")
         token = secret or await self.tokens.get(self._fetch_token)
@@ -771,8 +779,8 @@ class EngineClient:
         """Should this answer's call be sent again with a new admin token?  Once per call, and once
         per streak of 401s: the token may have been revoked or expired early, but a 401 after a
         refresh means a new token does not help, and WLL throttles minting."""
-        if event_type in self._secrets.event_type_secrets:
-            return False  # the event type's own secret: no token to refresh
+        if event_type in self._secrets.event_type_secrets or self._secrets.relay_token is not None:
+            return False  # the event type's own secret, or the relay's till token: no token to refresh
         if status != 401:
             self._refused_after_refresh = False
             return False
@@ -854,6 +862,11 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
         return EngineServerError(f"The loyalty service had a problem (HTTP {status}).")
     if status == 401:  # 401 alone means credentials
         return EngineAuthError(status=status, engine_message=message)
+    relay_code = _relay_code(body)
+    if relay_code == "insufficient_points":  # the chain relay's guard (docs/relay.md)
+        return InsufficientPoints(message)
+    if relay_code is not None:  # the relay's own refusal of this till: never read as our credentials
+        return EngineRejected(f"The relay refused the request: {message}", status=status, engine_message=message)
     if voucher:  # a 403 here is another member's or another venue's voucher, not our credentials
         return classify_voucher_refusal(status, body, message)
     if status == 403:
@@ -862,6 +875,18 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
         return not_found(status=status, engine_message=message)
     text = f"The loyalty service refused the request: {message}" if message else None
     return EngineRejected(text, status=status, engine_message=message)
+
+
+RELAY_REFUSALS = frozenset(
+    {"insufficient_points", "forbidden", "spend_in_progress", "duplicate_event", "refund_exceeds_deduction"}
+)
+
+
+def _relay_code(body: Mapping[str, Any]) -> str | None:
+    """The chain relay's own refusal code, if the body carries one (docs/relay.md)."""
+    data = body.get("data")
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if code in RELAY_REFUSALS else None
 
 
 def _envelope(response: httpx.Response) -> Any:

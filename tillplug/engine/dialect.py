@@ -67,6 +67,13 @@ def read_test_member(path: str | os.PathLike[str] | None) -> str | None:
     return member if isinstance(member, str) and TEST_MEMBER.fullmatch(member) else None
 
 
+# What the chain's relay does (docs/relay.md): its look-ups by eventKey are exact (its own table),
+# its owner and member filters are checked.
+RELAY_DIALECT = EngineDialect(
+    event_key_filter="honoured", order_key_filter="honoured", owner_filter="honoured", user_filter="honoured"
+)
+
+
 def read_dialect_file(path: str | os.PathLike[str] | None) -> EngineDialect:
     """The answers in ``path``; every answer unknown when no file is named.
 
