@@ -32,7 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The money core, by module and definition (cosmic-ray names the enclosing function or class).
 SCOPE: dict[str, set[str]] = {
-    "tillplug/flows/intents.py": {"settle", "set", "owed", "interrupted", "recover", "settle_owed", "kind_of"},
+    "tillplug/flows/intents.py": {"settle", "set", "owed", "interrupted"},
+    "tillplug/flows/settle.py": {"settle", "recover", "settle_owed", "kind_of"},
     "tillplug/engine/outcome.py": {"write_outcome"},
     "tillplug/engine/lookup.py": {"read_page", "works", "observe", "stamped", "key_in", "scan_recent", "found"},
     "tillplug/engine/clock.py": {"sent", "sent_at", "remaining", "may_land"},

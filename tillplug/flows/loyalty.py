@@ -24,9 +24,9 @@ from tillplug.flows.checkouts import Checkout, CheckoutStore
 from tillplug.flows.completion import BasketLine, Completion
 from tillplug.flows.context import FlowContext, Printer
 from tillplug.flows.events import EventBus, ScanOutcome, ScanResult
-from tillplug.flows.intents import Settler
 from tillplug.flows.points import DeductionIntents, Points
 from tillplug.flows.returns import ReturnAnswer, ReturnRequest, Returns
+from tillplug.flows.settle import Settler
 from tillplug.flows.vouchers import BurnIntents, Vouchers
 from tillplug.outbox.store import OutboxStore
 from tillplug.receipts.templates import SlipContext
