@@ -29,6 +29,7 @@ from tillplug.api.idempotency import open_idempotency_store
 from tillplug.api.server import server_config, stream_limit
 from tillplug.barcodes import classify
 from tillplug.config import Config, load_config, read_secret
+from tillplug.config.loader import read_layers
 from tillplug.config.model import OutboxConfig, PrinterConfig, ScannerConfig
 from tillplug.daemon import systemd
 from tillplug.daemon.health import EngineWatch, HealthMonitor
@@ -618,11 +619,18 @@ def pacing_policy(outbox: OutboxConfig) -> PacingPolicy:
     )
 
 
-def run_daemon(config_path: str) -> int:
-    from tillplug.daemon.enrolment import enrol_if_needed
+def _names_the_till(config_path: str) -> bool:
+    """Whether a config layer says which till this is (else the till may need enrolment)."""
+    layers = read_layers(Path(config_path))
+    return isinstance(layers, list) or "till_id" in layers.data or "branch_id" in layers.data
 
+
+def run_daemon(config_path: str) -> int:
     logs.setup("info")  # enrolment mode logs too; the config's level applies once it is known
-    enrol_if_needed(config_path)  # an unconfigured till waits here for its enrolment code
+    if not _names_the_till(config_path):  # only then enrolment, and the signature library it needs
+        from tillplug.daemon.enrolment import enrol_if_needed
+
+        enrol_if_needed(config_path)  # an unconfigured till waits here for its enrolment code
     config = load_config(config_path, known_drivers=driver_names())
     logs.setup(config.log_level, member_rules=config.barcodes.member)
     asyncio.run(Daemon(config, config_path=str(Path(config_path))).run())
