@@ -661,6 +661,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["rollout"]:  # python -m bench rollout: the fleet's phased update (bench/rollout.py)
+        from bench.rollout import main as rollout
+
+        return rollout(sys.argv[2:])
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for docs/performance.md)")
     ap.add_argument("--out", default="bench-results/latest.json")

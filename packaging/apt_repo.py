@@ -54,7 +54,9 @@ def keygen(gnupghome: Path, uid: str, public: Path) -> str:
     run("gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", uid, "ed25519",
         "sign", "never", env=env)  # fmt: skip
     fingerprint = fingerprint_of(gnupghome, uid)
-    public.write_bytes(subprocess.run(["gpg", "--export", fingerprint], capture_output=True, env=env, check=True).stdout)
+    public.write_bytes(
+        subprocess.run(["gpg", "--export", fingerprint], capture_output=True, env=env, check=True).stdout
+    )
     return fingerprint
 
 

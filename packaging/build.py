@@ -99,7 +99,15 @@ def staged_venv(stage: Path, wheels: Path, python: str, ver: str) -> Path:
     shutil.rmtree(stage, ignore_errors=True)
     run(python, "-m", "venv", venv)
     run(
-        venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels, f"tillplug=={ver}"
+        venv / "bin" / "python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--find-links",
+        wheels,
+        f"tillplug=={ver}",
     )
     for script in (venv / "bin").iterdir():  # entry points name the staging path in their #! line
         if script.is_file() and not script.is_symlink():

@@ -16,10 +16,10 @@ mkdir -p "$(dirname "$root")"
 # What tillplug's .deb depends on (python3, udev, systemd) and apt's signature checker ...
 debootstrap --variant=minbase --include=python3,udev,systemd,gpgv,ca-certificates,procps \
     "$suite" "$root.partial" "$mirror"
-# ... then ansible-core, so the role runs inside the root with a local connection (apt, not
-# debootstrap: only apt resolves its virtual dependencies).
+# ... then ansible-core and python3-apt (its apt module), so the role runs inside the root with a
+# local connection (apt, not debootstrap: only apt resolves their virtual dependencies).
 cp /etc/resolv.conf "$root.partial/etc/resolv.conf"
-DEBIAN_FRONTEND=noninteractive chroot "$root.partial" apt-get install -y -q --no-install-recommends ansible-core
+DEBIAN_FRONTEND=noninteractive chroot "$root.partial" apt-get install -y -q --no-install-recommends ansible-core python3-apt
 chroot "$root.partial" apt-get clean
 rm -rf "$root.partial/var/lib/apt/lists/"*
 touch "$root.partial/.tillplug-root-complete"

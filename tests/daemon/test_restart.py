@@ -186,3 +186,21 @@ def test_restart_readiness_is_in_the_openapi_document(tmp_path):
     doc = document()
     assert "/v1/restart" in doc["paths"]
     assert json.dumps(doc["paths"]["/v1/restart"]).count("RestartReadiness") >= 1
+
+
+def test_a_token_file_missing_is_cannot_tell_with_the_reason_not_a_traceback(tmp_path, capsys):
+    from tillplug.commands.restart import ask
+    from tillplug.config import load_config
+
+    token = tmp_path / "api-token"
+    token.write_text("t0ken")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'till_id="t"\nbranch_id="b"\n[engine]\npreset="simulator"\n[api]\nlisten="127.0.0.1:1"\ntoken="{token}"\n'
+    )
+    config = load_config(str(cfg))
+    token.unlink()  # gone after the config was read (a credential rotated by hand, say)
+    verdict = ask(config)
+    assert verdict.code == EXIT_CANNOT_TELL and verdict.line.startswith("cannot tell: ") and "api-token" in verdict.line
+    assert main(["ready-to-restart", "--config", str(cfg)]) == EXIT_CANNOT_TELL  # refused with the config
+    assert "api.token" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -20,6 +21,9 @@ def next_version(version: str) -> str:
 
 
 def build(out: Path, version: str | None = None) -> Path:
+    # A maintainer's loop may reuse builds: TILLPLUG_PREBUILT=<folder with dist/ and dist-next/>.
+    if prebuilt := os.environ.get("TILLPLUG_PREBUILT"):
+        return Path(prebuilt) / ("dist-next" if version else "dist")
     argv = [sys.executable, str(ROOT / "packaging" / "build.py"), "--out", str(out)]
     if version:
         argv += ["--version", version]
@@ -38,3 +42,15 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dist_next(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same source released as the next patch version."""
     return build(tmp_path_factory.mktemp("dist-next"), next_version(VERSION))
+
+
+@pytest.fixture(scope="session")
+def chain_key(tmp_path_factory):
+    """The chain's signing key, made as docs/fleet-updates.md says."""
+    keys = tmp_path_factory.mktemp("keys")
+    public = keys / "tillplug-archive-keyring.gpg"
+    from tests.system.debian_root import apt_repo
+
+    fingerprint = apt_repo("keygen", "--gnupghome", keys / "gnupg", "--uid", "Test chain <apt@chain.test>",
+                           "--public", public)  # fmt: skip
+    return keys / "gnupg", fingerprint, public

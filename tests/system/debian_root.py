@@ -1,8 +1,9 @@
 """A throwaway Debian root for the fleet tests: a copy of the root ``packaging/debian-root.sh`` built
-once (``.ci/run`` builds it), with apt pointed at the tests' own signed repository on 127.0.0.1 and
-stand-ins for what a chroot lacks (systemd): ``systemctl`` runs tillplug.service as a plain process
-(the real daemon, from the installed package), ``systemd-run`` runs the transient unit's command in
-the background after its delay, ``udevadm`` does nothing.  Every call to them is logged in the root."""
+once (``.ci/run`` builds it), run in namespaces of its own (util-linux unshare/nsenter), with apt
+pointed at the tests' own signed repository on 127.0.0.1 and stand-ins for what a chroot lacks
+(systemd): ``systemctl`` runs tillplug.service as a plain process (the real daemon, from the
+installed package), ``systemd-run`` runs the transient unit's command in the background after its
+delay, ``udevadm`` does nothing.  Every call to them is logged in the root."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+ROOT = Path(__file__).resolve().parents[2]
 CACHED_ROOT = Path(os.environ.get("TILLPLUG_DEBIAN_ROOT", "/var/cache/tillplug/debian-root"))
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -27,6 +30,7 @@ SYSTEMCTL = """#!/bin/sh
 # Stand-in for systemctl in the tests' chroot: tillplug.service as a plain background process.
 echo "systemctl $*" >> /var/log/standin-systemctl.log
 pidfile=/run/standin-tillplug.pid
+all="$*"
 args=
 for a in "$@"; do case "$a" in -*) ;; *) args="$args $a" ;; esac; done
 set -- $args
@@ -45,7 +49,9 @@ start() {
 case "$1 ${2%.service}" in
     "is-active tillplug") alive ;;
     "start tillplug") alive || start ;;
+    "enable tillplug") case " $all " in *" --now "*) alive || start ;; esac ;;
     "restart tillplug") stop; start ;;
+    "reload tillplug") alive && kill -HUP "$(cat $pidfile)" ;;
     "stop tillplug") stop ;;
     *) exit 0 ;;
 esac
@@ -59,7 +65,8 @@ while [ $# -gt 0 ]; do
     case "$1" in --on-active=*) delay=${1#--on-active=} ;; --*) ;; *) break ;; esac
     shift
 done
-setsid sh -c 'sleep "$1"; shift; exec "$@"' standin "$delay" "$@" </dev/null >>/var/log/tillplug-update-restart.log 2>&1 &
+log=/var/log/tillplug-update-restart.log
+setsid sh -c 'sleep "$1"; shift; exec "$@"' standin "$delay" "$@" </dev/null >>$log 2>&1 &
 """
 
 NOTHING = """#!/bin/sh
@@ -68,7 +75,9 @@ echo "$(basename "$0") $*" >> /var/log/standin-other.log
 
 
 def root_available() -> bool:
-    return (CACHED_ROOT / ".tillplug-root-complete").exists() and shutil.which("chroot") is not None
+    return (CACHED_ROOT / ".tillplug-root-complete").exists() and bool(
+        shutil.which("unshare") and shutil.which("nsenter")
+    )
 
 
 class RepoServer:
@@ -87,28 +96,60 @@ class RepoServer:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 class DebianRoot:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """A writable view of the cached root run as a small container: an overlay over the cached root
+    (which stays untouched), mounted inside the root's own mount namespace (nothing stays mounted
+    on the machine), its own PID namespace and /proc, with a placeholder as PID 1.  apt phases
+    updates only where / is PID 1's root (in a bare chroot it includes every phased update), and
+    ending PID 1 ends every process the test started there.  ``path`` reaches its files from
+    outside (``/proc/<PID 1>/root``)."""
+
+    def __init__(self, layers: dict[str, Path]) -> None:
+        self.layers = layers
+        self.holder: subprocess.Popen[bytes] | None = None
+        self.init_pid = 0
+        self.path = Path("/nonexistent")
 
     @classmethod
     @contextlib.contextmanager
     def copy(cls, where: Path) -> Iterator[DebianRoot]:
-        path = where / "root"
-        subprocess.run(["cp", "-a", str(CACHED_ROOT), str(path)], check=True)
-        root = cls(path)
-        subprocess.run(["mount", "-t", "proc", "proc", str(path / "proc")], check=True)
+        layers = {name: where / f"root-{name}" for name in ("upper", "work", "merged")}
+        for folder in layers.values():
+            folder.mkdir()
+        root = cls(layers)
         try:
+            root._start()
             root._stand_ins()
             yield root
         finally:
             root.kill_everything()
-            subprocess.run(["umount", "-l", str(path / "proc")], check=False)
-            shutil.rmtree(path, ignore_errors=True)
+            for folder in layers.values():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _start(self) -> None:
+        upper, work, merged = self.layers["upper"], self.layers["work"], self.layers["merged"]
+        overlay = f"lowerdir={CACHED_ROOT},upperdir={upper},workdir={work}"
+        inside = "mount -t proc proc /proc && exec sleep infinity"
+        script = f"mount -t overlay overlay -o {overlay} {merged} && exec chroot {merged} /bin/sh -c '{inside}'"
+        self.holder = subprocess.Popen(
+            ["unshare", "--fork", "--pid", "--mount", "--propagation=private", "--kill-child", "/bin/sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # unshare complains when its PID 1 is killed at the end
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.holder.poll() is None:
+            children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                self.init_pid = int(children.read_text().split()[0])
+                if Path(f"/proc/{self.init_pid}/root/proc/1/cmdline").read_bytes().startswith(b"sleep"):
+                    self.path = Path(f"/proc/{self.init_pid}/root")
+                    return
+            time.sleep(0.02)
+        raise AssertionError("the root's PID 1 did not start (overlay or /proc could not be mounted)")
 
     def _stand_ins(self) -> None:
         sbin = self.path / "usr/local/sbin"
@@ -131,24 +172,43 @@ class DebianRoot:
     def set_machine_id(self, machine_id: str) -> None:
         (self.path / "etc/apt/apt.conf.d/90tillplug-tests").write_text(
             f'APT::Machine-ID "{machine_id}";\nAcquire::Languages "none";\n'
+            # apt runs dpkg with a PATH of its own: the stand-ins must come first there too
+            f'DPkg::Path "{PATH}";\n'
         )
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
-        environment = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", **env}
+    def run(
+        self, *argv: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        base = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        environment = {**base, **(env or {})}
         done = subprocess.run(
-            ["chroot", str(self.path), *argv],
+            ["nsenter", f"--target={self.init_pid}", "--pid", "--mount", "--root", "--wd", *argv],
             capture_output=True,
             text=True,
             env=environment,
-            timeout=timeout,
+            timeout=600,
             stdin=subprocess.DEVNULL,
         )
         if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
-    def apt(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return self.run("apt-get", "-y", "-q", *args, **env)
+    def start(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A command inside the root, in the background (the caller waits for it)."""
+        base = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        return subprocess.Popen(
+            ["nsenter", f"--target={self.init_pid}", "--pid", "--mount", "--root", "--wd", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**base, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
+
+    def apt(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run("apt-get", "-y", "-q", *args, env=env)
 
     def read(self, inside: str) -> str:
         path = self.path / inside.lstrip("/")
@@ -170,11 +230,16 @@ class DebianRoot:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if os.readlink(entry / "root") == str(self.path):
+                    if os.readlink(entry / "root") == str(self.layers["merged"]):
                         found.append(int(entry.name))
         return found
 
     def kill_everything(self) -> None:
+        if self.holder is not None:  # its PID 1 ends, and with it every process in the root
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.holder.wait(10)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in self.processes():
                 with contextlib.suppress(ProcessLookupError):
@@ -216,3 +281,29 @@ def wait_until(predicate: object, timeout: float, every: float = 0.2) -> bool:
                 return True
         time.sleep(every)
     return False
+
+
+def apt_repo(*args: str | Path) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "packaging" / "apt_repo.py"), *map(str, args)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+class Repo:
+    def __init__(self, folder: Path, key: tuple[Path, str, Path]) -> None:
+        self.folder, (self.gnupghome, self.fingerprint, self.keyring) = folder, key
+        self.server = RepoServer(folder)
+
+    def publish(self, deb: Path, phased: int = 100) -> None:
+        apt_repo("publish", "--repo", self.folder, "--key", self.fingerprint, "--gnupghome", self.gnupghome,
+                 "--phased", str(phased), deb)  # fmt: skip
+
+    def packages(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.folder.glob("dists/stable/main/binary-*/Packages")))
+
+
+def deb_of(dist: Path, version: str) -> Path:
+    (found,) = dist.glob(f"tillplug_{version}_*.deb")
+    return found

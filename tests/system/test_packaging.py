@@ -48,10 +48,10 @@ def test_the_deb_says_what_it_is_and_runs_tillplug_install_after_unpacking(dist)
 def payload(dist: Path) -> tarfile.TarFile:
     """The version's folder as the postinst unpacks it into /opt/tillplug/<version>."""
     data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb(dist))], capture_output=True, check=True).stdout
-    outer = tarfile.open(fileobj=io.BytesIO(data))
-    inner = outer.extractfile(f"./usr/lib/tillplug/tillplug-{VERSION}.tar")
-    assert inner is not None
-    return tarfile.open(fileobj=io.BytesIO(inner.read()))
+    with tarfile.open(fileobj=io.BytesIO(data)) as outer:
+        inner = outer.extractfile(f"./usr/lib/tillplug/tillplug-{VERSION}.tar")
+        assert inner is not None
+        return tarfile.open(fileobj=io.BytesIO(inner.read()))
 
 
 def test_the_deb_holds_the_version_payload_every_wheel_the_unit_and_the_udev_rules(dist):

@@ -53,7 +53,12 @@ def ask(config: Config, timeout: float = 5.0) -> Verdict:
     """One question to the running daemon."""
     import httpx
 
-    base, headers = api_target(config)
+    from tillplug.errors import ConfigError
+
+    try:
+        base, headers = api_target(config)
+    except ConfigError as exc:  # the token file is missing or unreadable: the daemon cannot be asked
+        return Verdict(EXIT_CANNOT_TELL, f"cannot tell: {exc.message}")
     url = base + "/v1/restart"
     try:
         r = httpx.get(url, headers=headers, timeout=timeout)
