@@ -817,6 +817,10 @@ def main() -> int:
         from bench.mutation import main as mutation
 
         return mutation(sys.argv[2:])
+    if sys.argv[1:2] == ["rollout"]:  # python -m bench rollout: the fleet's phased update (bench/rollout.py)
+        from bench.rollout import main as rollout
+
+        return rollout(sys.argv[2:])
     if sys.argv[1:2] == ["relay"]:  # the chain relay's benchmark: python -m bench relay [--quick]
         from bench.relay import main as relay_main
 

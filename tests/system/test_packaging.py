@@ -25,16 +25,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    build = subprocess.run(
-        [sys.executable, str(ROOT / "packaging" / "build.py"), "--out", str(out)], capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    return out
-
-
 def deb(dist: Path) -> Path:
     (found,) = dist.glob(f"tillplug_{VERSION}_*.deb")
     return found
@@ -55,32 +45,58 @@ def test_the_deb_says_what_it_is_and_runs_tillplug_install_after_unpacking(dist)
     assert "/usr/bin/tillplug install" in script
 
 
-def test_the_deb_holds_the_venv_every_wheel_the_unit_and_the_udev_rules(dist):
+def payload(dist: Path) -> tarfile.TarFile:
+    """The version's folder as the postinst unpacks it into /opt/tillplug/<version>."""
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb(dist))], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as outer:
+        inner = outer.extractfile(f"./usr/lib/tillplug/tillplug-{VERSION}.tar")
+        assert inner is not None
+        return tarfile.open(fileobj=io.BytesIO(inner.read()))
+
+
+def test_the_deb_holds_the_version_payload_every_wheel_the_unit_and_the_udev_rules(dist):
     listing = subprocess.run(
         ["dpkg-deb", "--contents", str(deb(dist))], capture_output=True, text=True, check=True
     ).stdout
-    paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
-    wheels = {p.name for p in (dist / "wheelhouse").glob("*.whl")}
-    assert any(w.startswith("tillplug-") for w in wheels) and any(w.startswith("pydantic_core-") for w in wheels)
-    assert {f"/opt/tillplug/wheels/{w}" for w in wheels} <= paths
+    entries = {line.split()[5].removeprefix("."): line for line in listing.splitlines()}
     assert {
-        "/opt/tillplug/bin/tillplug",
-        "/opt/tillplug/pyvenv.cfg",
+        f"/usr/lib/tillplug/tillplug-{VERSION}.tar",
         "/usr/bin/tillplug",
         "/usr/lib/systemd/system/tillplug.service",
         "/usr/lib/udev/rules.d/99-tillplug.rules",
-    } <= paths
-    assert any(p.startswith("/opt/tillplug/lib/python3") and p.endswith("/tillplug/daemon/wiring.py") for p in paths)
+    } <= set(entries)
+    assert "-> /opt/tillplug/current/bin/tillplug" in entries["/usr/bin/tillplug"]
+    assert not any(p.startswith("/opt/") for p in entries), "dpkg must not own the version folders"
+    wheels = {p.name for p in (dist / "wheelhouse").glob("*.whl")}
+    assert any(w.startswith("tillplug-") for w in wheels) and any(w.startswith("pydantic_core-") for w in wheels)
+    with payload(dist) as tar:
+        paths = {name.removeprefix("./") for name in tar.getnames()}
+    assert {f"wheels/{w}" for w in wheels} <= paths
+    assert {"bin/tillplug", "pyvenv.cfg"} <= paths
+    assert any(p.startswith("lib/python3") and p.endswith("/tillplug/daemon/wiring.py") for p in paths)
     assert not any("/stage/" in p or "__pycache__" in p for p in paths)
 
 
-def test_the_venv_inside_names_its_installed_path_not_the_build_folder(dist, tmp_path):
-    subprocess.run(["dpkg-deb", "--extract", str(deb(dist)), str(tmp_path)], check=True)
-    shebang = (tmp_path / "opt/tillplug/bin/tillplug").read_text().splitlines()[0]
-    assert shebang in {"#!/opt/tillplug/bin/python3", "#!/opt/tillplug/bin/python"}
-    assert str(dist) not in (tmp_path / "opt/tillplug/pyvenv.cfg").read_text()
-    unit = (tmp_path / "usr/lib/systemd/system/tillplug.service").read_text()
+def test_the_venv_inside_names_its_own_version_folder_not_the_build_folder(dist, tmp_path):
+    with payload(dist) as tar:
+        tar.extractall(tmp_path / "venv", filter="tar")
+    shebang = (tmp_path / "venv/bin/tillplug").read_text().splitlines()[0]
+    assert shebang in {f"#!/opt/tillplug/{VERSION}/bin/python3", f"#!/opt/tillplug/{VERSION}/bin/python"}
+    assert str(dist) not in (tmp_path / "venv/pyvenv.cfg").read_text()
+    subprocess.run(["dpkg-deb", "--extract", str(deb(dist)), str(tmp_path / "deb")], check=True)
+    unit = (tmp_path / "deb/usr/lib/systemd/system/tillplug.service").read_text()
     assert "ExecStart=/usr/bin/tillplug run" in unit
+
+
+def test_the_maintainer_scripts_never_restart_in_place_and_know_their_version(dist):
+    control = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb(dist))], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(control)) as tar:
+        scripts = {n: tar.extractfile(f"./{n}").read().decode() for n in ("postinst", "prerm", "postrm")}
+    assert f"version={VERSION}\n" in scripts["postinst"] and "@VERSION@" not in scripts["postinst"]
+    assert "restart-when-ready" in scripts["postinst"] and "systemd-run" in scripts["postinst"]
+    for name, text in scripts.items():  # a restart is only ever scheduled, never done by dpkg's scripts
+        assert "systemctl restart" not in text, name
+        assert subprocess.run(["sh", "-n"], input=text.encode()).returncode == 0, name
 
 
 def test_the_wheelhouse_tarball_installs_with_no_index(dist, tmp_path):

@@ -218,6 +218,7 @@ class TillApi:
         max_streams: int = MAX_STREAMS,
         display: DisplayPages | None = None,
         display_hub: DisplayHub | None = None,
+        restart_readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.display = display
         self.display_hub = display_hub
@@ -230,6 +231,7 @@ class TillApi:
         self.loyalty = loyalty
         self.events = events
         self.health_source = health
+        self.restart_source = restart_readiness
         self.print_test_source = print_test
         self._token = token
         self.stream_epoch = int(time.time() * 1000)  # event ids are EPOCH-N, so they never repeat across restarts
@@ -359,6 +361,11 @@ class TillApi:
 
     async def _health(self, request: Request, body: None) -> Any:
         return await self.health_source()
+
+    async def _restart(self, request: Request, body: None) -> Any:
+        if self.restart_source is None:  # an API without a daemon behind it cannot tell
+            raise InvalidRequest("No daemon stands behind this API to say whether a restart is safe.")
+        return await self.restart_source()
 
     async def _openapi(self, request: Request, body: None) -> Any:
         from tillplug.api.openapi import document

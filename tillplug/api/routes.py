@@ -61,6 +61,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/health", "Devices, engine reachability, outbox depth and age", "health", response=s.Health),
     Operation(
         "GET",
+        "/v1/restart",
+        "Whether a restart now would interrupt a checkout, an engine write, a print job or a scan "
+        "(what `tillplug ready-to-restart` and an update ask)",
+        "restart",
+        response=s.RestartReadiness,
+    ),
+    Operation(
+        "GET",
         "/v1/events",
         "Server-sent events: scans, member found, voucher results, redemptions, device states, errors "
         "(text/event-stream; each data line is a TillEvent; Last-Event-ID resumes). Streams share a cap "

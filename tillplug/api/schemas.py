@@ -338,6 +338,20 @@ class Health(Answer):
     outbox: OutboxHealth
 
 
+class RestartBlocker(Answer):
+    what: Literal["checkout_open", "engine_write_sending", "print_job_writing", "scan_in_progress"]
+    count: int
+    lanes: list[int] = Field(description="The lanes concerned, where the work has a lane.")
+
+
+class RestartReadiness(Answer):
+    """Whether restarting the daemon now would interrupt a sale, an engine write or a print job."""
+
+    safe: bool
+    reason: str | None = Field(description="Why not, on one line (None when safe).")
+    blockers: list[RestartBlocker]
+
+
 class OpenApiDocument(Answer):
     openapi: str
     info: dict[str, Any]

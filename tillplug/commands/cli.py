@@ -1,7 +1,8 @@
 """The ``tillplug`` command.
 
 Exit codes: 0 success; 1 a runtime failure (device, engine) or, for status and
-doctor, a problem found; 2 bad usage or an invalid config.
+doctor, a problem found; 2 bad usage or an invalid config.  ready-to-restart: 0 safe,
+1 not safe, 2 cannot tell.
 Heavy imports happen inside each command so that ``--help`` and
 ``check-config`` stay instant on a small till.
 """
@@ -662,6 +663,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if health["status"] == "ok" else EXIT_FAILURE
 
 
+def cmd_ready_to_restart(args: argparse.Namespace) -> int:
+    from tillplug.commands.restart import EXIT_CANNOT_TELL, ask
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CANNOT_TELL
+    verdict = ask(config)
+    _out(verdict.line)
+    return verdict.code
+
+
+def cmd_restart_when_ready(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tillplug.commands.restart import RestartPlan, restart_when_ready
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    plan = RestartPlan(
+        within=args.within,
+        every=args.every,
+        start_within=args.start_within,
+        unit=args.unit,
+        expect=args.expect,
+        root=Path(args.root),
+    )
+    return restart_when_ready(config, plan)
+
+
 def cmd_sniff(args: argparse.Namespace) -> int:
     import time
 
@@ -908,6 +939,27 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     p = add("status", "ask the running daemon for its health (exit 1 if degraded or not running)", cmd_status)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--json", action="store_true")
+
+    p = add(
+        "ready-to-restart",
+        "ask the running daemon whether a restart now is safe: exit 0 safe, 1 not (the reason on one line), "
+        "2 cannot tell",
+        cmd_ready_to_restart,
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+
+    p = add(
+        "restart-when-ready",
+        "restart the daemon at its next safe moment (what an update schedules); roll back if it does not start",
+        cmd_restart_when_ready,
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--within", type=float, default=900, help="seconds to wait for a safe moment (default 900)")
+    p.add_argument("--every", type=float, default=5, help="seconds between questions (default 5)")
+    p.add_argument("--start-within", type=float, default=60, help="seconds the new version has to answer (default 60)")
+    p.add_argument("--unit", default="tillplug.service")
+    p.add_argument("--expect", help="the version that must answer after the restart")
+    p.add_argument("--root", default="/opt/tillplug", help="the folder of versions and the current link")
 
     p = add("engine-check", "find how the engine answers where WLL publishes nothing", cmd_engine_check)
     p.add_argument("--config", default=DEFAULT_CONFIG)

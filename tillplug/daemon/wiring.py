@@ -34,6 +34,7 @@ from tillplug.config.model import OutboxConfig, PrinterConfig, ScannerConfig
 from tillplug.daemon import systemd
 from tillplug.daemon.health import EngineWatch, HealthMonitor
 from tillplug.daemon.metrics import Metrics, failure_kind
+from tillplug.daemon.restart import find_blockers, readiness
 from tillplug.daemon.scans import Decision, Router
 from tillplug.daemon.statelock import StateLock
 from tillplug.devices.registry import Registry, driver_names, load_drivers
@@ -263,6 +264,11 @@ class Daemon:
         view["outbox"]["pacing"] = self.deliverer.pacer.view()
         return view
 
+    async def restart_readiness(self) -> dict[str, Any]:
+        """Whether a restart now would interrupt anything (tillplug.daemon.restart); read fresh."""
+        busy = [lane for lane, lock in self._lane_locks.items() if lock.locked()]
+        return readiness(await asyncio.to_thread(find_blockers, self.store, self.spools.store, busy))
+
     def _device_views(self) -> list[dict[str, Any]]:
         printers = [
             {**p.health.to_dict(), "paper": p.last_status.to_dict(), "queue": p.queue_view()}
@@ -465,6 +471,7 @@ class Daemon:
             self.loyalty,
             self.events,
             health=self.health,
+            restart_readiness=self.restart_readiness,
             print_test=self.print_test,
             token=token,
             metrics=self.metrics.exposition,
