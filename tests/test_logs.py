@@ -25,6 +25,7 @@ member_codes = st.from_regex(r"\AMBR:[A-Za-z0-9._@-]{8,40}\Z")
 secrets = st.text(string.ascii_letters + string.digits + "-_./+=", min_size=12, max_size=64)
 # Around the sensitive value: words, punctuation and newlines, but no letters a secret could be made of.
 filler = st.text(" :;,()[]{}'\"=\n\t#!?*", max_size=12)
+glue = st.sampled_from(["", "n", "x", "a", "_", "\\"])  # a letter or escape stuck to an id or a number
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +54,14 @@ def formatted(message: str, *args: object, exc: BaseException | None = None, jou
     st.one_of(member_ids, account_numbers, pans, grouped_pans, member_codes),
     filler,
     filler,
+    glue,
     st.sampled_from(["message", "argument", "traceback", "repr"]),
     st.booleans(),
 )
-def test_no_member_id_or_card_number_reaches_the_journal(value, before, after, where, journald):
+def test_no_member_id_or_card_number_reaches_the_journal(value, before, after, stuck, where, journald):
     mask_member_codes(DEFAULT_MEMBER_RULES)
     try:
-        text = f"{before}{value}{after}"
+        text = f"{before}{stuck}{value}{stuck}{after}"
         if where == "message":
             line = formatted(f"member {text} looked up", journald=journald)
         elif where == "argument":

@@ -3,9 +3,10 @@
 The guarantee lives in ``JournalFormatter``: every line tillplug writes (message, arguments,
 traceback) is scrubbed as a whole, after formatting, so no code path can forget it:
 
-- a WLL member id (a UUID) and any run of 7 to 19 digits (account numbers, card numbers, also
+- a WLL member id (a UUID) and any run of 7 or more digits (account numbers, card numbers, also
   written in groups of four) keep only their last four characters: ``…1234``;
-- a code one of the configured member rules matches (``MBR:…``) is masked the same way;
+- a code one of the configured member rules matches (``MBR:…``) is masked the same way, wherever
+  it stands in the line;
 - every secret tillplug has read (``tillplug.config.Secret`` registers itself) and anything after
   ``Bearer`` is replaced by ``********``.
 """
@@ -22,13 +23,11 @@ import regex
 
 from tillplug.ids import UUID_PATTERN
 
-_UUID = re.compile(rf"\b{UUID_PATTERN}\b")
-# Account numbers (7 digits) and card numbers (up to 19), bare or in groups of four (4111 1111 1111 1111).
-_DIGITS = re.compile(r"(?<!\d)(?:\d{7,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?)(?!\d)")
+_UUID = re.compile(UUID_PATTERN)  # no \b: an id glued to a word (after a repr's \n, say) is still one
+# Account numbers (7 digits), card numbers (up to 19; longer runs too: a card may be glued to other
+# digits), bare or in groups of four (4111 1111 1111 1111).
+_DIGITS = re.compile(r"(?<!\d)(?:\d{7,}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?)(?!\d)")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s,;\"']+")
-_TOKEN = re.compile(r"[^\s'\"(),;=\[\]{}<>|]+")  # a word as a member code could appear in a line
-CODE_PUNCTUATION = "._@-"  # inside a code (MBR:jo.smith@shop-1): not where one starts
-TRAILING = ".:,;!?*#=/"  # after a code, in a sentence
 MASKED_SECRET = "********"
 KEEP_RENEWED = 16  # access tokens: the current one and those before it, long expired
 MIN_SECRET = 4  # shorter values would mask ordinary words; no real secret is this short
@@ -73,18 +72,26 @@ def never_log(value: str, *, renewed: bool = False) -> None:
 
 
 def mask_member_codes(rules: Iterable[str]) -> None:
-    """Also mask whatever these member rules (config barcodes.member) would read as a member code."""
-    _masks.member_rules = tuple(regex.compile(r) for r in rules)
+    """Also mask whatever these member rules (config barcodes.member) would read as a member code.
+
+    Each rule is searched for anywhere in a line, its anchors dropped: a code glued to other text
+    (``card=MBR:123``, a repr's ``\\nMBR:123``) is still found.  A rule loosened so may mask more
+    than codes, never less.
+    """
+    _masks.member_rules = tuple(regex.compile(_unanchored(r)) for r in rules)
 
 
-def _member_code(word: str) -> bool:
-    for rule in _masks.member_rules:
-        try:
-            if rule.fullmatch(word, timeout=MEMBER_RULE_TIMEOUT):
-                return True
-        except TimeoutError:
-            return True  # could not tell: masked, never shown
-    return False
+def _unanchored(rule: str) -> str:
+    for anchor in ("^", "\\A"):
+        rule = rule.removeprefix(anchor)
+    for anchor in ("$", "\\Z", "\\z"):
+        if rule.endswith(anchor) and not rule.endswith("\\" + anchor):
+            rule = rule.removesuffix(anchor)
+    return f"(?:{rule})"
+
+
+def _mask_match(match: regex.Match[str]) -> str:
+    return mask(match.group(0)) if match.group(0) else ""  # a rule that matches nothing leaves no mark
 
 
 def scrub(text: str) -> str:
@@ -95,20 +102,12 @@ def scrub(text: str) -> str:
     text = _BEARER.sub(lambda m: f"{m.group(1)} {MASKED_SECRET}", text)
     text = _UUID.sub(lambda m: mask(m.group(0)), text)
     text = _DIGITS.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
-    if _masks.member_rules:
-        text = _TOKEN.sub(lambda m: _mask_code_in(m.group(0)), text)
+    for rule in _masks.member_rules:
+        try:
+            text = rule.sub(_mask_match, text, timeout=MEMBER_RULE_TIMEOUT)
+        except TimeoutError:  # could not tell where the codes are: nothing of the line is shown
+            return "(line not shown: a member rule took too long to mask it)"
     return text
-
-
-def _mask_code_in(word: str) -> str:
-    """A member code within a word, even glued to punctuation ("card=MBR:123:", "x:MBR:123!")."""
-    starts = [0, *(i + 1 for i, ch in enumerate(word) if not ch.isalnum() and ch not in CODE_PUNCTUATION)]
-    for start in starts:
-        for end in dict.fromkeys((len(word), len(word.rstrip(TRAILING)))):
-            code = word[start:end]
-            if code and _member_code(code):
-                return word[:start] + mask(code) + word[end:]
-    return word
 
 
 class MaskingFilter(logging.Filter):

@@ -6,13 +6,16 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tillplug.commands.cli import main
 from tillplug.commands.virtual.till import VirtualScanner, poll_until
 from tillplug.config import load_config
 from tillplug.config.enrolment import load_private_key, make_code, read_code
-from tillplug.daemon.enrolment import unconfigured, wait_for_enrolment
+from tillplug.config.model import EngineConfig
+from tillplug.daemon.enrolment import apply, unconfigured, wait_for_enrolment
+from tillplug.errors import EnrolmentRefused
 from tillplug.logs import JournalFormatter
 from tillplug.receipts.preview import interpret
 
@@ -49,7 +52,7 @@ def assert_enrolled(config: Path, tmp_path: Path, layer: Path, code: str, record
     enrolled = load_config(config)
     assert (enrolled.till_id, enrolled.branch_id, enrolled.currency) == ("till-07", "b-12", "EUR")
     assert enrolled.enrolment.config_url == f"file://{layer}"
-    relay = config.parent / "relay-token"
+    relay = config.parent / "conf.d" / "relay-token"
     assert relay.read_text().strip() == "relay-token-for-till-07-secret"
     assert stat.S_IMODE(relay.stat().st_mode) == 0o600
     slip = printed(tmp_path)
@@ -106,7 +109,7 @@ def test_an_unconfigured_till_enrols_from_a_signed_code_and_refuses_the_rest(tmp
         assert poll_until(lambda: len(refusals) == 2, TIMEOUT)
         assert "config is not valid" in refusals[1] and "currency" in refusals[1]
         assert not (config.parent / "conf.d" / "00-enrolment.toml").exists()  # nothing kept from it
-        assert not (config.parent / "relay-token").exists()
+        assert not (config.parent / "conf.d" / "relay-token").exists()
         good = code(good_layer)
         scanner.scan(good)
         waiter.join(TIMEOUT)
@@ -146,3 +149,58 @@ def test_a_configured_till_or_one_without_a_key_never_enters_enrolment(tmp_path)
         assert unconfigured(config) is None
     finally:
         scanner.close()
+
+
+@pytest.mark.skipif("relay_token" not in EngineConfig.model_fields, reason="relay mode (#24) is not in this tree")
+def test_a_relay_token_in_the_code_becomes_the_tills_engine_relay_token(tmp_path):
+    key, public = chain_keys(tmp_path)
+    scanner = VirtualScanner(tmp_path / "scanner")
+    try:
+        config = base_till(tmp_path, scanner, public)
+        config.write_text(config.read_text().replace('[engine]\npreset = "simulator"\n', ""))
+        layer = tmp_path / "chain" / "10-chain.toml"
+        layer.write_text('[engine]\nrelay_url = "https://relay.chain.example"\n')
+        code = make_code(
+            load_private_key(key),
+            till_id="till-07",
+            branch_id="b-12",
+            config_url=f"file://{layer}",
+            relay_token="relay-token-for-till-07-secret",
+        )
+        setup = unconfigured(config)
+        assert setup is not None
+        enrolled = apply(setup, read_code(code, setup.keys))
+        engine = enrolled.engine.model_dump()  # by name: this tree's model may predate relay mode
+        assert engine["relay_token"] == str(config.parent / "conf.d" / "relay-token")
+        assert load_config(config).engine.model_dump()["relay_url"] == "https://relay.chain.example"
+    finally:
+        scanner.close()
+
+
+def test_a_config_folder_the_service_cannot_write_refuses_the_code_and_keeps_waiting(tmp_path):
+    key, public = chain_keys(tmp_path)
+    scanner = VirtualScanner(tmp_path / "scanner")
+    try:
+        config = base_till(tmp_path, scanner, public)
+        layer = tmp_path / "chain" / "10-chain.toml"
+        layer.write_text('currency = "EUR"\n')
+        (config.parent / "conf.d").mkdir()
+        (config.parent / "conf.d" / "00-enrolment.toml").mkdir()  # stands for a read-only /etc: cannot be written
+        setup = unconfigured(config)
+        assert setup is not None
+        code = make_code(load_private_key(key), till_id="t-1", branch_id="b-1", config_url=f"file://{layer}")
+        with pytest.raises(EnrolmentRefused, match=r"cannot write .*conf\.d"):
+            apply(setup, read_code(code, setup.keys))
+        assert not (config.parent / "conf.d" / "10-chain.toml").exists()  # nothing half-written stays
+        assert unconfigured(config) is not None
+    finally:
+        scanner.close()
+
+
+def test_the_shipped_drop_in_lets_the_service_write_exactly_the_enrolment_folder():
+    from tillplug.commands.cli import DEFAULT_CONFIG
+    from tillplug.config.layers import DROP_IN_DIR
+
+    drop_in = Path(__file__).resolve().parents[2] / "ops" / "enrolment" / "tillplug.service.d" / "20-enrolment.conf"
+    paths = [line.split("=", 1)[1].split() for line in drop_in.read_text().splitlines() if line.startswith("ReadWrite")]
+    assert paths == [[str(Path(DEFAULT_CONFIG).parent / DROP_IN_DIR)]]

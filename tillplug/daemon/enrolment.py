@@ -5,7 +5,8 @@ printers but not who the till is.  ``tillplug run`` then starts here instead of 
 no engine, no events.  A scanned enrolment code signed by the chain's key (``tillplug.config.
 enrolment``) gives the till and branch ids and the URL of the chain's config layer; the till
 fetches that layer, writes ``conf.d/00-enrolment.toml`` and ``conf.d/10-chain.toml`` (and the
-relay token, if any, to ``relay-token`` beside the config, mode 600), checks the merged config
+relay token, if any, to ``conf.d/relay-token``, mode 600, named by ``engine.relay_token`` in relay
+mode), checks the merged config
 and prints its enrolment slip; then the daemon starts as on any till.  A code refused (unsigned,
 another chain's, expired, a layer that does not make a valid config) changes nothing: the till
 says why on a slip and in the journal (never the code), and waits for the next scan.
@@ -30,7 +31,7 @@ from pydantic import ValidationError
 from tillplug.config.enrolment import Enrolment, fingerprint, is_enrolment_code, load_public_keys, read_code
 from tillplug.config.layers import DROP_IN_DIR
 from tillplug.config.loader import Problem, check_config, parse_toml, read_layers
-from tillplug.config.model import Config, PrinterConfig, ScannerConfig
+from tillplug.config.model import Config, EngineConfig, PrinterConfig, ScannerConfig
 from tillplug.daemon import systemd
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import Scan, ScannerSupervisor
@@ -116,12 +117,16 @@ def fetch_layer(url: str) -> str:
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    partial.replace(path)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _toml_string(value: str) -> str:
@@ -140,7 +145,10 @@ def apply(setup: Unconfigured, enrolment: Enrolment) -> Config:
         if key in chain:
             raise EnrolmentRefused(f"the chain's config layer sets {key}: only the enrolment code says who a till is")
     folder = setup.config_path.parent / DROP_IN_DIR
-    folder.mkdir(mode=0o755, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise EnrolmentRefused(f"cannot make {folder} ({exc.strerror}): the service needs it for enrolment") from None
     ours = {
         folder / ENROLMENT_LAYER: (
             "# Written by enrolment at the till (tillplug run); the code said who this till is.\n"
@@ -151,20 +159,40 @@ def apply(setup: Unconfigured, enrolment: Enrolment) -> Config:
         folder / CHAIN_LAYER: (layer, 0o644),
     }
     if enrolment.relay_token is not None:
-        ours[setup.config_path.parent / RELAY_TOKEN_FILE] = (enrolment.relay_token.reveal() + "\n", 0o600)
-    before = {path: path.read_bytes() if path.exists() else None for path in ours}
-    for path, (text, mode) in ours.items():
-        _write(path, text, mode)
+        token_file = folder / RELAY_TOKEN_FILE  # not *.toml: never read as a layer
+        ours[token_file] = (enrolment.relay_token.reveal() + "\n", 0o600)
+        if "relay_token" in EngineConfig.model_fields:  # relay mode (docs/relay.md): the till's engine names it
+            text, mode = ours[folder / ENROLMENT_LAYER]
+            ours[folder / ENROLMENT_LAYER] = (
+                f"{text}\n[engine]\nrelay_token = {_toml_string(str(token_file))}\n",
+                mode,
+            )
+    before: dict[Path, bytes | None] = {}  # each file as it was, to put back
+    try:
+        for path, (text, mode) in ours.items():
+            before[path] = path.read_bytes() if path.exists() else None
+            _write(path, text, mode)
+    except OSError as exc:
+        _restore(before)
+        raise EnrolmentRefused(
+            f"cannot write {folder} ({exc.strerror}): the service needs it writable for enrolment "
+            "(ops/enrolment/tillplug.service.d/20-enrolment.conf)"
+        ) from None
     report = check_config(setup.config_path, known_drivers=driver_names())
     fatal = [p for p in report.errors if p.stops_start]
     if report.config is None or fatal:
-        for path, old in before.items():  # as it was: the till waits for a code that works
+        _restore(before)  # as it was: the till waits for a code that works
+        raise EnrolmentRefused("with the chain's layer the config is not valid: " + _first(fatal or report.problems))
+    return report.config
+
+
+def _restore(before: dict[Path, bytes | None]) -> None:
+    for path, old in before.items():
+        with contextlib.suppress(OSError):  # best effort: what could not be written was not written
             if old is None:
                 path.unlink(missing_ok=True)
             else:
                 path.write_bytes(old)
-        raise EnrolmentRefused("with the chain's layer the config is not valid: " + _first(fatal or report.problems))
-    return report.config
 
 
 def _first(problems: list[Problem]) -> str:
