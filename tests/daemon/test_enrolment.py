@@ -70,8 +70,12 @@ def test_an_unconfigured_till_enrols_from_a_signed_code_and_refuses_the_rest(tmp
     key, public = chain_keys(tmp_path)
     scanner = VirtualScanner(tmp_path / "scanner")
     config = base_till(tmp_path, scanner, public)
+    # A chain on the relay (#24): its code carries the till's relay token, its layer the relay's address.
+    config.write_text(config.read_text().replace('[engine]\npreset = "simulator"\n', ""))
     good_layer = tmp_path / "chain" / "10-chain.toml"
-    good_layer.write_text('currency = "EUR"\n[receipts]\nheader = ["Chain Shop"]\n')
+    good_layer.write_text(
+        'currency = "EUR"\n[receipts]\nheader = ["Chain Shop"]\n[engine]\nrelay_url = "https://relay.chain.example"\n'
+    )
     bad_layer = tmp_path / "chain" / "bad.toml"
     bad_layer.write_text('currency = "XXX"\n')
     token = tmp_path / "chain" / "relay-token"
