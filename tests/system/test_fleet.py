@@ -105,6 +105,9 @@ def test_an_update_waits_for_the_open_sale_and_the_sale_does_not_notice(till, di
     root.apt("upgrade")
     assert root.run("dpkg-query", "-W", "-f", "${Version}", "tillplug").stdout == VERSION
 
+    stale = root.path / "opt/tillplug/0.0.1"  # a version two updates old, run by nothing
+    (stale / "bin").mkdir(parents=True)
+    (stale / ".complete").touch()
     root.set_machine_id(in_phase[0])
     upgrade = root.apt("upgrade")  # returns while the sale is open: the postinst only schedules
     assert root.run("dpkg-query", "-W", "-f", "${Version}", "tillplug").stdout == NEXT
@@ -112,6 +115,7 @@ def test_an_update_waits_for_the_open_sale_and_the_sale_does_not_notice(till, di
     assert os.readlink(root.path / "opt/tillplug/current") == NEXT
     assert os.readlink(root.path / "opt/tillplug/previous") == VERSION
     assert (root.path / f"opt/tillplug/{VERSION}/bin/tillplug").exists()  # the running daemon's files stay
+    assert not stale.exists()  # pruned: neither current, previous nor in use
 
     log = "/var/log/tillplug-update-restart.log"
     assert wait_until(lambda: "waiting: not safe to restart: 1 checkout open on lane 1" in root.read(log), 60), (
