@@ -265,9 +265,9 @@ class MoneyMachine(RuleBasedStateMachine):
         answer = self._call(till, h.loyalty.spend_points(tx, points))
         if answer is not None and member is not None:
             self.spender.setdefault(tx, member)
-        if answer is not None and not answer["pending"]:
-            self.told[self.spender[tx]] -= answer["points"]
-            self.by_sale[tx] = self.by_sale.get(tx, 0) - answer["points"]
+        if answer is not None and not answer.pending:
+            self.told[self.spender[tx]] -= answer.points
+            self.by_sale[tx] = self.by_sale.get(tx, 0) - answer.points
 
     @rule(
         sale=sales,
@@ -311,7 +311,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if (hook := self.fault(fault)) is not None:
             h.tamper.on(is_burn, hook)
         answer = self._call(till, h.loyalty.tender(tx))
-        for code in (answer or {}).get("burned", []):
+        for code in answer.burned if answer is not None else []:
             self.told_burns[code] += 1
 
     @rule(target=completed, sale=consumes(sales), total=st.integers(0, 5000))
