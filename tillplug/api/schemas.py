@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from tillplug.flows.answers import Benefit, EngineVoucher, LocalPoolVoucher, Money, QueuedJob
+from tillplug.flows.answers import Benefit, EngineVoucher, LocalPoolVoucher, MemberView, QueuedJob
 
 # Bounds a till never reaches: a sale of ten million pounds, a basket line of a million items.
 MAX_MINOR_UNITS = 10**12
@@ -195,16 +195,9 @@ class PrintJobList(Answer):
     jobs: list[PrintJobView]
 
 
-class BalancePrinted(QueuedJob):
+class BalancePrinted(QueuedJob, MemberView):
     """``POST /v1/print/balance``: the slip's print job (``{job, state}``, as every print call answers), with
     the member's view the slip was printed from."""
-
-    member: str = Field(description="The member's id, masked.")
-    pointsBalance: int
-    lifetimePoints: int
-    tier: str | None
-    pointsValue: Money
-    vouchers: list[Benefit]
 
 
 class VoucherResult(RootModel[Annotated[LocalPoolVoucher | EngineVoucher, Field(discriminator="kind")]]):

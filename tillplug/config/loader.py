@@ -9,10 +9,10 @@ import stat
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,6 +20,8 @@ from tillplug.config.layers import LayerError, Merged, dotted, drop_ins, merge
 from tillplug.config.model import INLINE_SECRET, Config, DisplayConfig, PrinterConfig, ScannerConfig
 from tillplug.errors import ConfigError
 from tillplug.logs import never_log
+
+LoadedT = TypeVar("LoadedT")  # the till's Config or the relay's RelayConfig
 
 
 @dataclass(frozen=True)
@@ -428,11 +430,17 @@ def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str]
 def load_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Config:
     """Load and validate; raise ConfigError listing every problem (warnings are not fatal)."""
     report = check_config(path, known_drivers=known_drivers)
-    fatal = [p for p in report.errors if p.stops_start]
-    if report.config is None or fatal:
+    return loaded(path, report.config, report.errors)
+
+
+def loaded(path: str | os.PathLike[str], config: LoadedT | None, errors: Iterable[Problem]) -> LoadedT:
+    """The validated config, or a ConfigError listing every problem that stops a start (the till's
+    config and the relay's alike)."""
+    fatal = [p for p in errors if p.stops_start]
+    if config is None or fatal:
         lines = [str(p) for p in fatal]
         raise ConfigError(
             f"{path} has {len(lines)} problem(s):\n  " + "\n  ".join(lines),
             problems=[(p.path, p.message) for p in fatal],
         )
-    return report.config
+    return config

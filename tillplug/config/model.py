@@ -156,7 +156,7 @@ def _hex_bytes(value: str) -> str:
     return value
 
 
-def _abs_path(value: str) -> str:
+def abs_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
     return value
@@ -230,7 +230,7 @@ class EngineConfig(Section):
     # proxy.  Set here, not by environment variables (a systemd service does not see a shell's).
     # TLS certificates are always verified.
     proxy: Annotated[str, AfterValidator(_proxy_url)] | None = None
-    ca_file: Annotated[str, AfterValidator(_abs_path)] | None = None
+    ca_file: Annotated[str, AfterValidator(abs_path)] | None = None
     connect_timeout: Seconds = 3.0
     read_timeout: Seconds = 5.0
     # How long after a write's last attempt a look-up that does not find it is still not believed
@@ -241,7 +241,7 @@ class EngineConfig(Section):
     confirm_rate_with_test_reaction: bool = False
     # What `tillplug engine-check` found this engine to do where WLL publishes nothing
     # (docs/technician.md: Engine dialects).  Unset: tillplug trusts nothing it has not seen.
-    dialect_file: Annotated[str, AfterValidator(_abs_path)] | None = None
+    dialect_file: Annotated[str, AfterValidator(abs_path)] | None = None
     # Relay mode (docs/relay.md): the chain's relay holds the WLL secrets; the till holds only its
     # own token, and no preset, engine URL or WLL secret.
     relay_url: HttpUrl | None = None
@@ -368,7 +368,7 @@ class ScannerConfig(Section):
     # Drop-in at an existing till.  Serial scanners: a pty whose other end appears at this path,
     # for the till to open as if it were the scanner; scans tillplug does not consume are passed
     # there byte for byte.  Keyboard (HID) scanners: such scans are re-typed unless retype = false.
-    till_port: Annotated[str, AfterValidator(_abs_path)] | None = None
+    till_port: Annotated[str, AfterValidator(abs_path)] | None = None
     # The group the till's user opens till_port through (tillplug install creates it); never the
     # service's own group "tillplug", which reaches /dev/uinput and every raw device.
     till_group: Annotated[str, AfterValidator(_group_name)] = "tillplug-till"
@@ -498,7 +498,7 @@ class ReceiptsConfig(Section):
         default_factory=dict
     )
     language: Annotated[str, AfterValidator(_slip_language)] = "en"
-    logo: Annotated[str, AfterValidator(_abs_path)] | None = None  # an image file, printed at the top of each slip
+    logo: Annotated[str, AfterValidator(abs_path)] | None = None  # an image file, printed at the top of each slip
     # Add the loyalty block (member, points spent and earned, balance) to the till's own receipt, printed
     # through this printer's spool (POST /v1/print/raw or share_port), before its cut.
     append_to_till_receipt: bool = False
@@ -624,7 +624,7 @@ class EnrolmentConfig(Section):
     """Enrolment at the till (docs/technician.md: Enrolment)."""
 
     # The chain's enrolment public key(s), PEM.  Unset: enrolment.pub beside the config file.
-    public_key: Annotated[str, AfterValidator(_abs_path)] | None = None
+    public_key: Annotated[str, AfterValidator(abs_path)] | None = None
     # Written by enrolment: where the chain's config layer (conf.d/10-chain.toml) came from.
     config_url: str | None = Field(default=None, max_length=2048)
 

@@ -58,6 +58,16 @@ class DeviceHealth:
     reconnects: int = 0
     failures: int = 0
 
+    def move(self, state: DeviceState, reason: str, on_state: Callable[[DeviceHealth], None]) -> None:
+        """A new state (and ``since``) when it or its reason changed, told to ``on_state``.  The state
+        set here is what health reads: a listener's bug is logged, never undoes it or stops the device."""
+        if self.state is not state or self.reason != reason:
+            self.state, self.reason, self.since = state, reason, time.time()
+            try:
+                on_state(self)
+            except Exception:
+                log.exception("%s %s: the device state could not be told", self.kind, self.name)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -96,10 +106,7 @@ class _Supervised:
     on_state: Callable[[DeviceHealth], None]
 
     def _set(self, state: DeviceState, reason: str = "") -> None:
-        h = self.health
-        if h.state is not state or h.reason != reason:
-            h.state, h.reason, h.since = state, reason, time.time()
-            self.on_state(h)
+        self.health.move(state, reason, self.on_state)
 
 
 class ScannerSupervisor(_Supervised):

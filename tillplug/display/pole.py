@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from tillplug.devices.base import DisplayDriver
@@ -90,10 +89,4 @@ class PoleDisplayLink:
         return True
 
     def _set(self, state: DeviceState, reason: str) -> None:
-        h = self.health
-        if h.state is not state or h.reason != reason:
-            h.state, h.reason, h.since = state, reason, time.time()
-            try:
-                self.on_state(h)
-            except Exception:
-                log.exception("display %s: the device state could not be told", h.name)
+        self.health.move(state, reason, self.on_state)

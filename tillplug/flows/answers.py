@@ -73,13 +73,18 @@ class Benefit(Answer):
     discounts: list[Discount]
 
 
-class Wallet(Answer):
+class MemberView(Answer):
+    """What a member's wallet shows the till (also beside a balance slip's print job)."""
+
     member: str = Field(description="The member's id, masked.")
     pointsBalance: int
     lifetimePoints: int
     tier: str | None
     pointsValue: Money
     vouchers: list[Benefit]
+
+
+class Wallet(MemberView):
     print: QueuedJob | None = PrintField
 
 

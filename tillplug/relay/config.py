@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from tillplug.config.loader import Problem, check_secret, parse_toml, problems_from_validation
-from tillplug.config.model import EngineConfig, SecretRef, Section
+from tillplug.config.loader import Problem, check_secret, loaded, parse_toml, problems_from_validation
+from tillplug.config.model import EngineConfig, SecretRef, Section, abs_path
 from tillplug.errors import ConfigError
 
 EXAMPLE = Path(__file__).with_name("example.toml")
@@ -32,12 +32,6 @@ def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise ValueError('must be HOST:PORT, e.g. "127.0.0.1:8766" or "0.0.0.0:8443"')
-    return value
-
-
-def _abs_file(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("must be an absolute path")
     return value
 
 
@@ -66,8 +60,8 @@ class DatabaseConfig(Section):
 
 class ApiConfig(Section):
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8766"
-    tls_cert: Annotated[str, AfterValidator(_abs_file)] | None = None
-    tls_key: Annotated[str, AfterValidator(_abs_file)] | None = None
+    tls_cert: Annotated[str, AfterValidator(abs_path)] | None = None
+    tls_key: Annotated[str, AfterValidator(abs_path)] | None = None
     # A TLS-terminating proxy in front: only this address may connect.
     trusted_proxy: Annotated[str, AfterValidator(_address)] | None = None
     max_body_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
@@ -195,14 +189,7 @@ def check_config(path: str | os.PathLike[str]) -> Report:
 
 def load_config(path: str | os.PathLike[str]) -> RelayConfig:
     report = check_config(path)
-    fatal = [p for p in report.errors if p.stops_start]
-    if report.config is None or fatal:
-        lines = [str(p) for p in fatal]
-        raise ConfigError(
-            f"{path} has {len(lines)} problem(s):\n  " + "\n  ".join(lines),
-            problems=[(p.path, p.message) for p in fatal],
-        )
-    return report.config
+    return loaded(path, report.config, report.errors)
 
 
 def example() -> str:

@@ -373,13 +373,7 @@ class PrintSpool:
         self._set(DeviceState.STALE if fault.away else DeviceState.ERROR, fault.fault or "")
 
     def _set(self, state: DeviceState, reason: str) -> None:
-        h = self.health
-        if h.state is not state or h.reason != reason:
-            h.state, h.reason, h.since = state, reason, time.time()
-            try:
-                self.on_state(h)
-            except Exception:  # the state above is what health reads; a listener's bug does not undo it
-                log.exception("printer %s: the device state could not be told", self.name)
+        self.health.move(state, reason, self.on_state)
 
 
 # What the cashier is told, by what the printer or the wire said (the reason names the cause).
