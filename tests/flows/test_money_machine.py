@@ -652,3 +652,28 @@ def test_an_earning_answered_unreadably_is_found_by_the_engines_list_and_counted
         machine.teardown()
         if machine_class.shared_sim is not None:
             machine_class.shared_sim.stop()
+
+
+def test_a_burn_settled_after_the_cashier_redeemed_the_voucher_again_is_not_a_second_discount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the machine in the strict dialect: a burn answered after the read timeout (owed),
+    the engine then takes it, the cashier redeems the same voucher from the wallet (told burned), and
+    the first burn's settle added the voucher to the sale a second time and told the till "burned"
+    again: two discounts for one burn.  Now it settles as ``already_applied``."""
+    monkeypatch.setattr("tillplug.flows.points.FIRST_CONFIRM_DELAY", 0.01)
+    monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.3)
+    machine = type("MoneyMachine_strict_once", (MoneyMachine,), {"dialect": "strict"})()
+    try:
+        sale = machine.a_sale_with_a_member()
+        machine.burn_answered_late(code="ALICE-10PC-0002", lands=True, restart=False, sale=sale)
+        machine.redeem(pick=1, sale=sale)
+        machine.background_catches_up(settle=True, fault="none", late="stay")
+        h = machine.tills[sale[0]]
+        checkout = h.loyalty.checkouts.get(sale[1])
+        assert checkout is not None and [v.code for v in checkout.vouchers] == ["ALICE-10PC-0002"]
+        settled = [d["outcome"] for kind, d in h.published if kind == "voucher_settled"]
+        assert settled == ["already_applied"]
+        machine.money_is_neither_lost_nor_invented()
+    finally:
+        machine.teardown()

@@ -11,6 +11,7 @@ from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine import EngineClient, EngineSecrets
 from tillplug.engine.models import EventDefinition
+from tillplug.engine.outcome import Outcome
 from tillplug.errors import EngineRejected, InsufficientPoints
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
@@ -56,9 +57,9 @@ def test_the_tills_client_works_through_the_relay_and_never_lists_the_tenant(sim
                 reported = await client.report_event(taken)
                 assert reported.id
                 found = await client.look_up_event(taken.payload["eventKey"])
-                assert found.verdict == "found"
+                assert found.outcome is Outcome.LANDED
                 missing = await client.look_up_event(str(uuid.uuid4()))
-                assert missing.verdict == "not_found"  # exact: the relay's table, no tenant-wide list
+                assert missing.outcome is Outcome.NOT_LANDED  # exact: the relay's table, no tenant-wide list
                 with pytest.raises(InsufficientPoints):
                     await client.report_event(spend(5000))
                 with pytest.raises(EngineRejected):

@@ -524,6 +524,11 @@ class BurnIntents:
         return self._told(burn, "not_burned")
 
     async def landed_open(self, burn: Burn, checkout: Checkout, finding: Finding) -> dict[str, Any]:
+        if any(v.code == burn.code and v.burned for v in checkout.vouchers):
+            # The voucher was applied to this sale again meanwhile (the cashier redeemed it while this
+            # burn's answer was lost) and the till was told then: one burn, one discount, never two.
+            await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.LANDED)
+            return self._told(burn, "already_applied")
         voucher = _applied(finding.evidence, burned=True, code=burn.code)
         checkout.vouchers.append(voucher)
         await self.ctx.db(self.ctx.store.settle_burn, burn.id, State.LANDED, checkout=checkout)
