@@ -502,20 +502,9 @@ class TillApi:
         pages, hub, lane = self._display_lane(request)
         queue = hub.watch(lane)
 
-        async def stream() -> AsyncIterator[str]:
-            yield pages.screen_data(hub.current(lane).view())
-            while True:
-                try:
-                    screen = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                except TimeoutError:
-                    yield ": heartbeat\n\n"
-                    continue
-                if screen is None:  # the daemon is stopping
-                    return
-                yield pages.screen_data(screen.view())
-
+        first = [pages.screen_data(hub.current(lane).view())]
         return StreamAnswer(
-            stream(),
+            _sse_lines(first, queue, lambda screen: pages.screen_data(screen.view())),
             [lambda: hub.unwatch(lane, queue)],
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Referrer-Policy": "no-referrer"},
@@ -525,22 +514,9 @@ class TillApi:
         backlog = self._backlog(request.headers.get("last-event-id"))
         queue = self.events.subscribe()
 
-        async def stream() -> AsyncIterator[str]:
-            yield ": tillplug event stream\n\n"
-            for event in backlog:
-                yield self._sse(event)
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                except TimeoutError:
-                    yield ": heartbeat\n\n"
-                    continue
-                if item is None:  # the daemon is stopping
-                    return
-                yield self._sse(item)
-
+        first = [": tillplug event stream\n\n", *(self._sse(event) for event in backlog)]
         return StreamAnswer(
-            stream(),
+            _sse_lines(first, queue, self._sse),
             [lambda: self.events.unsubscribe(queue)],
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -628,3 +604,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )
+
+
+async def _sse_lines(first: list[str], queue: asyncio.Queue[Any], line: Callable[[Any], str]) -> AsyncIterator[str]:
+    """A server-sent stream: ``first``, then each item of ``queue`` as ``line`` writes it, a comment
+    every ``HEARTBEAT`` seconds of quiet (proxies and browsers keep the connection), until ``None``
+    (the daemon is stopping)."""
+    for text in first:
+        yield text
+    while True:
+        try:
+            item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+        except TimeoutError:
+            yield ": heartbeat\n\n"
+            continue
+        if item is None:
+            return
+        yield line(item)
