@@ -1,6 +1,7 @@
 """Mutation testing of the money core: does the model check (and the money suite) kill deliberate bugs?
 
-    python -m bench mutation [--sample N] [--seed S] [--timeout SECONDS] [--out bench-results/mutation.md]
+    python -m bench mutation [--sample N] [--seed S] [--timeout SECONDS] [--only PATH[:DEF]]...
+                             [--no-coverage] [--out bench-results/mutation.md]
 
 cosmic-ray (the ``mutation`` extra) finds every mutation of its decision operators in the money core
 (``SCOPE``: the intent machine and its settle, the look-up verdicts, the outbox's decide-after-look-up,
@@ -13,17 +14,26 @@ subprocess daemons of the suite load the mutant too.  Each mutant is run against
 
 A run that outlasts ``--timeout`` counts as killed (the mutant hangs the money path) and is listed
 as such.  ``--sample`` draws a fixed-seed sample of the mutants when the whole set would take too
-long (a mutant costs about a minute); the report says which.  Not run by CI.
+long (a mutant costs about a minute); the report says which.  ``--only`` keeps the mutants of one
+module (``tillplug/flows/points.py``) or one definition in it (``tillplug/flows/points.py:look_up``).
+
+Before any mutant, the model check and then the money suite run once, unmutated, under coverage
+(subprocesses too): a mutant on a line the model never executes is "not reached" by it, without
+running it, and likewise for the suite; such a mutant survives (nothing could kill it) and the
+report lists it as not reached.  ``EQUIVALENT`` names the mutants that cannot change what any
+caller sees, each with why; they are shown and left out of the shares.  Not run by CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +53,9 @@ SCOPE: dict[str, set[str]] = {
         "_landed_or_waits",
         "_reversal_settled",
         "_still_in_flight",
+        "_waits_for_applied",
     },
+    "tillplug/engine/reactors.py": {"applied_within"},
     "tillplug/flows/points.py": {
         "event_finding",
         "look_up",
@@ -52,8 +64,10 @@ SCOPE: dict[str, set[str]] = {
         "landed_closed",
         "interrupted",
         "shown_applied",
-        "applied_within",
-        "_refund",
+        "queue_refunds",
+        "give_back",
+        "_closed_meanwhile",
+        "given",
     },
     "tillplug/flows/vouchers.py": {
         "verdict_between",
@@ -117,6 +131,12 @@ MONEY_SUITE = [
 ]
 
 
+# Mutants that cannot change what any caller sees, by ``Mutant.key`` (module, definition, operator and the
+# mutated line, so that edits elsewhere do not move it): why each is equivalent.  Left out of the shares.
+EQUIVALENT: dict[str, str] = {}
+NOT_REACHED = "not reached"  # the mutated line never ran in the unmutated run: nothing there could kill it
+
+
 @dataclass
 class Mutant:
     module: str
@@ -124,26 +144,71 @@ class Mutant:
     operator: str
     occurrence: int
     line: int
+    source: str = ""  # the line mutated, as it reads unmutated
     diff: str = ""
-    model: str = ""  # killed | survived | timeout
+    model: str = ""  # killed | survived | timeout | not reached
     suite: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.module}:{self.line} {self.definition} {self.operator}#{self.occurrence}"
 
+    @property
+    def key(self) -> str:
+        """The mutant's name in ``EQUIVALENT``: stable while the mutated line and its definition stay."""
+        return f"{self.module}:{self.definition} {self.operator} `{self.source}`"
+
+    @property
+    def equivalent(self) -> str | None:
+        return EQUIVALENT.get(self.key)
+
 
 def mutants() -> list[Mutant]:
     """Every mutation of ``OPERATORS`` inside ``SCOPE``, in a stable order."""
     init: Any = importlib.import_module("cosmic_ray.commands.init")
     found: list[Mutant] = []
+    lines = {m: (ROOT / m).read_text().splitlines() for m in SCOPE}
     for item in init._all_work_items([Path(m) for m in SCOPE], {}):
         for spec in item.mutations:
             operator = spec.operator_name.split("/", 1)[1]
             module = str(spec.module_path)
             if operator in OPERATORS and str(spec.definition_name) in SCOPE[module]:
-                found.append(Mutant(module, str(spec.definition_name), operator, spec.occurrence, spec.start_pos[0]))
+                line = spec.start_pos[0]
+                source = lines[module][line - 1].strip()
+                found.append(Mutant(module, str(spec.definition_name), operator, spec.occurrence, line, source))
     return sorted(found, key=lambda m: (m.module, m.line, m.operator, m.occurrence))
+
+
+def only(every: list[Mutant], wanted: list[str]) -> list[Mutant]:
+    """The mutants ``--only`` names: ``PATH`` (a module in scope) or ``PATH:DEF`` (a definition in it)."""
+    if not wanted:
+        return every
+    chosen = []
+    for m in every:
+        for want in wanted:
+            path, _, definition = want.partition(":")
+            if m.module == path and definition in ("", m.definition):
+                chosen.append(m)
+                break
+    return chosen
+
+
+def reached(argv: list[str], timeout: float) -> tuple[str, dict[str, set[int]]]:
+    """Run ``argv`` unmutated under coverage (its subprocesses too): its outcome, and the lines it
+    executed in each module of ``SCOPE``."""
+    coverage: Any = importlib.import_module("coverage")
+    with tempfile.TemporaryDirectory(prefix="tillplug-mutation-") as tmp:
+        rc = Path(tmp) / "coveragerc"
+        rc.write_text(
+            f"[run]\nsource = {ROOT / 'tillplug'}\nparallel = true\npatch = subprocess\n"
+            f"data_file = {Path(tmp) / 'coverage'}\n"
+        )
+        outcome = run(["-m", "coverage", "run", f"--rcfile={rc}", *argv], timeout)
+        cov = coverage.Coverage(config_file=str(rc))
+        cov.combine(data_paths=[tmp], keep=True)
+        data = cov.get_data()
+        executed = {m: set(data.lines(str(ROOT / m)) or ()) for m in SCOPE}
+    return outcome, executed
 
 
 def run(argv: list[str], timeout: float) -> str:
@@ -158,7 +223,15 @@ def run(argv: list[str], timeout: float) -> str:
     return "survived" if done.returncode == 0 else "killed"
 
 
-def test_mutant(m: Mutant, timeout: float) -> None:
+def test_mutant(m: Mutant, timeout: float, model_lines: set[int] | None, suite_lines: set[int] | None) -> None:
+    """Apply ``m`` in place, run the model check (then, if it survives, the suite), restore.  A line
+    the unmutated run never executed (``*_lines``, None: not measured) is not run: not reached."""
+    if model_lines is not None and m.line not in model_lines:
+        m.model = NOT_REACHED
+        if suite_lines is not None and m.line not in suite_lines:
+            m.suite = NOT_REACHED
+            m.diff = f"-{m.source}"
+            return
     plugins: Any = importlib.import_module("cosmic_ray.plugins")
     mutating: Any = importlib.import_module("cosmic_ray.mutating")
     operator = plugins.get_operator(f"core/{m.operator}")()
@@ -169,11 +242,12 @@ def test_mutant(m: Mutant, timeout: float) -> None:
             return
         m.diff = "\n".join(
             line
-            for line in __import__("difflib").unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
             if line[:1] in "+-" and line[:3] not in ("+++", "---")
         )
-        m.model = run(MODEL, timeout)
-        m.suite = m.model if m.model != "survived" else run(MONEY_SUITE, timeout * 4)
+        if m.model != NOT_REACHED:
+            m.model = run(MODEL, timeout)
+        m.suite = m.model if m.model not in ("survived", NOT_REACHED) else run(MONEY_SUITE, timeout * 4)
 
 
 def percent(part: int, whole: int) -> str:
@@ -181,19 +255,27 @@ def percent(part: int, whole: int) -> str:
 
 
 def report(chosen: list[Mutant], total: int, args: argparse.Namespace, seconds: float) -> str:
-    tested = [m for m in chosen if m.model in ("killed", "survived", "timeout")]
-    by_model = sum(m.model != "survived" for m in tested)
-    by_suite = sum(m.suite != "survived" for m in tested)
+    done = [m for m in chosen if m.model in ("killed", "survived", "timeout", NOT_REACHED)]
+    equivalent = [m for m in done if m.equivalent is not None]
+    tested = [m for m in done if m.equivalent is None]
+    by_model = sum(m.model in ("killed", "timeout") for m in tested)
+    by_suite = sum(m.suite in ("killed", "timeout") for m in tested)
     n = len(tested)
+    only = f" --only {' --only '.join(args.only)}" if args.only else ""
+    unreached_model = sum(m.model == NOT_REACHED for m in tested)
+    unreached_suite = sum(m.suite == NOT_REACHED for m in tested)
     lines = [
         "# Mutation testing of the money core",
         "",
-        f"`python -m bench mutation --sample {args.sample} --seed {args.seed} --timeout {args.timeout:g}`,"
+        f"`python -m bench mutation --sample {args.sample} --seed {args.seed} --timeout {args.timeout:g}{only}`,"
         f" {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {seconds / 60:.0f} min, cosmic-ray, in place.",
         "",
-        f"Mutants in scope: {total}; tested: {len(tested)}"
-        + (f" (a fixed-seed sample of {args.sample})" if len(tested) < total else " (all)")
-        + ".",
+        f"Mutants in scope: {total}; tested: {len(done)}"
+        + (f" (a fixed-seed sample of {args.sample})" if args.sample and len(done) < total else "")
+        + (" (those `--only` names)" if args.only else "")
+        + (" (all)" if len(done) == total else "")
+        + f"; equivalent (left out of the shares): {len(equivalent)}; not reached by the model: {unreached_model},"
+        f" by the suite either: {unreached_suite}.",
         "",
         "| killed by | mutants | share | goal |",
         "|---|---|---|---|",
@@ -207,14 +289,19 @@ def report(chosen: list[Mutant], total: int, args: argparse.Namespace, seconds: 
         "## Survivors",
         "",
     ]
-    survivors = [m for m in tested if m.suite == "survived" or m.model == "survived"]
+    survivors = [m for m in tested if m.suite in ("survived", NOT_REACHED) or m.model in ("survived", NOT_REACHED)]
     if not survivors:
         lines.append("None.")
     for m in survivors:
-        killed = "survived the model, killed by the suite" if m.suite != "survived" else "survived both"
-        lines += [f"- `{m.name}` — {killed}", "", "  ```diff", *(f"  {d}" for d in m.diff.splitlines()), "  ```", ""]
-    lines += ["## Every mutant tested", "", "| mutant | model | suite |", "|---|---|---|"]
-    lines += [f"| `{m.name}` | {m.model} | {m.suite} |" for m in tested]
+        if m.suite in ("killed", "timeout"):
+            how = f"{'not reached by' if m.model == NOT_REACHED else 'survived'} the model, killed by the suite"
+        else:
+            how = "not reached by either" if m.suite == NOT_REACHED else f"survived both (model: {m.model})"
+        lines += [f"- `{m.name}` — {how}", "", "  ```diff", *(f"  {d}" for d in m.diff.splitlines()), "  ```", ""]
+    lines += ["## Equivalent", ""]
+    lines += [f"- `{m.name}`: {m.equivalent}" for m in equivalent] or ["None in this run."]
+    lines += ["", "## Every mutant tested", "", "| mutant | model | suite |", "|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.model} | {m.suite} |" for m in done]
     return "\n".join(lines) + "\n"
 
 
@@ -225,26 +312,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds for the model check of one mutant")
     ap.add_argument("--out", default="bench-results/mutation.md")
     ap.add_argument("--list", action="store_true", help="list the mutants in scope and stop")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="PATH[:DEF]", help="only this module's (definition's) mutants"
+    )
+    ap.add_argument("--no-coverage", action="store_true", help="run every mutant, reached or not")
     args = ap.parse_args(argv)
     every = mutants()
+    pool = only(every, args.only)
     if args.list:
-        for m in every:
+        for m in pool:
             print(m.name)
-        print(f"{len(every)} mutants", file=sys.stderr)
+        print(f"{len(pool)} mutants", file=sys.stderr)
         return 0
-    if (baseline := run(MODEL, args.timeout)) != "survived":
+    if not pool:
+        print(f"--only {args.only} names no mutant in scope", file=sys.stderr)
+        return 2
+    model_lines: dict[str, set[int]] | None = None
+    suite_lines: dict[str, set[int]] | None = None
+    if args.no_coverage:
+        baseline = run(MODEL, args.timeout)
+    else:
+        baseline, model_lines = reached(MODEL, args.timeout * 2)
+    if baseline != "survived":
         print(f"the model check does not pass unmutated ({baseline}): nothing to measure", file=sys.stderr)
         return 1
-    chosen = (
-        every if not args.sample or args.sample >= len(every) else random.Random(args.seed).sample(every, args.sample)
-    )
+    chosen = pool if not args.sample or args.sample >= len(pool) else random.Random(args.seed).sample(pool, args.sample)
+    if model_lines is not None and any(m.line not in model_lines[m.module] for m in chosen):
+        suite_baseline, suite_lines = reached(MONEY_SUITE, args.timeout * 8)
+        if suite_baseline != "survived":
+            print(f"the money suite does not pass unmutated ({suite_baseline})", file=sys.stderr)
+            return 1
     started = time.monotonic()
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     for number, m in enumerate(chosen, 1):
-        test_mutant(m, args.timeout)
+        test_mutant(
+            m,
+            args.timeout,
+            None if model_lines is None else model_lines[m.module],
+            None if suite_lines is None else suite_lines[m.module],
+        )
         print(f"[{number}/{len(chosen)}] {m.name}: model {m.model}, suite {m.suite}", file=sys.stderr, flush=True)
-        out.write_text(report(chosen[:number], len(every), args, time.monotonic() - started))  # partial, kept
+        out.write_text(report(chosen[:number], len(pool), args, time.monotonic() - started))  # partial, kept
     print(out.read_text())
     return 0
 

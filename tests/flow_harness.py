@@ -57,7 +57,7 @@ class Tamper(httpx.AsyncBaseTransport):
     """A real transport to the simulator, with hooks that rewrite, delay or cut chosen exchanges."""
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
         self.hooks: list[tuple[Callable[[httpx.Request], bool], Hook]] = []
         self.seen: list[str] = []
 

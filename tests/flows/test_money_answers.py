@@ -13,8 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.flow_harness import ALICE, Harness, config, is_spend, settled_balance
+from tests.flow_harness import ALICE, Harness, config, is_spend, reset_after, settled_balance
+from tillplug.engine.clock import InFlight
+from tillplug.errors import CheckoutConflict
 from tillplug.flows.answers import PointsSpent
+from tillplug.outbox.deliver import REVERSAL_WINDOW
 from tillplug.sim import SimServer
 
 Forward = Callable[[], Awaitable[httpx.Response]]
@@ -274,6 +277,7 @@ def test_a_void_never_refunds_a_deduction_the_engine_never_applied(
 
     async def go() -> None:
         h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
         try:
             await open_sale(h, "V1")
             await h.loyalty.spend_points("V1", 500)
@@ -284,7 +288,7 @@ def test_a_void_never_refunds_a_deduction_the_engine_never_applied(
             assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
             assert voided.message is not None and "not given back" in voided.message
             assert "deduction_not_applied" in h.loyalty.points.problems
-            assert await h.drain()
+            await deliver_all(h, clock)  # its refund waits for the engine to apply it: it never does
             assert await settled_balance(sim, ALICE, 1250) == 1250  # not 1,750: nothing invented
             assert [e["type"] for e in sim.state.ledger.events] == ["REDEEMED_POINTS"]
         finally:
@@ -309,6 +313,196 @@ def test_a_void_refunds_a_deduction_the_engine_applied_late(tmp_path: object, si
             voided = await h.loyalty.void("V2")
             assert voided.pointsRefunded == 500 and voided.pointsHeld == 0
             assert await h.drain()
+            assert await settled_balance(sim, ALICE, 1250) == 1250
+        finally:
+            await h.close()
+
+    run(go())
+
+
+@pytest.fixture
+def short_final_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine here applies at once, after a second, or never: half a second tells them apart."""
+    monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.5)
+
+
+def ledger_types(sim: SimServer) -> list[str]:
+    return [e["type"] for e in sim.state.ledger.events]
+
+
+class Steady:
+    """A till's steady clock for the in-flight rule, moved by the test (``InFlight``)."""
+
+    def __init__(self, h: Harness) -> None:
+        self.now = 0.0
+        h.client.in_flight = InFlight(h.client.in_flight.window, monotonic=lambda: self.now)
+
+
+async def deliver_all(h: Harness, clock: Steady) -> None:
+    """Deliver what is due; then, past every reversal's wait (``REVERSAL_WINDOW``: the engine's
+    reactors had their time), the rows that waited for it."""
+    for _ in range(20):
+        if not await h.deliverer.step():
+            break
+    clock.now += REVERSAL_WINDOW + 1
+    with h.store.transaction() as t:
+        t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
+    assert await h.drain()
+
+
+@pytest.mark.parametrize("redemption", ["present", "missing"])
+def test_a_deduction_that_lands_after_the_void_is_refunded_only_if_the_engine_applied_it(
+    tmp_path: object, sim: SimServer, redemption: str, short_final_wait: None
+) -> None:
+    """Issue 21 (what is left): a spend answered unreadably is owed a verdict; the sale is voided
+    (``pointsPending``); the look-up then finds the deduction on the closed sale.  The settler used
+    to refund it without asking whether the engine applied it: with the redemption reactor missing it
+    deducted nothing, and the refund invented 500 points.  Now the settler asks as the void does:
+    refunded if applied, held (``points_settled: held``, health ``deduction_not_applied``) if not."""
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": redemption}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P1")
+            h.tamper.on(is_spend, reset_after)
+            assert (await h.loyalty.spend_points("P1", 500)).pending is True
+            voided = await h.loyalty.void("P1")
+            assert voided.pointsRefunded == 0 and voided.pointsPending == 500
+            assert await h.loyalty.settle_owed() == 0
+            [verdict] = h.of_type("points_settled")
+            await deliver_all(h, clock)
+            [d] = h.loyalty.checkouts.deductions("P1")
+            if redemption == "present":
+                assert verdict["outcome"] == "refunded" and d.state == "refunded"
+                assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
+            else:
+                assert verdict["outcome"] == "held" and verdict["discount"]["amount"] == 0
+                assert "not given back" in verdict["message"]
+                assert d.state == "landed" and not d.owed
+                assert "deduction_not_applied" in h.loyalty.points.problems
+                assert ledger_types(sim) == ["REDEEMED_POINTS"]  # no refund of what was never taken
+            assert await settled_balance(sim, ALICE, 1250) == 1250  # not 1,750
+        finally:
+            await h.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("redemption", ["present", "missing"])
+def test_a_spend_on_a_sale_closed_meanwhile_is_given_back_only_if_the_engine_applied_it(
+    tmp_path: object, sim: SimServer, redemption: str, short_final_wait: None
+) -> None:
+    """Issue 21 (what is left): the engine took the deduction while the sale was closed under the
+    spend (the spend re-reads the checkout after the report).  Its give-back used to be queued
+    without asking whether the engine applied the deduction: with the redemption reactor missing the
+    refund invented the points.  Now it is given back only if applied, else held and said so."""
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": redemption}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P2")
+
+            async def closed_under_the_spend(request: httpx.Request, forward: Forward) -> httpx.Response:
+                answer = await forward()
+                checkout = h.loyalty.checkouts.get("P2")
+                assert checkout is not None
+                checkout.state = "voided"
+                with h.loyalty.checkouts.transaction() as t:
+                    h.loyalty.checkouts.save(t, checkout)
+                return answer
+
+            h.tamper.on(is_spend, closed_under_the_spend)
+            with pytest.raises(CheckoutConflict) as refused:
+                await h.loyalty.spend_points("P2", 500)
+            await deliver_all(h, clock)
+            [d] = h.loyalty.checkouts.deductions("P2")
+            if redemption == "present":
+                assert "given back" in refused.value.message and d.state == "refunded"
+                assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
+            else:
+                assert "not given back" in refused.value.message and d.state == "landed"
+                assert "deduction_not_applied" in h.loyalty.points.problems
+                assert ledger_types(sim) == ["REDEEMED_POINTS"]
+            assert await settled_balance(sim, ALICE, 1250) == 1250
+        finally:
+            await h.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("redemption", ["present", "missing"])
+def test_a_spend_cut_off_by_a_crash_is_refunded_after_the_restart_only_if_the_engine_applied_it(
+    tmp_path: Path, sim: SimServer, redemption: str
+) -> None:
+    """The third give-back without the void's check: killed after the engine took the deduction,
+    the restart queues a refund-if-it-landed (``requires_key``), which the outbox sent once the
+    deduction was found, applied or not: with the redemption reactor missing, 500 points invented.
+    Now the outbox sends it only once the engine shows the deduction applied (or cannot show);
+    shown unapplied past ``REVERSAL_WINDOW``, it is not needed."""
+    from tillplug.engine.models import EventDefinition
+    from tillplug.flows.checkouts import Deduction
+
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": redemption}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)
+        try:
+            await open_sale(h, "P3")
+            with h.loyalty.checkouts.transaction() as t:
+                h.loyalty.checkouts.add_deduction(t, Deduction("crash-1", "P3", 500, 500, "sending"))
+            payload = {"points": 500, "eventKey": "crash-1"}
+            spend = EventDefinition(type="REDEEMED_POINTS", subject=ALICE, payload=payload)
+            await h.client.report_event(spend)  # the engine took it; the till died before hearing so
+            expected = 750 if redemption == "present" else 1250
+            assert await settled_balance(sim, ALICE, expected) == expected  # its reactors had their time
+        finally:
+            await h.close()
+        h = Harness(tmp_path, sim)
+        clock = Steady(h)
+        try:
+            assert h.loyalty.recover() == 1
+            clock.now += h.client.in_flight.window  # past the deduction's in-flight window
+            await deliver_all(h, clock)
+            if redemption == "present":
+                assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
+            else:
+                assert ledger_types(sim) == ["REDEEMED_POINTS"]
+                [row] = h.store.rows("delivered")
+                assert row.note is not None and "moved no points" in row.note
+                assert h.deliverer.reversals_not_applied == 1
+            assert await settled_balance(sim, ALICE, 1250) == 1250
+        finally:
+            await h.close()
+
+    run(go())
+
+
+def test_a_deduction_held_by_a_void_is_given_back_once_the_engine_applies_it_late(
+    tmp_path: object, sim: SimServer, short_final_wait: None
+) -> None:
+    """The engine's reactors fall behind: the deduction is applied a second after the spend, later
+    than the void's wait (``FINAL_WAIT``).  The void held it (the engine showed it not applied) and
+    nothing ever gave it back: 500 points lost.  Now the held deduction's refund waits in the outbox
+    for the engine to apply it, and is sent then."""
+    sim.state.reactors["delay_seconds"] = 1.0
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P4")
+            await h.loyalty.spend_points("P4", 500)
+            voided = await h.loyalty.void("P4")
+            assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
+            assert await h.deliverer.step()  # the held refund looks: not applied yet, so it waits
+            assert ledger_types(sim) == ["REDEEMED_POINTS"]
+            assert await settled_balance(sim, ALICE, 750) == 750  # the engine applies it late
+            await deliver_all(h, clock)
+            assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
             await h.close()

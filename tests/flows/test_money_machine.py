@@ -7,17 +7,25 @@ restart (also in the middle of a spend), engine down and up — while the engine
 oddly: reset after it took the write, lost before it, answered unreadably, or **answered after
 the read timeout and taken late**, across look-ups and restarts, by the spends, the burns *and*
 the outbox's own sends.  A late write lands at most the in-flight window after its send (the
-contract of ``tillplug.engine.clock.InFlight``), on a clock the machine moves.  After every step:
+contract of ``tillplug.engine.clock.InFlight``), on a clock the machine moves.  The engine itself
+may be odd too: its redemption reactor missing (REDEEMED_POINTS recorded, nothing deducted), its
+reactions applied later than tender's and a void's wait (``FINAL_WAIT``: when the machine says, but
+within ``REVERSAL_WINDOW``), its clock a few seconds off the tills' (its stamps and ``Date``
+headers).  After every step:
 
-* for every member, the engine's balance equals start + what the tills were told their spends,
-  give-backs and refunds moved + what the engine's **own reactions** gave for the earnings of
-  completed sales (never tillplug's configured rate) — writes still queued counted at their effect
-  once delivered, unless the engine has them already;
+* for every member, the engine's balance (with the reactions it still owes) equals start + what the
+  tills were told their spends, give-backs and refunds moved + what the engine's **own reactions**
+  gave for the earnings of completed sales (never tillplug's configured rate) + the spends it was
+  told of but never applied — writes still queued counted at their effect once delivered, unless
+  the engine has them already or they reverse a write that moved nothing;
+* no refund reverses a deduction the engine never applied (that would invent points), and none
+  reverses one twice;
 * every completed sale's earning is in the engine once, or still queued: never lost, never twice;
   no eventKey reached the engine twice;
 * vouchers both ways: every code a till was told burned is burned, once, and every code burned
   was told to a till (or its verdict is still owed, or held as unverifiable for a supervisor);
-* a void gives back every point the till was told the sale took, to the member who spent them;
+* a void gives back every point the till was told the sale took, to the member who spent them
+  (held: only those the engine shows it never took; the engine's own net for the sale is then 0);
 * returns after the sale (issue 25) never add up to more than the sale: its amount, the points it
   spent, the points it earned; what a return was told it moves enters the count above.
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import inspect
 import os
 import shutil
@@ -37,6 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +72,7 @@ from tillplug.flows.answers import EngineVoucher
 from tillplug.flows.checkouts import Deduction
 from tillplug.flows.intents import State
 from tillplug.flows.returns import ReturnRequest
+from tillplug.outbox.deliver import REVERSAL_WINDOW
 from tillplug.sim import SimServer
 from tillplug.sim.app import Faults
 from tillplug.sim.state import EngineState, default_seed
@@ -74,6 +85,8 @@ VOUCHERS = ("ALICE-5OFF-0001", "ALICE-RIVER-0005", "ALICE-USED-0003", "BOB-5OFF-
 FAULT_CHOICES = ("none", "none", "none", "none", "late", "late", "reset_after", "reset_before", "answer_2xx")
 TILLS = ("a", "b")
 LATE_REACTION_SECONDS = 0.1  # a "delayed" dialect's reactions: later than FIRST_CONFIRM_DELAY below
+# The engine's clock minus the tills', in seconds: within the Date headers' tolerance and beyond it.
+ENGINE_CLOCK_OFFSETS = (0.0, 0.0, -0.4, 0.3, -1.7, 1.3, -5.0, 5.0)
 Forward = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -106,6 +119,25 @@ class LateWrite:
     content: bytes
 
 
+class EngineDates(httpx.AsyncBaseTransport):
+    """The engine's ``Date`` headers on its own clock, ``offset()`` seconds off the tills' (the
+    simulator stamps on the same clock): whole seconds, written as the answer arrives."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, offset: Callable[[], float]) -> None:
+        self.inner = inner
+        self.offset = offset
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if self.offset():
+            engine_now = datetime.fromtimestamp(int(time.time() + self.offset()), UTC)
+            response.headers["date"] = email.utils.format_datetime(engine_now, usegmt=True)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class MoneyMachine(RuleBasedStateMachine):
     dialect = "default"
     shared_sim: SimServer | None = None  # one simulator per test run; its state is new for each example
@@ -117,8 +149,18 @@ class MoneyMachine(RuleBasedStateMachine):
             if sim.sim.dialect.reactions == "delayed":
                 # Still late (after the first confirming reads), but not 1.5 s of wall time per write.
                 sim.sim.dialect = sim.sim.dialect.with_switches({"late_reaction_seconds": LATE_REACTION_SECONDS})
-        state = EngineState(default_seed())
+        state = EngineState(default_seed(), clock=lambda: time.time() + self.offset)
         state.reactors["delay_seconds"] = 0.0
+        apply_now = state.apply_reaction
+
+        def apply(event_id: str) -> None:  # on the simulator's loop
+            if self.reactions_late:
+                self.held_reactions.append((event_id, self.now))  # applied when the machine says
+                return
+            apply_now(event_id)
+            self.applied.add(event_id)
+
+        state.apply_reaction = apply  # type: ignore[method-assign]
         sim.state = sim.sim.state = state
         sim.sim.faults = Faults()
         return sim
@@ -127,8 +169,12 @@ class MoneyMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="tillplug-money-"))
-        self.sim = self.fresh_engine()
+        self.offset = 0.0  # the engine's clock minus the tills' (set once, before any request)
+        self.reactions_late = False
+        self.held_reactions: list[tuple[str, float]] = []  # (event id, when held on the machine's clock)
+        self.applied: set[str] = set()  # events whose reaction the engine applied (points or none)
         self.now = 0.0  # the machine's clock: the tills' in-flight windows run on it
+        self.sim = self.fresh_engine()
         self.late: list[LateWrite] = []
         self.replay = httpx.AsyncClient()
         self.start = {m: float(v["pointsBalance"]) for m, v in self.sim.state.members.items()}
@@ -140,6 +186,8 @@ class MoneyMachine(RuleBasedStateMachine):
         self.closed: set[str] = set()  # transactions completed or voided
         self.voided: set[str] = set()
         self.by_sale: dict[str, float] = {}  # net points the till was told each sale moved
+        self.told_spends: set[str] = set()  # eventKeys of deductions a till was told landed
+        self.held: set[str] = set()  # ... of those a void held (the engine showed them never taken)
         self.tills: dict[str, Harness] = {}
         self.seen_events: dict[str, int] = {}
         self.down = False
@@ -158,6 +206,7 @@ class MoneyMachine(RuleBasedStateMachine):
             returns={"confirm_wait": 0},  # no outbox runs between steps: nothing to wait for
         )
         h.client.in_flight = InFlight(h.client.in_flight.window, monotonic=lambda: self.now)
+        h.tamper.inner = EngineDates(h.tamper.inner, lambda: self.offset)
         h.loyalty.recover()
         self.tills[name] = h
         self.seen_events[name] = 0
@@ -191,6 +240,7 @@ class MoneyMachine(RuleBasedStateMachine):
             tx = data.get("transactionId", "")
             if kind == "points_settled" and data["outcome"] == "landed" and tx not in self.closed:
                 self.spender.setdefault(tx, self.member_of[tx])
+                self.told_spends.add(data["eventKey"])
                 self.told[self.spender[tx]] -= data["points"]
                 self.by_sale[tx] = self.by_sale.get(tx, 0) - data["points"]
             elif kind == "points_given_back":
@@ -229,8 +279,12 @@ class MoneyMachine(RuleBasedStateMachine):
     sales = Bundle("sales")
     completed = Bundle("completed")
 
-    @initialize(target=sales)
-    def a_sale_with_a_member(self) -> tuple[str, str]:
+    @initialize(target=sales, offset=st.sampled_from(ENGINE_CLOCK_OFFSETS))
+    def a_sale_with_a_member(self, offset: float = 0.0) -> tuple[str, str]:
+        """The first sale; before it, the engine's clock is set ``offset`` seconds off the tills'
+        (whole seconds in its Date headers: within their tolerance and beyond it).  Verdicts that
+        compare the tills' moments with the engine's stamps must say unknown, never guess."""
+        self.offset = offset
         return self._open_and_attach("a", CARDS[0])
 
     @rule(target=sales, till=st.sampled_from(TILLS), card=st.sampled_from(CARDS))
@@ -266,6 +320,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None and member is not None:
             self.spender.setdefault(tx, member)
         if answer is not None and not answer.pending:
+            self.told_spends.add(answer.eventKey)
             self.told[self.spender[tx]] -= answer.points
             self.by_sale[tx] = self.by_sale.get(tx, 0) - answer.points
 
@@ -345,9 +400,14 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None:
             self.closed.add(tx)
             self.voided.add(tx)
-        if answer is not None and answer.pointsRefunded:
-            self.told[self.spender[tx]] += answer.pointsRefunded
-            self.by_sale[tx] = self.by_sale.get(tx, 0) + answer.pointsRefunded
+        # Held: the engine showed these never taken, so they are as good as given back (a refund
+        # follows only if the engine takes them after all: never counted twice, see the invariant).
+        given = (answer.pointsRefunded + (answer.pointsHeld or 0)) if answer is not None else 0
+        if given:
+            self.told[self.spender[tx]] += given
+            self.by_sale[tx] = self.by_sale.get(tx, 0) + given
+        if answer is not None and answer.pointsHeld:
+            self.held |= {d.event_key for d in self.tills[till].loyalty.checkouts.deductions(tx, State.LANDED)}
 
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
@@ -375,6 +435,31 @@ class MoneyMachine(RuleBasedStateMachine):
                     self.run(h.client.report_event(event))
         self._restart(till)  # a spend cut off like this told the till nothing
 
+    @rule(redemption=st.sampled_from(["present", "missing"]))
+    def redemption_reactor(self, redemption: str) -> None:
+        """The tenant's redemption reactor removed (or put back): REDEEMED_POINTS is recorded and
+        deducts nothing, so a refund of such a deduction would invent points."""
+        self.sim.state.reactors["redemption"] = redemption
+
+    @rule(late=st.booleans())
+    def reactions_fall_behind(self, late: bool) -> None:
+        """The engine's reactors fall behind: from now each reaction is applied only when the machine
+        says (later than tender's and a void's wait, within ``REVERSAL_WINDOW``); or they catch up."""
+        self.reactions_late = late
+        if not late:
+            self._apply_held(self.now + REVERSAL_WINDOW)
+
+    def _apply_held(self, before: float) -> None:
+        """Apply the reactions held since before ``before`` (the machine's clock), on the engine's loop."""
+        due = [(e, at) for e, at in self.held_reactions if at < before]
+        if not due:
+            return
+        self.held_reactions = [h for h in self.held_reactions if h not in due]
+        apply_now = type(self.sim.state).apply_reaction
+        for event_id, _ in due:
+            apply_now(self.sim.state, event_id)
+            self.applied.add(event_id)
+
     @rule(down=st.booleans())
     def engine(self, down: bool) -> None:
         self.down = down
@@ -395,6 +480,8 @@ class MoneyMachine(RuleBasedStateMachine):
                     self.run(self.replay.request(write.method, write.url, headers=write.headers, content=write.content))
 
     def _time_passes(self, seconds: float) -> None:
+        # The engine's contract: a reaction is applied within REVERSAL_WINDOW of its event.
+        self._apply_held(self.now + seconds - REVERSAL_WINDOW + 1)
         self.now += seconds
         self.late = [w for w in self.late if w.deadline > self.now]
 
@@ -445,6 +532,8 @@ class MoneyMachine(RuleBasedStateMachine):
         held, no verdict still owed to a till."""
         self.engine(False)
         self._time_passes(max(h.client.in_flight.window for h in self.tills.values()) + 1)
+        self._catch_up(True, "none")
+        self._time_passes(REVERSAL_WINDOW + 1)  # a refund waiting for its deduction to be applied
         for _ in range(3):
             self._catch_up(True, "none")
         for h in self.tills.values():
@@ -494,20 +583,32 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # -- the invariant --------------------------------------------------------------------
 
+    def _eventual(self, event: dict[str, Any]) -> float:
+        """Points an engine event moves: what its reaction applied, or, held (late), what it will."""
+        state = self.sim.state
+        if any(held == event["id"] for held, _ in self.held_reactions):
+            return state.points_for(event["type"], event["payload"]) if event["subject"] else 0.0
+        return sum(float(r.get("points", 0)) for r in state.reactions.get(event["id"], []))
+
+    def _by_key(self) -> dict[str, dict[str, Any]]:
+        return {e["payload"].get("eventKey"): e for e in list(self.sim.state.events.values())}
+
     def _queued_effect(self) -> dict[str, float]:
         """Points that refunds still waiting in the outboxes will move once delivered (earnings count
         once the engine has them, at what its reactions gave)."""
         state = self.sim.state
         effect = dict.fromkeys(self.start, 0.0)
-        landed = {e["payload"].get("eventKey") for e in state.ledger.events}
+        by_key = self._by_key()
         for h in self.tills.values():
             for row in h.store.rows("pending") + h.store.rows("sending"):
                 member = state.find_member(str(row.body.get("subject") or ""))
                 if member is None or row.event_key in self.earnings:
                     continue
-                if row.requires_key is not None and row.requires_key not in landed:
-                    continue
-                if row.event_key in landed:
+                if row.requires_key is not None:
+                    reversed_write = by_key.get(row.requires_key)
+                    if reversed_write is None or not self._eventual(reversed_write):
+                        continue  # what it reverses never reached the engine, or moved nothing: not needed
+                if row.event_key in by_key:
                     # The engine took it and its answer could not be read (a row held as unverifiable,
                     # or awaiting its look-up): its effect is in the balance already, never twice.
                     continue
@@ -515,32 +616,59 @@ class MoneyMachine(RuleBasedStateMachine):
         return effect
 
     def _earned(self) -> dict[str, float]:
-        """What the engine's own reactions gave each member for the completed sales' earnings."""
+        """What the engine's own reactions gave (or, late, will give) each member for the completed
+        sales' earnings."""
         state = self.sim.state
         earned = dict.fromkeys(self.start, 0.0)
-        for e in state.ledger.events:
-            if e["payload"].get("eventKey") in self.earnings and (member := state.find_member(e["subject"] or "")):
-                earned[member["id"]] += sum(float(r.get("points", 0)) for r in state.reactions.get(e["id"], []))
+        for key, e in self._by_key().items():
+            if key in self.earnings and (member := state.find_member(e["subject"] or "")):
+                earned[member["id"]] += self._eventual(e)
         return earned
+
+    def _owing(self) -> dict[str, float]:
+        """Points the engine's held (late) reactions will still move, per member."""
+        state = self.sim.state
+        owing = dict.fromkeys(self.start, 0.0)
+        for event_id, _ in list(self.held_reactions):
+            event = state.events[event_id]
+            if event["subject"] in owing:
+                owing[event["subject"]] += self._eventual(event)
+        return owing
+
+    def _never_taken(self) -> dict[str, float]:
+        """Spends a till was told landed that the engine recorded and never applied (its redemption
+        reactor missing): the till counted them, the engine moved nothing.  Not those a void held (the
+        till was told those are as good as given back)."""
+        never = dict.fromkeys(self.start, 0.0)
+        by_key = self._by_key()
+        for key in self.told_spends - self.held:
+            event = by_key.get(key)
+            if event is not None and event["subject"] in never and not self._eventual(event):
+                never[event["subject"]] += float(event["payload"]["points"])
+        return never
 
     def _reactions_applied(self) -> bool:
         state = self.sim.state
+        held = {event_id for event_id, _ in list(self.held_reactions)}
         return all(
-            state.reactions[e["id"]] or not e["subject"] or not state.points_for(e["type"], e["payload"])
-            for e in state.events.values()
+            e["id"] in self.applied
+            or e["id"] in held
+            or not e["subject"]
+            or not state.points_for(e["type"], e["payload"])
+            for e in list(state.events.values())
         )
 
     def _owed(self) -> tuple[dict[str, float], set[str]]:
-        """Outcomes the tills still owe a verdict on: points that landed, and vouchers whose burn is
-        owed or held for a supervisor (unverifiable)."""
-        landed = {e["payload"].get("eventKey") for e in self.sim.state.ledger.events}
+        """Outcomes the tills still owe a verdict on: points that landed (at what the engine applied),
+        and vouchers whose burn is owed or held for a supervisor (unverifiable)."""
+        by_key = self._by_key()
         points = dict.fromkeys(self.start, 0.0)
         codes: set[str] = set()
         for h in self.tills.values():
             store = h.loyalty.checkouts
             for d in store.deduction_intents.owed():
-                if d.event_key in landed:
-                    points[self.spender.get(d.tx_id) or self.member_of[d.tx_id]] -= d.points
+                if d.event_key in by_key:
+                    points[self.spender.get(d.tx_id) or self.member_of[d.tx_id]] += self._eventual(by_key[d.event_key])
             codes |= {b.code for b in store.burn_intents.where("state IN ('unknown', 'unverifiable', 'sending')")}
         return points, codes
 
@@ -552,14 +680,22 @@ class MoneyMachine(RuleBasedStateMachine):
         state = self.sim.state
         queued = self._queued_effect()
         earned = self._earned()
+        owing = self._owing()
+        never_taken = self._never_taken()
         owed_points, owed_codes = self._owed()
         for member, start in self.start.items():
-            engine = float(state.members[member]["pointsBalance"])
-            expected = start + self.told[member] + earned[member] + owed_points[member]
+            engine = float(state.members[member]["pointsBalance"]) + owing[member]
+            expected = start + self.told[member] + earned[member] + owed_points[member] + never_taken[member]
             assert engine + queued[member] == expected, (member, engine, queued[member], earned[member])
         for tx in self.voided:  # a void gives back every point the till was told the sale took
             assert self.by_sale.get(tx, 0) == 0, (tx, self.by_sale[tx])
         assert state.ledger.duplicates() == {}
+        # A refund reverses a deduction the engine applied (or will: late), once: never one it never took.
+        by_key = self._by_key()
+        reversed_keys = Counter(e["payload"].get("reverses") for e in by_key.values() if e["payload"].get("reverses"))
+        for key, times in reversed_keys.items():
+            assert times == 1, ("refunded twice", key)
+            assert key in by_key and self._eventual(by_key[key]), ("a refund of a deduction never taken", key)
         # Every completed sale's earning is in the engine (once: duplicates above) or still queued.
         landed = {e["payload"].get("eventKey") for e in state.ledger.events}
         queued_keys = {r.event_key for h in self.tills.values() for r in h.store.rows() if r.state != "delivered"}

@@ -10,17 +10,50 @@ member it used (``engine.dialect_file``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tillplug.engine.models import EventDefinition, new_event_key, reactor_points
-from tillplug.errors import TillplugError
+from tillplug.engine.models import EventDefinition, new_event_key, points_of, reactor_points
+from tillplug.errors import EngineAuthError, TillplugError
 
 if TYPE_CHECKING:
     from tillplug.config.model import EventTypes
     from tillplug.engine.client import EngineClient
 
+log = logging.getLogger(__name__)
 OK, MISSING, RATE_DIFFERS, UNKNOWN = "ok", "missing", "rate_differs", "unknown"
+# Reactions shapes engine-check saw listed promptly after a spend (the dialect file's ``reactions``).
+PROMPT_REACTIONS = ("flat", "nested")
+# ... and listed at all, if late: only such an engine can show a deduction never applied.
+LISTED_REACTIONS = (*PROMPT_REACTIONS, "delayed")
+
+
+async def applied_within(client: EngineClient, event_id: str, seconds: float, first_pause: float = 0.1) -> bool | None:
+    """Whether the engine shows ``event_id``'s points reaction within ``seconds``: True once it does;
+    False if it answered, to the end, that it has not; None if no read answered.
+
+    What every give-back of a deduction asks first (a void, a deduction landed on a closed sale,
+    a crash's refund-if-it-landed): a deduction the engine never applied (a missing or conditional
+    redemption reactor) is never refunded, or the refund would invent points."""
+    deadline = time.monotonic() + seconds
+    answered, pause = False, first_pause
+    while True:
+        try:
+            if points_of(await client.event_reactions(event_id)) != 0:
+                return True
+            answered = True
+        except EngineAuthError:
+            raise
+        except TillplugError as exc:
+            log.info("reactions of %s unreadable (%s)", event_id, exc.code)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False if answered else None
+        await asyncio.sleep(min(pause, left))
+        pause = min(0.5, pause * 2)
 
 
 @dataclass(frozen=True)
@@ -101,11 +134,14 @@ def reactor_problems(verdicts: list[ReactorVerdict]) -> dict[str, str]:
 
 
 __all__ = [
+    "LISTED_REACTIONS",
     "MISSING",
     "OK",
+    "PROMPT_REACTIONS",
     "RATE_DIFFERS",
     "UNKNOWN",
     "ReactorVerdict",
+    "applied_within",
     "check_reactors",
     "reactor_events",
     "reactor_problems",

@@ -16,18 +16,14 @@ from tillplug.engine.models import EventDefinition, Order, OrderLine, reactor_po
 from tillplug.errors import InvalidRequest, TillplugError, VouchersNotTendered, VouchersPending
 from tillplug.flows.answers import Completed, Voided
 from tillplug.flows.book import ADDED_IF_VALID, CheckoutBook
-from tillplug.flows.checkouts import Checkout, Deduction
+from tillplug.flows.checkouts import Checkout
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import State
-from tillplug.flows.points import Points
+from tillplug.flows.points import HELD_MESSAGE, Points, Shown
 from tillplug.money import CURRENCY_EXPONENTS
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
-HELD_MESSAGE = (
-    "{points} points were not given back: the loyalty service shows them never taken (its redemption "
-    "reactor may be missing). Tell a technician; the member's balance is as before the sale."
-)
 
 
 @dataclass(frozen=True)
@@ -163,13 +159,13 @@ class Completion:
         async with ctx.checkout_locks.hold(tx_id):
             checkout = ctx.open(tx_id)
             deductions = ctx.store.deductions(tx_id)
-            taken, held = await self.points.shown_applied([d for d in deductions if d.state == State.LANDED])
+            shown = await self.points.shown_applied([d for d in deductions if d.state == State.LANDED])
             pending = sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed)
             checkout.state = "voided"
-            await ctx.db(self._void, checkout, taken)
+            await ctx.db(self._void, checkout, shown)
             self.book.closed(checkout)
-        refunded = sum(d.points for d in taken) if checkout.member else 0
-        if taken:
+        refunded = shown.given if checkout.member else 0
+        if refunded or shown.held:
             ctx.wake_outbox()
         burns = ctx.store.burns(tx_id)
         result = Voided(
@@ -181,8 +177,8 @@ class Completion:
             pointsPending=pending,
             vouchersPending=[b.code for b in burns if b.awaiting_verdict],
         )
-        if held:  # the engine shows these points never taken: giving them back would invent points
-            result.pointsHeld = sum(d.points for d in held)
+        if shown.held:  # the engine shows these points never taken: giving them back would invent points
+            result.pointsHeld = sum(d.points for d in shown.held)
             result.message = HELD_MESSAGE.format(points=result.pointsHeld)
         ctx.events.publish("checkout_voided", result.event_data(), lane=checkout.lane)
         kept = [v.name or v.code for v in checkout.vouchers if v.burned]
@@ -192,23 +188,10 @@ class Completion:
             )
         return result
 
-    def _void(self, checkout: Checkout, taken: list[Deduction]) -> None:
-        """Refunds for every landed deduction and the voided checkout: one transaction."""
+    def _void(self, checkout: Checkout, shown: Shown) -> None:
+        """Refunds for every landed deduction (``Points.queue_refunds``) and the voided checkout: one transaction."""
         ctx = self.ctx
         with ctx.store.transaction() as tx:
             if checkout.member is not None:
-                for d in taken:
-                    refund = ctx.event(
-                        ctx.config.engine.event_types.points_refund,
-                        checkout.member,
-                        {"transactionId": checkout.tx_id, "points": d.points, "reverses": d.event_key},
-                    )
-                    ctx.outbox.enqueue(
-                        tx,
-                        kind="event",
-                        stream=checkout.tx_id,
-                        body=refund.body(),
-                        event_key=refund.payload["eventKey"],
-                    )
-                    ctx.store.deduction_intents.set(tx, d.event_key, State.REFUNDED)
+                self.points.queue_refunds(tx, checkout.tx_id, checkout.member, shown)
             ctx.store.save(tx, checkout)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from tillplug.engine.client import EngineClient
 from tillplug.engine.models import EventDefinition, points_of, reactor_points
+from tillplug.engine.reactors import LISTED_REACTIONS, PROMPT_REACTIONS, applied_within
 from tillplug.errors import (
     CheckoutConflict,
     EngineAuthError,
@@ -35,14 +37,11 @@ from tillplug.flows.context import FlowContext
 from tillplug.flows.finality import GIVE_BACK, KEEP, Finality, Verdict, wait_applied
 from tillplug.flows.intents import Finding, IntentTable, Outcome, State, write_outcome
 from tillplug.money import points_to_money
+from tillplug.outbox.store import Tx
 from tillplug.receipts import templates
 
 log = logging.getLogger(__name__)
 FIRST_CONFIRM_DELAY = 0.1  # seconds before the first confirming read; doubled before each next one
-# Reactions shapes engine-check saw listed promptly after a spend (the dialect file's ``reactions``).
-PROMPT_REACTIONS = ("flat", "nested")
-# ... and listed at all, if late.
-LISTED_REACTIONS = (*PROMPT_REACTIONS, "delayed")
 # How long tender (or complete) waits for the engine to show a sale's deduction applied: reactions
 # take "almost instant to a few seconds".
 FINAL_WAIT = 5.0
@@ -50,6 +49,11 @@ FINAL_BUDGET = 10.0  # seconds all of tender's reads may take together
 NOT_APPLIED = (
     "The loyalty service accepted a points deduction but has not shown it applied; "
     "its redemption reactor may be missing or conditional. Tell a technician."
+)
+HELD_MESSAGE = (
+    "{points} points were not given back: the loyalty service shows them never taken (its redemption "
+    "reactor may be missing). Tell a technician; the member's balance is as before the sale (if the "
+    "service takes them after all, tillplug gives them back then)."
 )
 GIVEN_BACK = (
     "The member's points were spent at another till at the same moment; these points were given back. "
@@ -87,25 +91,18 @@ async def event_finding(client: EngineClient, event_key: str, since: float | Non
     return Finding(lookup.outcome, absent=lookup.outcome is Outcome.NOT_LANDED)
 
 
-async def applied_within(client: EngineClient, event_id: str, seconds: float | None = None) -> bool | None:
-    """Whether the engine shows ``event_id``'s points reaction within ``seconds`` (``FINAL_WAIT``):
-    True once it does; False if it answered, to the end, that it has not; None if no read answered."""
-    deadline = time.monotonic() + (FINAL_WAIT if seconds is None else seconds)
-    answered, pause = False, FIRST_CONFIRM_DELAY
-    while True:
-        try:
-            if points_of(await client.event_reactions(event_id)) != 0:
-                return True
-            answered = True
-        except EngineAuthError:
-            raise
-        except TillplugError as exc:
-            log.info("reactions of %s unreadable (%s)", event_id, exc.code)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False if answered else None
-        await asyncio.sleep(min(pause, left))
-        pause = min(0.5, pause * 2)
+@dataclass(frozen=True)
+class Shown:
+    """A closed sale's landed deductions by what the engine shows (``Points.shown_applied``)."""
+
+    taken: Sequence[Deduction] = ()  # shown applied (or the engine cannot show at all): refunded at once
+    held: Sequence[Deduction] = ()  # shown never applied: not given back (refunded if applied after all)
+    unsure: Sequence[Deduction] = ()  # not shown now: given back, refunded once shown applied
+
+    @property
+    def given(self) -> int:
+        """Points the till is told were given back."""
+        return sum(d.points for d in (*self.taken, *self.unsure))
 
 
 def _what(exc: BaseException) -> str:
@@ -295,8 +292,7 @@ class Points:
                 # Landed.  Re-check the checkout: a deduction on a sale no longer open goes straight back.
                 checkout = ctx.checkout(tx_id)
                 if checkout.state != "open":
-                    await ctx.db(self._refund, tx_id, [self._landed(key, tx_id, points, money)], member)
-                    raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
+                    await self._closed_meanwhile(tx_id, self._landed(key, tx_id, points, money), member)
                 # The outcome is committed while the confirming reads are out, and before the till is
                 # told or the deduction's state is written again.
                 landed = asyncio.ensure_future(ctx.db(ctx.store.deduction_intents.settle, key, State.LANDED))
@@ -342,6 +338,13 @@ class Points:
                 ),
             )
         return result
+
+    async def _closed_meanwhile(self, tx_id: str, landed: Deduction, member: Member) -> NoReturn:
+        """The deduction landed on a sale closed under the spend: given back by the void's rule."""
+        if await self.give_back(tx_id, [landed], member):
+            held = HELD_MESSAGE.format(points=landed.points)
+            raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile. {held}")
+        raise CheckoutConflict(f"Checkout {tx_id} was closed meanwhile; the points were given back.")
 
     async def _available_with_intent(self, member: Member, intent_row: Deduction) -> float:
         """The member's points less this till's unseen deductions, re-read right before reporting,
@@ -518,54 +521,88 @@ class Points:
 
     # -- refunds -------------------------------------------------------------------------
 
-    async def shown_applied(self, deductions: list[Deduction]) -> tuple[list[Deduction], list[Deduction]]:
-        """Of a sale's landed deductions, (those a void gives back, those it holds).
+    async def shown_applied(self, deductions: list[Deduction]) -> Shown:
+        """A sale's landed deductions by what the engine shows of them (``Shown``): what a void, or any
+        give-back of a sale closed without them, refunds, holds, or refunds once the engine shows.
 
         Held: the engine lists reactions (engine-check saw them), lists the deduction, and answers
         within ``FINAL_WAIT`` that it is not applied — a missing or conditional redemption reactor
-        took nothing, and refunding it would invent points.  A deduction tender found applied is
-        given back at once; where the engine cannot show (it lists no reactions, a read fails, the
-        deduction is not among its latest events) the refund is queued as before: a deduction the
-        member may have paid for is never kept on a failed read.
+        took nothing, and refunding it would invent points.  A deduction tender found applied, or
+        shown applied now, is given back at once.  Where the engine lists reactions but cannot show
+        now (a read fails, the deduction is not among its latest events) it is given back too, but
+        its refund waits in the outbox for the engine to show it applied: a deduction the member may
+        have paid for is never kept on a failed read, and one never taken is never refunded.
         """
         client = self.ctx.client
-        unsure = [d for d in deductions if not d.final]
-        if not unsure or client.dialect.reactions not in LISTED_REACTIONS:
-            return deductions, []
+        asked = [d for d in deductions if not d.final]
+        if not asked or client.dialect.reactions not in LISTED_REACTIONS:
+            return Shown(taken=deductions)
         try:
             async with asyncio.timeout(FINAL_BUDGET):
-                listed = await self.finality().find([d.event_key for d in unsure])
-                shown = [d for d in unsure if d.event_key in listed]
-                applied = await asyncio.gather(*(applied_within(client, listed[d.event_key].id) for d in shown))
+                listed = await self.finality().find([d.event_key for d in asked])
+                shown = [d for d in asked if d.event_key in listed]
+                applied = await asyncio.gather(
+                    *(applied_within(client, listed[d.event_key].id, FINAL_WAIT, FIRST_CONFIRM_DELAY) for d in shown)
+                )
         except (TillplugError, TimeoutError) as exc:
             log.info("void: whether the engine applied its deductions is unreadable (%s); refunded", _what(exc))
-            return deductions, []
-        never = {d.event_key for d, seen in zip(shown, applied, strict=True) if seen is False}
-        if never:
+            return Shown(taken=[d for d in deductions if d.final], unsure=asked)
+        seen = {d.event_key: was for d, was in zip(shown, applied, strict=True)}
+        if False in seen.values():
             self.problems["deduction_not_applied"] = NOT_APPLIED
-        return [d for d in deductions if d.event_key not in never], [d for d in deductions if d.event_key in never]
+        return Shown(
+            taken=[d for d in deductions if d.final or seen.get(d.event_key) is True],
+            held=[d for d in deductions if not d.final and seen.get(d.event_key) is False],
+            unsure=[d for d in deductions if not d.final and seen.get(d.event_key) is None],
+        )
 
     def _refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
-        """Queue a refund for each landed deduction and mark it refunded: one transaction (sync: off-loop)."""
-        ctx = self.ctx
-        total = 0
-        with ctx.store.transaction() as tx:
-            for d in deductions:
-                refund = ctx.event(
-                    ctx.config.engine.event_types.points_refund,
-                    member,
-                    {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
-                )
-                ctx.outbox.enqueue(
-                    tx, kind="event", stream=tx_id, body=refund.body(), event_key=refund.payload["eventKey"]
-                )
-                ctx.store.deduction_intents.set(tx, d.event_key, State.REFUNDED)
-                total += d.points
-        ctx.wake_outbox()
+        """Queue a refund for each deduction (``queue_refunds``): one transaction (sync: off-loop)."""
+        return self._give(tx_id, Shown(taken=deductions), member)
+
+    def _give(self, tx_id: str, shown: Shown, member: Member) -> int:
+        with self.ctx.store.transaction() as tx:
+            total = self.queue_refunds(tx, tx_id, member, shown)
+        self.ctx.wake_outbox()
         return total
+
+    def queue_refunds(self, tx: Tx, tx_id: str, member: Member, shown: Shown) -> int:
+        """In the caller's transaction, a refund for each landed deduction of ``shown``: sent at once
+        for those taken (marked refunded); for those unsure (marked refunded) and those held (left
+        landed), sent only once the engine shows the deduction applied, or cannot show
+        (``requires_key``: the outbox waits for that; shown never applied, it is not needed).
+        The points given back now (taken and unsure)."""
+        ctx = self.ctx
+        waits = {d.event_key for d in (*shown.held, *shown.unsure)}
+        held = {d.event_key for d in shown.held}
+        for d in (*shown.taken, *shown.unsure, *shown.held):
+            refund = ctx.event(
+                ctx.config.engine.event_types.points_refund,
+                member,
+                {"transactionId": tx_id, "points": d.points, "reverses": d.event_key},
+            )
+            ctx.outbox.enqueue(
+                tx,
+                kind="event",
+                stream=tx_id,
+                body=refund.body(),
+                event_key=refund.payload["eventKey"],
+                requires_key=d.event_key if d.event_key in waits else None,
+                requires_since=(d.created or None) if d.event_key in waits else None,
+            )
+            ctx.store.deduction_intents.set(tx, d.event_key, State.LANDED if d.event_key in held else State.REFUNDED)
+        return shown.given
 
     async def refund(self, tx_id: str, deductions: list[Deduction], member: Member) -> int:
         return await self.ctx.db(self._refund, tx_id, deductions, member)
+
+    async def give_back(self, tx_id: str, deductions: list[Deduction], member: Member) -> list[Deduction]:
+        """Give back landed deductions of a sale closed without them, by the void's rule
+        (``shown_applied``); those held (shown never applied: left landed, health says why, refunded
+        only if the engine applies them after all) are returned."""
+        shown = await self.shown_applied(deductions)
+        await self.ctx.db(self._give, tx_id, shown, member)
+        return list(shown.held)
 
 
 class DeductionIntents:
@@ -608,9 +645,11 @@ class DeductionIntents:
         return self._told(d, Outcome.LANDED, d.money)
 
     async def landed_closed(self, d: Deduction, checkout: Checkout, finding: Finding) -> dict[str, Any]:
-        """Landed on a sale that closed without it: the member gets the points back."""
+        """Landed on a sale that closed without it: the member gets the points back, as a void gives
+        them back (held if the engine shows them never taken: a refund would invent them)."""
         assert checkout.member is not None
-        await self.points.refund(d.tx_id, [d], checkout.member)
+        if await self.points.give_back(d.tx_id, [d], checkout.member):
+            return self._told(d, "held", 0) | {"message": HELD_MESSAGE.format(points=d.points)}
         return self._told(d, State.REFUNDED, 0)
 
     async def cannot_tell(self, d: Deduction, checkout: Checkout, finding: Finding) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from tillplug.engine.models import points_of
+from tillplug.engine.reactors import LISTED_REACTIONS
 from tillplug.errors import (
     CheckoutConflict,
     CheckoutNotFound,
@@ -57,7 +58,6 @@ from tillplug.flows.checkouts import Checkout, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import State
 from tillplug.flows.locks import KeyedLocks
-from tillplug.flows.points import LISTED_REACTIONS
 from tillplug.outbox.store import Row
 from tillplug.receipts import templates
 

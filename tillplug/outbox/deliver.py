@@ -33,6 +33,7 @@ from tillplug.engine.client import EngineClient
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, EventDefinition, Order
 from tillplug.engine.outcome import Outcome
+from tillplug.engine.reactors import LISTED_REACTIONS, applied_within
 from tillplug.engine.traffic import OUTBOX, Traffic, use_case
 from tillplug.errors import (
     EngineAuthError,
@@ -53,6 +54,11 @@ AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
 UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
 IN_FLIGHT = "in_flight"  # last_error of a row waiting out the in-flight window of what it looked for
 PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
+# How long after the send of a write a reversal reverses the engine may still apply it: reactions
+# take "almost instant to a few seconds"; past this it surely has (tillplug.flows.points.UNSEEN_FOR).
+REVERSAL_WINDOW = 60.0
+REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
+NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
 
 
 def unsendable(row: Row) -> str | None:
@@ -100,6 +106,7 @@ class Deliverer:
             self.pacer.traffic.on_interactive_ok = self._cashier_answered
         self.delivered = 0
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
+        self.reversals_not_applied = 0  # reversals not sent: what they reverse moved no points
 
     def wake(self) -> None:
         """A row was added: look now instead of at the next timer."""
@@ -196,10 +203,43 @@ class Deliverer:
             await self._hold(row, reversed_key, reversed_write)
             return True
         if reversed_write.outcome is Outcome.LANDED:
-            return False  # it landed: the reversal is sent
+            return await self._waits_for_applied(row, reversed_key, reversed_write)
         if await self._still_in_flight(row, reversed_key):
             return True
         note = "not needed: the write it reverses never reached the engine"
+        await asyncio.to_thread(self.store.delivered, row.id, note=note)
+        return True
+
+    async def _waits_for_applied(self, row: Row, key: str, reversed_write: Lookup) -> bool:
+        """What a reversal reverses landed: it is sent once the engine may have applied it.
+
+        Where the engine lists reactions and shows the reversed write moved no points (a deduction a
+        missing or conditional redemption reactor never applied, or one applied late), the reversal
+        waits, looked up again, until ``REVERSAL_WINDOW`` after that write's send; then it is not
+        needed: refunding what was never taken would invent points.  The void's rule: anything the
+        engine cannot show (no reactions listed, no id, a read failing) sends the reversal.
+        """
+        engine_id = reversed_write.engine_id
+        if row.kind != "event" or self.client.dialect.reactions not in LISTED_REACTIONS:
+            return False
+        if not engine_id or engine_id == "found":  # an engine that names no id: its reactions cannot be read
+            return False
+        if await applied_within(self.client, engine_id, 0) is not False:
+            return False  # applied, or it cannot tell: sent
+        wait = self.client.in_flight.remaining(key, REVERSAL_WINDOW)
+        if wait > 0:
+            at = self.clock() + min(wait, REVERSAL_RECHECK)
+            await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=NOT_APPLIED, needs_lookup=False)
+            return True
+        log.error(
+            "outbox: row %d (%s) not sent: the engine shows the write it reverses (eventKey %s) never applied; "
+            "its redemption reactor may be missing (tillplug engine-check)",
+            row.id,
+            row.body.get("type"),
+            key,
+        )
+        self.reversals_not_applied += 1
+        note = "not needed: the engine shows the write it reverses moved no points"
         await asyncio.to_thread(self.store.delivered, row.id, note=note)
         return True
 
