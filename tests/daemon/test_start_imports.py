@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.daemon.test_daemon_ops import daemon_config, free_port
 from tillplug.commands.virtual.printer import FakeNetworkPrinter
 from tillplug.commands.virtual.till import VirtualScanner
@@ -48,16 +50,21 @@ THIRD_PARTY_AT_START = {
 
 RUN = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import asyncio, gc, json, os, signal, sys
     out, config = sys.argv[1], sys.argv[2]
     from tillplug.daemon import systemd
     notify = systemd.notify
+
+    def after_ready(collector_at_ready):
+        with open(out + ".gc", "w") as f:
+            json.dump({"at_ready": collector_at_ready, "after": gc.isenabled(), "frozen": gc.get_freeze_count()}, f)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def at_ready(message):
         if "READY=1" in message and not os.path.exists(out):
             with open(out, "w") as f:
                 json.dump(sorted(sys.modules), f)
-            os.kill(os.getpid(), signal.SIGTERM)
+            asyncio.get_running_loop().call_soon(after_ready, gc.isenabled())
         return notify(message)
 
     systemd.notify = at_ready
@@ -67,7 +74,10 @@ RUN = textwrap.dedent(
 )
 
 
-def test_the_daemon_holds_only_what_its_devices_need_at_ready(tmp_path):
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The daemon's modules at READY=1, and its cyclic collector at READY=1 and just after."""
+    tmp_path = tmp_path_factory.mktemp("start")
     scanner = VirtualScanner(tmp_path / "scanner0")
     out = tmp_path / "modules.json"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -87,8 +97,12 @@ def test_the_daemon_holds_only_what_its_devices_need_at_ready(tmp_path):
     finally:
         notify.close()
         scanner.close()
-    assert out.exists(), run.stderr[-3000:]
-    modules = set(json.loads(out.read_text()))
+    assert out.exists() and (tmp_path / "modules.json.gc").exists(), run.stderr[-3000:]
+    return set(json.loads(out.read_text())), json.loads((tmp_path / "modules.json.gc").read_text())
+
+
+def test_the_daemon_holds_only_what_its_devices_need_at_ready(started):
+    modules, _ = started
     assert "tillplug.daemon.wiring" in modules and "tillplug.drivers.escpos_printer" in modules  # it did start
     held = sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in NOT_AT_START))
     assert held == [], f"imported by READY=1 though this till does not need them: {held}"
@@ -98,3 +112,12 @@ def test_the_daemon_holds_only_what_its_devices_need_at_ready(tmp_path):
         {m.split(".")[0] for m in modules if not m.startswith(("_sysconfigdata_", "_cython_"))} - stdlib - runtime
     )
     assert third_party <= THIRD_PARTY_AT_START, f"new packages at start: {sorted(third_party - THIRD_PARTY_AT_START)}"
+
+
+def test_start_up_runs_without_the_collector_and_freezes_what_it_built(started):
+    """The objects start-up builds live as long as the daemon: no collection while they are built, and
+    none walks them again after READY=1 (they are frozen), with the collector on for what comes next."""
+    _, collector = started
+    assert collector["at_ready"] is False, "start-up ran with the cyclic collector on"
+    assert collector["after"] is True, "the collector stayed off after READY=1"
+    assert collector["frozen"] > 50_000, f"start-up's objects were not frozen ({collector['frozen']})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import threading
@@ -434,6 +435,10 @@ class Daemon:
                 await asyncio.to_thread(spool.driver.render, Receipt("warm-up", []))
             except Exception as exc:  # the first real slip will say what is wrong, with its own error
                 log.debug("printer %s: warm-up render failed: %s", spool.name, exc)
+        if gc.get_freeze_count():  # collect_from_now froze start-up: its leftovers go, what lives stays frozen
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def _start_loops(self) -> None:
         """The daemon's own loops: health, the outbox's delivery, the settler and the outbox alarm."""
@@ -607,6 +612,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
+            collect_from_now()  # start() returns as it says READY=1
             waiter = asyncio.ensure_future(stopping.wait())
             assert self._api_task is not None  # start() returned, so the API is serving
             await asyncio.wait([waiter, self._api_task], return_when=asyncio.FIRST_COMPLETED)
@@ -632,11 +638,23 @@ def _names_the_till(config_path: str) -> bool:
     return isinstance(layers, list) or "till_id" in layers.data or "branch_id" in layers.data
 
 
+def collect_from_now() -> None:
+    """What start-up built (modules, models, the API's routes) lives as long as the daemon: it goes to
+    the collector's permanent generation, so no later full collection walks it again (one would cost
+    tens of milliseconds on the slip that triggers it).  Start-up itself ran without the collector
+    when ``tillplug run`` turned it off (``cmd_run``); it runs from here on.  A daemon inside another
+    process (the tests, the demo) found the collector on and leaves that process's objects alone."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def run_daemon(config_path: str) -> int:
     logs.setup("info")  # enrolment mode logs too; the config's level applies once it is known
     if not _names_the_till(config_path):  # only then enrolment, and the signature library it needs
         from tillplug.daemon.enrolment import enrol_if_needed
 
+        gc.enable()  # an unconfigured till may wait here for days: not without the collector
         enrol_if_needed(config_path)  # an unconfigured till waits here for its enrolment code
     config = load_config(config_path, known_drivers=driver_names())
     logs.setup(config.log_level, member_rules=config.barcodes.member)
