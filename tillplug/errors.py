@@ -59,6 +59,8 @@ help?*
                 ├── SpendInProgress    another spend on the member did not finish in time (409)
                 ├── DuplicateEvent     an eventKey used with another body or by another till (409)
                 ├── RefundTooLarge     more than is left of the deduction it reverses (422)
+                ├── PointsExceedSale   a return's points move past what the chain reported (422)
+                ├── SaleNotReported    no till of the chain reported that sale, or more than one (404)
                 └── RelayTooLarge      a body over the relay's limit (413)
 
 Messages never contain secrets: errors are built from what was sent and
@@ -92,6 +94,7 @@ __all__ = [
     "MemberOffline",
     "OutcomeUnknown",
     "PermanentError",
+    "PointsExceedSale",
     "PrintJobConflict",
     "PrintJobNotFound",
     "PrintQueueFull",
@@ -106,6 +109,7 @@ __all__ = [
     "RetryableError",
     "ReturnExceedsSale",
     "ReturnIdReused",
+    "SaleNotReported",
     "SpendInProgress",
     "StateDirLocked",
     "StorageError",
@@ -479,6 +483,18 @@ class RefundTooLarge(RelayRefusal):
     code = "refund_exceeds_deduction"
     default_message = "The refund is larger than what is left of the deduction it reverses."
     http_status = 422
+
+
+class PointsExceedSale(RelayRefusal):
+    code = "points_exceed_sale"
+    default_message = "The returns of this sale would move more points than the chain reported for it."
+    http_status = 422
+
+
+class SaleNotReported(RelayRefusal):
+    code = "sale_not_found"
+    default_message = "No till of the chain has reported this sale to the relay."
+    http_status = 404
 
 
 class RelayTooLarge(RelayRefusal):

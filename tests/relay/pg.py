@@ -89,6 +89,33 @@ class Cluster:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def password_role(self, role: str, password: str) -> str:
+        """A role that logs in over TCP with a password only (scram-sha-256), owning a new database: its
+        URL, without the password.  The cluster's other users keep trust authentication."""
+        import psycopg
+
+        hba = self.data / "pg_hba.conf"
+        line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        if line not in hba.read_text():
+            hba.write_text(line + hba.read_text())  # first match wins: before the trust lines
+            self._run("pg_ctl", "-D", str(self.data), "reload")
+        name = f"relay_auth_{int(time.monotonic() * 1e6)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                psycopg.sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    psycopg.sql.Identifier(role), psycopg.sql.Literal(password)
+                )
+            )
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    psycopg.sql.Identifier(name), psycopg.sql.Identifier(role)
+                )
+            )
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{name}"
+
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)

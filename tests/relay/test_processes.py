@@ -395,3 +395,112 @@ def test_two_real_tills_spending_70_percent_of_one_member_at_once_never_both_kee
     finally:
         for till in tills:
             till.close()
+
+
+def test_a_sale_at_one_till_is_returned_half_at_another_and_half_at_its_own_points_exact(chain, tmp_path):
+    """Sale at till A (500 points spent, 25 earned), half returned at till B, the other half at A:
+    every point moves back exactly once, and a further return is refused at either till."""
+    a_relay, b_relay = chain.relays
+    tills = []
+    for name, relay in (("till-a", a_relay), ("till-b", b_relay)):
+        token_file = tmp_path / f"{name}-token"
+        token_file.write_text(chain.enrol(name) + "\n")
+        token_file.chmod(0o600)
+        engine = {"relay_url": relay.url, "relay_token": str(token_file)}
+        tills.append(VirtualTill(tmp_path / name, sim=chain.sim, till_id=name, engine=engine))
+    a, b = tills
+    try:
+        assert a.api.post("/v1/checkouts", json={"transactionId": "SR1", "lane": 1}).status_code == 201
+        assert a.api.put("/v1/checkouts/SR1/member", json={"code": "1000001"}).status_code == 200
+        assert a.api.post("/v1/checkouts/SR1/points", json={"points": 500}).status_code == 200
+        assert a.api.post("/v1/checkouts/SR1/tender", json={}).status_code == 200
+        basket = [{"sku": "SHIRT", "quantity": 2, "amount": 1500}, {"sku": "SOCKS", "quantity": 2, "amount": 1500}]
+        done = a.api.post(
+            "/v1/checkouts/SR1/complete", json={"total": 2500, "basket": basket, "paymentConfirmed": True}
+        )
+        assert done.status_code == 200, done.text
+        wait_until(lambda: any(e["type"] == "TRANSACTION" for e in chain.ledger()["events"]), 30, "no earn")
+
+        shirts = {"returnId": "RB-1", "transactionId": "SR1", "lane": 1, "amount": 1500, "lines": [basket[0]]}
+        at_b = b.api.post("/v1/returns", json=shirts)
+        assert at_b.status_code == 201, at_b.text
+        assert at_b.json()["giveBack"]["points"] == 250 and at_b.json()["returnable"] == 1500
+
+        def taken_back(till, points: int):
+            moves = [e for e in chain.ledger()["events"] if e["type"] == "POINTS_TAKEN_BACK"]
+            return sum(e["points"] for e in moves) == points
+
+        wait_until(lambda: taken_back(b, 15), 60, lambda: f"B's take-back never landed: {chain.ledger()['events']}")
+        socks = {"returnId": "RA-1", "transactionId": "SR1", "lane": 1, "amount": 1500, "lines": [basket[1]]}
+        at_a = a.api.post("/v1/returns", json=socks)
+        assert at_a.status_code == 201, at_a.text
+        assert at_a.json()["returnedSoFar"] == 3000 and at_a.json()["returnable"] == 0
+        assert at_a.json()["giveBack"]["points"] == 250 and at_a.json()["takeBack"]["points"] == 10
+        for till in (a, b):
+            more = {"returnId": "R-MORE", "transactionId": "SR1", "lane": 1, "amount": 100}
+            refused = till.api.post("/v1/returns", json=more)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "return_exceeds_sale"
+
+        def moved_back() -> bool:
+            moves = [e for e in chain.ledger()["events"] if e["type"] in ("POINTS_REFUND", "POINTS_TAKEN_BACK")]
+            return len(moves) == 4
+
+        wait_until(moved_back, 60, lambda: chain.ledger()["events"])
+        time.sleep(2)  # nothing more arrives
+        ledger = chain.ledger()
+        assert ledger["balances"][ALICE] == 1250  # -500 +25, then +250 -15 (at B) and +250 -10 (at A)
+        assert not ledger["duplicates"]
+        assert sorted(e["points"] for e in ledger["events"] if e["type"] == "POINTS_REFUND") == [250, 250]
+    finally:
+        for till in tills:
+            till.close()
+
+
+def test_a_return_taken_while_the_relay_was_away_still_counts_once_it_is_back(chain, tmp_path):
+    """Till A's own sale: a first return while A's relay is away (taken on A's knowledge), then the
+    relay is back: a second return continues the shares, and past the sale is refused at A and at B."""
+    a_relay, b_relay = chain.relays
+    tills = []
+    for name, relay in (("till-a", a_relay), ("till-b", b_relay)):
+        token_file = tmp_path / f"{name}-token"
+        token_file.write_text(chain.enrol(name) + "\n")
+        token_file.chmod(0o600)
+        engine = {"relay_url": relay.url, "relay_token": str(token_file), "max_attempts": 1}
+        tills.append(VirtualTill(tmp_path / name, sim=chain.sim, till_id=name, engine=engine))
+    a, b = tills
+    try:
+        assert a.api.post("/v1/checkouts", json={"transactionId": "SR2", "lane": 1}).status_code == 201
+        assert a.api.put("/v1/checkouts/SR2/member", json={"code": "1000001"}).status_code == 200
+        assert a.api.post("/v1/checkouts/SR2/points", json={"points": 500}).status_code == 200
+        assert a.api.post("/v1/checkouts/SR2/tender", json={}).status_code == 200
+        done = a.api.post("/v1/checkouts/SR2/complete", json={"total": 2500, "paymentConfirmed": True})
+        assert done.status_code == 200, done.text
+        wait_until(lambda: any(e["type"] == "TRANSACTION" for e in chain.ledger()["events"]), 30, "no earn")
+        a_relay.stop()
+        first = a.api.post("/v1/returns", json={"returnId": "R1", "transactionId": "SR2", "lane": 1, "amount": 1500})
+        assert first.status_code == 201, first.text
+        assert first.json()["giveBack"]["points"] == 250
+        chain.relays[0] = RelayProcess(chain.configs[0], a_relay.port, tmp_path / "relay-a2.log")
+        second = a.api.post("/v1/returns", json={"returnId": "R2", "transactionId": "SR2", "lane": 1, "amount": 1500})
+        assert second.status_code == 201, second.text
+        assert second.json()["giveBack"]["points"] == 250  # the share continues from the first return's
+        assert second.json()["returnedSoFar"] == 3000 and second.json()["returnable"] == 0
+        more = {"returnId": "R3", "transactionId": "SR2", "lane": 1, "amount": 1}
+        at_a = a.api.post("/v1/returns", json=more)
+        assert at_a.status_code == 409 and at_a.json()["error"]["code"] == "return_exceeds_sale", at_a.text
+        # B sees only what the relay was told (the second return: the first was taken while it was
+        # away), so B takes another 15.00; the relay still caps the points moved back at the sale's.
+        at_b = b.api.post("/v1/returns", json={**more, "amount": 1500})
+        assert at_b.status_code == 201, at_b.text
+
+        def given_back() -> int:
+            return sum(e["points"] for e in chain.ledger()["events"] if e["type"] == "POINTS_REFUND")
+
+        wait_until(lambda: given_back() >= 500, 60, lambda: chain.ledger()["events"])
+        time.sleep(3)  # whatever B queued has had its turn at the relay
+        assert given_back() == 500  # never past the 500 points spent on the sale
+        assert not chain.ledger()["duplicates"]
+    finally:
+        for till in tills:
+            till.close()

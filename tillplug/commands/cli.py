@@ -1022,9 +1022,23 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- the command t
     a.add_argument("--config", required=True)
     a.add_argument("--till", required=True)
     a.add_argument("--branch", required=True)
+    a.add_argument(
+        "--print", dest="print_to", metavar="HOST:PORT", help="print the token on an enrolment slip there instead"
+    )
     a = acts.add_parser("revoke", help="revoke a till's token (every relay process refuses it within 5 s)")
     a.add_argument("--config", required=True)
     a.add_argument("--till", required=True)
+    a = acts.add_parser("outbox", help="the relay's outbox rows that need a human: list, retry ID, drop ID --yes")
+    verbs = a.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs.add_parser("list", help="dead rows, unverifiable ones, deliveries tried 10 times").add_argument(
+        "--config", required=True
+    )
+    for verb, help_ in (("retry", "make the row due now"), ("drop", "stop working on the row for good")):
+        v = verbs.add_parser(verb, help=help_)
+        v.add_argument("event_key", metavar="ID")
+        v.add_argument("--config", required=True)
+        if verb == "drop":
+            v.add_argument("--yes", action="store_true", help="yes, drop it")
 
     p = add("install", "install the udev rules and the systemd unit, create the user and folders", cmd_install)
     p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")

@@ -67,6 +67,10 @@ from tillplug.errors import (
     OutcomeUnknown,
     RateLimited,
     RetryableError,
+    ReturnExceedsSale,
+    ReturnIdReused,
+    SaleNotReported,
+    TillplugError,
 )
 from tillplug.identifiers import is_documented_member_id
 
@@ -219,6 +223,8 @@ class EngineClient:
         self.traffic = traffic  # requests by use case; interactive 429s make the outbox yield
         self._secrets = secrets
         self.urls = config.urls()
+        if config.relay_url is not None:  # the relay's own routes (docs/relay.md): a sale of the chain
+            self.urls["relay"] = config.relay_url.rstrip("/") + "/relay/v1"
         self._sleep = sleep
         self._on_call = on_call  # (endpoint, seconds, error code or None): for metrics
         client_id = secrets.client_id.reveal() if secrets.client_id else ""
@@ -549,6 +555,18 @@ class EngineClient:
                 return found, True
         return found, False
 
+    async def relay_sale(self, tx_id: str, return_id: str | None = None) -> Any:
+        """Relay mode: what the chain reported for sale ``tx_id`` (``GET /relay/v1/sales/{tx}``), raw;
+        with ``return_id``, where this till's return of it stands among the sale's returns."""
+        params = {"returnId": return_id} if return_id else None
+        path = f"/sales/{quote(tx_id, safe='')}"
+        return await self._call("GET", path, params=params, endpoint="relay_sale", base="relay")
+
+    async def relay_register_return(self, tx_id: str, body: Mapping[str, Any]) -> Any:
+        """Relay mode: register a return of a chain's sale (idempotent by returnId); the sale, raw."""
+        path = f"/sales/{quote(tx_id, safe='')}/returns"
+        return await self._call("POST", path, json=body, endpoint="relay_returns", base="relay")
+
     async def event_reactions(self, event_id: str) -> list[Reaction]:
         """The reactions applied to an event, read in either shape an engine may use.
 
@@ -863,8 +881,8 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
     if status == 401:  # 401 alone means credentials
         return EngineAuthError(status=status, engine_message=message)
     relay_code = _relay_code(body)
-    if relay_code == "insufficient_points":  # the chain relay's guard (docs/relay.md)
-        return InsufficientPoints(message)
+    if relay_code in RELAY_ERRORS:  # the chain relay's guard and its return caps (docs/relay.md)
+        return RELAY_ERRORS[relay_code](message)
     if relay_code is not None:  # the relay's own refusal of this till: never read as our credentials
         return EngineRejected(f"The relay refused the request: {message}", status=status, engine_message=message)
     if voucher:  # a 403 here is another member's or another venue's voucher, not our credentials
@@ -877,8 +895,22 @@ def _status_error(  # noqa: PLR0911 -- one return per HTTP status class, in the 
     return EngineRejected(text, status=status, engine_message=message)
 
 
+RELAY_ERRORS: dict[str, type[TillplugError]] = {
+    "insufficient_points": InsufficientPoints,
+    "return_exceeds_sale": ReturnExceedsSale,
+    "return_id_reused": ReturnIdReused,
+    "sale_not_found": SaleNotReported,
+}
 RELAY_REFUSALS = frozenset(
-    {"insufficient_points", "forbidden", "spend_in_progress", "duplicate_event", "refund_exceeds_deduction"}
+    {
+        "insufficient_points",
+        "forbidden",
+        "spend_in_progress",
+        "duplicate_event",
+        "refund_exceeds_deduction",
+        "points_exceed_sale",
+        *RELAY_ERRORS,
+    }
 )
 
 

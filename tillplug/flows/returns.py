@@ -2,6 +2,10 @@
 
 ``POST /v1/returns`` names a completed sale by its transaction id.  The sale is read from this
 till's checkouts table: without the relay, a return works only at the till that made the sale.
+With the chain's relay (``engine.relay_url``) every return is registered at the relay first, which
+counts the returns of a sale across the chain's tills; a sale made at another till is read from
+what the chain reported for it (``ChainSale``: its member's id and amounts) and returned the same
+way, its points moves through this till's outbox (docs/relay.md, "Returns at any till").
 
 The rules, all here:
 
@@ -37,11 +41,11 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tillplug.engine.models import points_of
 from tillplug.engine.reactors import LISTED_REACTIONS
@@ -49,15 +53,27 @@ from tillplug.errors import (
     CheckoutConflict,
     CheckoutNotFound,
     EngineAuthError,
+    EngineProtocolError,
     RetryableError,
     ReturnExceedsSale,
     ReturnIdReused,
+    SaleNotReported,
     TillplugError,
 )
 from tillplug.flows.checkouts import Checkout, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import State
 from tillplug.flows.locks import KeyedLocks
+from tillplug.flows.returned import (
+    ChainSale,
+    Policy,
+    ReturnedLine,
+    ReturnRequest,
+    moved_before,
+    past_the_sale,
+    share,
+)
+from tillplug.logs import mask
 from tillplug.outbox.store import Row
 from tillplug.receipts import templates
 
@@ -84,106 +100,16 @@ CREATE TABLE IF NOT EXISTS returns (
 );
 CREATE INDEX IF NOT EXISTS returns_tx ON returns (tx_id);
 """
-Policy = Literal["proportion", "none", "all"]
 # A delivered earn whose reactions show no points yet is believed to earn nothing after this long:
 # reactions take "almost instant to a few seconds" (engine-api.md §5.6).
 EARN_REACTIONS_WITHIN = 60.0
 FIRST_CONFIRM_READ = 0.1  # seconds; doubled up to MAX_CONFIRM_GAP between reads
 MAX_CONFIRM_GAP = 1.0
-QUANTITY_SLACK = 1e-9  # quantities are decimals (1.5 kg): sums of them may be off in the last bit
+NOT_IN_CHAIN = "There is no completed sale {tx!r} on this till, and the chain's relay knows none either: {why}"
 NO_RELAY = (
     "There is no completed sale {tx!r} on this till. Without the relay a return is taken only at the till "
     "that made the sale, within 30 days."
 )
-
-
-def share(policy: Policy, original: int, returned: int, whole: int, already: int) -> int:
-    """The points one return moves: of ``original`` points, the cumulative share of ``returned`` (the
-    amounts returned so far, this return included) over ``whole``, floored, less ``already`` (what the
-    sale's earlier returns moved).  Never negative, never past the original: a whole return moves
-    what is left, and the returns of one sale add up to at most ``original``."""
-    if policy == "none" or original <= 0 or returned <= 0:
-        cumulative = 0
-    elif policy == "all" or whole <= 0 or returned >= whole:
-        cumulative = original
-    else:
-        cumulative = original * returned // whole
-    return max(0, min(original, cumulative) - already)
-
-
-# -- the typed request and answer --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReturnedLine:
-    sku: str
-    quantity: float
-    amount: int  # minor units, the line's total
-
-
-@dataclass(frozen=True)
-class ReturnRequest:
-    return_id: str
-    transaction_id: str
-    lane: int
-    amount: int  # minor units: the returned goods' value at the sale's prices, before the points discount
-    lines: tuple[ReturnedLine, ...] = ()
-
-    def fingerprint(self) -> str:
-        return json.dumps(
-            {
-                "transactionId": self.transaction_id,
-                "lane": self.lane,
-                "amount": self.amount,
-                "lines": [[line.sku, line.quantity, line.amount] for line in self.lines],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-
-
-def _sums(lines: Iterable[ReturnedLine]) -> dict[str, tuple[float, int]]:
-    """Per SKU: the quantity and the amount."""
-    sums: dict[str, tuple[float, int]] = {}
-    for line in lines:
-        quantity, amount = sums.get(line.sku, (0.0, 0))
-        sums[line.sku] = (quantity + line.quantity, amount + line.amount)
-    return sums
-
-
-def past_the_sale(
-    request: ReturnRequest,
-    gross: int,
-    basket: Mapping[str, tuple[float, int]],
-    earlier: Sequence[tuple[int, Sequence[ReturnedLine]]],
-    money: Callable[[int], str],
-) -> str | None:
-    """Why ``request`` would take the sale's returns past the sale (None: it would not).
-
-    ``gross``: the sale's total before the points discount; ``basket``: per SKU, the quantity and
-    amount sold; ``earlier``: the amount and lines of each earlier return.  The amounts together
-    never exceed ``gross``; when the request gives lines, each SKU's quantity and amount never
-    exceed what was sold.
-    """
-    returned = sum(amount for amount, _ in earlier)
-    if returned + request.amount > gross:
-        return (
-            f"Sale {request.transaction_id} was {money(gross)} before the points discount and {money(returned)} "
-            f"of it has been returned: at most {money(max(0, gross - returned))} can be returned, "
-            f"not {money(request.amount)}."
-        )
-    before = _sums(line for _, lines in earlier for line in lines)
-    for sku, (quantity, amount) in _sums(request.lines).items():
-        if sku not in basket:
-            return f"SKU {sku} was not sold in sale {request.transaction_id}."
-        sold_quantity, sold_amount = basket[sku]
-        had_quantity, had_amount = before.get(sku, (0.0, 0))
-        if had_quantity + quantity > sold_quantity + QUANTITY_SLACK or had_amount + amount > sold_amount:
-            return (
-                f"SKU {sku}: {sold_quantity:g} sold for {money(sold_amount)}, {had_quantity:g} returned for "
-                f"{money(had_amount)}; {quantity:g} for {money(amount)} more is past what was sold."
-            )
-    return None
 
 
 class Answer(BaseModel):
@@ -285,6 +211,34 @@ class Sale:
     gross: int  # total before the points discount: paid + the money of the points spent
     basket: dict[str, tuple[float, int]]  # sku -> (quantity, amount) sold
     earn: Row | None  # the sale's earning write in the outbox
+    # Relay mode: what the chain reported for the sale, the returns of every till counted; None
+    # without a relay (or while it could not be asked: then this till's own returns only).
+    chain: ChainSale | None = None
+
+    @property
+    def earn_key(self) -> str | None:
+        if self.earn is not None:
+            return self.earn.event_key
+        return self.chain.earn.eventKey if self.chain is not None else None
+
+    def returned_before(self, own: Sequence[ReturnRecord]) -> list[tuple[int, Sequence[ReturnedLine]]]:
+        """The amount and lines of the sale's earlier returns: the chain's, or this till's ``own``.
+
+        In relay mode, this till's own returns the relay never heard of (taken while it was away)
+        come first: they were taken before the relay could count them."""
+        if self.chain is not None:
+            return [*self.unregistered(own), *self.chain.before()]
+        return self.returned_before_own(own)
+
+    @staticmethod
+    def returned_before_own(own: Sequence[ReturnRecord]) -> list[tuple[int, Sequence[ReturnedLine]]]:
+        return [(r.amount, r.lines) for r in own]
+
+    def unregistered(self, own: Sequence[ReturnRecord]) -> list[tuple[int, Sequence[ReturnedLine]]]:
+        if self.chain is None:
+            return []
+        known = self.chain.mine()
+        return [(r.amount, r.lines) for r in own if r.return_id not in known]
 
 
 @dataclass(frozen=True)
@@ -332,6 +286,44 @@ class Returns:
         )
         return self.ctx.outbox.by_key(str(found[0][0])) if found else None
 
+    async def _sale_of(self, tx_id: str, lane: int, chain: ChainSale | None) -> Sale:
+        """The sale from this till's checkouts, or else (relay mode) from what the chain reported."""
+        if await self.ctx.db(self.ctx.store.get, tx_id) is not None or chain is None:
+            sale = await self.ctx.db(self._sale, tx_id)
+            return Sale(sale.checkout, sale.paid, sale.spent, sale.gross, sale.basket, sale.earn, chain)
+        member = Member(id=chain.member, auth_identifier=None, masked=mask(chain.member)) if chain.member else None
+        checkout = Checkout(tx_id=tx_id, lane=lane, state="completed", member=member, total=chain.paid)
+        return Sale(checkout, chain.paid, chain.spent, chain.gross, chain.basket_sums(), None, chain)
+
+    async def _chain(self, tx_id: str, return_id: str, register: ReturnRequest | None = None) -> ChainSale | None:
+        """Relay mode: the sale as the chain reported it, with ``register`` first registered there (the
+        chain's caps, every till's returns counted).  None without a relay, and for this till's own
+        sale when the relay cannot be asked or does not know it yet: then its own returns count."""
+        ctx = self.ctx
+        if ctx.config.engine.relay_url is None:
+            return None
+        local = await ctx.db(ctx.store.get, tx_id) is not None
+        try:
+            if register is not None:
+                lines = [{"sku": x.sku, "quantity": x.quantity, "amount": x.amount} for x in register.lines]
+                body = {"returnId": return_id, "amount": register.amount, "lines": lines}
+                raw = await ctx.client.relay_register_return(tx_id, body)
+            else:
+                raw = await ctx.client.relay_sale(tx_id, return_id)
+            chain = _chain_sale(raw)
+        except SaleNotReported as exc:
+            if local:
+                return None
+            raise CheckoutNotFound(NOT_IN_CHAIN.format(tx=tx_id, why=exc.message)) from None
+        except (RetryableError, EngineAuthError, EngineProtocolError) as exc:
+            if local:
+                log.warning("return of %s: the relay could not be asked (%s); this till's returns only", tx_id, exc)
+                return None
+            raise
+        if chain.registered is None and local:
+            return None  # taken here while the relay was away: it was counted by this till alone
+        return chain
+
     def _sale(self, tx_id: str) -> Sale:
         ctx = self.ctx
         checkout = ctx.store.get(tx_id)
@@ -373,36 +365,51 @@ class Returns:
                 )
             if found is not None and found.answer is not None:
                 return ReturnAnswer.model_validate_json(found.answer)
+            sale = None
             if found is None:
                 async with ctx.checkout_locks.hold(request.transaction_id):
-                    await self._take(request)
+                    sale = await self._take(request)
                 self._any_waiting = self._any_waiting or bool(await ctx.db(self.waiting))
                 ctx.wake_outbox()
             # Also after a crash between the commit and the answer: the first answer is made now.
-            return await self._answer_once(request.return_id)
+            return await self._answer_once(request.return_id, sale)
 
-    async def _take(self, request: ReturnRequest) -> None:
+    async def _take(self, request: ReturnRequest) -> Sale:
         ctx = self.ctx
-        sale = await ctx.db(self._sale, request.transaction_id)
+        if ctx.config.engine.relay_url is not None and await ctx.db(ctx.store.get, request.transaction_id) is not None:
+            # This till's own sale: refused on what this till knows before the relay counts the return.
+            own = await ctx.db(self.records, request.transaction_id)
+            self._check_caps(request, await ctx.db(self._sale, request.transaction_id), Sale.returned_before_own(own))
+        chain = await self._chain(request.transaction_id, request.return_id, register=request)
+        sale = await self._sale_of(request.transaction_id, request.lane, chain)
         earlier = await ctx.db(self.records, request.transaction_id)
-        self._check_caps(request, sale, earlier)
+        before = sale.returned_before(earlier)
+        self._check_caps(request, sale, before)
         member = sale.checkout.member
-        returned = sum(r.amount for r in earlier) + request.amount
+        returned_before = sum(amount for amount, _ in before)
+        returned = returned_before + request.amount
+        policies = ctx.config.returns
         give = 0
         if member is not None:
-            give = share(
-                ctx.config.returns.give_back, sale.spent, returned, sale.gross, sum(r.give_back for r in earlier)
-            )
+            if sale.chain is not None:  # the chain's earlier returns moved their shares, whichever till took them
+                already = moved_before(policies.give_back, sale.spent, returned_before, sale.gross)
+            else:
+                already = sum(r.give_back for r in earlier)
+            give = share(policies.give_back, sale.spent, returned, sale.gross, already)
         if member is None:
             plan = TakeBackPlan("none", earned=0)
-        elif any(r.take_back_state == "waiting" for r in earlier):
+        elif sale.chain is None and any(r.take_back_state == "waiting" for r in earlier):
             plan = TakeBackPlan("waiting", reason="an earlier return of this sale is still waiting")
         else:
-            plan = await self._plan_take_back(sale, member, earlier, returned, give, earlier)
+            plan = await self._plan_take_back(
+                sale, member, earlier, returned, give, earlier, returned_before=returned_before
+            )
         await ctx.db(self._commit, request, sale, give, plan)
+        return sale
 
-    def _check_caps(self, request: ReturnRequest, sale: Sale, earlier: Sequence[ReturnRecord]) -> None:
-        before = [(r.amount, r.lines) for r in earlier]
+    def _check_caps(
+        self, request: ReturnRequest, sale: Sale, before: Sequence[tuple[int, Sequence[ReturnedLine]]]
+    ) -> None:
         refusal = past_the_sale(request, sale.gross, sale.basket, before, lambda m: self.ctx.money(m).format())
         if refusal is not None:
             raise ReturnExceedsSale(refusal)
@@ -415,6 +422,8 @@ class Returns:
         returned: int,
         give: int,
         moving: Sequence[ReturnRecord],
+        *,
+        returned_before: int = 0,
     ) -> TakeBackPlan:
         """How many earned points this return takes back, read from the engine (or why it waits).
 
@@ -426,7 +435,10 @@ class Returns:
         earned = await self._earned(sale)
         if earned.state != "known":
             return TakeBackPlan(earned.state, reason=earned.reason)
-        already = sum(r.take_back_due for r in earlier)
+        if sale.chain is not None:  # the chain's earlier returns were due their shares, whichever till took them
+            already = moved_before(cfg.take_back, earned.points, returned_before, sale.paid)
+        else:
+            already = sum(r.take_back_due for r in earlier)
         due = share(cfg.take_back, earned.points, returned, sale.paid, already)
         if due == 0 or cfg.allow_negative_balance:
             return TakeBackPlan("done", earned.points, due, due, earned.reason)
@@ -455,6 +467,9 @@ class Returns:
     async def _earned(self, sale: Sale) -> Earned:
         """The points the engine's reactions show the sale earned."""
         row = sale.earn
+        if row is None and sale.chain is not None:  # another till's sale: the relay read its reactions
+            earn = sale.chain.earn
+            return Earned(earn.state, earn.points, earn.reason, earn.eventKey)
         if row is None:
             return Earned("unverifiable", reason="the sale's earning write is not in this till's outbox")
         if row.state in ("pending", "sending"):
@@ -522,16 +537,16 @@ class Returns:
                         time.time(),
                     ),
                 )
-                self._write_take_back(tx, request.return_id, request.transaction_id, member, plan, sale.earn)
+                self._write_take_back(tx, request.return_id, request.transaction_id, member, plan, sale.earn_key)
         except sqlite3.IntegrityError:  # the same returnId, at the same moment, for another sale
             raise ReturnIdReused(f"returnId {request.return_id} was used for another return.") from None
 
     def _write_take_back(
-        self, tx: Any, return_id: str, tx_id: str, member: Member | None, plan: TakeBackPlan, earn: Row | None
+        self, tx: Any, return_id: str, tx_id: str, member: Member | None, plan: TakeBackPlan, earn_key: str | None
     ) -> None:
         key = None
         if plan.state == "done" and plan.points and member is not None:
-            key = self._enqueue(tx, "taken", member, (tx_id, return_id), points=plan.points, reverses=earn)
+            key = self._enqueue(tx, "taken", member, (tx_id, return_id), points=plan.points, reverses=earn_key)
         tx.execute(
             "UPDATE returns SET take_back_state=?, earned=?, take_back_due=?, take_back=?, take_back_key=?, reason=?"
             " WHERE return_id=?",
@@ -546,14 +561,14 @@ class Returns:
         ids: tuple[str, str],
         *,
         points: int,
-        reverses: Row | None = None,
+        reverses: str | None = None,
     ) -> str:
         """Queue one points move (``ids``: the sale's and the return's); its eventKey."""
         tx_id, return_id = ids
         types = self.ctx.config.engine.event_types
         payload: dict[str, Any] = {"transactionId": tx_id, "returnId": return_id, "points": points}
         if reverses is not None:
-            payload["reverses"] = reverses.event_key
+            payload["reverses"] = reverses
         event = self.ctx.event(types.points_given_back if what == "given" else types.points_taken_back, member, payload)
         key = str(event.payload["eventKey"])
         # The sale's stream: behind its earn (and any refund of it), in the order the returns came.
@@ -561,7 +576,7 @@ class Returns:
         return key
 
     def _commit_take_back(
-        self, record: ReturnRecord, member: Member | None, plan: TakeBackPlan, earn: Row | None
+        self, record: ReturnRecord, member: Member | None, plan: TakeBackPlan, earn_key: str | None
     ) -> None:
         with self.ctx.store.transaction() as tx:
             current = tx.execute(
@@ -569,7 +584,7 @@ class Returns:
             ).fetchone()
             if current is None or current[0] != "waiting":
                 return  # settled meanwhile
-            self._write_take_back(tx, record.return_id, record.tx_id, member, plan, earn)
+            self._write_take_back(tx, record.return_id, record.tx_id, member, plan, earn_key)
 
     def _keep_answer(self, return_id: str, answer: ReturnAnswer) -> None:
         with self.ctx.store.transaction() as tx:
@@ -580,11 +595,11 @@ class Returns:
 
     # -- the answer, once ------------------------------------------------------------------
 
-    async def _answer_once(self, return_id: str) -> ReturnAnswer:
+    async def _answer_once(self, return_id: str, sale: Sale | None = None) -> ReturnAnswer:
         ctx = self.ctx
         record = await ctx.db(self.record, return_id)
         assert record is not None
-        answer = await self._answer(record, wait=ctx.config.returns.confirm_wait)
+        answer = await self._answer(record, wait=ctx.config.returns.confirm_wait, sale=sale)
         await ctx.db(self._keep_answer, return_id, answer)
         ctx.events.publish("return", answer.event(), lane=record.lane)
         if answer.member is not None and ctx.config.receipts.points_slip:
@@ -606,13 +621,22 @@ class Returns:
             member=answer.member,
         )
 
-    async def _answer(self, record: ReturnRecord, *, wait: float) -> ReturnAnswer:
+    async def _record_sale(self, record: ReturnRecord) -> Sale:
+        """The sale a recorded return is of, with the chain's returns in relay mode."""
+        chain = await self._chain(record.tx_id, record.return_id)
+        return await self._sale_of(record.tx_id, record.lane, chain)
+
+    async def _answer(self, record: ReturnRecord, *, wait: float, sale: Sale | None = None) -> ReturnAnswer:
         """The return as it stands, after waiting up to ``wait`` seconds for its points to show applied."""
         ctx = self.ctx
-        sale = await ctx.db(self._sale, record.tx_id)
+        sale = sale or await self._record_sale(record)
         every = await ctx.db(self.records, record.tx_id)
-        upto = every[: [r.return_id for r in every].index(record.return_id) + 1]
-        returned = sum(r.amount for r in upto)
+        if sale.chain is not None:  # every till's returns of the sale
+            extra = sum(amount for amount, _ in sale.unregistered(every))
+            returned, returned_all = sale.chain.returned_upto() + extra, sale.chain.returned() + extra
+        else:
+            upto = every[: [r.return_id for r in every].index(record.return_id) + 1]
+            returned, returned_all = sum(r.amount for r in upto), sum(r.amount for r in every)
         member = sale.checkout.member
         keys = [k for k in (record.give_back_key, record.take_back_key) if k]
         applied = await self._applied(keys, wait)
@@ -633,7 +657,7 @@ class Returns:
             amount=record.amount,
             currency=ctx.config.currency,
             returnedSoFar=returned,
-            returnable=max(0, sale.gross - sum(r.amount for r in every)),
+            returnable=max(0, sale.gross - returned_all),
             pointsEarned=record.earned,
             pointsSpent=sale.spent if member is not None else 0,
             takeBack=TakeBack(
@@ -703,31 +727,52 @@ class Returns:
                 if current is None or current.take_back_state != "waiting":
                     continue
                 try:
-                    sale = await ctx.db(self._sale, record.tx_id)
+                    sale = await self._record_sale(record)
                 except CheckoutNotFound:  # pruned (KEEP_FINISHED_CHECKOUTS) while its earn never showed
                     gone = TakeBackPlan("unverifiable", reason="the sale is no longer kept on this till")
                     await ctx.db(self._commit_take_back, record, None, gone, None)
                     continue
+                except (RetryableError, EngineAuthError, EngineProtocolError) as exc:  # another till's sale
+                    log.info("return %s: the relay could not be asked (%s); later", record.return_id, exc.code)
+                    blocked.add(record.tx_id)
+                    left += 1
+                    continue
                 every = await ctx.db(self.records, record.tx_id)
                 at = [r.return_id for r in every].index(record.return_id)
                 earlier = every[:at]
-                returned = sum(r.amount for r in earlier) + record.amount
+                before = sale.returned_before(earlier)
+                returned_before = sum(amount for amount, _ in before)
                 member = sale.checkout.member
                 plan = TakeBackPlan("none")
                 if member is not None:
-                    plan = await self._plan_take_back(sale, member, earlier, returned, 0, every[: at + 1])
+                    plan = await self._plan_take_back(
+                        sale,
+                        member,
+                        earlier,
+                        returned_before + record.amount,
+                        0,
+                        every[: at + 1],
+                        returned_before=returned_before,
+                    )
                 if plan.state == "waiting":
                     blocked.add(record.tx_id)
                     left += 1
                     continue
-                await ctx.db(self._commit_take_back, record, member, plan, sale.earn)
+                await ctx.db(self._commit_take_back, record, member, plan, sale.earn_key)
             ctx.wake_outbox()
             now: ReturnRecord | None = await ctx.db(self.record, record.return_id)
-            settled = await self._answer(now or record, wait=0)
+            settled = await self._answer(now or record, wait=0, sale=sale)
             log.info("return %s of sale %s: take-back settled (%s)", record.return_id, record.tx_id, plan.state)
             ctx.events.publish("return_settled", settled.event(), lane=record.lane)
         self._any_waiting = left > 0
         return left
+
+
+def _chain_sale(raw: Any) -> ChainSale:
+    try:
+        return ChainSale.model_validate(raw)
+    except ValidationError:
+        raise EngineProtocolError("The relay's answer about a sale has an unexpected shape.") from None
 
 
 __all__ = ["ReturnAnswer", "ReturnRequest", "ReturnedLine", "Returns", "past_the_sale", "share"]

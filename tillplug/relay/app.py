@@ -7,18 +7,21 @@ where.  Errors from the engine client and the store are answered here in WLL's s
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tillplug.config.loader import read_secret
 from tillplug.engine import EngineClient
 from tillplug.engine.models import EventDefinition
 from tillplug.engine.refusals import VOUCHER_REASONS
@@ -32,20 +35,25 @@ from tillplug.errors import (
     InsufficientPoints,
     MemberNotFound,
     OutcomeUnknown,
+    PointsExceedSale,
     RateLimited,
     RefundTooLarge,
     RelayForbidden,
     RelayRefusal,
     RelayTooLarge,
     RelayUnavailable,
+    ReturnExceedsSale,
+    ReturnIdReused,
     TillplugError,
     VoucherError,
 )
 from tillplug.logs import mask
 from tillplug.relay import scope
-from tillplug.relay.config import RelayConfig
+from tillplug.relay.config import RelayConfig, is_loopback
 from tillplug.relay.deliver import Deliverer
 from tillplug.relay.guard import Guard
+from tillplug.relay.metrics import RelayMetrics
+from tillplug.relay.sales import Sales, request_of
 from tillplug.relay.store import Store, body_hash
 from tillplug.relay.tokens import Till, Tokens
 
@@ -73,7 +81,7 @@ def answer_error(exc: TillplugError) -> JSONResponse:  # noqa: PLR0911 -- one an
     if isinstance(exc, RateLimited):
         wait = max(1, round(exc.retry_after or 1))
         return refusal(429, "rate_limited", "The chain is at its request limit.", {"Retry-After": str(wait)})
-    if isinstance(exc, (RelayRefusal, InsufficientPoints)):
+    if isinstance(exc, (RelayRefusal, InsufficientPoints, ReturnExceedsSale, ReturnIdReused)):
         return refusal(exc.http_status, exc.code, exc.message)
     if isinstance(exc, RelayUnavailable):
         return refusal(503, exc.code, exc.message)
@@ -129,14 +137,20 @@ class RelayApp:
         tokens: Tokens,
         guard: Guard,
         deliverer: Deliverer,
+        *,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or RelayMetrics()
+        # A scraper beyond loopback (or behind the trusted proxy) shows this token; loopback needs none.
+        self.metrics_token = read_secret(config.api.metrics_token) if config.api.metrics_token else None
         self.store = store
         self.client = client
         self.tokens = tokens
         self.guard = guard
         self.deliverer = deliverer
         self.types = config.engine.event_types
+        self.sales = Sales(store, client, self.types.transaction)
         self.app = Starlette(routes=self.routes())
 
     def routes(self) -> list[Route]:
@@ -156,7 +170,14 @@ class RelayApp:
             *both("/v1/events", self.events, ["GET", "POST"]),
             *both("/v1/events/{eid}/reactions", self.reactions, ["GET"]),
             *both("/receipts/v1/orders", self.orders, ["GET", "POST"]),
+            Route("/relay/v1/sales/{tx}", self._endpoint(self.sale, "/relay/v1/sales/{tx}"), methods=["GET"]),
+            Route(
+                "/relay/v1/sales/{tx}/returns",
+                self._endpoint(self.register_return, "/relay/v1/sales/{tx}/returns"),
+                methods=["POST"],
+            ),
             Route("/relay/health", self.health, methods=["GET"]),
+            Route("/metrics", self.scrape, methods=["GET"]),
         ]
 
     # -- the edge: proxy, token, body limit, errors, the per-till log ------------------------
@@ -173,6 +194,9 @@ class RelayApp:
                 response = await handler(request, till)
             except TillplugError as exc:
                 response = answer_error(exc)
+            self.metrics.requests.labels(route, str(response.status_code)).inc()
+            if response.status_code == 429:
+                self.metrics.rate_limited.inc()
             calls.info(
                 "till=%s branch=%s %s %s -> %d (%.0f ms)",
                 till.till_id if till else "-",
@@ -331,7 +355,12 @@ class RelayApp:
             "body": body,
             # What the till sent (stamped), not what defaults were filled in: a resend hashes the same.
             "body_hash": body_hash(scope.stamped(raw, till)),
+            "transaction_id": tx_id if isinstance(tx_id := event.payload.get("transactionId"), str) else None,
         }
+        move = scope.return_move(event.type, event.payload, self.types)
+        if move is not None:
+            existing = await self.store.event(key)
+            return self._replay(existing, row) if existing is not None else await self._return_move(event, row, move)
         if event.type not in (self.types.redeemed_points, self.types.points_refund):
             return await self._queue(row | {"kind": "earn", "state": "pending"})  # a resend: the key's conflict
         existing = await self.store.event(key)
@@ -358,6 +387,7 @@ class RelayApp:
             "subject": None,
             "body": body,
             "body_hash": body_hash(body),
+            "transaction_id": order_id if isinstance(order_id := body.get("orderId"), str) else None,
         }
         return await self._queue(row | {"kind": "order", "state": "pending"})
 
@@ -402,6 +432,7 @@ class RelayApp:
             async with self.guard.member(member_id):
                 available = await self.guard.available(member_id)
                 if available < points:
+                    self.metrics.guard_refusals.labels("insufficient_points").inc()
                     raise InsufficientPoints(f"The member has {max(0, int(available))} points available.")
                 settle_after = self.deliverer.window + self.client.config.read_timeout
                 if not await self.store.insert_event(
@@ -454,6 +485,48 @@ class RelayApp:
         assert stored is not None
         return ok(_event_answer(stored))
 
+    async def _return_move(self, event: EventDefinition, row: dict[str, Any], kind: str) -> Response:
+        """A return's give-back or take-back: within what the chain reported for the sale, across tills."""
+        points = self._points(event)
+        if row["transaction_id"] is None:
+            raise RelayRefusal("A return's points move names its sale (payload.transactionId).")
+        sale = await self.sales.facts(row["transaction_id"])
+        if sale.member is None or event.subject != sale.member:
+            raise RelayForbidden("A return's points move names the sale's member (subject).")
+        if kind == "give_back":
+            cap = sale.spent
+        elif sale.earn.state == "known":
+            cap = sale.earn.points
+        else:  # the till sends it again later (its outbox): the relay learns the earn meanwhile
+            raise RelayUnavailable(f"The sale's earned points are not known yet ({sale.earn.reason}).")
+        left = await self.store.insert_return_move(row | {"kind": kind, "points": points}, cap)
+        if left is None:
+            existing = await self.store.event(row["event_key"])
+            assert existing is not None
+            return self._replay(existing, row)
+        if left < points:
+            what = "given back (of the points spent)" if kind == "give_back" else "taken back (of the points earned)"
+            raise PointsExceedSale(f"Only {max(0, left)} points of sale {row['transaction_id']} are left to be {what}.")
+        self.deliverer.wake.set()
+        stored = await self.store.event(row["event_key"])
+        assert stored is not None
+        return ok(_event_answer(stored))
+
+    # -- a sale of the chain, for a return at any of its tills (docs/relay.md, "Returns") -----------
+
+    async def sale(self, request: Request, till: Till) -> Response:
+        return_id = request.query_params.get("returnId")
+        facts = await self.sales.facts(request.path_params["tx"], till.till_id, return_id)
+        return ok(facts.model_dump())
+
+    async def register_return(self, request: Request, till: Till) -> Response:
+        wanted = request_of(request.path_params["tx"], await self._body(request))
+        facts = await self.sales.register(till.till_id, wanted)
+        if facts.member is not None:  # the till moves this member's points for the return: in its scope now
+            await self.store.saw_member(till.till_id, facts.member, [])
+        log.info("return %s of sale %s registered by %s", wanted.return_id, wanted.transaction_id, till.till_id)
+        return ok(facts.model_dump())
+
     async def _look_up(self, request: Request, till: Till, field: str) -> Response:
         """The till's own events, by eventKey or newest first: from the relay's table, never WLL's list."""
         key = request.query_params.get(f"filter[{field}]")
@@ -481,6 +554,27 @@ class RelayApp:
             return ok([])
         reactions = await self.client.event_reactions(str(row["engine_id"]))
         return ok([r.model_dump(by_alias=True, exclude_none=True) for r in reactions])
+
+    # -- metrics: loopback, or the metrics token -----------------------------------------------
+
+    async def scrape(self, request: Request) -> Response:
+        """Prometheus text.  Loopback scrapers need nothing (unless a proxy sits in front: then every
+        request comes from it); any other needs ``[api] metrics_token``, as a Bearer token."""
+        given = request.headers.get("authorization", "")
+        token = (given[7:].strip() if given.lower().startswith("bearer ") else "").encode()
+        expected = self.metrics_token.reveal().encode() if self.metrics_token is not None else b""
+        if expected and token and hmac.compare_digest(token, expected):
+            allowed = True
+        else:
+            host = request.client.host if request.client else ""
+            allowed = self.config.api.trusted_proxy is None and is_loopback(host)
+        if not allowed:
+            return refusal(403, "forbidden", "Metrics are served to loopback, or with [api] metrics_token.")
+        try:
+            body = await self.metrics.render(self.store)
+        except RelayUnavailable:
+            return refusal(503, "relay_unavailable", "The relay's database cannot be reached.")
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # -- health (no token: it says nothing about members or tills) ----------------------------
 

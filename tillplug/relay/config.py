@@ -11,20 +11,32 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from tillplug.config.loader import Problem, check_secret, loaded, parse_toml, problems_from_validation
-from tillplug.config.model import EngineConfig, SecretRef, Section, abs_path
+from tillplug.config.model import INLINE_SECRET, EngineConfig, SecretRef, Section, abs_path
 from tillplug.errors import ConfigError
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 
 
 def _database_url(value: str) -> str:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:  # not a URL at all; nothing of it is shown, it may hold a password
+        raise PydanticCustomError(
+            INLINE_SECRET, "must be a postgresql:// URL (what is written here is not shown)"
+        ) from None
+    if password is not None or re.search(r"(^|[?&;])password=", value):
+        # Not ValueError: its message would travel with the value, and the value holds the password.
+        raise PydanticCustomError(
+            INLINE_SECRET,
+            "must not carry a password (what is written here is not shown): put the password in a file "
+            "(chmod 600) named by database.password_file, or use peer authentication",
+        )
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError('must be a postgresql:// URL such as "postgresql://relay@db.chain.lan/tillplug_relay"')
-    if parts.password is not None or re.search(r"(^|[?&])password=", parts.query):
-        raise ValueError("must not carry a password: use password_file, or peer authentication")
     return value
 
 
@@ -65,6 +77,8 @@ class ApiConfig(Section):
     # A TLS-terminating proxy in front: only this address may connect.
     trusted_proxy: Annotated[str, AfterValidator(_address)] | None = None
     max_body_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
+    # GET /metrics beyond loopback (or behind trusted_proxy) needs this token (a file or credential:NAME).
+    metrics_token: SecretRef | None = None
 
     @property
     def host(self) -> str:
@@ -162,6 +176,7 @@ def validate(data: dict[str, Any], *, check_secrets: bool = True) -> Report:
         refs = [(f"engine.{k}", getattr(config.engine, k)) for k in ("api_key", "client_id", "client_secret")]
         refs += [(f"engine.event_type_secrets.{k}", v) for k, v in config.engine.event_type_secrets.items()]
         refs.append(("database.password_file", config.database.password_file))
+        refs.append(("api.metrics_token", config.api.metrics_token))
         for path, ref in refs:
             if ref is not None:
                 report.problems += [Problem(path, m, sev) for sev, m in check_secret(ref)]

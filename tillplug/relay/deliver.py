@@ -36,6 +36,7 @@ from tillplug.errors import (
     RelayUnavailable,
     TillplugError,
 )
+from tillplug.relay.metrics import RelayMetrics
 from tillplug.relay.scope import MEMBER_HOURS
 from tillplug.relay.store import Store
 
@@ -48,8 +49,11 @@ PRUNE_EVERY = 600.0  # seconds between prunes of members_seen
 
 
 class Deliverer:
-    def __init__(self, store: Store, client: EngineClient, *, lease: float = 30.0) -> None:
+    def __init__(
+        self, store: Store, client: EngineClient, *, lease: float = 30.0, metrics: RelayMetrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.lease = lease  # seconds a claimed row is this process's; a killed process's rows return after it
         self.client = client
         self.window = in_flight_window(
@@ -215,3 +219,5 @@ class Deliverer:
             return
         await self.store.settle(key, "delivered", engine_id=engine_id)
         self.delivered += 1
+        if self.metrics is not None:
+            self.metrics.forwarded.labels(str(row["kind"])).inc()

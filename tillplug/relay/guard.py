@@ -8,20 +8,23 @@ deduction it wrote down stays counted until the settler decides it (``tillplug.r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from tillplug.engine import EngineClient
 from tillplug.engine.models import points_of
 from tillplug.errors import EngineAuthError, SpendInProgress, TillplugError
+from tillplug.relay.metrics import RelayMetrics
 from tillplug.relay.store import Store
 
 log = logging.getLogger(__name__)
 
 
 class Guard:
-    def __init__(self, store: Store, client: EngineClient, *, wait: float) -> None:
+    def __init__(self, store: Store, client: EngineClient, *, wait: float, metrics: RelayMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.client = client
         self.wait = wait
 
@@ -32,10 +35,15 @@ class Guard:
 
         async with self.store.connection() as conn, conn.transaction():
             await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self.wait * 1000)}ms",))
+            start = time.monotonic()
             try:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7302))", (member_id,))
             except psycopg.errors.LockNotAvailable:
+                if self.metrics is not None:
+                    self.metrics.guard_refusals.labels("spend_in_progress").inc()
                 raise SpendInProgress() from None
+            if self.metrics is not None:
+                self.metrics.guard_wait.observe(time.monotonic() - start)
             yield
 
     async def unapplied(self, member_id: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tillplug.config.model import EventTypes
 from tillplug.relay.tokens import Till
 
 MEMBER_HOURS = 12.0  # a member looked up at a till stays usable there this long (a shift, with margin)
@@ -63,11 +64,26 @@ def stamped(body: dict[str, Any], till: Till) -> dict[str, Any]:
 def may_give_back(till: Till, original: dict[str, Any] | None, chain_id: str) -> int:
     """How many points ``till`` may still give back against ``original`` (a row of ``events``).
 
-    Today: a refund of a deduction reported through this relay (so by this chain: one relay serves
-    one chain), never more than is left of it; -1 if the event is not such a deduction.  The hook
-    for returns (a take-back of points earned on a sale reported through this relay) is here.
+    A refund of a deduction reported through this relay (so by this chain: one relay serves one
+    chain), never more than is left of it; -1 if the event is not such a deduction.  A return's
+    points moves are capped per sale instead (``return_move``).
     """
     del till, chain_id  # any till of the chain may reverse the chain's deduction (a return at another till)
     if original is None or original["kind"] != "spend" or original["state"] not in ("landed", "applied"):
         return -1
     return int(original["points"] or 0) - int(original["refunded"] or 0)
+
+
+def return_move(event_type: str, payload: dict[str, Any], types: EventTypes) -> str | None:
+    """``give_back`` or ``take_back`` if the event is a return's points move, else None.
+
+    A return's take-back has its own type; its give-back shares the refund's type by default and
+    is told apart by naming a return (``returnId``) and no deduction (``reverses``).  Either is
+    allowed for any sale of the chain, from any of its tills, within what was reported for the sale
+    (``tillplug.relay.sales``).
+    """
+    if event_type == types.points_taken_back:
+        return "take_back"
+    if event_type == types.points_given_back and "returnId" in payload and "reverses" not in payload:
+        return "give_back"
+    return None

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -23,6 +24,7 @@ from tillplug.relay.app import RelayApp
 from tillplug.relay.config import RelayConfig
 from tillplug.relay.deliver import Deliverer
 from tillplug.relay.guard import Guard
+from tillplug.relay.metrics import RelayMetrics
 from tillplug.relay.pacing import Pacer
 from tillplug.relay.store import Store
 from tillplug.relay.tokens import Tokens
@@ -83,6 +85,7 @@ class Relay:
     tokens: Tokens
     deliverer: Deliverer
     web: RelayApp
+    metrics: RelayMetrics
 
 
 @asynccontextmanager
@@ -92,15 +95,17 @@ async def relay(config: RelayConfig, *, wait: float = 10) -> AsyncIterator[Relay
     await store.open(wait=wait)
     pacer = Pacer(store, config.pacing)
     transport = PacedTransport(pacer, outbox_wait=config.outbox.lease / 3)
-    client = EngineClient(config.engine, load_secrets(config.engine), transport=transport)
+    metrics = RelayMetrics()
+    client = EngineClient(config.engine, load_secrets(config.engine), transport=transport, on_call=metrics.engine_call)
+    client.on_failure = metrics.engine_failure
     try:
         await pacer.ensure()
         tokens = Tokens(store)
-        deliverer = Deliverer(store, client, lease=config.outbox.lease)
+        deliverer = Deliverer(store, client, lease=config.outbox.lease, metrics=metrics)
         transport.on_back = deliverer.engine_back
-        guard = Guard(store, client, wait=config.guard.spend_wait)
-        web = RelayApp(config, store, client, tokens, guard, deliverer)
-        yield Relay(config, store, client, pacer, transport, tokens, deliverer, web)
+        guard = Guard(store, client, wait=config.guard.spend_wait, metrics=metrics)
+        web = RelayApp(config, store, client, tokens, guard, deliverer, metrics=metrics)
+        yield Relay(config, store, client, pacer, transport, tokens, deliverer, web, metrics)
     finally:
         await client.aclose()
         await store.close()
@@ -169,6 +174,20 @@ async def enrol(config: RelayConfig, till_id: str, branch_id: str) -> str:
     await store.open()
     try:
         return await Tokens(store).enrol(till_id, branch_id)
+    finally:
+        await store.close()
+
+
+async def outbox(config: RelayConfig, action: str, event_key: str | None, attempts: int) -> Any:
+    """``tillplug relay outbox``: list the rows that need a human, retry one now, or drop one."""
+    store = Store(config.database, min_size=1)
+    await store.open()
+    try:
+        if action == "list":
+            return await store.stuck(attempts)
+        assert event_key is not None
+        found = await (store.retry_now(event_key) if action == "retry" else store.drop(event_key))
+        return found, await store.event(event_key)
     finally:
         await store.close()
 

@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from tillplug.config.loader import read_secret
-from tillplug.errors import RelayRefusal, RelayUnavailable
+from tillplug.errors import ConfigError, RelayRefusal, RelayUnavailable, ReturnExceedsSale, ReturnIdReused
+from tillplug.flows.returned import ReturnedLine, ReturnRequest, past_the_sale, return_fingerprint
 from tillplug.relay.config import DatabaseConfig
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,35 @@ MIGRATIONS: list[str] = [
         stamp timestamptz NOT NULL DEFAULT clock_timestamp()
     );
     """,
+    # 2: returns at any till of the chain: each event's sale, an earn's points as read, the returns.
+    """
+    ALTER TABLE events ADD COLUMN transaction_id text;
+    ALTER TABLE events ADD COLUMN earned bigint;
+    UPDATE events SET transaction_id = CASE WHEN kind = 'order' THEN body->>'orderId'
+        ELSE body->'payload'->>'transactionId' END;
+    ALTER TABLE events DROP CONSTRAINT events_kind_check;
+    ALTER TABLE events ADD CONSTRAINT events_kind_check
+        CHECK (kind IN ('earn', 'order', 'spend', 'refund', 'give_back', 'take_back'));
+    CREATE INDEX events_sale ON events (transaction_id) WHERE transaction_id IS NOT NULL;
+    CREATE TABLE returns (
+        till_id text NOT NULL,
+        return_id text NOT NULL,
+        transaction_id text NOT NULL,
+        fingerprint text NOT NULL,
+        amount bigint NOT NULL CHECK (amount > 0),
+        lines jsonb NOT NULL,
+        seq bigserial NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (till_id, return_id)
+    );
+    CREATE INDEX returns_sale ON returns (transaction_id, seq);
+    """,
 ]
 
 # Spend states whose points the engine may not show yet: the guard subtracts them from the balance.
 UNAPPLIED = ("sending", "unknown", "landed")
+# States of rows still being worked on, which a human may retry now or drop (with the dead ones).
+HUMAN_MAY_MOVE = ("pending", "sending", "unknown", "landed")
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -95,7 +121,12 @@ class Store:
 
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row, "connect_timeout": 5}
         if config.password_file is not None:
-            kwargs["password"] = read_secret(config.password_file).reveal()
+            try:
+                kwargs["password"] = read_secret(config.password_file).reveal()
+            except ConfigError as exc:  # named by its key; the message names the file, never its content
+                raise ConfigError(f"database.password_file: {exc.message}") from None
+        self.url = config.url
+        self._kwargs = kwargs
         self.pool = AsyncConnectionPool(
             config.url,
             min_size=min_size,
@@ -115,7 +146,30 @@ class Store:
         try:
             await self.pool.open(wait=True, timeout=wait)
         except Exception as exc:
-            raise RelayUnavailable(f"The relay's database cannot be reached ({type(exc).__name__}).") from exc
+            raise RelayUnavailable(f"The relay's database cannot be reached ({await self._why(exc)}).") from exc
+
+    async def _why(self, exc: Exception) -> str:
+        """Why the pool could not connect, in words a technician acts on: one direct attempt tells.
+
+        libpq's messages name the host and the user, never the password; only these words are kept.
+        """
+        import psycopg
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, **{**self._kwargs, "row_factory": None})
+        except psycopg.OperationalError as direct:
+            text = str(direct)
+            if "password authentication failed" in text:
+                return "it refused the password: check the file database.password_file names"
+            if "no password supplied" in text:
+                return "it asks for a password: name a file holding it in database.password_file"
+            if "Peer authentication failed" in text or "Ident authentication failed" in text:
+                return "peer authentication failed: run the relay as the database user, or use a password_file"
+            return type(direct).__name__
+        except Exception as direct:
+            return type(direct).__name__
+        await conn.close()
+        return type(exc).__name__
 
     async def close(self) -> None:
         await self.pool.close()
@@ -236,13 +290,20 @@ class Store:
         """Store an event the relay accepted, and return it; None if its eventKey is already there (a resend)."""
         return await self.fetchone(
             "INSERT INTO events (event_key, till_id, branch_id, kind, type, subject, body, body_hash, state,"
-            " points, reverses, attempted_at, due)"
+            " points, reverses, transaction_id, attempted_at, due)"
             " VALUES (%(event_key)s, %(till_id)s, %(branch_id)s, %(kind)s, %(type)s, %(subject)s, %(body)s,"
-            " %(body_hash)s, %(state)s, %(points)s, %(reverses)s,"
+            " %(body_hash)s, %(state)s, %(points)s, %(reverses)s, %(transaction_id)s,"
             " CASE WHEN %(state)s = 'sending' THEN clock_timestamp() END,"
             " clock_timestamp() + make_interval(secs => %(due_in)s))"
             " ON CONFLICT (event_key) DO NOTHING RETURNING *",
-            {"points": None, "reverses": None, "due_in": 0.0, **row, "body": json.dumps(row["body"])},
+            {
+                "points": None,
+                "reverses": None,
+                "transaction_id": None,
+                "due_in": 0.0,
+                **row,
+                "body": json.dumps(row["body"]),
+            },
         )
 
     async def insert_refund(self, row: dict[str, Any], limit: Callable[[dict[str, Any]], int]) -> int | None:
@@ -259,10 +320,10 @@ class Store:
                 return left
             cur = await conn.execute(
                 "INSERT INTO events (event_key, till_id, branch_id, kind, type, subject, body, body_hash, state,"
-                " points, reverses) VALUES (%(event_key)s, %(till_id)s, %(branch_id)s, 'refund', %(type)s,"
-                " %(subject)s, %(body)s, %(body_hash)s, 'pending', %(points)s, %(reverses)s)"
-                " ON CONFLICT (event_key) DO NOTHING",
-                {**row, "body": json.dumps(row["body"])},
+                " points, reverses, transaction_id) VALUES (%(event_key)s, %(till_id)s, %(branch_id)s, 'refund',"
+                " %(type)s, %(subject)s, %(body)s, %(body_hash)s, 'pending', %(points)s, %(reverses)s,"
+                " %(transaction_id)s) ON CONFLICT (event_key) DO NOTHING",
+                {"transaction_id": None, **row, "body": json.dumps(row["body"])},
             )
             if cur.rowcount != 1:
                 return None
@@ -270,6 +331,87 @@ class Store:
                 "UPDATE events SET refunded = refunded + %s WHERE event_key = %s", (row["points"], row["reverses"])
             )
             return left
+
+    # -- sales and their returns, across the chain ------------------------------------------
+
+    async def sale_events(self, tx_id: str) -> list[dict[str, Any]]:
+        return await self.fetchall(
+            "SELECT *, extract(epoch FROM clock_timestamp() - updated_at) AS age FROM events"
+            " WHERE transaction_id = %s ORDER BY created_at",
+            (tx_id,),
+        )
+
+    async def sale_returns(self, tx_id: str) -> list[dict[str, Any]]:
+        return await self.fetchall("SELECT * FROM returns WHERE transaction_id = %s ORDER BY seq", (tx_id,))
+
+    async def register_return(
+        self,
+        till_id: str,
+        request: ReturnRequest,
+        gross: int,
+        basket: dict[str, tuple[float, int]],
+        money: Callable[[int], str],
+    ) -> None:
+        """Record ``request`` unless the sale's returns, every till's, would pass the sale; one at a
+        time per sale.  ``ReturnExceedsSale`` past it, ``ReturnIdReused`` for this till's returnId
+        used for another return; the same return again changes nothing."""
+        tx_id = request.transaction_id
+        fingerprint = return_fingerprint(tx_id, request.amount, request.lines)
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7303))", (tx_id,))
+            cur = await conn.execute(
+                "SELECT fingerprint FROM returns WHERE till_id = %s AND return_id = %s", (till_id, request.return_id)
+            )
+            found = await cur.fetchone()
+            if found is not None:
+                if found["fingerprint"] != fingerprint:
+                    raise ReturnIdReused(f"returnId {request.return_id} was used for another return.")
+                return
+            cur = await conn.execute(
+                "SELECT amount, lines FROM returns WHERE transaction_id = %s ORDER BY seq", (tx_id,)
+            )
+            earlier = [
+                (int(r["amount"]), [ReturnedLine(x["sku"], float(x["quantity"]), int(x["amount"])) for x in r["lines"]])
+                for r in await cur.fetchall()
+            ]
+            refusal = past_the_sale(request, gross, basket, earlier, money)
+            if refusal is not None:
+                raise ReturnExceedsSale(refusal)
+            await conn.execute(
+                "INSERT INTO returns (till_id, return_id, transaction_id, fingerprint, amount, lines)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    till_id,
+                    request.return_id,
+                    tx_id,
+                    fingerprint,
+                    request.amount,
+                    json.dumps([{"sku": x.sku, "quantity": x.quantity, "amount": x.amount} for x in request.lines]),
+                ),
+            )
+
+    async def insert_return_move(self, row: dict[str, Any], cap: int) -> int | None:
+        """Store a return's points move (``row['kind']``: give_back or take_back) if the sale's moves
+        of that kind, every till's, stay within ``cap``; one at a time per sale.  None if its eventKey
+        was already stored (a resend), else the points left before this move."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7303))", (row["transaction_id"],))
+            cur = await conn.execute(
+                "SELECT coalesce(sum(points), 0) AS moved FROM events WHERE transaction_id = %s AND kind = %s",
+                (row["transaction_id"], row["kind"]),
+            )
+            moved = await cur.fetchone()
+            left = cap - int(moved["moved"] if moved else 0)
+            if left < int(row["points"]):
+                return left
+            cur = await conn.execute(
+                "INSERT INTO events (event_key, till_id, branch_id, kind, type, subject, body, body_hash, state,"
+                " points, transaction_id) VALUES (%(event_key)s, %(till_id)s, %(branch_id)s, %(kind)s, %(type)s,"
+                " %(subject)s, %(body)s, %(body_hash)s, 'pending', %(points)s, %(transaction_id)s)"
+                " ON CONFLICT (event_key) DO NOTHING",
+                {**row, "body": json.dumps(row["body"])},
+            )
+            return left if cur.rowcount == 1 else None
 
     async def settle(self, event_key: str, state: str, **values: Any) -> None:
         """Move an event to ``state`` with the columns in ``values`` (engine_id, answer, due...)."""
@@ -326,6 +468,40 @@ class Store:
         return await self.fetchone(
             "SELECT * FROM events WHERE till_id = %s AND (engine_id = %s OR event_key = %s)",
             (till_id, engine_id, engine_id),
+        )
+
+    # -- rows that need a human (``tillplug relay outbox``) ------------------------------------
+
+    async def stuck(self, attempts: int) -> list[dict[str, Any]]:
+        """Dead rows, writes no look-up can settle, and deliveries tried ``attempts`` times or more."""
+        return await self.fetchall(
+            "SELECT event_key, kind, type, state, till_id, attempts, last_error,"
+            " extract(epoch FROM clock_timestamp() - created_at) AS age FROM events"
+            " WHERE state = 'dead' OR (state = ANY(%s) AND (last_error LIKE 'unverifiable%%' OR attempts >= %s))"
+            " ORDER BY created_at",
+            (list(HUMAN_MAY_MOVE), attempts),
+        )
+
+    async def retry_now(self, event_key: str) -> dict[str, Any] | None:
+        """A dead row back to ``pending`` (the engine refused it: it never landed), any other row due
+        now, its state kept (a write that may have left is looked up before any resend); None if the
+        row is not one a human may retry."""
+        return await self.fetchone(
+            "UPDATE events SET state = CASE WHEN state = 'dead' THEN 'pending' ELSE state END,"
+            " attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, due = clock_timestamp(),"
+            " lease_until = NULL, last_error = 'retried by a human', updated_at = clock_timestamp()"
+            " WHERE event_key = %s AND (state = 'dead' OR state = ANY(%s)) RETURNING kind, state",
+            (event_key, list(HUMAN_MAY_MOVE)),
+        )
+
+    async def drop(self, event_key: str) -> dict[str, Any] | None:
+        """The relay stops working on the row for good (kept, as ``dropped``, for the audit); None if
+        the row is not one a human may drop."""
+        return await self.fetchone(
+            "UPDATE events SET state = 'dropped', lease_until = NULL, updated_at = clock_timestamp(),"
+            " last_error = left('dropped by a human; was ' || state || ': ' || coalesce(last_error, ''), 300)"
+            " WHERE event_key = %s AND (state = 'dead' OR state = ANY(%s)) RETURNING kind, points",
+            (event_key, list(HUMAN_MAY_MOVE)),
         )
 
     async def counts(self) -> dict[str, int]:
