@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
+import pickle
+import platform
 import select
 import socket
+import sys
 import time
 from abc import ABC, abstractmethod
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
@@ -31,7 +36,7 @@ from tillplug.errors import DeviceBusy, DeviceGone, DriverError
 from tillplug.receipts import scripts
 from tillplug.receipts.code128 import escpos_payload, symbol_count
 from tillplug.receipts.layout import QR, Barcode, Block, Columns, Cut, Feed, Image, Receipt, Rule, Text, text_lines
-from tillplug.receipts.paper import paper_layout, pinned_code_page, small_font_columns
+from tillplug.receipts.paper import paper_layout, pinned_code_page, printer_profile, small_font_columns
 
 if TYPE_CHECKING:
     from tillplug.config.model import PrinterConfig
@@ -45,8 +50,8 @@ BARCODE_QUIET_MODULES = 10
 
 
 def _quiet_escpos() -> None:
-    """python-escpos logs chatter; its printer module (Pillow, qrcode, python-barcode) is imported
-    by the first render, not at start-up: the daemon warms it up once READY=1 is sent."""
+    """python-escpos logs chatter.  Its printer module (Pillow, qrcode, python-barcode) is imported only
+    for a receipt logo or a usb:// printer: slips are written by ``escpos_bytes.SlipBytes``."""
     logging.getLogger("escpos").setLevel(logging.WARNING)
 
 
@@ -62,6 +67,39 @@ def use_cache_dir(cache_dir: str | None) -> None:
         return
     if os.access(cache_dir, os.W_OK):
         os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(cache_dir)
+
+
+def escpos_printer_module() -> Any:
+    """python-escpos's printer module, for what a slip's own writer (``escpos_bytes``) does not do: a
+    receipt logo, a usb:// printer.  Its capabilities pickle is written first: python-escpos reads the
+    JSON file with PyYAML's pure-Python parser when it finds none (about 0.2 s and 3 MB of garbage)."""
+    if (pickle_dir := os.environ.get("ESCPOS_CAPABILITIES_PICKLE_DIR")) and "escpos.capabilities" not in sys.modules:
+        write_capabilities_pickle(Path(pickle_dir))
+    import escpos.printer
+
+    return escpos.printer
+
+
+def write_capabilities_pickle(pickle_dir: Path) -> None:
+    """The pickle python-escpos looks for (``<python version>.capabilities.pickle``, newer than the
+    capabilities file), parsed with ``json``: the file is JSON, and PyYAML reads JSON as the same data.
+    Nothing is written when a current pickle is there or the directory cannot take it (python-escpos
+    then parses the file itself, as before)."""
+    source = os.environ.get("ESCPOS_CAPABILITIES_FILE") or str(resources.files("escpos") / "capabilities.json")
+    target = pickle_dir / f"{platform.python_version()}.capabilities.pickle"
+    try:
+        if target.exists() and target.stat().st_mtime >= os.stat(source).st_mtime:
+            return
+        with open(source, "rb") as f:
+            capabilities = json.load(f)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            partial.write_bytes(pickle.dumps(capabilities, protocol=2))
+            os.replace(partial, target)  # whole or not at all: another process may be reading it
+        finally:
+            partial.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        log.debug("python-escpos's capabilities pickle not written (%s); it parses the file itself", exc)
 
 
 def _offline_reasons(offline: int | None, paper: int | None) -> str:
@@ -413,9 +451,7 @@ class UsbConnection(Connection):
             import usb.core  # noqa: F401
         except ImportError:
             raise DriverError("usb:// printers need pyusb (pip install pyusb)") from None
-        from escpos.printer import Usb
-
-        printer = Usb(self.vid, self.pid, timeout=2000)
+        printer = escpos_printer_module().Usb(self.vid, self.pid, timeout=2000)
         try:
             printer.open()
         except Exception as exc:  # python-escpos raises its own DeviceNotFoundError and pyusb's USBError
@@ -494,10 +530,8 @@ class EscposPrinter(PrinterDriver):
         use_cache_dir(cache_dir)
         self.connection = connection_for(config)
         _quiet_escpos()
-        from escpos.capabilities import get_profile
-
         try:
-            get_profile(config.profile)
+            printer_profile(config.profile)
         except Exception as exc:
             raise DriverError(f"unknown printer profile '{config.profile}' (see escpos-printer-db)") from exc
         self.code_page = pinned_code_page(config.profile, config.code_page)
@@ -515,9 +549,13 @@ class EscposPrinter(PrinterDriver):
     # -- rendering ---------------------------------------------------------
 
     def render(self, receipt: Receipt) -> bytes:
-        from escpos.printer import Dummy
+        from tillplug.drivers.escpos_bytes import SlipBytes
 
-        out = Dummy(profile=self.config.profile)
+        return self.render_with(SlipBytes(self.config.profile), receipt)
+
+    def render_with(self, out: Any, receipt: Receipt) -> bytes:
+        """The receipt's bytes, written by ``out``: a ``SlipBytes`` (``render``), or python-escpos's
+        ``Dummy`` printer, which writes the same bytes (the tests compare them)."""
         out.hw("INIT")
         out.magic.force_encoding(self.code_page)
         self._encoder = out.magic.encoder
@@ -543,8 +581,9 @@ class EscposPrinter(PrinterDriver):
         return self._logos[key]
 
     def _rasterise(self, path: str) -> bytes:
-        from escpos.printer import Dummy
         from PIL import Image as PilImage
+
+        Dummy = escpos_printer_module().Dummy
 
         try:
             with PilImage.open(path) as img:
@@ -564,9 +603,9 @@ class EscposPrinter(PrinterDriver):
 
     def drawer_kick(self, pin: int = 2) -> bytes:
         """The bytes that open a cash drawer on connector pin 2 or 5."""
-        from escpos.printer import Dummy
+        from tillplug.drivers.escpos_bytes import SlipBytes
 
-        out = Dummy(profile=self.config.profile)
+        out = SlipBytes(self.config.profile)
         out.cashdraw(pin)
         return bytes(out.output)
 

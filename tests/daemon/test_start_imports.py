@@ -3,7 +3,8 @@ Untimed: the modules the daemon holds when it says READY=1, so a heavy import cr
 
 The till here has a serial scanner and a network ESC/POS printer.  At READY=1 it must not hold the HID
 (keyboard) driver, the simulator, the CLI's other verbs, or python-escpos's printer module with Pillow,
-qrcode and python-barcode (those come with the first slip's render, warmed up just after READY=1)."""
+qrcode and python-barcode (a slip never needs those: drivers/escpos_bytes.py writes it; only a receipt logo
+brings them)."""
 
 import json
 import os
@@ -31,6 +32,10 @@ NOT_AT_START = (
     "tillplug.receipts.preview",
     "escpos.printer",
     "escpos.escpos",
+    "escpos.capabilities",  # PyYAML and every printer profile: tillplug.receipts.paper reads the one it needs
+    "yaml",
+    "babel",  # the slip's locale is in tillplug.receipts.formats_data
+    "anyascii",  # only for a character the code page lacks
     "PIL",
     "qrcode",
     "barcode",

@@ -17,6 +17,7 @@ from tillplug.config.model import PrinterConfig
 from tillplug.devices.base import PrinterState
 from tillplug.engine.models import Benefit, Wallet
 from tillplug.money import Money
+from tillplug.receipts import layout as L
 from tillplug.receipts import templates as T
 from tillplug.receipts.layout import wrap
 from tillplug.receipts.preview import interpret, render_png
@@ -244,9 +245,132 @@ def test_escpos_capabilities_cache_lives_in_the_cache_directory(tmp_path):
 
     code = (
         "from tillplug.config.model import PrinterConfig;"
-        "from tillplug.drivers.escpos_printer import EscposPrinter;"
-        f"EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r})"
+        "from tillplug.drivers.escpos_printer import EscposPrinter, escpos_printer_module;"
+        f"EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r});"
+        "escpos_printer_module()"
     )
     env = {k: v for k, v in os.environ.items() if k != "ESCPOS_CAPABILITIES_PICKLE_DIR"}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
     assert list(tmp_path.glob("*.pickle")), "python-escpos re-parses its capabilities at every start"
+
+
+def test_a_fresh_cache_directory_gets_the_capabilities_pickle_without_yaml(tmp_path):
+    """#27: python-escpos parsed its JSON capabilities with PyYAML's pure-Python reader (0.2 s, 3 MB of
+    garbage) whenever it found no pickle; the driver writes the pickle from the JSON before it imports
+    python-escpos's printer module (a logo, a usb:// printer)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import yaml\n"
+        "def refuse(*a, **k): raise AssertionError('capabilities parsed with yaml')\n"
+        "yaml.safe_load = refuse\n"
+        "from tillplug.config.model import PrinterConfig\n"
+        "from tillplug.drivers.escpos_printer import EscposPrinter, escpos_printer_module\n"
+        f"p = EscposPrinter(PrinterConfig(name='p', connection='capture://memory'), cache_dir={str(tmp_path)!r})\n"
+        "assert p.code_page and p.columns == 48, (p.code_page, p.columns)\n"
+        "escpos_printer_module().Dummy(profile='TM-T20II')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ESCPOS_CAPABILITIES_PICKLE_DIR"}
+    run = subprocess.run([sys.executable, "-c", code], timeout=60, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not list(tmp_path.glob(".*")), "a partial pickle was left behind"
+
+
+def test_the_capabilities_pickle_holds_what_python_escpos_would_have_parsed(tmp_path, monkeypatch):
+    import pickle
+    import platform
+    from importlib import resources
+
+    import yaml
+    from tillplug.drivers.escpos_printer import write_capabilities_pickle
+
+    monkeypatch.delenv("ESCPOS_CAPABILITIES_FILE", raising=False)
+    source = resources.files("escpos") / "capabilities.json"
+    target = tmp_path / f"{platform.python_version()}.capabilities.pickle"
+    write_capabilities_pickle(tmp_path)
+    assert pickle.loads(target.read_bytes()) == yaml.safe_load(source.read_text())
+    target.write_bytes(b"current")  # newer than the capabilities file: left alone
+    write_capabilities_pickle(tmp_path)
+    assert target.read_bytes() == b"current"
+    os.utime(target, (0, 0))  # older than the capabilities file (python-escpos would re-parse): written again
+    write_capabilities_pickle(tmp_path)
+    assert pickle.loads(target.read_bytes()) == yaml.safe_load(source.read_text())
+
+
+# -- #27: slips without python-escpos's printer module (Pillow, qrcode, python-barcode) -----------------
+
+PROFILES = ("TM-T20II", "TM-T88V", "POS-5890", "TM-U220B", "ZJ-5870", "RP326", "simple")
+SLIP_TEXT = st.text(st.sampled_from("Aa Zz09 £€éèàçüöäßñ-:*/.Ωжあ\u0301\t"), max_size=70)
+BLOCKS = st.one_of(
+    st.builds(
+        L.Text,
+        SLIP_TEXT,
+        bold=st.booleans(),
+        double=st.booleans(),
+        align=st.sampled_from(["left", "center", "right"]),
+        whole=st.booleans(),
+        fallback=st.none() | st.just("Voucher"),
+    ),
+    st.builds(L.Columns, SLIP_TEXT, SLIP_TEXT, bold=st.booleans()),
+    st.builds(L.Rule, st.sampled_from("-=*")),
+    st.builds(L.Barcode, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)),
+    st.builds(L.QR, st.text(max_size=60)),
+    st.builds(L.Feed, st.integers(0, 5)),
+    st.builds(L.Cut),
+)
+
+
+@given(
+    blocks=st.lists(BLOCKS, max_size=12),
+    profile=st.sampled_from(PROFILES),
+    columns=st.sampled_from([None, 32, 42]),
+)
+def test_a_slip_is_the_same_bytes_without_python_escpos_printer_module(blocks, profile, columns):
+    from escpos.printer import Dummy
+
+    p = printer(columns=columns, profile=profile)
+    receipt = L.Receipt("balance", blocks)
+    assert p.render(receipt) == p.render_with(Dummy(profile=profile), receipt)
+
+
+@pytest.mark.parametrize("name", sorted(all_slips()))
+def test_every_template_is_the_same_bytes_without_python_escpos_printer_module(name):
+    from escpos.printer import Dummy
+
+    for profile in PROFILES:
+        p = printer(profile=profile)
+        assert p.render(all_slips()[name]) == p.render_with(Dummy(profile=profile), all_slips()[name]), profile
+
+
+@pytest.mark.parametrize("pin", [2, 5])
+def test_a_drawer_kick_is_the_same_bytes_without_python_escpos_printer_module(pin):
+    from escpos.printer import Dummy
+
+    out = Dummy(profile="TM-T20II")
+    out.cashdraw(pin)
+    assert printer().drawer_kick(pin) == bytes(out.output)
+
+
+def test_a_slip_renders_without_pillow_qrcode_or_python_barcode():
+    """Rendered in a fresh interpreter: none of python-escpos's image libraries is imported by a slip with
+    a barcode, a QR code and a drawer kick (a logo still brings them, with python-escpos's printer module),
+    nor anyascii when the code page holds every character (1.3 MB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tillplug.config.model import PrinterConfig\n"
+        "from tillplug.drivers.escpos_printer import EscposPrinter\n"
+        "from tillplug.receipts.layout import QR, Barcode, Cut, Receipt, Text\n"
+        "p = EscposPrinter(PrinterConfig(name='p', connection='capture://memory'))\n"
+        "data = p.render(Receipt('voucher', [Text('£5 off', double=True), Barcode('V-123'), QR('V-123'), Cut()]))\n"
+        "p.drawer_kick(2)\n"
+        "assert b'V-123' in data\n"
+        "heavy = ('PIL', 'qrcode', 'barcode', 'escpos.printer', 'escpos.escpos', 'anyascii')\n"
+        "held = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy)\n"
+        "assert held == [], held\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -6,6 +6,7 @@ printer as one receipt, drawn exactly as the same bytes sent straight to the pri
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from collections.abc import Iterator
@@ -58,6 +59,10 @@ def through_share(share: int, data: bytes) -> bytes:
             s.settimeout(10)
             return s.recv(100)
         except (BrokenPipeError, ConnectionResetError):
+            return b""
+        except OSError as exc:  # the port closed it before our shutdown: ENOTCONN, the same answer
+            if exc.errno != errno.ENOTCONN:
+                raise
             return b""
 
 

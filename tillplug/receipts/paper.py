@@ -3,7 +3,12 @@ then the printer's escpos-printer-db profile, then the paper width."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tillplug.errors import DriverError
 
@@ -20,11 +25,29 @@ def dots_for_columns(columns: int) -> int:
     return {32: 384, 42: 512, 48: 576}.get(columns, columns * 12)
 
 
+@cache
+def printer_profile(profile_name: str) -> dict[str, Any]:
+    """The model's profile in escpos-printer-db, read from the file python-escpos ships (or the one
+    ``ESCPOS_CAPABILITIES_FILE`` names, as python-escpos reads), with the code pages it lists under
+    ``encodings``.  Read with ``json``, not through ``escpos.capabilities``, which imports PyYAML and keeps
+    every profile (1.5 MB of a till's memory).  KeyError for a model the database does not know."""
+    named = os.environ.get("ESCPOS_CAPABILITIES_FILE")
+    source = Path(named) if named else resources.files("escpos") / "capabilities.json"
+    capabilities = json.loads(source.read_bytes())
+    profile = capabilities["profiles"][profile_name]
+    listed = set(profile.get("codePages", {}).values())
+    return {**profile, "encodings": {name: capabilities["encodings"].get(name, {}) for name in listed}}
+
+
+def code_pages(profile_name: str) -> dict[str, str]:
+    """The profile's code pages by name, with their table numbers (the last number where one is listed
+    twice, as python-escpos's ``get_code_pages``)."""
+    return {name: number for number, name in printer_profile(profile_name).get("codePages", {}).items()}
+
+
 def profile_paper(profile_name: str) -> tuple[int, int] | None:
     """(columns of font A, printable dots) as escpos-printer-db describes the model, or None if it does not."""
-    from escpos.capabilities import get_profile
-
-    data = get_profile(profile_name).profile_data
+    data = printer_profile(profile_name)
     dots = data.get("media", {}).get("width", {}).get("pixels")
     columns = data.get("fonts", {}).get("0", {}).get("columns")
     if isinstance(dots, int) and isinstance(columns, int):
@@ -69,9 +92,7 @@ PREFERRED_CODE_PAGES = ("CP858", "CP1252", "ISO_8859-15", "CP850", "CP437")
 
 
 def pinned_code_page(profile_name: str, wanted: str | None = None) -> str:
-    from escpos.capabilities import get_profile
-
-    pages = get_profile(profile_name).get_code_pages()
+    pages = code_pages(profile_name)
     if wanted:
         if wanted not in pages:
             raise DriverError(f"profile {profile_name} has no code page {wanted} (it has: {', '.join(pages)})")
@@ -84,11 +105,9 @@ def code_page_warnings(config: PrinterConfig) -> list[str]:
     other clones: firmware differs).  On a printer whose table at the number used holds another page,
     every letter beyond ASCII prints as '?' or as another letter, and nothing can tell: check-config
     says so, and the test page's accented line is the check."""
-    from escpos.capabilities import get_profile
-
     try:
         page = pinned_code_page(config.profile, config.code_page)
-        tables = get_profile(config.profile).profile_data.get("codePages", {})
+        tables = printer_profile(config.profile).get("codePages", {})
     except Exception:  # an unknown profile or code page is the driver's error, told elsewhere
         return []
     numbers = sorted(int(n) for n, name in tables.items() if name == page and str(n).isdigit())
@@ -107,9 +126,7 @@ def code_page_warnings(config: PrinterConfig) -> list[str]:
 
 def small_font_columns(profile_name: str, columns: int) -> int:
     """Columns of font B on this paper: the profile's ratio of font B to font A, else 4 to 3 (Epson's)."""
-    from escpos.capabilities import get_profile
-
-    fonts = get_profile(profile_name).profile_data.get("fonts", {})
+    fonts = printer_profile(profile_name).get("fonts", {})
     a, b = fonts.get("0", {}).get("columns"), fonts.get("1", {}).get("columns")
     if isinstance(a, int) and isinstance(b, int) and a > 0 and b > a:
         return columns * b // a

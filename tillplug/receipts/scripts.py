@@ -31,8 +31,6 @@ CanEncode = Callable[[str], bool]
 
 def for_code_page(text: str, can_encode: CanEncode) -> tuple[str, bool]:
     """(what the printer can show of ``text``, whether that is faithful: no letter lost)."""
-    from anyascii import anyascii
-
     out = []
     for ch in unicodedata.normalize("NFC", text):  # 'e' + U+0301 is the é the code page has
         category = unicodedata.category(ch)
@@ -44,17 +42,25 @@ def for_code_page(text: str, can_encode: CanEncode) -> tuple[str, bool]:
             out.append(ch)
         elif category[0] in "LM":
             if unicodedata.name(ch, "").startswith("LATIN"):
-                out.append(anyascii(ch))
+                out.append(_ascii(ch))
             elif category[0] == "L":
                 out.append(_LOST)
             # a mark the page lacks (on a letter it has, after NFC): left out
         else:
-            ascii_form = anyascii(ch).replace("?", "")
+            ascii_form = _ascii(ch).replace("?", "")
             pictograph = category == "So" or (ascii_form.startswith(":") and ascii_form.endswith(":"))
             out.append(_DROPPED if pictograph else ascii_form)
     shown = _tidy("".join(out))
     faithful = _LOST not in shown
     return re.sub(f"{_LOST}+", LOST_RUN, shown), faithful
+
+
+def _ascii(ch: str) -> str:
+    """anyascii's form of a character: imported only when a slip holds one its code page lacks (the
+    import alone costs 1.3 MB of a till's memory, and most slips never need it)."""
+    from anyascii import anyascii
+
+    return str(anyascii(ch))
 
 
 def _tidy(text: str) -> str:

@@ -1,8 +1,9 @@
 """What each slip says, in the shop's language.  Layout (widths, wrapping) is the layout model's job.
 
 Texts come from the message catalogue (``tillplug.receipts.messages``); numbers, money and dates are
-formatted for the locale by Babel (``receipts.language = "fr"`` → ``12,34 €``).  Members appear only
-masked (``****0001``).  A code is printed scannable only while it can still be used.
+formatted for the locale as Babel does (``receipts.language = "fr"`` → ``12,34 €``): for the shops'
+usual locales from a table generated from Babel (``tillplug.receipts.formats``), for others by Babel.
+Members appear only masked (``****0001``).  A code is printed scannable only while it can still be used.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from tillplug.money import CURRENCY_EXPONENTS, Money
+from tillplug.receipts.formats import SlipFormats, formats_for
 from tillplug.receipts.layout import (
     QR,
     Barcode,
@@ -76,7 +78,13 @@ class SlipContext:
     def locale(self) -> str:
         return babel_locale(self.language)
 
+    @property
+    def _formats(self) -> SlipFormats | None:
+        return formats_for(self.locale)  # None: a locale Babel formats (its data loaded then)
+
     def number(self, n: float) -> str:
+        if self._formats is not None:
+            return self._formats.number(int(n))
         from babel.numbers import format_decimal
 
         return str(format_decimal(int(n), locale=self.locale))
@@ -85,17 +93,23 @@ class SlipContext:
         return self._("{points} pts").format(points=self.number(n))
 
     def money(self, value: Money | int) -> str:
+        m = value if isinstance(value, Money) else Money(int(value), self.currency)
+        if self._formats is not None:
+            return self._formats.money(m.minor, m.currency)
         from babel.numbers import format_currency
 
-        m = value if isinstance(value, Money) else Money(int(value), self.currency)
         return str(format_currency(m.minor / 10 ** CURRENCY_EXPONENTS[m.currency], m.currency, locale=self.locale))
 
     def when(self, at: datetime) -> str:
+        if self._formats is not None:
+            return self._formats.when(at)
         from babel.dates import format_datetime
 
         return str(format_datetime(at, "short", locale=self.locale))
 
     def day(self, iso: str) -> str:
+        if self._formats is not None:
+            return self._formats.day(date.fromisoformat(iso[:10]))
         from babel.dates import format_date
 
         return str(format_date(date.fromisoformat(iso[:10]), "medium", locale=self.locale))
