@@ -41,7 +41,7 @@ import random
 import selectors
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -145,6 +145,24 @@ class MemoryStore:
         row = replace(self.rows[row_id], state="sending", attempts=self.rows[row_id].attempts + 1)
         self.rows[row_id] = row
         return row
+
+    def claim_batch(
+        self,
+        limit: int,
+        *,
+        delivered: Sequence[tuple[int, str | None]] = (),
+        unsent: Sequence[int] = (),
+    ) -> list[Row]:
+        for row_id, engine_id in delivered:
+            self.delivered(row_id, engine_id=engine_id)
+        for row_id in unsent:
+            given_back = self.rows[row_id]
+            self.rows[row_id] = replace(given_back, state="pending", attempts=given_back.attempts - 1)
+            heapq.heappush(self.due, (given_back.next_attempt, row_id))
+        claimed: list[Row] = []
+        while len(claimed) < limit and (row := self.claim()) is not None:
+            claimed.append(row)
+        return claimed
 
     def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
         self.on_delivered(self.rows.pop(row_id))

@@ -33,9 +33,24 @@ def say_after(cls: Any, name: str, step: str) -> None:
     setattr(cls, name, announced)
 
 
+def say_after_batch_delivered() -> None:
+    """The outbox records the rows the engine acknowledged with its next claim: "delivered" after
+    a commit that recorded some."""
+    original = OutboxStore.claim_batch
+
+    def announced(self: OutboxStore, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        if kwargs.get("delivered"):
+            print("delivered", flush=True)
+        return result
+
+    OutboxStore.claim_batch = announced  # type: ignore[method-assign]
+
+
 async def main(state_dir: Path, sim_url: str) -> None:
     say_after(Returns, "_commit", "committed")
-    say_after(OutboxStore, "delivered", "delivered")
+    say_after(OutboxStore, "delivered", "delivered")  # found by look-up
+    say_after_batch_delivered()
     say_after(Returns, "_keep_answer", "answered")
     cfg = config(state_dir, sim_url, returns={"confirm_wait": 2.0})
     store = OutboxStore(state_dir / "outbox.sqlite3")

@@ -13,7 +13,13 @@ holds the row as *unverifiable*: never resent,
 never "not needed", looked up again every ``UNVERIFIABLE_RETRY`` seconds and
 reported (one log line per row, ``Stats.unverifiable``, ``unverifiable_seen``).
 
-A row is never left in ``sending``: one whose body can never be sent (not valid for its
+Rows go in batches: one commit claims up to ``BATCH_MAX`` due rows (as many as the pacer lets
+go within ``BATCH_SECONDS``), marking them ``sending`` before the first request; they are sent
+one after another, each paced, on the client's one connection; what the engine acknowledged is
+committed with the next claim.  A crash in between leaves them ``sending``: looked up at start,
+never resent blindly.  A batch stops at the first failure and gives back the rows it did not send.
+
+No failure leaves a row in ``sending``: one whose body can never be sent (not valid for its
 request, or not JSON — e.g. an infinite quantity) goes ``dead`` with the reason; any other
 unexpected failure puts it back to ``pending``, looked up before it is sent again.
 Due times come from the store's clock (a ``SteadyClock`` in the daemon), never straight from
@@ -59,6 +65,10 @@ PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is ask
 REVERSAL_WINDOW = 60.0
 REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
 NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
+# Rows are claimed in batches (one commit marks them all 'sending', one records what the engine
+# acknowledged): as many as the pacer lets go within BATCH_SECONDS, at most BATCH_MAX.
+BATCH_SECONDS = 0.25
+BATCH_MAX = 64
 
 
 def unsendable(row: Row) -> str | None:
@@ -105,6 +115,9 @@ class Deliverer:
         if self.pacer.traffic is not None:
             self.pacer.traffic.on_interactive_ok = self._cashier_answered
         self.delivered = 0
+        # The current batch's outcomes not yet committed (the next claim commits them):
+        self._acknowledged: list[tuple[int, str | None]] = []  # (row id, the engine's id) of rows delivered
+        self._unsent: list[int] = []  # rows claimed but never sent
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
         self.reversals_not_applied = 0  # reversals not sent: what they reverse moved no points
 
@@ -255,15 +268,57 @@ class Deliverer:
         return True
 
     async def deliver(self, row: Row) -> None:
+        """Deliver one claimed row (a batch of one), its outcome committed before returning."""
+        await self._deliver_batch([row], None)
+        await self._claim(0)
+
+    async def _deliver_batch(self, rows: list[Row], stop: asyncio.Event | None) -> None:
+        """Deliver claimed rows in order until one fails (the engine away, busy, unsure: the rows
+        after it are given back, due as they were), the pacer holds, or ``stop`` is set.
+
+        What the engine acknowledged, and the rows given back, are committed with the next claim
+        (``_claim``), in one commit: a crash before it leaves them in 'sending', looked up at start.
+        """
+        done = 0
+        try:
+            for row in rows:
+                if done and ((stop is not None and stop.is_set()) or self.pacer.held()):
+                    break  # what is left would wait in 'sending': given back instead
+                done += 1
+                ack, go_on = await self._deliver_one(row)
+                if ack is not None:
+                    self._acknowledged.append(ack)
+                if not go_on:
+                    break
+        finally:
+            self._unsent.extend(row.id for row in rows[done:])
+            self.on_change()
+
+    async def _claim(self, limit: int) -> list[Row]:
+        """Settle the last batch (acknowledged, given back) and claim up to ``limit`` rows: one commit."""
+        # Taken before the commit, never put back: were it cut short, the rows stay in 'sending'
+        # (looked up at start), while a second attempt could give back a row claimed again since.
+        acknowledged, self._acknowledged = self._acknowledged, []
+        unsent, self._unsent = self._unsent, []
+        rows = await asyncio.to_thread(self.store.claim_batch, limit, delivered=acknowledged, unsent=unsent)
+        if acknowledged:
+            self.delivered += len(acknowledged)
+            self.on_change()
+        return rows
+
+    async def _deliver_one(self, row: Row) -> tuple[tuple[int, str | None] | None, bool]:
+        """Send one row (looked up first where needed) and settle any outcome but the engine's
+        acknowledgement, which is returned for the batch's commit (row id, the engine's id; None:
+        not acknowledged), with whether the batch goes on (False: it failed and waits)."""
         store = self.store
         now = self.clock()
         try:
             if await self._settled_by_look_up(row):
-                return
+                return None, True
             if (why := unsendable(row)) is not None:
                 log.error("outbox: row %d (%s) cannot be sent and is dead: %s", row.id, row.body.get("type"), why)
                 await asyncio.to_thread(store.dead, row.id, error=f"cannot be sent: {why}")
-                return
+                return None, True
             engine_id = await self._send(row)
         except (OutcomeUnknown, EngineProtocolError) as exc:
             # The write may have landed: never resend without looking first.
@@ -277,6 +332,7 @@ class Deliverer:
             why = f"HTTP {exc.status}: {exc.engine_message or exc.message}"
             log.error("outbox: row %d (%s) rejected by the engine for good: %s", row.id, row.body.get("type"), why)
             await asyncio.to_thread(store.dead, row.id, error=why)
+            return None, True
         except RetryableError as exc:
             wait = retry_delay(row.attempts)
             if isinstance(exc, EngineUnavailable) and self.pacer.in_outage():
@@ -289,38 +345,54 @@ class Deliverer:
             await self._later(row, now + retry_delay(row.attempts), exc, needs_lookup=True)
         else:
             self.pacer.record(None)
-            await asyncio.to_thread(store.delivered, row.id, engine_id=engine_id)
             if self.pacer.take_recovered():  # the engine is back: the pacer, not each row's backoff, spreads them
                 await asyncio.to_thread(store.release_waiting, now)
-            self.delivered += 1
-        finally:
-            self.on_change()
+            return (row.id, engine_id), True
+        return None, False
 
     async def _later(self, row: Row, at: float, exc: Exception, *, needs_lookup: bool = False) -> None:
         self.pacer.record(exc)
         code = getattr(exc, "code", type(exc).__name__)
         await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=code, needs_lookup=needs_lookup)
 
-    async def step(self) -> bool:
-        """Deliver one due row; False when none is due."""
+    async def step(self, limit: int = 1, stop: asyncio.Event | None = None) -> bool:
+        """Deliver up to ``limit`` due rows, claimed in one commit, their outcomes committed before
+        it returns; False when none is due."""
+        found = await self._step(limit, stop)
+        await self._claim(0)
+        return found
+
+    async def _step(self, limit: int, stop: asyncio.Event | None) -> bool:
+        """``step``, its outcomes left for the next claim to commit (the loops claim again at once)."""
         if self.pacer.recovered_by_cashiers():  # rows waiting on their backoff are due again
             await asyncio.to_thread(self.store.release_waiting, self.clock())
-        row = await asyncio.to_thread(self.store.claim)
-        if row is None:
+        rows = await self._claim(limit)
+        if not rows:
             return False
         with use_case(OUTBOX):  # counted as background traffic; never retried inside the client
-            await self.deliver(row)
+            await self._deliver_batch(rows, stop)
         return True
+
+    def batch_size(self) -> int:
+        """How many rows to claim at once: what the pacer lets go within ``BATCH_SECONDS``, at
+        most ``BATCH_MAX`` (so a crash leaves few acknowledgements to find by look-up), at least one."""
+        return max(1, min(BATCH_MAX, self.pacer.sends_within(BATCH_SECONDS)))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Forever, until ``stop``: deliver what is due, then sleep until the next due row or a wake."""
         await asyncio.to_thread(self.store.recover)
+        try:
+            await self._loop(stop)
+        finally:  # stopped or cancelled: the last batch's outcomes are committed (else looked up at start)
+            await self._claim(0)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Cleared before looking, never after: a row queued while we look keeps the flag set,
             # so the wait below returns at once instead of sleeping until the timer.
             self._wake.clear()
             try:
-                if await self.step():
+                if await self._step(self.batch_size(), stop):
                     continue
             except Exception:  # the outbox must outlive any single bug
                 log.exception("outbox: delivery step failed; continuing")
@@ -340,7 +412,7 @@ class Deliverer:
         await asyncio.to_thread(self.store.recover)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if await self.step():
+            if await self._step(self.batch_size(), None):  # its outcomes: committed by the next claim
                 continue
             stats = await asyncio.to_thread(self.store.stats)
             if stats.depth == 0:
@@ -348,4 +420,5 @@ class Deliverer:
             now = self.clock()
             next_due = await asyncio.to_thread(self.store.next_due) or now
             await asyncio.sleep(max(0.01, min(0.5, next_due - now, deadline - time.monotonic())))
+        await self._claim(0)
         return (await asyncio.to_thread(self.store.stats)).depth == 0

@@ -143,6 +143,7 @@ class Pacer:
         self._recovered = False
         self._grown_at = self.stamp
         self._constrained = False  # the last request had to wait for a token: the rate is what limits
+        self._wake_at: float | None = None  # when the wait last asked for ends (None: it said go)
         self.answered_at: float | None = None  # the engine last answered this till's outbox
         self.outage_began: float | None = None  # this till's estimate of when the engine went away
         self.failed_at: float | None = None  # the outbox's last failure
@@ -191,8 +192,9 @@ class Pacer:
         rate = self.allowed_rate()
         # No tokens are earned while held: a long Retry-After must not end in a burst.
         earning_since = max(self.stamp, min(now, self.hold_until))
-        self.tokens = min(float(self.policy.burst), self.tokens + max(0.0, now - earning_since) * rate)
+        self.tokens = min(self._cap(now, rate), self.tokens + max(0.0, now - earning_since) * rate)
         self.stamp = now
+        self._wake_at = None
         if held > MIN_WAIT:
             return held
         if self.tokens >= 1 - MIN_WAIT * rate:  # a wait shorter than a millisecond is no wait
@@ -200,7 +202,39 @@ class Pacer:
             self.tokens -= 1
             return 0.0
         self._constrained = True
-        return max(MIN_WAIT, (1 - self.tokens) / rate)
+        wait = max(MIN_WAIT, (1 - self.tokens) / rate)
+        self._wake_at = now + wait
+        return wait
+
+    def _cap(self, now: float, rate: float) -> float:
+        """The bucket's bound: the burst, and the time a caller overslept the wait it was told.
+
+        Sends are scheduled on a steady deadline, each one interval after the one before, not
+        after the moment the last one went: a sleep ends late (a millisecond of timer, a busy
+        loop), and a full bucket would forget that time, losing it from every interval (a
+        paced drain at 93/s for 100/s).  Up to one interval of it is kept, so the rate is
+        never exceeded (the tokens still come at ``rate``), nor the burst by more than one.
+        """
+        cap = float(self.policy.burst)
+        if self._wake_at is not None and now > self._wake_at:
+            cap += min(1.0, (now - self._wake_at) * rate)
+        return cap
+
+    def held(self) -> bool:
+        """Nothing may go for a while: a Retry-After, the cashiers' calls being limited, an outage."""
+        now = self.clock()
+        hold = max(self.hold_until - now, self.traffic.interactive_hold() if self.traffic else 0.0)
+        return hold > MIN_WAIT or self.in_outage()
+
+    def sends_within(self, seconds: float) -> int:
+        """How many requests the bucket lets go within ``seconds`` from now, as things stand
+        (nothing taken): a batch size for the deliverer, not a promise."""
+        now = self.clock()
+        if self.held():
+            return 1
+        rate = self.allowed_rate()
+        earned = max(0.0, now - self.stamp) * rate
+        return max(1, int(min(float(self.policy.burst), self.tokens + earned) + seconds * rate))
 
     # -- answers -------------------------------------------------------------------
 

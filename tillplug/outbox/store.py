@@ -12,6 +12,9 @@ A technician may ``retry`` or ``discard`` (with a reason) a row in any open stat
 pending, sending (left by a crash), dead, unverifiable — never a delivered one.
 Rows found in ``sending`` at start-up were interrupted: they go back to
 ``pending`` marked for look-up, due at once, so a crash never causes a blind resend.
+The deliverer claims rows in batches (``claim_batch``: one commit marks them all ``sending``
+before the first is sent) and records what the engine acknowledged with its next claim, in
+the same commit: an acknowledgement lost to a crash is found by that look-up.
 
 Times are wall-clock seconds from ``clock`` (``open_store`` gives a ``SteadyClock``, which a
 clock step cannot move while tillplug runs).  A due time read from disk at start (``recover``)
@@ -32,7 +35,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +75,9 @@ WAITED_FOR_ENGINE = ("engine_unreachable", "engine_timeout", "engine_error", "en
 MAX_DELAY = 3600.0  # seconds: the longest a row is ever meant to wait (Retry-After is honoured up to an hour)
 # A stored due time, bounded (see the module's docstring).  Parameters: now, MAX_DELAY.
 DUE = "MIN(next_attempt, ? + MIN(?, MAX(0, next_attempt - updated)))"
+# A row's move to delivered.  Parameters: engine_id, note, note.  The note is added to what a
+# technician wrote (kept for audit), never put in its place.
+DELIVERED = "state='delivered', engine_id=?, note=COALESCE(note || ?, ?, note), last_error=NULL, unverifiable=0"
 
 
 @dataclass(frozen=True)
@@ -247,29 +253,55 @@ class OutboxStore:
 
     def claim(self, now: float | None = None) -> Row | None:
         """The next due row whose stream has nothing earlier still open (order per checkout)."""
+        claimed = self.claim_batch(1, now)
+        return claimed[0] if claimed else None
+
+    def claim_batch(
+        self,
+        limit: int,
+        now: float | None = None,
+        *,
+        delivered: Sequence[tuple[int, str | None]] = (),
+        unsent: Sequence[int] = (),
+    ) -> list[Row]:
+        """Up to ``limit`` due rows, each the first still open in its stream, in due order: all
+        marked 'sending' in one commit, before any of them can be sent.
+
+        The same commit first settles the batch before: ``delivered``, the rows the engine
+        acknowledged (row id, the engine's id for it), and ``unsent``, claimed rows never sent,
+        back to pending as they were (no look-up: they never left).  A crash before it leaves
+        them in 'sending', looked up at start; ``limit`` 0 only settles.
+        """
+        if limit <= 0 and not delivered and not unsent:
+            return []
         now = self.clock() if now is None else now
         with self.transaction() as tx:
-            r = tx.db.execute(
+            tx.db.executemany(
+                f"UPDATE outbox SET {DELIVERED}, updated=? WHERE id=? AND state='sending'",
+                [(engine_id, None, None, now, row_id) for row_id, engine_id in delivered],
+            )
+            tx.db.executemany(
+                "UPDATE outbox SET state='pending', attempts=MAX(0, attempts-1), updated=?"
+                " WHERE id=? AND state='sending'",
+                [(now, row_id) for row_id in unsent],
+            )
+            if limit <= 0:
+                return []
+            found = tx.db.execute(
                 "SELECT o.* FROM outbox o WHERE o.state='pending' AND o.next_attempt <= ?"
                 " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.stream=o.stream AND e.id < o.id"
                 "                 AND e.state IN ('pending', 'sending'))"
-                " ORDER BY o.next_attempt, o.id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if r is None:
-                return None
-            tx.db.execute(
-                "UPDATE outbox SET state='sending', attempts=attempts+1, updated=? WHERE id=?", (now, r["id"])
+                " ORDER BY o.next_attempt, o.id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            tx.db.executemany(
+                "UPDATE outbox SET state='sending', attempts=attempts+1, updated=? WHERE id=?",
+                [(now, r["id"]) for r in found],
             )
-            return Row.from_sql(r)
+            return [Row.from_sql(r) for r in found]
 
     def delivered(self, row_id: int, *, engine_id: str | None = None, note: str | None = None) -> None:
-        # The note is added to what a technician wrote (kept for audit), never put in its place.
-        self._finish(
-            row_id,
-            "state='delivered', engine_id=?, note=COALESCE(note || ?, ?, note), last_error=NULL, unverifiable=0",
-            (engine_id, note, note),
-        )
+        self._finish(row_id, DELIVERED, (engine_id, note, note))
 
     def hold_unverifiable(self, row_id: int, *, at: float, reason: str) -> None:
         """The look-up could not tell: keep the row pending (its stream waits behind it), flagged."""
