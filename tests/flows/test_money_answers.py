@@ -344,7 +344,7 @@ async def deliver_all(h: Harness, clock: Steady) -> None:
     for _ in range(20):
         if not await h.deliverer.step():
             break
-    clock.now += REVERSAL_WINDOW + 1
+    clock.now += h.client.in_flight.window + REVERSAL_WINDOW + 1  # the engine took it late, then reacted
     with h.store.transaction() as t:
         t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
     assert await h.drain()

@@ -39,11 +39,12 @@ def landed(sim: SimServer, key: str) -> int:
 
 
 def wait_until_engine_idle(sim: SimServer) -> None:
-    """Every write that reached the simulator has been taken (bounded: held writes land within LATE)."""
+    """Every write that reached the simulator has been taken and its reaction applied (bounded: held
+    writes land within LATE)."""
     deadline = time.monotonic() + 10 * LATE + 5
     while time.monotonic() < deadline:
         arrived = sim.sim.requests_for("POST /v1/events")
-        if len(sim.state.ledger.events) >= arrived:
+        if len(sim.state.ledger.events) >= arrived and sim.state.reactions_due == 0:  # and their reactions
             return
         time.sleep(0.05)
     raise AssertionError("the simulator did not take the writes it received")

@@ -60,8 +60,8 @@ AUTH_BACKOFF = 60.0  # wrong credentials need a technician; keep trying, slowly
 UNVERIFIABLE_RETRY = 300.0  # a held row is looked up again this often (calibration may have changed)
 IN_FLIGHT = "in_flight"  # last_error of a row waiting out the in-flight window of what it looked for
 PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
-# How long after the send of a write a reversal reverses the engine may still apply it: reactions
-# take "almost instant to a few seconds"; past this it surely has (tillplug.flows.points.UNSEEN_FOR).
+# How long after taking a write the engine may still apply its reaction: reactions take "almost
+# instant to a few seconds"; past this it surely has (tillplug.flows.points.UNSEEN_FOR).
 REVERSAL_WINDOW = 60.0
 REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
 NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
@@ -228,8 +228,9 @@ class Deliverer:
 
         Where the engine lists reactions and shows the reversed write moved no points (a deduction a
         missing or conditional redemption reactor never applied, or one applied late), the reversal
-        waits, looked up again, until ``REVERSAL_WINDOW`` after that write's send; then it is not
-        needed: refunding what was never taken would invent points.  The void's rule: anything the
+        waits, looked up again, until ``REVERSAL_WINDOW`` after the engine may last have taken that
+        write (the in-flight window after its send); then it is not needed: refunding what was
+        never taken would invent points.  The void's rule: anything the
         engine cannot show (no reactions listed, no id, a read failing) sends the reversal.
         """
         engine_id = reversed_write.engine_id
@@ -239,7 +240,9 @@ class Deliverer:
             return False
         if await applied_within(self.client, engine_id, 0) is not False:
             return False  # applied, or it cannot tell: sent
-        wait = self.client.in_flight.remaining(key, REVERSAL_WINDOW)
+        # The engine may take the write as late as the in-flight window after our send, and applies
+        # its reaction within REVERSAL_WINDOW of taking it: both, counted from the send.
+        wait = self.client.in_flight.remaining(key, self.client.in_flight.window + REVERSAL_WINDOW)
         if wait > 0:
             at = self.clock() + min(wait, REVERSAL_RECHECK)
             await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=NOT_APPLIED, needs_lookup=False)
