@@ -501,8 +501,10 @@ def startup(work: Path, sim: Sim, runs: int) -> dict[str, Any]:
         "importtime",
         "-c",
         # What the daemon imports by READY=1 for this till (a slip adds neither python-escpos's printer
-        # module nor Babel: tests/daemon/test_start_imports.py).
-        "import tillplug.daemon.wiring, tillplug.drivers.serial_scanner, tillplug.drivers.escpos_printer",
+        # module nor Babel: tests/daemon/test_start_imports.py), as `tillplug run` does: without the
+        # cyclic collector, whose pauses would land on whichever module was importing.
+        "import gc; gc.disable();"
+        " import tillplug.daemon.wiring, tillplug.drivers.serial_scanner, tillplug.drivers.escpos_printer",
     ]
     subprocess.run(argv, capture_output=True, env=cache_env)  # first run writes the pickle
     imports = subprocess.run(argv, capture_output=True, text=True, env=cache_env).stderr
