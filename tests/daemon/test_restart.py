@@ -168,7 +168,8 @@ def test_the_scheduled_restart_waits_for_the_checkout_then_goes_and_gives_up_wai
                 )
 
         reason = wait_for_safe_moment(config, RestartPlan(within=60, every=0), sleep=sleep)
-        assert reason == "safe moment: nothing in progress" and ticks["n"] == 3
+        # Not before the sale ended; maybe a tick later (its earn may still be on its way out).
+        assert reason == "safe moment: nothing in progress" and ticks["n"] >= 3
         assert till.api.post("/v1/checkouts", json={"transactionId": "T10", "lane": 1}).status_code == 201
         now = iter(range(0, 1000, 10))
         reason = wait_for_safe_moment(
