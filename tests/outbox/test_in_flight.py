@@ -16,6 +16,7 @@ from tests.engine_helpers import calibrated_client
 from tillplug.engine.clock import InFlight, in_flight_window
 from tillplug.engine.models import new_event_key
 from tillplug.outbox import Deliverer, OutboxStore
+from tillplug.outbox.deliver import REVERSAL_WINDOW
 from tillplug.sim import SimServer
 
 ALICE = "5a1b2c3d-0000-4000-8000-000000000001"
@@ -38,13 +39,13 @@ def landed(sim: SimServer, key: str) -> int:
     return sum(e["payload"].get("eventKey") == key for e in sim.state.ledger.events)
 
 
-def wait_until_engine_idle(sim: SimServer) -> None:
+def wait_until_engine_idle(sim: SimServer, *, reactions: bool = True) -> None:
     """Every write that reached the simulator has been taken and its reaction applied (bounded: held
     writes land within LATE)."""
     deadline = time.monotonic() + 10 * LATE + 5
     while time.monotonic() < deadline:
         arrived = sim.sim.requests_for("POST /v1/events")
-        if len(sim.state.ledger.events) >= arrived and sim.state.reactions_due == 0:  # and their reactions
+        if len(sim.state.ledger.events) >= arrived and (sim.state.reactions_due == 0 or not reactions):
             return
         time.sleep(0.05)
     raise AssertionError("the simulator did not take the writes it received")
@@ -132,6 +133,40 @@ def test_a_refund_if_landed_waits_for_its_deduction_still_in_flight_after_a_rest
     assert landed(sim, deduction) == 1
     assert landed(sim, refund) == 1, "the member got the points back"
     assert "not needed" not in (store.by_key(refund).note or "")
+
+
+def test_a_refund_waits_for_a_deduction_taken_late_and_applied_within_its_window(tmp_path, sim):
+    """The engine may take a write as late as the in-flight window after the send, and apply its
+    reaction up to ``REVERSAL_WINDOW`` after taking it.  The refund-if-applied used to count that
+    window from the send alone: looked up just past it, the deduction shown taken but not yet
+    applied was called "moved no points", the refund dropped, and 500 points lost when it applied."""
+    store = OutboxStore(tmp_path / "o.db")
+    deduction, refund = new_event_key(), new_event_key()
+    sim.state.reactors["delay_seconds"] = 30.0  # real seconds: not applied while the test looks
+    clock = FakeMonotonic()
+
+    async def day() -> None:
+        sim.sim.faults.update({"late_write_seconds": LATE})
+        async with calibrated_client(sim, read_timeout=0.3, connect_timeout=0.3) as client:
+            client.in_flight = InFlight(30.0, monotonic=clock)  # a configured window of 30 s
+            with pytest.raises(Exception):  # noqa: B017 -- answered after the read timeout
+                await client.report_event(_definition(deduction, "REDEEMED_POINTS", 500))
+            wait_until_engine_idle(sim, reactions=False)  # taken (late), its reaction still to come
+            sim.sim.faults.update({"late_write_seconds": 0.0})
+            store.add(
+                kind="event",
+                stream="tx-1",
+                event_key=refund,
+                body=event(refund, "POINTS_REFUND", 500, reverses=deduction),
+                requires_key=deduction,
+            )
+            clock.now += REVERSAL_WINDOW + 1  # past the reaction's window from the send, not from the take
+            await Deliverer(store, client, rate=1e6, burst=10**6).step()
+            row = store.by_key(refund)
+            assert row.state == "pending" and "not needed" not in (row.note or ""), "waits for the reaction"
+
+    asyncio.run(day())
+    assert landed(sim, refund) == 0
 
 
 def _definition(key: str, kind: str, points: int):
