@@ -483,6 +483,18 @@ def connection_for(config: PrinterConfig) -> Connection:
 # -- text ----------------------------------------------------------------------
 
 
+def _asciifirst_encoder(codepages: Any) -> Any:
+    """python-escpos's encoder, with plain ASCII (most of a slip) encoded at once: the same bytes its
+    character-by-character table look-up gives, in a hundredth of the time."""
+    from escpos.magicencode import Encoder
+
+    class AsciiFirst(Encoder):  # type: ignore[misc]
+        def encode(self, text: str, encoding: str, defaultchar: str = "?") -> bytes:
+            return text.encode("ascii") if text.isascii() else bytes(super().encode(text, encoding, defaultchar))
+
+    return AsciiFirst(codepages)
+
+
 # -- the driver ----------------------------------------------------------------
 
 
@@ -518,9 +530,11 @@ class EscposPrinter(PrinterDriver):
         from escpos.printer import Dummy
 
         out = Dummy(profile=self.config.profile)
+        if self._encoder is None:
+            self._encoder = _asciifirst_encoder(out.magic.encoder.codepages)
+        out.magic.encoder = self._encoder  # one per printer: its code page's table is built once, not per slip
         out.hw("INIT")
         out.magic.force_encoding(self.code_page)
-        self._encoder = out.magic.encoder
         with contextlib.redirect_stdout(io.StringIO()):  # python-escpos prints chatter
             for block in receipt.blocks:
                 self._render_block(out, block)

@@ -531,7 +531,8 @@ class TillApi:
                 yield self._sse(event)
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                    async with asyncio.timeout(HEARTBEAT):  # wait_for's task a wait cost each event a loop turn
+                        item = await queue.get()
                 except TimeoutError:
                     yield ": heartbeat\n\n"
                     continue
