@@ -63,6 +63,8 @@ class CodePages:
             return False
 
     def encode(self, text: str, encoding: str, default: str = "?") -> bytes:
+        if text.isascii():  # most of a slip: the same bytes in every code page
+            return text.encode("ascii")
         chars = self._map(encoding)
         return bytes(ord(c) if ord(c) < 128 else chars.get(c, ord(default)) for c in text)
 
@@ -88,9 +90,9 @@ class _Magic:
 class SlipBytes:
     """The subset of python-escpos's ``Escpos`` API the escpos driver renders a slip with."""
 
-    def __init__(self, profile: str) -> None:
+    def __init__(self, profile: str, pages: CodePages | None = None) -> None:
         self.features: dict[str, Any] = printer_profile(profile).get("features", {})
-        self.magic = _Magic(self, CodePages(profile))
+        self.magic = _Magic(self, pages or CodePages(profile))
         self._output: list[bytes] = []
 
     @property

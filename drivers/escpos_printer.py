@@ -538,6 +538,7 @@ class EscposPrinter(PrinterDriver):
         self.columns, self.dots = paper_layout(config)
         self.small_columns = small_font_columns(config.profile, self.columns)
         self._encoder: Any = None
+        self._pages: Any = None  # escpos_bytes.CodePages, built at the first slip
         self._logos: dict[tuple[str, int, int], bytes] = {}
 
     @property
@@ -551,7 +552,9 @@ class EscposPrinter(PrinterDriver):
     def render(self, receipt: Receipt) -> bytes:
         from tillplug.drivers.escpos_bytes import SlipBytes
 
-        return self.render_with(SlipBytes(self.config.profile), receipt)
+        if self._pages is None:  # one per printer: its code page's table is built once, not per slip
+            self._pages = SlipBytes(self.config.profile).magic.encoder
+        return self.render_with(SlipBytes(self.config.profile, self._pages), receipt)
 
     def render_with(self, out: Any, receipt: Receipt) -> bytes:
         """The receipt's bytes, written by ``out``: a ``SlipBytes`` (``render``), or python-escpos's

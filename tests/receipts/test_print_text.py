@@ -18,7 +18,7 @@ from tillplug.engine.models import Benefit, Wallet
 from tillplug.logs import mask
 from tillplug.receipts import templates as T
 from tillplug.receipts.code128 import escpos_payload, from_escpos_payload, symbol_count
-from tillplug.receipts.layout import Text
+from tillplug.receipts.layout import Receipt, Text
 from tillplug.receipts.preview import interpret, render_png
 
 WHEN = datetime(2026, 11, 26, 9, 30)
@@ -158,3 +158,39 @@ def test_doctor_and_test_print_work_on_a_fresh_install(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "('ok', 'ok')" in r.stdout, r.stdout
+
+
+# -- #27: the slip's render, faster and byte for byte the same ----------------------------------
+
+
+def _as_python_escpos_renders(p: EscposPrinter, receipt: Receipt) -> bytes:
+    """The bytes python-escpos's own printer gives, fresh for each slip (as before #27)."""
+    from escpos.printer import Dummy
+
+    return EscposPrinter(p.config).render_with(Dummy(profile=p.config.profile), receipt)
+
+
+@given(st.text(st.characters(codec="utf-8"), max_size=40))
+def test_the_ascii_first_encoder_prints_what_python_escpos_prints(text):
+    """Plain ASCII is encoded at once and the code page's table is built once per printer; any text, a
+    header's letters the page lacks and control characters too, comes out as python-escpos made it."""
+    p = printer()
+    ctx = T.SlipContext("till-01", "branch-0001", "GBP", (text, "Corner Shop"), ("Thank you",))
+    wallet = Wallet.model_validate({"pointsBalance": 1234, "lifetimeEarn": 5678, "vouchers": []})
+    for receipt in (T.balance_slip(ctx, mask("5a1b2c3d-0000"), wallet), T.refund_slip(ctx, "TX-1", 500)):
+        first = p.render(receipt)
+        assert first == p.render(receipt) == _as_python_escpos_renders(p, receipt)
+
+
+def test_a_printer_builds_its_code_page_table_once_not_per_slip(monkeypatch):
+    """The code page's character table was built for every slip: a quarter of a render."""
+    from tillplug.drivers.escpos_bytes import CodePages
+
+    built = []
+    real = CodePages.__init__
+    monkeypatch.setattr(CodePages, "__init__", lambda self, profile: built.append(profile) or real(self, profile))
+    p = printer()
+    ctx = T.SlipContext("till-01", "branch-0001", "GBP", ("Café Ñandú",), ("Thank you",))
+    for _ in range(3):
+        p.render(T.refund_slip(ctx, "TX-1", 500))
+    assert len(built) == 1

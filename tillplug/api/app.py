@@ -614,7 +614,8 @@ async def _sse_lines(first: list[str], queue: asyncio.Queue[Any], line: Callable
         yield text
     while True:
         try:
-            item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            async with asyncio.timeout(HEARTBEAT):  # wait_for's task would cost each item a loop turn
+                item = await queue.get()
         except TimeoutError:
             yield ": heartbeat\n\n"
             continue

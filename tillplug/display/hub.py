@@ -63,7 +63,8 @@ class DisplayHub:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), TICK)
+                    async with asyncio.timeout(TICK):  # no task a wait (wait_for's): this runs for every event
+                        event = await queue.get()
                 except TimeoutError:
                     event = None
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -14,6 +15,7 @@ from tillplug.errors import (
     EngineUnavailable,
     InvalidRequest,
     MemberNotFound,
+    TillplugError,
 )
 from tillplug.flows import answers
 from tillplug.flows.checkouts import AppliedVoucher, Checkout, Member
@@ -66,6 +68,9 @@ class CheckoutBook:
         # ident → (member, expiry): a card's UUID and authIdentifier do not change (engine-api.md part 1 §3).
         self._members: OrderedDict[str, tuple[Member, float]] = OrderedDict()
         self._open_by_lane: dict[int, str] | None = None  # lane → open checkout, mirrored from the database
+        # Cards looked up whose offline-cache commit has not landed yet (ident → member), and its writer.
+        self._remembering: dict[str, Member] = {}
+        self._remember_task: asyncio.Task[None] | None = None
 
     # -- member look-up ----------------------------------------------------------------
 
@@ -107,6 +112,28 @@ class CheckoutBook:
     async def remember_member(self, ident: str, member: Member) -> None:
         await self.ctx.db(self.ctx.store.remember_member, ident, member.id, OFFLINE_MEMBER_TTL)
 
+    def remember_later(self, ident: str, member: Member) -> None:
+        """The offline cache's commit (an fsync) off the look-up's path: neither the shopper's slip nor the
+        lane's next scan waits for it.  Until it lands ``offline_member`` finds the card here; cards seen
+        meanwhile share one commit.  A crash before it loses only a cache entry (the card is looked up)."""
+        self._remembering[ident] = member
+        if self._remember_task is None or self._remember_task.done():
+            self._remember_task = asyncio.ensure_future(self._remember_pending())
+
+    async def _remember_pending(self) -> None:
+        while self._remembering:
+            batch = dict(self._remembering)
+            try:
+                await self.ctx.db(
+                    self.ctx.store.remember_members, {i: m.id for i, m in batch.items()}, OFFLINE_MEMBER_TTL
+                )
+            except TillplugError as exc:  # the cache only: the look-up it came from has answered already
+                log.warning("cards seen could not be kept for offline use: %s", exc.message)
+            finally:
+                for ident, member in batch.items():
+                    if self._remembering.get(ident) is member:
+                        del self._remembering[ident]
+
     def offline_member(self, code: str | Classified, entry: str = "keyed") -> Member | None:
         """The member a card names while the engine is down, if tillplug can know it without asking.
 
@@ -117,7 +144,8 @@ class CheckoutBook:
         code may be a typo naming a stranger: it is ``unverified`` and no figure is promised.
         """
         ident = self.member_ident(code)
-        cached = self.ctx.store.recall_member(ident)
+        pending = self._remembering.get(ident)
+        cached = pending.id if pending is not None else self.ctx.store.recall_member(ident)
         if cached is not None:
             return Member(cached, None, mask(cached), offline=True)
         if isinstance(code, Classified):
@@ -149,8 +177,7 @@ class CheckoutBook:
         self.ctx.events.publish("member_found", view.event_data(), lane=lane)
         if print_slip and lane is not None and self.ctx.config.receipts.balance_slip:
             view.print = await self.ctx.print(lane, templates.balance_slip(self.ctx.slip, member.masked, wallet))
-        # The offline cache's commit (an fsync) after the slip is queued: it is not what the shopper waits for.
-        await self.remember_member(self.member_ident(code), member)
+        self.remember_later(self.member_ident(code), member)
         return view
 
     # -- checkouts -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -290,13 +290,18 @@ class CheckoutStore:
     # -- the offline member cache -----------------------------------------------------
 
     def remember_member(self, ident: str, member_id: str, ttl: float) -> None:
+        self.remember_members({ident: member_id}, ttl)
+
+    def remember_members(self, members: Mapping[str, str], ttl: float) -> None:
+        """Cards seen (ident → WLL id), kept ``ttl`` seconds for offline attach: one commit for them all."""
         now = time.time()
         with self.transaction() as tx:
-            tx.execute(
-                "INSERT INTO member_cache (ident_hash, member_id, expires) VALUES (?, ?, ?)"
-                " ON CONFLICT (ident_hash) DO UPDATE SET member_id=excluded.member_id, expires=excluded.expires",
-                (ident_hash(ident), member_id, now + ttl),
-            )
+            for ident, member_id in members.items():
+                tx.execute(
+                    "INSERT INTO member_cache (ident_hash, member_id, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT (ident_hash) DO UPDATE SET member_id=excluded.member_id, expires=excluded.expires",
+                    (ident_hash(ident), member_id, now + ttl),
+                )
             tx.execute("DELETE FROM member_cache WHERE expires < ?", (now,))
             tx.execute(
                 "DELETE FROM member_cache WHERE ident_hash IN (SELECT ident_hash FROM member_cache"

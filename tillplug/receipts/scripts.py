@@ -27,10 +27,13 @@ _DROPPED = "\x00"  # a left-out emoji, until the spaces around it are tidied
 _LOST = "\x01"
 
 CanEncode = Callable[[str], bool]
+_PLAIN = re.compile("[\n -~]*")  # printable ASCII and line breaks: every code page shows them as they are
 
 
 def for_code_page(text: str, can_encode: CanEncode) -> tuple[str, bool]:
     """(what the printer can show of ``text``, whether that is faithful: no letter lost)."""
+    if _PLAIN.fullmatch(text):  # most of a slip: nothing to look up, character by character
+        return text, True
     out = []
     for ch in unicodedata.normalize("NFC", text):  # 'e' + U+0301 is the é the code page has
         category = unicodedata.category(ch)

@@ -27,6 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,7 +183,7 @@ class JobStore:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM print_jobs WHERE id = ?", (job_id,)).fetchone()
         return PrintJob.from_sql(row) if row else None
 
-    def add(
+    def add(  # noqa: PLR0913 -- a job's columns, then how its caller holds the printer and tells the till
         self,
         printer: str,
         lane: int,
@@ -192,18 +193,27 @@ class JobStore:
         *,
         hold_seconds: float,
         reprint_of: int | None = None,
+        claim: bool = False,
+        added: Callable[[PrintJob], object] | None = None,
     ) -> PrintJob:
-        """Store a queued job; ``PrintQueueFull`` past a bound, ``StorageError`` if the disk refuses."""
+        """Store a queued job; ``PrintQueueFull`` past a bound, ``StorageError`` if the disk refuses.
+
+        With ``claim``, a job that would be the printer's only waiting one is stored already claimed
+        (``printing``): recorded and marked in one commit, for a caller that holds the printer and
+        writes it next.  Behind other waiting jobs it is stored queued, to wait its turn.  ``added`` is
+        called with the stored job before any other thread can claim it (the till hears "queued" first)."""
         now = time.time()
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    freed = self._check_room(printer, len(data), now)
+                    figures = self._figures(printer)
+                    freed = self._check_room(printer, len(data), now, figures)
+                    state = JobState.PRINTING if claim and figures.waiting == 0 else JobState.QUEUED
                     cur = self._db.execute(
                         "INSERT INTO print_jobs (printer, lane, kind, source, data, state, reprint_of, created, "
-                        "updated, expires) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                        (printer, lane, kind, source, data, reprint_of, now, now, now + hold_seconds),
+                        "updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (printer, lane, kind, source, data, state.value, reprint_of, now, now, now + hold_seconds),
                     )
                     self._db.execute("COMMIT")
                 except BaseException:
@@ -212,6 +222,8 @@ class JobStore:
                 if freed:
                     self._db.execute("PRAGMA incremental_vacuum")
                 job = self._one(int(cur.lastrowid or 0))
+                if added is not None and job is not None:
+                    added(job)
         except sqlite3.Error as exc:  # translated here: the one boundary a print call crosses
             if "full" in str(exc).lower():
                 raise StorageFull(f"The print database cannot grow: {exc}.") from exc
@@ -219,11 +231,10 @@ class JobStore:
         assert job is not None
         return job
 
-    def _check_room(self, printer: str, size: int, now: float) -> int:
+    def _check_room(self, printer: str, size: int, now: float, figures: QueueFigures) -> int:
         """Inside add's transaction: the printer's bounds, then the database's (finished jobs make room).
         How many finished jobs went to make it."""
         limits = self.limits
-        figures = self._figures(printer)
         if figures.waiting >= limits.max_waiting_jobs:
             raise PrintQueueFull(
                 f"Printer {printer} has {figures.waiting} jobs waiting, its bound ([printing] max_waiting_jobs); "

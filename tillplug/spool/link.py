@@ -12,6 +12,7 @@ no answer after the cut is ``sent`` ("did not confirm"), so the same bytes never
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
@@ -88,7 +89,8 @@ class PrinterLink:
             return status, Outcome(JobState.HELD, reason, reason, away=True)
         return status, None
 
-    def print_job(self, data: bytes) -> tuple[PrinterStatus, Outcome]:
+    def print_job(self, data: bytes, written: Callable[[], object] = lambda: None) -> tuple[PrinterStatus, Outcome]:
+        """``written`` is called once the bytes are out, before the printer is asked how the job ended."""
         before, fault = self.check()
         if fault is not None:
             return before, fault
@@ -99,6 +101,7 @@ class PrinterLink:
             reason = f"printer away: {exc.message}"
             # Part of the slip may be out: not repeated by itself (a reprint is one call away).
             return before, Outcome(JobState.FAILED, reason, reason, away=True)
+        written()
         if before.state is PrinterState.UNKNOWN and not self.answered:
             self._unconfirmed()
             return before, Outcome(JobState.SENT, before.reason)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from tillplug.devices.base import PrinterDriver, PrinterState, PrinterStatus
 from tillplug.devices.supervisor import DeviceHealth, DeviceState, should_log
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from tillplug.config.model import PrinterConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PROBE_EVERY = 0.5  # while the printer cannot print: a return is noticed within this plus the connect timeout
 IDLE_CHECK_EVERY = 5.0  # with nothing to print: ask the printer now and then, so health stays true
 PRUNE_EVERY = 300.0  # finished jobs past their keep time are dropped this often (and on every add)
@@ -87,6 +90,7 @@ class _Step:
     status: PrinterStatus | None = None
     outcome: Outcome | None = None
     moved: PrintJob | None = None
+    queued: PrintJob | None = None  # a slip stored to wait its turn (printing it at once was not possible)
     expired: list[PrintJob] = field(default_factory=list)
     figures: QueueFigures = field(default_factory=QueueFigures)
 
@@ -133,6 +137,10 @@ class PrintSpool:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # Held by whichever worker thread talks to the printer: the task's steps and probes, or a slip
+        # printed at once by ``submit_receipt``; one at a time, so their bytes never mix.
+        self._wire = threading.Lock()
+        self._printing_now: set[asyncio.Future[_Step]] = set()
         port, path = config.share_port, config.share_socket
         self.share = SharePort(self, port, socket_path=path) if port or path else None
 
@@ -158,36 +166,136 @@ class PrintSpool:
                 rendered = await asyncio.to_thread(self.driver.render, Receipt("loyalty", blocks))
                 data = insert_before_cut(data, rendered.removeprefix(b"\x1b@")) or data  # no reset inside
         return await self._add(
-            lambda: self.store.add(self.name, self.config.lane, kind, source, data, hold_seconds=hold)
+            lambda told: self.store.add(self.name, self.config.lane, kind, source, data, hold_seconds=hold, added=told)
         )
 
     async def submit_receipt(self, receipt: Receipt) -> PrintJob:
-        """Render one of tillplug's slips and queue it, in one worker-thread hop (``submit`` for bytes)."""
+        """Render one of tillplug's slips and queue it, in one worker-thread hop (``submit`` for bytes).
 
-        def render_and_add() -> PrintJob:
-            try:
-                data = self.driver.render(receipt)
-            except TillplugError:
-                raise
-            except Exception as exc:  # python-escpos or Pillow: translated at this boundary
-                raise DriverError(f"printer {self.name} cannot lay out a {receipt.kind} slip: {exc}") from exc
-            return self.store.add(
-                self.name, self.config.lane, receipt.kind, "tillplug", data, hold_seconds=self.hold_seconds
+        On a printer known ready with nothing waiting, that same hop prints it: the slip is recorded
+        already ``printing`` (one commit, the durable mark before its bytes go out), the printer is
+        asked, the bytes written, and the caller has its job as soon as they are out; how the job
+        ended is told as the task would tell it.  Otherwise it is queued for the task."""
+        if self.fault is None and self.health.state is DeviceState.READY and not self._stopping:
+            return await self._print_at_once(receipt)
+        return await self._add(
+            lambda told: self.store.add(
+                self.name,
+                self.config.lane,
+                receipt.kind,
+                "tillplug",
+                self._render(receipt),
+                hold_seconds=self.hold_seconds,
+                added=told,
             )
+        )
 
-        return await self._add(render_and_add)
-
-    async def _add(self, add: Callable[[], PrintJob]) -> PrintJob:
+    def _render(self, receipt: Receipt) -> bytes:
         try:
-            job = await asyncio.to_thread(add)
-        except PrintQueueFull:
-            self.refused += 1
-            if should_log(self.refused):
-                log.error("printer %s: print queue full, %d job(s) refused", self.name, self.refused)
+            return self.driver.render(receipt)
+        except TillplugError:
             raise
-        self._changed(job)
+        except Exception as exc:  # python-escpos or Pillow: translated at this boundary
+            raise DriverError(f"printer {self.name} cannot lay out a {receipt.kind} slip: {exc}") from exc
+
+    async def _print_at_once(self, receipt: Receipt) -> PrintJob:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[PrintJob] = loop.create_future()
+
+        def written(job: PrintJob) -> None:  # on the loop: its bytes are out; the till hears what the task says
+            if not answer.done():
+                queued = dataclasses.replace(job, state=JobState.QUEUED)  # what this call did, as the API says
+                self.tell(JobChanged(queued))
+                self.tell(JobChanged(job))
+                answer.set_result(queued)
+
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                self._print_now, receipt, self._teller(loop), lambda job: loop.call_soon_threadsafe(written, job)
+            )
+        )
+        self._printing_now.add(work)
+        work.add_done_callback(functools.partial(self._printed_now, answer, written))
+        return await answer
+
+    def _print_now(
+        self, receipt: Receipt, told: Callable[[PrintJob], object], written: Callable[[PrintJob], object]
+    ) -> _Step:
+        """In a worker thread: render, then (the printer free and nothing waiting) claim, print and record."""
+        data = self._render(receipt)
+        step = _Step()
+        if self.till_floor or self.till_first or not self._wire.acquire(blocking=False):
+            step.queued = self._store_slip(receipt.kind, data, claim=False, told=told)  # the task prints it in turn
+            return step
+        try:
+            job = self._store_slip(receipt.kind, data, claim=True, told=told)
+            if job.state is not JobState.PRINTING:
+                step.queued = job
+                return step
+            step.claimed = (job, data)
+            self._print_claimed(step, job, data, written=lambda: written(job))
+        finally:
+            self._wire.release()
+        step.expired, step.figures = self._expire_and_count()
+        return step
+
+    def _store_slip(self, kind: str, data: bytes, *, claim: bool, told: Callable[[PrintJob], object]) -> PrintJob:
+        return self.store.add(
+            self.name,
+            self.config.lane,
+            kind,
+            "tillplug",
+            data,
+            hold_seconds=self.hold_seconds,
+            claim=claim,
+            added=lambda job: job.state is JobState.QUEUED and told(job),  # printing now: ``written`` tells it
+        )
+
+    def _teller(self, loop: asyncio.AbstractEventLoop) -> Callable[[PrintJob], object]:
+        """For a worker thread: tell the till of a job just stored, on the loop, in the order it happened."""
+        return lambda job: loop.call_soon_threadsafe(self._changed, job)
+
+    def _printed_now(
+        self, answer: asyncio.Future[PrintJob], written: Callable[[PrintJob], None], work: asyncio.Future[_Step]
+    ) -> None:
+        """On the loop, once a slip printed at once is done with: the caller answered, the rest told."""
+        self._printing_now.discard(work)
+        if work.cancelled():
+            answer.cancel()
+            return
+        if (exc := work.exception()) is not None:
+            if isinstance(exc, PrintQueueFull):
+                self._refused()
+            if not answer.done():
+                answer.set_exception(exc)
+            else:  # after its bytes went out (recording how it ended failed): said, as the task's step would
+                log.error("printer %s: a slip printed at once was not recorded: %s", self.name, exc, exc_info=exc)
+            return
+        step = work.result()
+        if step.queued is not None:  # told "queued" as it was stored
+            self._wake.set()
+            if not answer.done():
+                answer.set_result(step.queued)
+            return
+        if step.claimed is not None:
+            written(step.claimed[0])  # held or failed before a byte went out: answered now
+        self._finish(step)
+
+    async def _add(self, add: Callable[[Callable[[PrintJob], object]], PrintJob]) -> PrintJob:
+        """``add`` stores the job in a worker thread and tells the till "queued" as it does, before the
+        task (another worker thread) can claim it and tell "printing"."""
+        try:
+            job = await asyncio.to_thread(add, self._teller(asyncio.get_running_loop()))
+        except PrintQueueFull:
+            self._refused()
+            raise
         self._wake.set()
         return job
+
+    def _refused(self) -> None:
+        self.refused += 1
+        if should_log(self.refused):
+            log.error("printer %s: print queue full, %d job(s) refused", self.name, self.refused)
 
     def queue_view(self) -> dict[str, Any]:
         """The queue's figures for health: ``full`` once a job was refused, until a job leaves the queue."""
@@ -227,7 +335,14 @@ class PrintSpool:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 15)
-        await asyncio.to_thread(self.link.close)
+        if self._printing_now:
+            await asyncio.wait(self._printing_now, timeout=15)
+        await asyncio.to_thread(self._wired, self.link.close)
+
+    def _wired(self, talk: Callable[[], T]) -> T:
+        """In a worker thread: ``talk`` to the printer while no other thread does."""
+        with self._wire:
+            return talk()
 
     def wake(self) -> None:
         self._wake.set()
@@ -245,7 +360,7 @@ class PrintSpool:
 
     async def _step(self) -> None:
         if self.fault is not None:
-            await self._housekeep(*await asyncio.to_thread(self._expire_and_count))
+            self._housekeep(*await asyncio.to_thread(self._expire_and_count))
             for job in await asyncio.to_thread(self.store.hold_queued, self.name, self.fault):
                 self._changed(job)  # fail fast while the printer cannot print
             if not await self._probe():
@@ -256,17 +371,21 @@ class PrintSpool:
         # the queue's housekeeping.  A hop each cost more than the printing on a ready printer.
         step = await asyncio.to_thread(self._print_next, lambda job: loop.call_soon_threadsafe(self._changed, job))
         if step.claimed is None:
-            await self._housekeep(step.expired, step.figures)
+            self._housekeep(step.expired, step.figures)
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = time.monotonic()
                 await asyncio.to_thread(self.store.prune)
             await self._idle()
             return
+        self._finish(step)
+
+    def _finish(self, step: _Step) -> None:
+        """A job printed (or not): health first (telling may fail), then the till, then the queue's figures."""
         if step.status is not None and step.outcome is not None:
-            self._saw(step.status, step.outcome if step.outcome.fault else None)  # health first: telling may fail
+            self._saw(step.status, step.outcome if step.outcome.fault else None)
         if step.moved is not None:
             self._changed(step.moved)
-        await self._housekeep(step.expired, step.figures)
+        self._housekeep(step.expired, step.figures)
 
     async def _idle(self) -> None:
         """Nothing to print: wait for a job, asking the printer now and then; with a drawer sensor, read it
@@ -279,7 +398,7 @@ class PrintSpool:
         while time.monotonic() < until and not self._stopping:
             if await self._sleep(WATCH_EVERY):
                 return
-            pin3 = await asyncio.to_thread(self.link.drawer_pin3)
+            pin3 = await asyncio.to_thread(self._wired, self.link.drawer_pin3)
             if pin3 is not None:  # no answer: the probe below decides whether the printer is away
                 self.last_status = dataclasses.replace(self.last_status, drawer_pin3=pin3)  # the share port's too
                 self._drawer_saw(pin3)
@@ -294,28 +413,36 @@ class PrintSpool:
         """In a worker thread: the next job claimed and printed, and the queue's figures after it."""
         step = _Step()
         only_till = self.till_floor or self.till_first
-        claimed = self.store.claim(self.name, source="till" if only_till else None)
-        if claimed is None and self.till_first and not self.till_floor:
-            self.till_first = False  # the long receipt is out: back to first come, first served
-            claimed = self.store.claim(self.name)
-        if claimed is not None:
-            job, data = step.claimed = claimed
-            claimed_now(job)
-            try:
-                step.status, step.outcome = self.link.print_job(data)
-            except Exception as exc:  # a driver bug: the job must not stay "printing"
-                log.exception("printer %s: job %d failed in the driver", self.name, job.id)
-                self.link.close()
-                step.status = self.last_status
-                step.outcome = Outcome(JobState.FAILED, f"driver error: {type(exc).__name__}")
-            step.moved = self.store.move(job.id, step.outcome.state, step.outcome.reason)
+        with self._wire:
+            claimed = self.store.claim(self.name, source="till" if only_till else None)
+            if claimed is None and self.till_first and not self.till_floor:
+                self.till_first = False  # the long receipt is out: back to first come, first served
+                claimed = self.store.claim(self.name)
+            if claimed is not None:
+                job, data = step.claimed = claimed
+                claimed_now(job)
+                self._print_claimed(step, job, data)
         step.expired, step.figures = self._expire_and_count()
         return step
+
+    def _print_claimed(
+        self, step: _Step, job: PrintJob, data: bytes, written: Callable[[], object] = lambda: None
+    ) -> None:
+        """In a worker thread holding the wire: a claimed job printed and how it ended recorded."""
+        try:
+            step.status, outcome = self.link.print_job(data, written)
+        except Exception as exc:  # a driver bug: the job must not stay "printing"
+            log.exception("printer %s: job %d failed in the driver", self.name, job.id)
+            self.link.close()
+            step.status = self.last_status
+            outcome = Outcome(JobState.FAILED, f"driver error: {type(exc).__name__}")
+        step.outcome = outcome
+        step.moved = self.store.move(job.id, outcome.state, outcome.reason)
 
     def _expire_and_count(self) -> tuple[list[PrintJob], QueueFigures]:
         return self.store.expire(self.name), self.store.figures(self.name)
 
-    async def _housekeep(self, expired: list[PrintJob], figures: QueueFigures) -> None:
+    def _housekeep(self, expired: list[PrintJob], figures: QueueFigures) -> None:
         """Expired jobs told; the queue's figures for health (a job that left the queue ends "full")."""
         for job in expired:
             self._changed(job)
@@ -325,7 +452,7 @@ class PrintSpool:
 
     async def _probe(self) -> bool:
         """Ask the printer; True when it can print."""
-        status, fault = await asyncio.to_thread(self.link.check)
+        status, fault = await asyncio.to_thread(self._wired, self.link.check)
         self._saw(status, fault)
         return fault is None
 
