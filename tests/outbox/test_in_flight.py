@@ -49,6 +49,13 @@ def wait_until_engine_idle(sim: SimServer) -> None:
     raise AssertionError("the simulator did not take the writes it received")
 
 
+def wait_until_applied(sim: SimServer) -> None:
+    """Every reaction the simulator scheduled has been applied (a refund waits for its deduction's)."""
+    deadline = time.monotonic() + 5
+    while sim.state.reactions_due > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def make_due(store: OutboxStore) -> None:
     with store.transaction() as tx:
         tx.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
@@ -123,6 +130,7 @@ def test_a_refund_if_landed_waits_for_its_deduction_still_in_flight_after_a_rest
         await step_with(sim, store, clock, late=False)  # at once: the deduction is still held
         assert store.by_key(refund).state == "pending", "not dropped while the deduction may be in flight"
         wait_until_engine_idle(sim)  # the deduction lands
+        wait_until_applied(sim)  # ... and, within the hour that passes, the engine applies it
         clock.now += 3600
         make_due(store)
         await step_with(sim, store, clock, late=False)
