@@ -324,6 +324,7 @@ def test_a_void_refunds_a_deduction_the_engine_applied_late(tmp_path: object, si
 def short_final_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine here applies at once, after a second, or never: half a second tells them apart."""
     monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.5)
+    monkeypatch.setattr("tillplug.outbox.deliver.REVERSAL_LAST_LOOK", 0.5)
 
 
 def ledger_types(sim: SimServer) -> list[str]:
@@ -436,7 +437,7 @@ def test_a_spend_on_a_sale_closed_meanwhile_is_given_back_only_if_the_engine_app
 
 @pytest.mark.parametrize("redemption", ["present", "missing"])
 def test_a_spend_cut_off_by_a_crash_is_refunded_after_the_restart_only_if_the_engine_applied_it(
-    tmp_path: Path, sim: SimServer, redemption: str
+    tmp_path: Path, sim: SimServer, redemption: str, short_final_wait: None
 ) -> None:
     """The third give-back without the void's check: killed after the engine took the deduction,
     the restart queues a refund-if-it-landed (``requires_key``), which the outbox sent once the
@@ -501,6 +502,39 @@ def test_a_deduction_held_by_a_void_is_given_back_once_the_engine_applies_it_lat
             assert await h.deliverer.step()  # the held refund looks: not applied yet, so it waits
             assert ledger_types(sim) == ["REDEEMED_POINTS"]
             assert await settled_balance(sim, ALICE, 750) == 750  # the engine applies it late
+            await deliver_all(h, clock)
+            assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
+            assert await settled_balance(sim, ALICE, 1250) == 1250
+        finally:
+            await h.close()
+
+    run(go())
+
+
+def test_a_void_that_cannot_read_the_reactions_gives_back_and_refunds_once_the_engine_shows_them(
+    tmp_path: object, sim: SimServer, short_final_wait: None
+) -> None:
+    """The engine lists the deduction but every read of its reactions fails during the void: the
+    points are given back (never kept on a failed read), and the refund waits in the outbox for
+    the engine to show the deduction applied (never sent for one it never took)."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P5")
+            spent = await h.loyalty.spend_points("P5", 500)
+            assert isinstance(spent, PointsSpent)
+
+            async def unreadable(request: httpx.Request, forward: Forward) -> httpx.Response:
+                return httpx.Response(503, json={"status": "error"})
+
+            h.tamper.on(lambda r: r.url.path.endswith("/reactions"), unreadable, times=1000)
+            voided = await h.loyalty.void("P5")
+            assert voided.pointsRefunded == 500 and not voided.pointsHeld
+            [row] = h.store.rows("pending")
+            assert row.requires_key == spent.eventKey  # sent once the engine shows it applied
+            h.tamper.hooks.clear()
             await deliver_all(h, clock)
             assert ledger_types(sim) == ["REDEEMED_POINTS", "POINTS_REFUND"]
             assert await settled_balance(sim, ALICE, 1250) == 1250

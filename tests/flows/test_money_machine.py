@@ -119,6 +119,11 @@ class LateWrite:
     content: bytes
 
 
+async def unreadable(request: httpx.Request, forward: Forward) -> httpx.Response:
+    """A read the engine answers 503."""
+    return httpx.Response(503, json={"status": "error", "error": {"code": "UNAVAILABLE"}})
+
+
 class EngineDates(httpx.AsyncBaseTransport):
     """The engine's ``Date`` headers on its own clock, ``offset()`` seconds off the tills' (the
     simulator stamps on the same clock): whole seconds, written as the answer arrives."""
@@ -238,6 +243,8 @@ class MoneyMachine(RuleBasedStateMachine):
         for kind, data in h.published[self.seen_events[name] :]:
             # A verdict on a sale already closed is one no till can act on: it gives the member nothing.
             tx = data.get("transactionId", "")
+            if kind == "points_settled":
+                self._verdict_is_true(h, tx, data)
             if kind == "points_settled" and data["outcome"] == "landed" and tx not in self.closed:
                 self.spender.setdefault(tx, self.member_of[tx])
                 self.told_spends.add(data["eventKey"])
@@ -255,6 +262,20 @@ class MoneyMachine(RuleBasedStateMachine):
                     moved -= data["takeBack"]["points"]
                 self.told[self.member_of[tx]] += moved
         self.seen_events[name] = len(h.published)
+
+    def _verdict_is_true(self, h: Harness, tx: str, data: dict[str, Any]) -> None:
+        """A deduction's verdict says what the till and the engine hold: a discount only for one landed
+        on the open sale; refunded, held or not landed as its intent says; held only while the engine
+        shows it not applied."""
+        d = h.loyalty.checkouts.deduction(data["eventKey"])
+        assert d is not None, data
+        outcome, discount = data["outcome"], data["discount"]["amount"]
+        assert (discount > 0) == (outcome == "landed"), data
+        assert outcome != "landed" or tx not in self.closed, data
+        assert d.state == {"held": "landed"}.get(outcome, outcome), (d.state, data)
+        if outcome == "held":
+            event = self._by_key().get(d.event_key)
+            assert event is not None and not self.sim.state.reactions.get(event["id"]), data
 
     def _call(self, name: str, coro: Any) -> Any:
         try:
@@ -279,12 +300,23 @@ class MoneyMachine(RuleBasedStateMachine):
     sales = Bundle("sales")
     completed = Bundle("completed")
 
-    @initialize(target=sales, offset=st.sampled_from(ENGINE_CLOCK_OFFSETS))
-    def a_sale_with_a_member(self, offset: float = 0.0) -> tuple[str, str]:
-        """The first sale; before it, the engine's clock is set ``offset`` seconds off the tills'
-        (whole seconds in its Date headers: within their tolerance and beyond it).  Verdicts that
-        compare the tills' moments with the engine's stamps must say unknown, never guess."""
+    @initialize(
+        target=sales,
+        offset=st.sampled_from(ENGINE_CLOCK_OFFSETS),
+        redemption=st.sampled_from(["present", "present", "missing"]),
+        late=st.sampled_from([False, False, True]),
+    )
+    def a_sale_with_a_member(
+        self, offset: float = 0.0, redemption: str = "present", late: bool = False
+    ) -> tuple[str, str]:
+        """The first sale; before it, the engine is set up: its clock ``offset`` seconds off the tills'
+        (whole seconds in its Date headers: within their tolerance and beyond it; verdicts that compare
+        the tills' moments with the engine's stamps must say unknown, never guess), its redemption
+        reactor, its reactions late or not (each may change later: ``redemption_reactor``,
+        ``reactions_fall_behind``; set here too, so that a short run meets them)."""
         self.offset = offset
+        self.sim.state.reactors["redemption"] = redemption
+        self.reactions_late = late
         return self._open_and_attach("a", CARDS[0])
 
     @rule(target=sales, till=st.sampled_from(TILLS), card=st.sampled_from(CARDS))
@@ -332,10 +364,15 @@ class MoneyMachine(RuleBasedStateMachine):
         for points, fault in spends:
             self._spend(*sale, points, fault)
 
-    @rule(sale=consumes(sales), points=st.integers(1, 300), fault=st.sampled_from(FAULT_CHOICES))
-    def spend_then_void(self, sale: tuple[str, str], points: int, fault: str) -> None:
+    @rule(
+        sale=consumes(sales),
+        points=st.integers(1, 300),
+        fault=st.sampled_from(FAULT_CHOICES),
+        reads=st.sampled_from(["answered", "answered", "unreadable"]),
+    )
+    def spend_then_void(self, sale: tuple[str, str], points: int, fault: str, reads: str) -> None:
         self._spend(*sale, points, fault)
-        self.void(sale)
+        self.void(sale, reads)
 
     @rule(sale=sales, code=st.sampled_from(VOUCHERS), fault=st.sampled_from(FAULT_CHOICES))
     def voucher(self, sale: tuple[str, str], code: str, fault: str) -> None:
@@ -393,9 +430,13 @@ class MoneyMachine(RuleBasedStateMachine):
         for _ in range(2 if again else 1):
             self._call(till, h.loyalty.return_sale(request))
 
-    @rule(sale=consumes(sales))
-    def void(self, sale: tuple[str, str]) -> None:
+    @rule(sale=consumes(sales), reads=st.sampled_from(["answered", "answered", "unreadable"]))
+    def void(self, sale: tuple[str, str], reads: str = "answered") -> None:
+        """A void; its reads of what the engine applied may all fail (``unreadable``): the points are
+        then given back, and their refunds wait for the engine to show the deductions applied."""
         till, tx = sale
+        if reads == "unreadable":
+            self.tills[till].tamper.on(lambda r: r.url.path.endswith("/reactions"), unreadable, times=1000)
         answer = self._call(till, self.tills[till].loyalty.void(tx))
         if answer is not None:
             self.closed.add(tx)
@@ -407,7 +448,12 @@ class MoneyMachine(RuleBasedStateMachine):
             self.told[self.spender[tx]] += given
             self.by_sale[tx] = self.by_sale.get(tx, 0) + given
         if answer is not None and answer.pointsHeld:
-            self.held |= {d.event_key for d in self.tills[till].loyalty.checkouts.deductions(tx, State.LANDED)}
+            held = self.tills[till].loyalty.checkouts.deductions(tx, State.LANDED)
+            assert sum(d.points for d in held) == answer.pointsHeld, (answer, held)
+            by_key = self._by_key()
+            for d in held:  # held only while the engine shows it never took them
+                assert d.event_key in by_key and not self.sim.state.reactions.get(by_key[d.event_key]["id"]), d
+            self.held |= {d.event_key for d in held}
 
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
@@ -750,6 +796,7 @@ def test_money_invariant_over_till_operations(dialect: str, monkeypatch: pytest.
         pytest.skip(f"the simulator in this tree has no dialect {dialect!r}")
     monkeypatch.setattr("tillplug.flows.points.FIRST_CONFIRM_DELAY", 0.01)  # reactions apply at once here
     monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.3)  # tender and void: the sim applies at once
+    monkeypatch.setattr("tillplug.outbox.deliver.REVERSAL_LAST_LOOK", 0.3)  # ... and a refund's last look
     machine: type[MoneyMachine] = type(f"MoneyMachine_{dialect}", (MoneyMachine,), {"dialect": dialect})
     try:
         run_state_machine_as_test(machine, settings=money_settings())

@@ -124,7 +124,7 @@ def test_a_refund_if_landed_waits_for_its_deduction_still_in_flight_after_a_rest
     async def after_restart() -> None:
         await step_with(sim, store, clock, late=False)  # at once: the deduction is still held
         assert store.by_key(refund).state == "pending", "not dropped while the deduction may be in flight"
-        wait_until_engine_idle(sim)  # the deduction lands
+        wait_until_engine_idle(sim)  # the deduction lands and, within the hour that passes, is applied
         clock.now += 3600
         make_due(store)
         await step_with(sim, store, clock, late=False)

@@ -64,6 +64,7 @@ PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is ask
 # instant to a few seconds"; past this it surely has (tillplug.flows.points.UNSEEN_FOR).
 REVERSAL_WINDOW = 60.0
 REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
+REVERSAL_LAST_LOOK = 5.0  # seconds the last look waits (tillplug.flows.points.FINAL_WAIT, a void's)
 NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
 # Rows are claimed in batches (one commit marks them all 'sending', one records what the engine
 # acknowledged): as many as the pacer lets go within BATCH_SECONDS, at most BATCH_MAX.
@@ -238,11 +239,13 @@ class Deliverer:
             return False
         if not engine_id or engine_id == "found":  # an engine that names no id: its reactions cannot be read
             return False
-        if await applied_within(self.client, engine_id, 0) is not False:
-            return False  # applied, or it cannot tell: sent
         # The engine may take the write as late as the in-flight window after our send, and applies
         # its reaction within REVERSAL_WINDOW of taking it: both, counted from the send.
         wait = self.client.in_flight.remaining(key, self.client.in_flight.window + REVERSAL_WINDOW)
+        # Within the window one read decides only "applied"; past it, "never applied" is believed only
+        # after a last look as long as a void's (a reaction may be being applied right now).
+        if await applied_within(self.client, engine_id, 0 if wait > 0 else REVERSAL_LAST_LOOK) is not False:
+            return False  # applied, or it cannot tell: sent
         if wait > 0:
             at = self.clock() + min(wait, REVERSAL_RECHECK)
             await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=NOT_APPLIED, needs_lookup=False)
