@@ -356,3 +356,34 @@ def test_a_sale_whose_earn_shows_no_points_takes_nothing_back_only_where_reactio
             await till.close()
 
     run(go())
+
+
+def test_a_return_gives_nothing_back_for_a_deduction_the_engine_never_applied(tmp_path, sim):
+    """#21, found by the mutation work: with the redemption reactor missing, the engine records a
+    spend of 500 but takes nothing.  The sale completed without tender, so its deduction was never
+    shown applied; returning the whole sale gave the 500 points back: invented.  A return now gives
+    back only what the engine took (the void's rule), and says so in its answer."""
+    import httpx
+
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": "missing"}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        till = Till(tmp_path, sim)
+        h = till.h
+        try:
+            await h.loyalty.open_checkout("T9", 1, "c-1")
+            await h.loyalty.attach_member("T9", "1000001")
+            await h.loyalty.spend_points("T9", 500)
+            await h.loyalty.complete("T9", 2500, BASKET, True)  # no tender: the points were never final
+            assert await h.drain()
+            start = await settled_balance(sim, ALICE, 1250 + 25)
+            assert start == 1250 + 25, "the spend took nothing; the earn was applied"
+            till.deliver()
+            answer = await h.loyalty.return_sale(returning("R9", "T9", 3000, ("SHIRT", 2, 1500), ("SOCKS", 2, 1500)))
+            assert answer.giveBack.points == 0, answer
+            assert moves(sim, "T9", "POINTS_REFUND") == []
+            assert await settled_balance(sim, ALICE, start - 25) == start - 25  # the earn taken back, nothing given
+        finally:
+            await till.close()
+
+    run(go())

@@ -52,7 +52,7 @@ class Loyalty:
         self.points = Points(self.ctx)
         self.vouchers = Vouchers(self.ctx)
         self.completion = Completion(self.ctx, self.book, self.points)
-        self.returns = Returns(self.ctx)
+        self.returns = Returns(self.ctx, self.points.shown_applied)
         # The one settler of unknown outcomes, for every kind of intent (tillplug.flows.intents), and of
         # the take-backs that wait for their sale's earn.
         self.settler = Settler(

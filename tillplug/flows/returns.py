@@ -41,7 +41,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,10 +60,11 @@ from tillplug.errors import (
     SaleNotReported,
     TillplugError,
 )
-from tillplug.flows.checkouts import Checkout, Member
+from tillplug.flows.checkouts import Checkout, Deduction, Member
 from tillplug.flows.context import FlowContext
 from tillplug.flows.intents import State
 from tillplug.flows.locks import KeyedLocks
+from tillplug.flows.points import Shown
 from tillplug.flows.returned import (
     ChainSale,
     Policy,
@@ -251,8 +252,11 @@ class TakeBackPlan:
 
 
 class Returns:
-    def __init__(self, ctx: FlowContext) -> None:
+    def __init__(
+        self, ctx: FlowContext, shown_applied: Callable[[list[Deduction]], Awaitable[Shown]] | None = None
+    ) -> None:
         self.ctx = ctx
+        self._shown_applied = shown_applied  # Points.shown_applied: what the engine took of a deduction
         self._answering = KeyedLocks()  # one call per returnId at a time: a retry waits, then replays
         with ctx.store.transaction() as tx:
             tx.executescript_inside(SCHEMA)
@@ -290,10 +294,23 @@ class Returns:
         """The sale from this till's checkouts, or else (relay mode) from what the chain reported."""
         if await self.ctx.db(self.ctx.store.get, tx_id) is not None or chain is None:
             sale = await self.ctx.db(self._sale, tx_id)
-            return Sale(sale.checkout, sale.paid, sale.spent, sale.gross, sale.basket, sale.earn, chain)
+            spent = sale.spent - await self._never_taken(tx_id)
+            return Sale(sale.checkout, sale.paid, spent, sale.gross, sale.basket, sale.earn, chain)
         member = Member(id=chain.member, auth_identifier=None, masked=mask(chain.member)) if chain.member else None
         checkout = Checkout(tx_id=tx_id, lane=lane, state="completed", member=member, total=chain.paid)
         return Sale(checkout, chain.paid, chain.spent, chain.gross, chain.basket_sums(), None, chain)
+
+    async def _never_taken(self, tx_id: str) -> int:
+        """Points of the sale's deductions the engine shows it never applied (a missing or conditional
+        redemption reactor took nothing): a return gives nothing back for them, as a void refunds
+        nothing for them.  Only a deduction tender did not make final is asked; one the engine cannot
+        show now counts as taken (a member who may have paid is never kept from it)."""
+        if self._shown_applied is None:
+            return 0
+        open_ = [d for d in await self.ctx.db(self.ctx.store.deductions, tx_id, State.LANDED) if not d.final]
+        if not open_:
+            return 0
+        return sum(d.points for d in (await self._shown_applied(open_)).held)
 
     async def _chain(self, tx_id: str, return_id: str, register: ReturnRequest | None = None) -> ChainSale | None:
         """Relay mode: the sale as the chain reported it, with ``register`` first registered there (the
