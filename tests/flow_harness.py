@@ -161,6 +161,7 @@ class Harness:
         )
         self.deliverer = Deliverer(self.store, self.client, rate=1000, burst=1000)
         self.loyalty = Loyalty(self.config, self.client, self.store, wake_outbox=self.deliverer.wake)
+        self.deliverer.on_not_applied = self.loyalty.points.saw_not_applied  # as the daemon wires it
         self.published: list[tuple[str, dict[str, Any]]] = []
         original = self.loyalty.events.publish
 

@@ -17,6 +17,7 @@ from tests.flow_harness import ALICE, Harness, config, is_spend, reset_after, se
 from tillplug.engine.clock import InFlight
 from tillplug.errors import CheckoutConflict
 from tillplug.flows.answers import PointsSpent
+from tillplug.flows.points import NOT_APPLIED
 from tillplug.outbox.deliver import REVERSAL_WINDOW
 from tillplug.sim import SimServer
 
@@ -475,6 +476,7 @@ def test_a_spend_cut_off_by_a_crash_is_refunded_after_the_restart_only_if_the_en
                 [row] = h.store.rows("delivered")
                 assert row.note is not None and "moved no points" in row.note
                 assert h.deliverer.reversals_not_applied == 1
+                assert h.loyalty.points.problems.get("deduction_not_applied") == NOT_APPLIED  # health says so
             assert await settled_balance(sim, ALICE, 1250) == 1250
         finally:
             await h.close()

@@ -332,6 +332,10 @@ class Daemon:
 
     # -- life cycle ------------------------------------------------------------------
 
+    def _tell_flows_of_the_outbox(self) -> None:
+        self.deliverer.on_change = self.loyalty.returns.outbox_moved
+        self.deliverer.on_not_applied = self.loyalty.points.saw_not_applied  # health names the reactor
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -376,7 +380,7 @@ class Daemon:
         )
         await self._start_displays(cfg)
         # A delivery may be the earn a waiting return's take-back needs: the settler looks at once.
-        self.deliverer.on_change = self.loyalty.returns.outbox_moved
+        self._tell_flows_of_the_outbox()
         interrupted = self.loyalty.recover()
         if recovered or interrupted:
             log.warning(

@@ -521,6 +521,11 @@ class Points:
 
     # -- refunds -------------------------------------------------------------------------
 
+    def saw_not_applied(self) -> None:
+        """The outbox found a deduction the engine never applied (its refund not needed): health says
+        what a void or tender would have said."""
+        self.problems["deduction_not_applied"] = NOT_APPLIED
+
     async def shown_applied(self, deductions: list[Deduction]) -> Shown:
         """A sale's landed deductions by what the engine shows of them (``Shown``): what a void, or any
         give-back of a sale closed without them, refunds, holds, or refunds once the engine shows.

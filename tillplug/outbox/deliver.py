@@ -121,6 +121,7 @@ class Deliverer:
         self._unsent: list[int] = []  # rows claimed but never sent
         self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
         self.reversals_not_applied = 0  # reversals not sent: what they reverse moved no points
+        self.on_not_applied: Callable[[], None] | None = None  # told of each: health names the reactor
 
     def wake(self) -> None:
         """A row was added: look now instead of at the next timer."""
@@ -258,6 +259,8 @@ class Deliverer:
             key,
         )
         self.reversals_not_applied += 1
+        if self.on_not_applied is not None:
+            self.on_not_applied()
         note = "not needed: the engine shows the write it reverses moved no points"
         await asyncio.to_thread(self.store.delivered, row.id, note=note)
         return True
