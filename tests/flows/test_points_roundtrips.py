@@ -56,17 +56,23 @@ def test_the_intent_row_is_committed_while_the_balance_is_re_read_and_is_durable
         h = Harness(tmp_path, sim)
         store = h.loyalty.checkouts
         wallet_in_flight = threading.Event()
+        begun = threading.Event()
         overlapped: list[bool] = []
         durable_at_report: list[Deduction | None] = []
         original_begin = store.begin_deduction
 
         def begin(d: Deduction) -> None:  # runs in a worker thread, as every commit does
+            begun.set()
             overlapped.append(wallet_in_flight.wait(OVERLAP_WAIT))
             original_begin(d)
 
         async def wallet(request: httpx.Request, forward: Forward) -> httpx.Response:
             wallet_in_flight.set()
             try:
+                # The read is held (bounded) until the commit has begun: on a loaded machine the
+                # answer could otherwise come back before the worker thread even looks.  A spend
+                # that commits only after the read never begins meanwhile, and fails the check.
+                await asyncio.to_thread(begun.wait, OVERLAP_WAIT)
                 return await forward()
             finally:
                 wallet_in_flight.clear()
