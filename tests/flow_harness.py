@@ -18,6 +18,7 @@ import httpx
 
 from tillplug.config.model import Config
 from tillplug.engine import EngineClient, load_secrets
+from tillplug.engine.http1 import Http1Transport
 from tillplug.flows.loyalty import Loyalty
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.sim import SimServer
@@ -57,7 +58,7 @@ class Tamper(httpx.AsyncBaseTransport):
     """A real transport to the simulator, with hooks that rewrite, delay or cut chosen exchanges."""
 
     def __init__(self) -> None:
-        self.inner: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
+        self.inner: httpx.AsyncBaseTransport = Http1Transport()  # the one the daemon uses
         self.hooks: list[tuple[Callable[[httpx.Request], bool], Hook]] = []
         self.seen: list[str] = []
 

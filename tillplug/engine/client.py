@@ -36,6 +36,7 @@ from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine.clock import EngineClock, InFlight, in_flight_window
 from tillplug.engine.dialect import RELAY_DIALECT, EngineDialect, read_dialect_file
+from tillplug.engine.http1 import Http1Transport
 from tillplug.engine.lookup import FilterEvidence, Lookup, read_page, scan_recent
 from tillplug.engine.models import (
     Benefit,
@@ -253,6 +254,8 @@ class EngineClient:
         verify: ssl.SSLContext | bool = True  # always verified: no option turns this off
         if config.ca_file:
             verify = ssl.create_default_context(cafile=config.ca_file)
+        if transport is None and config.proxy is None:  # direct: lighter than httpx's own (engine/http1.py)
+            transport = Http1Transport(verify=verify, max_keepalive=8, keepalive_expiry=60)
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,

@@ -1,0 +1,285 @@
+"""The engine's HTTP/1.1 transport against servers that misbehave as real ones do: answers in
+pieces, kept-alive connections the server closes, answers cut short, silence, garbage, TLS."""
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tillplug.engine.http1 import MAX_BODY, Http1Transport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head and body (Content-Length only: what httpx sends)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def answer(body: bytes, *, close: bool = False) -> bytes:
+    extra = b"Connection: close\r\n" if close else b""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body),
+        extra,
+        body,
+    )
+
+
+class Server:
+    """A loopback server whose every connection runs ``handler``; counts the connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "Server":
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+def client(transport: Http1Transport, base: str, timeout: float = 2.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=transport, base_url=base, timeout=timeout)
+
+
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    for _ in range(50):  # bounded: a test makes a few requests
+        request = await read_request(reader)
+        writer.write(answer(b'{"n": %d}' % len(request)))
+        await writer.drain()
+
+
+def test_requests_share_one_kept_alive_connection_and_bodies_arrive_whole():
+    async def go():
+        async with Server(keep_answering) as server:
+            async with client(Http1Transport(), server.url) as http:
+                first = await http.get("/v1/users/1")
+                second = await http.post("/v1/events", json={"type": "x", "n": 1})
+            assert first.status_code == second.status_code == 200
+            assert second.json()["n"] > first.json()["n"]  # the POST's body reached the server
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_a_connection_the_engine_closed_while_idle_is_not_reused():
+    async def one_answer_then_close(reader, writer):
+        await read_request(reader)
+        writer.write(answer(b"{}"))
+        await writer.drain()
+
+    async def go():
+        async with Server(one_answer_then_close) as server:
+            async with client(Http1Transport(), server.url) as http:
+                for _ in range(3):
+                    assert (await http.get("/v1/x")).status_code == 200
+                    await asyncio.sleep(0.05)  # the close reaches the client's loop
+            assert server.connections == 3
+
+    asyncio.run(go())
+
+
+def test_connection_close_answers_and_expired_idle_connections_are_not_reused():
+    async def closing(reader, writer):
+        for _ in range(5):
+            await read_request(reader)
+            writer.write(answer(b"{}", close=True))
+            await writer.drain()
+
+    async def go():
+        async with Server(closing) as server:
+            async with client(Http1Transport(), server.url) as http:
+                await http.get("/a")
+                await http.get("/b")
+            assert server.connections == 2
+        async with Server(keep_answering) as server:
+            async with client(Http1Transport(keepalive_expiry=0.05), server.url) as http:
+                await http.get("/a")
+                await asyncio.sleep(0.1)
+                await http.get("/b")
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def racing_close_server(answered: list[bytes]) -> Handler:
+    """The first connection answers once, then takes the next request and closes without a word
+    (an engine timing out an idle connection just as the till reuses it)."""
+
+    async def handler(reader, writer):
+        first = not answered
+        answered.append(await read_request(reader))
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        if first:
+            answered.append(await read_request(reader))  # taken, never answered
+            return
+        for _ in range(5):
+            answered.append(await read_request(reader))
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    return handler
+
+
+def test_a_read_on_a_connection_closed_under_it_is_asked_again_once_a_write_is_not():
+    async def go():
+        seen: list[bytes] = []
+        async with Server(racing_close_server(seen)) as server:
+            async with client(Http1Transport(), server.url) as http:
+                await http.get("/v1/users/1")
+                assert (await http.get("/v1/users/2")).status_code == 200  # asked again on a new connection
+            assert server.connections == 2
+        seen.clear()
+        async with Server(racing_close_server(seen)) as server:
+            async with client(Http1Transport(), server.url) as http:
+                await http.get("/v1/users/1")
+                with pytest.raises(httpx.RemoteProtocolError, match="without an answer"):
+                    await http.post("/v1/events", json={"a": 1})  # may have been taken: never sent twice
+            assert server.connections == 1
+            assert sum(b"POST" in r for r in seen) == 1
+
+    asyncio.run(go())
+
+
+def test_an_answer_cut_short_silence_and_garbage_are_transport_errors():
+    async def cut(reader, writer):
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial')
+        await writer.drain()
+
+    async def silent(reader, writer):
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def garbage(reader, writer):
+        await read_request(reader)
+        writer.write(b"<html>Bad Gateway</html>\r\n\r\n")
+        await writer.drain()
+
+    async def huge(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 1024 * 1024
+        for _ in range(MAX_BODY // len(chunk) + 2):
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+
+    async def go():
+        for handler, error, words in (
+            (cut, httpx.RemoteProtocolError, "middle of its answer"),
+            (silent, httpx.ReadTimeout, "timed out"),
+            (garbage, httpx.RemoteProtocolError, "not HTTP/1.1"),
+            (huge, httpx.RemoteProtocolError, "larger than"),
+        ):
+            async with Server(handler) as server, client(Http1Transport(), server.url, timeout=0.3) as http:
+                with pytest.raises(error, match=words):
+                    await http.get("/v1/x")
+
+    asyncio.run(go())
+
+
+def test_no_engine_listening_is_a_connect_error():
+    async def go():
+        async with Server(keep_answering) as server:
+            url = server.url
+        async with client(Http1Transport(), url) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get("/v1/x")
+
+    asyncio.run(go())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.binary(max_size=3000),
+    chunked=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=6),
+)
+def test_an_answer_arriving_in_any_pieces_reads_as_sent(body, chunked, cuts):
+    """The engine's proxies split answers anywhere: Content-Length or chunked, in any number of writes."""
+    if chunked:
+        pieces = [body[i : i + 700] for i in range(0, len(body), 700)]
+        wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        wire += b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        wire = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    points = sorted({c for c in cuts if c < len(wire)})
+
+    async def in_pieces(reader, writer):
+        for _ in range(2):
+            await read_request(reader)
+            for start, end in zip([0, *points], [*points, len(wire)], strict=True):
+                writer.write(wire[start:end])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async def go():
+        async with Server(in_pieces) as server:
+            async with client(Http1Transport(), server.url) as http:
+                for _ in range(2):  # and the connection is fit for the next one
+                    assert (await http.get("/v1/x")).content == body
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_tls_is_always_verified(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the test certificate (.ci/debian-packages lists it)")
+    cert, key = tmp_path / "engine.crt", tmp_path / "engine.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=engine.test",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def go():
+        server = await asyncio.start_server(keep_answering, "127.0.0.1", 0, ssl=served)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with client(Http1Transport(), url) as http:
+                with pytest.raises(httpx.ConnectError, match="certificate"):  # not a CA the till trusts
+                    await http.get("/v1/x")
+            trusted = ssl.create_default_context(cafile=str(cert))
+            async with client(Http1Transport(verify=trusted), url) as http:
+                assert (await http.get("/v1/x")).status_code == 200
+        finally:
+            server.close()
+
+    asyncio.run(go())
+    with pytest.raises(ValueError, match="always on"):
+        Http1Transport(verify=False)
