@@ -43,12 +43,7 @@ async def _until_printed(store, job_id, timeout=5.0):
 def test_a_slip_for_a_ready_printer_costs_one_worker_hop_and_keeps_every_state(tmp_path, monkeypatch):
     """Rendered, recorded already printing (one commit), asked, written and recorded in one hop: before
     this, a hop to render and store, then the task's hop to claim and print (two, and the task's wake-up)."""
-    hops: list[str] = []
-    real = asyncio.to_thread
-
-    async def counted(fn, /, *args, **kwargs):
-        hops.append(getattr(fn, "__name__", repr(fn)))
-        return await real(fn, *args, **kwargs)
+    hops: list[object] = []  # every hand-off to a worker thread (asyncio.to_thread goes through it too)
 
     with FakeNetworkPrinter("ok") as fake:
 
@@ -59,11 +54,18 @@ def test_a_slip_for_a_ready_printer_costs_one_worker_hop_and_keeps_every_state(t
                 fake,
                 lambda e: seen.append((e.data()["state"], len(hops))) if e.type == "print_job" else None,
             )
-            monkeypatch.setattr(asyncio, "to_thread", counted)
+            loop = asyncio.get_running_loop()
+            real = loop.run_in_executor
+
+            def counted(executor, fn, *args):
+                hops.append(fn)
+                return real(executor, fn, *args)
+
+            monkeypatch.setattr(loop, "run_in_executor", counted)
             hops.clear()
             job = await spools.submit(1, SLIP)
             state = await _until_printed(store, job["job"])
-            monkeypatch.setattr(asyncio, "to_thread", real)
+            monkeypatch.setattr(loop, "run_in_executor", real)
             await spool.close()
             store.close()
             return job, seen, state

@@ -22,6 +22,7 @@ known and a verdict that needs the engine's time is "unknown", never a guess.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -44,6 +45,7 @@ class EngineTime:
         return self.low <= t <= self.high
 
 
+@functools.lru_cache(maxsize=4)  # every answer has one, and it changes once a second
 def parse_date(header: str | None) -> float | None:
     """An HTTP Date header as epoch seconds; None if absent or unreadable."""
     if not header:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -209,10 +210,16 @@ class PrintSpool:
                 self.tell(JobChanged(job))
                 answer.set_result(queued)
 
-        work = asyncio.ensure_future(
-            asyncio.to_thread(
-                self._print_now, receipt, self._teller(loop), lambda job: loop.call_soon_threadsafe(written, job)
-            )
+        # Handed to a worker at once (asyncio.to_thread would wait a turn of the loop to start its task).
+        work = loop.run_in_executor(
+            None,
+            functools.partial(
+                contextvars.copy_context().run,
+                self._print_now,
+                receipt,
+                self._teller(loop),
+                lambda job: loop.call_soon_threadsafe(written, job),
+            ),
         )
         self._printing_now.add(work)
         work.add_done_callback(functools.partial(self._printed_now, answer, written))
