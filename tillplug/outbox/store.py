@@ -176,22 +176,32 @@ class OutboxStore:
             self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """BEGIN IMMEDIATE … COMMIT; the lock serialises writers in this process too."""
+    def transaction(self, *, fsync: bool = True) -> Iterator[Tx]:
+        """BEGIN IMMEDIATE … COMMIT; the lock serialises writers in this process too.
+
+        ``fsync=False`` is for what may be lost to a power cut (a cache): its commit is not flushed to
+        the disk by itself, only with the next durable commit (the write-ahead log is written in order,
+        so a later flush covers it); a crash of the process alone loses nothing."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            if not fsync:
+                self.db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield Tx(self.db)
-            except BaseException:
-                if self.db.in_transaction:  # SQLite itself rolls back on a full disk (SQLITE_FULL)
-                    self.db.execute("ROLLBACK")
-                raise
-            try:
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:  # a failed COMMIT (disk full, I/O) must not leave it open
-                    self.db.execute("ROLLBACK")
-                raise
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Tx(self.db)
+                except BaseException:
+                    if self.db.in_transaction:  # SQLite itself rolls back on a full disk (SQLITE_FULL)
+                        self.db.execute("ROLLBACK")
+                    raise
+                try:
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    if self.db.in_transaction:  # a failed COMMIT (disk full, I/O) must not leave it open
+                        self.db.execute("ROLLBACK")
+                    raise
+            finally:
+                if not fsync:
+                    self.db.execute("PRAGMA synchronous=FULL")
 
     # -- writes ------------------------------------------------------------------
 
