@@ -550,10 +550,10 @@ class EscposPrinter(PrinterDriver):
     # -- rendering ---------------------------------------------------------
 
     def render(self, receipt: Receipt) -> bytes:
-        from tillplug.drivers.escpos_bytes import SlipBytes
+        from tillplug.drivers.escpos_bytes import CodePages, SlipBytes
 
         if self._pages is None:  # one per printer: its code page's table is built once, not per slip
-            self._pages = SlipBytes(self.config.profile).magic.encoder
+            self._pages = CodePages(self.config.profile)
         return self.render_with(SlipBytes(self.config.profile, self._pages), receipt)
 
     def render_with(self, out: Any, receipt: Receipt) -> bytes:

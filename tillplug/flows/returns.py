@@ -42,7 +42,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -215,6 +215,9 @@ class Sale:
     # Relay mode: what the chain reported for the sale, the returns of every till counted; None
     # without a relay (or while it could not be asked: then this till's own returns only).
     chain: ChainSale | None = None
+    # This till's sale: its landed deductions, read once with the sale (what the engine never
+    # applied of them is asked from these).  Empty for a sale of another till.
+    deductions: tuple[Deduction, ...] = ()
 
     @property
     def earn_key(self) -> str | None:
@@ -294,20 +297,20 @@ class Returns:
         """The sale from this till's checkouts, or else (relay mode) from what the chain reported."""
         if await self.ctx.db(self.ctx.store.get, tx_id) is not None or chain is None:
             sale = await self.ctx.db(self._sale, tx_id)
-            spent = sale.spent - await self._never_taken(tx_id)
-            return Sale(sale.checkout, sale.paid, spent, sale.gross, sale.basket, sale.earn, chain)
+            spent = sale.spent - await self._never_taken(sale.deductions)
+            return replace(sale, spent=spent, chain=chain)
         member = Member(id=chain.member, auth_identifier=None, masked=mask(chain.member)) if chain.member else None
         checkout = Checkout(tx_id=tx_id, lane=lane, state="completed", member=member, total=chain.paid)
         return Sale(checkout, chain.paid, chain.spent, chain.gross, chain.basket_sums(), None, chain)
 
-    async def _never_taken(self, tx_id: str) -> int:
-        """Points of the sale's deductions the engine shows it never applied (a missing or conditional
-        redemption reactor took nothing): a return gives nothing back for them, as a void refunds
-        nothing for them.  Only a deduction tender did not make final is asked; one the engine cannot
+    async def _never_taken(self, deductions: Sequence[Deduction]) -> int:
+        """Points of the sale's landed ``deductions`` the engine shows it never applied (a missing or
+        conditional redemption reactor took nothing): a return gives nothing back for them, as a void
+        refunds nothing for them.  Only a deduction tender did not make final is asked; one the engine cannot
         show now counts as taken (a member who may have paid is never kept from it)."""
         if self._shown_applied is None:
             return 0
-        open_ = [d for d in await self.ctx.db(self.ctx.store.deductions, tx_id, State.LANDED) if not d.final]
+        open_ = [d for d in deductions if not d.final]
         if not open_:
             return 0
         return sum(d.points for d in (await self._shown_applied(open_)).held)
@@ -350,7 +353,7 @@ class Returns:
             raise CheckoutConflict(
                 f"Sale {tx_id} is {checkout.state}, not completed: only a completed sale is returned."
             )
-        confirmed = ctx.store.deductions(tx_id, State.LANDED)
+        confirmed = tuple(ctx.store.deductions(tx_id, State.LANDED))
         paid = checkout.total or 0
         earn = self._earn_row(tx_id)
         basket: dict[str, tuple[float, int]] = {}
@@ -366,6 +369,7 @@ class Returns:
             paid + sum(d.money for d in confirmed),
             basket,
             earn,
+            deductions=confirmed,
         )
 
     # -- the till's call -------------------------------------------------------------------
