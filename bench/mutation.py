@@ -136,8 +136,9 @@ MONEY_SUITE = [
 # mutated line, so that edits elsewhere do not move it): why each is equivalent.  Left out of the shares.
 EQUIVALENT: dict[str, str] = {
     "tillplug/engine/clock.py:sent NumberReplacer `for old, at in list(itertools.islice(self._sent.items(), 8)):`": (
-        "how many sends past their window one send prunes (7, 8 or 9): a key forgotten is taken as sent at"
-        " the process's start, earlier still, so no answer of the in-flight rule changes; only memory"
+        "how many sends past what anyone asks about (the window plus REACTION_WINDOW) one send prunes (7, 8"
+        " or 9): a key forgotten is taken as sent at the process's start, earlier still, and no one asks"
+        " about it any more, so no answer of the in-flight rule changes; only memory"
     ),
 }
 NOT_REACHED = "not reached"  # the mutated line never ran in the unmutated run: nothing there could kill it

@@ -251,3 +251,48 @@ def test_a_sighup_applies_changed_outbox_pacing_figures_at_once(tmp_path):
             proc.terminate()
             proc.wait(20)
             notify.close()
+
+
+def test_a_refund_the_outbox_drops_as_not_needed_is_counted_in_the_metrics(tmp_path: Path) -> None:
+    """Issue 21: a refund dropped because the engine shows its deduction never applied showed in
+    health only (``deduction_not_applied``); a chain watching its tills' metrics never saw it.
+    The daemon's wiring of the outbox now counts each one as well as telling health."""
+    import asyncio
+    import re
+    from types import SimpleNamespace
+
+    from tillplug.config import Config
+    from tillplug.daemon.wiring import Daemon
+
+    config = Config.model_validate(
+        {
+            "till_id": "till-1",
+            "branch_id": "b-1",
+            "state_dir": str(tmp_path / "s"),
+            "cache_dir": str(tmp_path / "c"),
+            "engine": {"preset": "simulator", "api_key": "/k", "client_id": "/i", "client_secret": "/s"},
+        }
+    )
+    daemon = Daemon(config)
+    told: list[str] = []
+    daemon.deliverer = SimpleNamespace(on_change=None, on_not_applied=None)  # type: ignore[assignment]
+    daemon.loyalty = SimpleNamespace(  # type: ignore[assignment]
+        returns=SimpleNamespace(outbox_moved=lambda: None),
+        points=SimpleNamespace(saw_not_applied=lambda: told.append("deduction_not_applied")),
+    )
+
+    def counted() -> float:
+        text = daemon.metrics.exposition()[0].decode()
+        found = re.search(r"^tillplug_outbox_refunds_not_needed_total (\S+)$", text, re.MULTILINE)
+        assert found, text
+        return float(found.group(1))
+
+    daemon._tell_flows_of_the_outbox()
+    assert counted() == 0
+    told_by_the_outbox = daemon.deliverer.on_not_applied
+    assert told_by_the_outbox is not None
+    told_by_the_outbox()
+    told_by_the_outbox()
+    assert counted() == 2
+    assert told == ["deduction_not_applied"] * 2  # health still names the reactor
+    asyncio.run(daemon.stop())

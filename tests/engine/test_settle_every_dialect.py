@@ -136,6 +136,26 @@ def test_a_blank_filter_is_never_trusted_by_engine_check_nor_the_daemon(tmp_path
         assert sim.sim.requests_for("GET /v1/events/?limit=1000") >= 1
 
 
+def test_where_the_filter_works_a_look_up_never_reads_the_engines_whole_list():
+    """An honoured filter answers a look-up alone: a page of only the key's items (or none) is no sign
+    of an ignored filter.  Taken for one, every look-up would page the tenant's whole list (the
+    request the decision on #21 counts), and a busy tenant's list would leave rows unverifiable."""
+    from tests.engine_helpers import calibrated_client
+
+    with SimServer() as sim:
+        sim.state.record_event({"type": "TRANSACTION", "subject": BOB, "payload": {"eventKey": "landed"}})
+        sim.state.record_event({"type": "TRANSACTION", "subject": BOB, "payload": {"eventKey": "another"}})
+
+        async def till():
+            async with calibrated_client(sim) as c:
+                found = await c.look_up_event("landed")
+                absent = await c.look_up_event("never-sent")
+                return found.outcome, absent.outcome, c.filter_evidence.works("event")
+
+        assert asyncio.run(till()) == ("landed", "not_landed", True)
+        assert sim.sim.requests_for("order=DESC") == sim.sim.requests_for("filter%5Bpayload.eventKey%5D") == 2
+
+
 # -- reading the list: the engine's own timestamps prove absence, nothing else --------------------
 
 
@@ -190,6 +210,25 @@ def test_absence_is_proven_by_the_lists_end_or_a_stamp_before_the_send(n, limit)
     by_time = asyncio.run(scan_recent(pages_of(items, calls), "absent", now, max_pages=100, limit=limit))
     assert by_time.outcome == "not_landed"
     assert len(calls) <= (3 * 60 + SCAN_SKEW) // 60 // limit + 2  # stopped once past the send less the skew
+
+
+def test_a_write_stamped_at_the_skews_edge_is_read_past_an_equal_stamp_on_the_page_before():
+    """The edge the model cannot reach: the engine stamps in whole seconds, and items stamped alike
+    come in any order.  A page ending on a stamp exactly at the send less the skew proves nothing yet:
+    the write, stored at that very second, may be next.  Only a stamp *before* it proves absence."""
+    edge = 2_000_000_000.0
+    since = edge + SCAN_SKEW  # the write was sent at ``since``: stored at ``edge`` at the earliest
+    items = [
+        {"id": "1", "payload": {"eventKey": "other-1"}, "createdAt": stamp(edge + 10)},
+        {"id": "2", "payload": {"eventKey": "other-2"}, "createdAt": stamp(edge)},  # ends page 1
+        {"id": "ours", "payload": {"eventKey": "ours"}, "createdAt": stamp(edge)},  # first on page 2
+        {"id": "3", "payload": {"eventKey": "other-3"}, "createdAt": stamp(edge - 1)},
+    ]
+    calls: list[int] = []
+    found = asyncio.run(scan_recent(pages_of(items, calls), "ours", since, max_pages=3, limit=2))
+    assert found.outcome == "landed" and found.engine_id == "ours"
+    absent = asyncio.run(scan_recent(pages_of(items, calls), "never-sent", since, max_pages=3, limit=2))
+    assert absent.outcome == "not_landed"  # page 2 ends on a stamp before the edge: proven
 
 
 def test_a_list_not_newest_first_or_without_stamps_proves_absence_only_by_its_end():

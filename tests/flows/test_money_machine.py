@@ -11,7 +11,9 @@ contract of ``tillplug.engine.clock.InFlight``), on a clock the machine moves.  
 may be odd too: its redemption reactor missing (REDEEMED_POINTS recorded, nothing deducted), its
 reactions applied later than tender's and a void's wait (``FINAL_WAIT``: when the machine says, but
 within ``REVERSAL_WINDOW``), its clock a few seconds off the tills' (its stamps and ``Date``
-headers).  After every step:
+headers).  Its list holds an earlier day's events (stamped an hour before), and where the filter
+cannot tell, the tills may read that list in pages of two (``EngineClient.scan_limit``): look-ups
+then span many pages and stop on the engine's own stamps, as on a busy tenant.  After every step:
 
 * for every member, the engine's balance (with the reactions it still owes) equals start + what the
   tills were told their spends, give-backs and refunds moved + what the engine's **own reactions**
@@ -27,7 +29,8 @@ headers).  After every step:
 * a void gives back every point the till was told the sale took, to the member who spent them
   (held: only those the engine shows it never took; the engine's own net for the sale is then 0);
 * returns after the sale (issue 25) never add up to more than the sale: its amount, the points it
-  spent, the points it earned; what a return was told it moves enters the count above.
+  spent, the points it earned; what a return was told it moves enters the count above;
+* where the filter is honoured, no till reads the engine's unfiltered list (the filter answers).
 
 ``TILLPLUG_MONEY_EXAMPLES`` sets the examples per dialect (50); ``TILLPLUG_MONEY_PROFILE=mutation``
 is a fixed, smaller run for mutation testing (``python -m bench mutation``).
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import inspect
 import os
@@ -66,6 +70,7 @@ from hypothesis.stateful import (
 
 from tests.flow_harness import Harness, answer_2xx, body_of, is_burn, is_spend, reset_after, reset_before
 from tillplug.engine.clock import InFlight
+from tillplug.engine.lookup import LIST_LIMIT, SCAN_MAX_PAGES, FilterEvidence
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
 from tillplug.flows.answers import EngineVoucher
@@ -87,6 +92,9 @@ TILLS = ("a", "b")
 LATE_REACTION_SECONDS = 0.1  # a "delayed" dialect's reactions: later than FIRST_CONFIRM_DELAY below
 # The engine's clock minus the tills', in seconds: within the Date headers' tolerance and beyond it.
 ENGINE_CLOCK_OFFSETS = (0.0, 0.0, -0.4, 0.3, -1.7, 1.3, -5.0, 5.0)
+# Pages of the unfiltered list a look-up reads: the documented maximum, or two items (many pages).
+SCAN_PAGE_SIZES = (LIST_LIMIT, 2, 2)
+EARLIER_DAY = 8  # events from an hour before, oldest in the list: a scan is proven by their stamps
 Forward = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -156,6 +164,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 sim.sim.dialect = sim.sim.dialect.with_switches({"late_reaction_seconds": LATE_REACTION_SECONDS})
         state = EngineState(default_seed(), clock=lambda: time.time() + self.offset)
         state.reactors["delay_seconds"] = 0.0
+        an_hour_ago = datetime.fromtimestamp(time.time() - 3600, UTC).isoformat().replace("+00:00", "Z")
+        for n in range(EARLIER_DAY):  # another till's earlier day: no member, no points, never ours
+            event: dict[str, Any] = {"id": f"earlier-{n}", "type": "TRANSACTION", "subject": None, "executor": None}
+            event |= {"payload": {"eventKey": f"earlier-{n}"}, "occurredAt": an_hour_ago, "createdAt": an_hour_ago}
+            state.events[event["id"]] = event
+            state.reactions[event["id"]] = []
         apply_now = state.apply_reaction
 
         def apply(event_id: str) -> None:  # on the simulator's loop
@@ -179,6 +193,9 @@ class MoneyMachine(RuleBasedStateMachine):
         self.held_reactions: list[tuple[str, float]] = []  # (event id, when held on the machine's clock)
         self.applied: set[str] = set()  # events whose reaction the engine applied (points or none)
         self.now = 0.0  # the machine's clock: the tills' in-flight windows run on it
+        self.scan_limit = LIST_LIMIT  # items per page of the unfiltered list (set once, before any request)
+        self.calibrated = True  # the tills know what engine-check found of the filters (False: never run)
+        self.scans: Counter[str] = Counter()  # pages of the unfiltered list the tills read, by kind
         self.sim = self.fresh_engine()
         self.late: list[LateWrite] = []
         self.replay = httpx.AsyncClient()
@@ -192,7 +209,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.voided: set[str] = set()
         self.by_sale: dict[str, float] = {}  # net points the till was told each sale moved
         self.told_spends: set[str] = set()  # eventKeys of deductions a till was told landed
-        self.held: set[str] = set()  # ... of those a void held (the engine showed them never taken)
+        self.voided_spends: set[str] = set()  # ... of those on sales voided since: all given back or held
         self.tills: dict[str, Harness] = {}
         self.seen_events: dict[str, int] = {}
         self.down = False
@@ -212,9 +229,29 @@ class MoneyMachine(RuleBasedStateMachine):
         )
         h.client.in_flight = InFlight(h.client.in_flight.window, monotonic=lambda: self.now)
         h.tamper.inner = EngineDates(h.tamper.inner, lambda: self.offset)
+        self._scan_in_pages_of(h, self.scan_limit)
+        if not self.calibrated:
+            self._filters_unknown(h)
+        h.client._on_call = self._count_scans
         h.loyalty.recover()
         self.tills[name] = h
         self.seen_events[name] = 0
+
+    @staticmethod
+    def _filters_unknown(h: Harness) -> None:
+        # No engine-check yet: the filters are learnt from the look-ups' own answers.
+        h.client.dialect = dataclasses.replace(h.client.dialect, event_key_filter="unknown", order_key_filter="unknown")
+        h.client.filter_evidence = FilterEvidence()
+
+    @staticmethod
+    def _scan_in_pages_of(h: Harness, limit: int) -> None:
+        # Small pages: as many as the list needs (a run's events, then the earlier day's stamps).
+        h.client.scan_limit, h.client.scan_pages = limit, (SCAN_MAX_PAGES if limit == LIST_LIMIT else 500)
+
+    def _count_scans(self, endpoint: str, seconds: float, error: str | None) -> None:
+        kind = {"events_scan": "event", "orders_scan": "order"}.get(endpoint)
+        if kind is not None:
+            self.scans[kind] += 1
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -305,16 +342,30 @@ class MoneyMachine(RuleBasedStateMachine):
         offset=st.sampled_from(ENGINE_CLOCK_OFFSETS),
         redemption=st.sampled_from(["present", "present", "missing"]),
         late=st.sampled_from([False, False, True]),
+        page=st.sampled_from(SCAN_PAGE_SIZES),
+        calibrated=st.sampled_from([True, True, False]),
     )
     def a_sale_with_a_member(
-        self, offset: float = 0.0, redemption: str = "present", late: bool = False
+        self,
+        offset: float = 0.0,
+        redemption: str = "present",
+        late: bool = False,
+        page: int = LIST_LIMIT,
+        calibrated: bool = True,
     ) -> tuple[str, str]:
         """The first sale; before it, the engine is set up: its clock ``offset`` seconds off the tills'
         (whole seconds in its Date headers: within their tolerance and beyond it; verdicts that compare
         the tills' moments with the engine's stamps must say unknown, never guess), its redemption
         reactor, its reactions late or not (each may change later: ``redemption_reactor``,
-        ``reactions_fall_behind``; set here too, so that a short run meets them)."""
+        ``reactions_fall_behind``; set here too, so that a short run meets them); the pages the tills
+        read the engine's unfiltered list in; whether engine-check ran (else the tills learn the filters
+        from their look-ups)."""
         self.offset = offset
+        self.scan_limit, self.calibrated = page, calibrated
+        for h in self.tills.values():
+            self._scan_in_pages_of(h, page)
+            if not calibrated:
+                self._filters_unknown(h)
         self.sim.state.reactors["redemption"] = redemption
         self.reactions_late = late
         return self._open_and_attach("a", CARDS[0])
@@ -441,6 +492,7 @@ class MoneyMachine(RuleBasedStateMachine):
         if answer is not None:
             self.closed.add(tx)
             self.voided.add(tx)
+            self.voided_spends |= {d.event_key for d in self.tills[till].loyalty.checkouts.deductions(tx)}
         # Held: the engine showed these never taken, so they are as good as given back (a refund
         # follows only if the engine takes them after all: never counted twice, see the invariant).
         given = (answer.pointsRefunded + (answer.pointsHeld or 0)) if answer is not None else 0
@@ -453,7 +505,6 @@ class MoneyMachine(RuleBasedStateMachine):
             by_key = self._by_key()
             for d in held:  # held only while the engine shows it never took them
                 assert d.event_key in by_key and not self.sim.state.reactions.get(by_key[d.event_key]["id"]), d
-            self.held |= {d.event_key for d in held}
 
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
@@ -683,11 +734,12 @@ class MoneyMachine(RuleBasedStateMachine):
 
     def _never_taken(self) -> dict[str, float]:
         """Spends a till was told landed that the engine recorded and never applied (its redemption
-        reactor missing): the till counted them, the engine moved nothing.  Not those a void held (the
-        till was told those are as good as given back)."""
+        reactor missing): the till counted them, the engine moved nothing.  Not those of a voided sale:
+        the till was told them given back (held, or refunded by a refund that is not needed and never
+        moves points), so its count nets them out as the engine's does."""
         never = dict.fromkeys(self.start, 0.0)
         by_key = self._by_key()
-        for key in self.told_spends - self.held:
+        for key in self.told_spends - self.voided_spends:
             event = by_key.get(key)
             if event is not None and event["subject"] in never and not self._eventual(event):
                 never[event["subject"]] += float(event["payload"]["points"])
@@ -752,6 +804,10 @@ class MoneyMachine(RuleBasedStateMachine):
             assert self.told_burns[code] <= burned[code] <= 1, (code, self.told_burns[code], burned[code])
             assert burned[code] == self.told_burns[code] or code in owed_codes, (code, burned, self.told_burns)
         self._returns_within_their_sales()
+        dialect = self.sim.sim.dialect
+        for kind, behaviour in (("event", dialect.event_key_filter), ("order", dialect.order_key_filter)):
+            if behaviour == "honoured" and self.calibrated:
+                assert self.scans[kind] == 0, f"{kind}s: the whole list read where the filter answers"
 
     def _returns_within_their_sales(self) -> None:
         for h in self.tills.values():
@@ -860,3 +916,35 @@ def test_a_burn_settled_after_the_cashier_redeemed_the_voucher_again_is_not_a_se
         machine.money_is_neither_lost_nor_invented()
     finally:
         machine.teardown()
+
+
+def test_a_refund_waiting_for_a_late_reaction_is_not_dropped_when_the_outbox_sends_something_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the machine in the strict dialect: the engine's reactions late, a spend voided at once
+    (held: not yet applied), and in the same outbox pass another refund sent first.  That send made
+    the in-flight rule forget the deduction (past its window), so the held refund's wait for the
+    reaction was counted from the till's start, over already: dropped as "moved no points", then the
+    engine applied the deduction.  214 points lost (``InFlight.remembered``)."""
+    monkeypatch.setattr("tillplug.flows.points.FIRST_CONFIRM_DELAY", 0.01)
+    monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.3)
+    monkeypatch.setattr("tillplug.outbox.deliver.REVERSAL_LAST_LOOK", 0.3)
+    machine_class: type[MoneyMachine] = type("MoneyMachine_strict_late", (MoneyMachine,), {"dialect": "strict"})
+    machine = machine_class()
+    try:
+        sale = machine.a_sale_with_a_member(offset=-1.7, late=True, redemption="missing")
+        machine.redemption_reactor(redemption="present")
+        machine.spend_answered_late(lands=True, points=27, restart=False, sale=sale)
+        machine.the_day_settles()
+        machine.spend_answered_late(lands=False, points=209, restart=False, sale=sale)
+        machine.late_writes_arrive(land=[True, False], seconds=8.0)
+        machine.background_catches_up(fault="none", late="pass_window", settle=False)
+        machine.tender(fault="answer_2xx", sale=sale)
+        machine.spend_then_void(fault="none", points=214, reads="answered", sale=sale)
+        machine.money_is_neither_lost_nor_invented()
+        machine.the_day_settles()
+        machine.money_is_neither_lost_nor_invented()
+    finally:
+        machine.teardown()
+        if machine_class.shared_sim is not None:
+            machine_class.shared_sim.stop()

@@ -24,7 +24,16 @@ from tests.flow_harness import Harness, is_burn, reset_after
 from tillplug.engine.models import Benefit
 from tillplug.errors import VouchersPending
 from tillplug.flows.answers import VoucherPending
-from tillplug.flows.vouchers import DATE_SLACK, NOT_BURNED, OURS, USED_BEFORE, burn_verdict, engine_offset
+from tillplug.flows.vouchers import (
+    DATE_SLACK,
+    NOT_BURNED,
+    OURS,
+    UNVERIFIABLE,
+    USED_BEFORE,
+    burn_verdict,
+    engine_offset,
+    verdict_between,
+)
 from tillplug.sim import SimServer
 
 SINCE = 1_800_000_000.0  # our intent, on our clock
@@ -85,6 +94,24 @@ def test_a_burn_long_before_our_intent_is_someone_elses_and_no_burn_is_not_burne
     agree = offset_seen(0.0, 0.05, 1.0)
     assert burn_verdict(benefit(SINCE - 60), SINCE, agree) == USED_BEFORE
     assert burn_verdict(benefit(None), SINCE, agree) == NOT_BURNED
+
+
+def validated_only(validated_at: float) -> Benefit:
+    """A benefit as an engine that shows no ``burnedAt`` lists it: the code's validation is the trace."""
+    return Benefit.model_validate({"id": "b-1", "code": {"value": "ALICE-5OFF-0001", "validatedAt": iso(validated_at)}})
+
+
+def test_the_verdicts_edges_at_exact_timestamps() -> None:
+    """The edges the model cannot reach (the engine stamps in milliseconds; our moments are floats):
+    a burn (or, with no burnedAt, a validation) stamped exactly at the latest our intent can be is
+    ours, as the docstring says ("at or after"); one exactly at the earliest our intent can be is not
+    clearly before it, so neither ours nor another's: unverifiable, never "used before"."""
+    ours_from, others_before = SINCE + 2.0, SINCE - 1.0  # whole milliseconds: exact in ISO stamps
+    assert verdict_between(benefit(ours_from), ours_from, others_before) == OURS
+    assert verdict_between(validated_only(ours_from), ours_from, others_before) == OURS
+    assert verdict_between(validated_only(ours_from - 0.001), ours_from, others_before) == NOT_BURNED
+    assert verdict_between(benefit(others_before), ours_from, others_before) == UNVERIFIABLE
+    assert verdict_between(benefit(others_before - 0.001), ours_from, others_before) == USED_BEFORE
 
 
 def test_without_a_date_header_the_clocks_are_taken_to_agree() -> None:

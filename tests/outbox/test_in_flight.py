@@ -186,6 +186,21 @@ def test_the_window_is_counted_from_the_restart_for_a_write_sent_before_it():
     assert rule.may_land("sent-now") and rule.remaining("sent-now") == pytest.approx(1.0)
 
 
+def test_a_send_is_remembered_as_long_as_a_reversal_asks_about_it():
+    """Found by the model check: a deduction applied late (within ``REVERSAL_WINDOW``) had its refund
+    dropped as "moved no points" whenever the outbox sent anything else meanwhile.  Each send forgot
+    the writes past the in-flight window, and the refund's wait (the window plus ``REVERSAL_WINDOW``)
+    was then counted from the process's start: over before the engine applied the deduction."""
+    clock = FakeMonotonic()
+    flight = InFlight(6.0, clock)
+    clock.now += 30  # the till has run a while
+    flight.sent("deduction")
+    clock.now += 7  # past its in-flight window, well within its reaction's
+    flight.sent("an earning")
+    assert flight.remaining("deduction") == 0
+    assert flight.remaining("deduction", 6.0 + REVERSAL_WINDOW) == pytest.approx(59.0)
+
+
 def test_the_default_window_is_twice_connect_plus_read_and_the_key_overrides_it():
     assert in_flight_window(3.0, 5.0) == 16.0
     assert in_flight_window(3.0, 5.0, 40.0) == 40.0
@@ -195,20 +210,23 @@ def test_the_default_window_is_twice_connect_plus_read_and_the_key_overrides_it(
 @given(st.lists(st.tuples(st.integers(0, 30), st.floats(0, 40)), min_size=1, max_size=400))
 def test_forgetting_writes_past_their_window_changes_no_answer_and_keeps_the_map_small(sends):
     """#27: every send once rebuilt the whole map past 256 keys, so a 10,000-row drain was quadratic.
-    What is forgotten now, a few at a time from the oldest, never changes what ``remaining`` says."""
+    What is forgotten now, a few at a time from the oldest, never changes what ``remaining`` says,
+    for the in-flight window or a reversal's longer wait."""
     clock = FakeMonotonic()
     flight = InFlight(10.0, clock)
+    longest = 10.0 + REVERSAL_WINDOW
     remembered: dict[str, float] = {}
     for key, gap in sends:
-        clock.now += gap
+        clock.now += gap * 3
         flight.sent(f"k{key}")
         remembered[f"k{key}"] = clock.now
         for k, at in remembered.items():
             assert flight.remaining(k) == pytest.approx(max(0.0, at + 10.0 - clock.now))
-        # Nothing older than the window stays long: at most a few past it, whatever was sent before.
-        assert sum(1 for t in flight._sent.values() if clock.now - t >= 10.0) <= 8 * len(sends)
-    in_window = sum(1 for at in remembered.values() if clock.now - at < 10.0)
-    assert len(flight._sent) <= in_window + 8 * (len(flight._sent) > in_window)
+            assert flight.remaining(k, longest) == pytest.approx(max(0.0, at + longest - clock.now))
+        # Nothing older than that stays long: at most a few past it, whatever was sent before.
+        assert sum(1 for t in flight._sent.values() if clock.now - t >= longest) <= 8 * len(sends)
+    asked_about = sum(1 for at in remembered.values() if clock.now - at < longest)
+    assert len(flight._sent) <= asked_about + 8 * (len(flight._sent) > asked_about)
 
 
 def test_a_send_drops_what_is_past_its_window_from_the_front():
@@ -217,6 +235,6 @@ def test_a_send_drops_what_is_past_its_window_from_the_front():
     for i in range(1000):
         clock.now += 1.0
         flight.sent(f"k{i}")
-    assert len(flight._sent) <= 5 + 8  # not every key sent: the map holds about one window's worth
+    assert len(flight._sent) <= 5 + REVERSAL_WINDOW + 8  # not every key: about a window and a reaction's worth
     flight.sent("k999")  # sent again: it moves to the end, and stays
     assert flight.remaining("k999") == 5.0

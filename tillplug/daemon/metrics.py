@@ -144,6 +144,12 @@ class Metrics:
             ["endpoint", "error"],
             registry=self.registry,
         )
+        self.refunds_not_needed = Counter(
+            "tillplug_outbox_refunds_not_needed",
+            "Refunds the outbox did not send because the engine shows the deduction they reverse never applied "
+            "(its redemption reactor may be missing: tillplug engine-check)",
+            registry=self.registry,
+        )
 
     def watch(
         self,

@@ -334,7 +334,13 @@ class Daemon:
 
     def _tell_flows_of_the_outbox(self) -> None:
         self.deliverer.on_change = self.loyalty.returns.outbox_moved
-        self.deliverer.on_not_applied = self.loyalty.points.saw_not_applied  # health names the reactor
+        self.deliverer.on_not_applied = self._refund_not_needed
+
+    def _refund_not_needed(self) -> None:
+        """The outbox dropped a refund: the deduction it reverses never applied.  Health names the
+        reactor; the metric lets a chain see it across its tills."""
+        self.metrics.refunds_not_needed.inc()
+        self.loyalty.points.saw_not_applied()
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

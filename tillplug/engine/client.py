@@ -37,7 +37,7 @@ from tillplug.config.model import EngineConfig
 from tillplug.engine.clock import EngineClock, InFlight, in_flight_window
 from tillplug.engine.dialect import RELAY_DIALECT, EngineDialect, read_dialect_file
 from tillplug.engine.http1 import Http1Transport
-from tillplug.engine.lookup import FilterEvidence, Lookup, read_page, scan_recent
+from tillplug.engine.lookup import LIST_LIMIT, SCAN_MAX_PAGES, FilterEvidence, Lookup, read_page, scan_recent
 from tillplug.engine.models import (
     Benefit,
     Event,
@@ -82,7 +82,6 @@ MAX_BACKOFF = 4.0  # seconds: the cashier is waiting
 TOKEN_MARGIN = 300.0  # refresh the admin token this long before it expires
 MAX_TOKEN_LIFETIME = 86400.0  # seconds: a cached token said to last longer than WLL's 24 h is not trusted
 PAGE = 100  # items per page of a list call
-LOOKUP_MAX_PAGES = 5  # a look-up by eventKey reads at most this many pages (newest first)
 BENEFIT_MAX_PAGES = 10
 RECENT_MAX_PAGES = 10  # a read of the latest events stops here (1,000 events) even if it did not reach back
 
@@ -104,17 +103,17 @@ class EngineSecrets:
         return "EngineSecrets(********)"
 
 
-def event_key_filter(event_key: str, skip: int = 0) -> dict[str, str]:
+def event_key_filter(event_key: str) -> dict[str, str]:
     """The query that finds our event by its payload eventKey.
 
     WLL's filter syntax is unconfirmed (engine-api.md §6); it lives here alone.  What a
     look-up may conclude from the answer is ``tillplug.engine.lookup``'s business.
     """
-    return {"filter[payload.eventKey]": event_key, "limit": str(PAGE), "skip": str(skip), "order": "DESC"}
+    return {"filter[payload.eventKey]": event_key, "limit": str(PAGE), "order": "DESC"}
 
 
-def order_key_filter(event_key: str, skip: int = 0) -> dict[str, str]:
-    return {"filter[metadata.eventKey]": event_key, "limit": str(PAGE), "skip": str(skip), "order": "DESC"}
+def order_key_filter(event_key: str) -> dict[str, str]:
+    return {"filter[metadata.eventKey]": event_key, "limit": str(PAGE), "order": "DESC"}
 
 
 class TokenCache:
@@ -248,6 +247,9 @@ class EngineClient:
         self.in_flight = InFlight(
             in_flight_window(config.connect_timeout, config.read_timeout, config.in_flight_window)
         )
+        # Reading the unfiltered list (``scan_recent``): pages at the documented maximum, a cap on
+        # pages per look-up.  The model check pages a short list in small pages to exercise paging.
+        self.scan_limit, self.scan_pages = LIST_LIMIT, SCAN_MAX_PAGES
         # (endpoint, status) for every answer that is a failure (429, 5xx, 401/403, other 4xx): for health and metrics
         self.on_failure: Callable[[str, int], None] | None = None
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
@@ -473,7 +475,14 @@ class EngineClient:
             found = await self._look_up_filtered(kind, key)
         if found.outcome is not Outcome.UNKNOWN:
             return found
-        scanned = await scan_recent(self._recent_page(kind), key, self._engine_since(since), kind=kind)
+        scanned = await scan_recent(
+            self._recent_page(kind),
+            key,
+            self._engine_since(since),
+            kind=kind,
+            max_pages=self.scan_pages,
+            limit=self.scan_limit,
+        )
         if scanned.outcome is Outcome.UNKNOWN:
             return Lookup(Outcome.UNKNOWN, reason=f"{found.reason}; {scanned.reason}", unproven=found.unproven)
         return scanned
@@ -499,43 +508,34 @@ class EngineClient:
         return since if engine_now is None else since + (engine_now.low - time.time())
 
     async def _look_up_filtered(self, kind: str, key: str) -> Lookup:
-        foreign = False
-        for page in range(LOOKUP_MAX_PAGES):
-            try:
-                if kind == "order":
-                    data = await self._call(
-                        "GET",
-                        "/orders",
-                        params=order_key_filter(key, page * PAGE),
-                        endpoint="orders_lookup",
-                        base="receipts_url",
-                    )
-                    items = [o for o in _list(data, "order") if isinstance(o, dict)]
-                    verdict = read_page(items, key, lambda o: (o.get("metadata") or {}).get("eventKey"))
-                    engine_id = str(verdict.match.get("id", "found")) if verdict.match is not None else None
-                else:
-                    data = await self._call(
-                        "GET", "/events/", params=event_key_filter(key, page * PAGE), endpoint="events_lookup"
-                    )
-                    events = _parse_list(Event, data)
-                    verdict = read_page(events, key, lambda e: e.payload.get("eventKey"))
-                    engine_id = verdict.match.id if verdict.match is not None else None
-            except EngineAuthError:
-                raise  # credentials: the caller waits for a technician
-            except (EngineRejected, EngineProtocolError) as exc:
-                # The look-up itself was refused or unreadable: it proves nothing either way,
-                # and it must never condemn the write it was checking.
-                return Lookup(Outcome.UNKNOWN, reason=f"the look-up was refused ({exc.code})")
-            self.filter_evidence.observe(kind, verdict)
-            if verdict.match is not None:
-                return Lookup(Outcome.LANDED, engine_id=engine_id)
-            foreign = foreign or verdict.foreign
-            if foreign or verdict.count < PAGE:  # an ignored filter: the unfiltered list is read instead
-                break
-        if not foreign and self.filter_evidence.works(kind):
-            return Lookup(Outcome.NOT_LANDED)
-        if foreign:
+        # One page answers: a filter that works lists only the key's items (the first of them is
+        # enough) or none at all; any other item shows it ignored, whatever the pages after it hold.
+        try:
+            if kind == "order":
+                data = await self._call(
+                    "GET", "/orders", params=order_key_filter(key), endpoint="orders_lookup", base="receipts_url"
+                )
+                items = [o for o in _list(data, "order") if isinstance(o, dict)]
+                verdict = read_page(items, key, lambda o: (o.get("metadata") or {}).get("eventKey"))
+                engine_id = str(verdict.match.get("id", "found")) if verdict.match is not None else None
+            else:
+                data = await self._call("GET", "/events/", params=event_key_filter(key), endpoint="events_lookup")
+                events = _parse_list(Event, data)
+                verdict = read_page(events, key, lambda e: e.payload.get("eventKey"))
+                engine_id = verdict.match.id if verdict.match is not None else None
+        except EngineAuthError:
+            raise  # credentials: the caller waits for a technician
+        except (EngineRejected, EngineProtocolError) as exc:
+            # The look-up itself was refused or unreadable: it proves nothing either way,
+            # and it must never condemn the write it was checking.
+            return Lookup(Outcome.UNKNOWN, reason=f"the look-up was refused ({exc.code})")
+        self.filter_evidence.observe(kind, verdict)
+        if verdict.match is not None:
+            return Lookup(Outcome.LANDED, engine_id=engine_id)
+        if verdict.foreign:  # an ignored filter: the unfiltered list is read instead
             return Lookup(Outcome.UNKNOWN, reason="the engine ignored the eventKey filter")
+        if self.filter_evidence.works(kind):
+            return Lookup(Outcome.NOT_LANDED)
         return Lookup(Outcome.UNKNOWN, reason="the eventKey filter is not known to work", unproven=True)
 
     async def recent_events(

@@ -91,6 +91,12 @@ class EngineClock:
         return self.at(self._monotonic())
 
 
+# How long after taking a write the engine may still apply its reaction (its contract: reactions take
+# "almost instant to a few seconds"; past this it surely has).  A refund waits this long past its
+# deduction's in-flight window (``tillplug.outbox.deliver.REVERSAL_WINDOW``) before it is dropped.
+REACTION_WINDOW = 60.0
+
+
 class InFlight:
     """The one rule for a write whose outcome is unknown: "not found" means nothing while it may be in flight.
 
@@ -101,12 +107,17 @@ class InFlight:
     at the start: the restart's time is never earlier than the real send, so the window is
     counted conservatively from before the crash.  Used by the outbox (its own rows and the
     writes a refund reverses) and by the flows' settling of deductions and burns.
+
+    A send is remembered for the window plus ``REACTION_WINDOW``, the longest anyone asks about
+    it (a refund waiting for its deduction's reaction): forgotten sooner, it would be taken as
+    sent at the start and that wait cut short.
     """
 
     def __init__(self, window: float, monotonic: Callable[[], float] = time.monotonic) -> None:
         if window < 0:
             raise ValueError("the in-flight window cannot be negative")
         self.window = window
+        self.remembered = window + REACTION_WINDOW  # seconds a send is kept after it
         self._monotonic = monotonic
         self.started = monotonic()
         self._sent: dict[str, float] = {}  # key -> monotonic time its latest attempt ended
@@ -116,14 +127,14 @@ class InFlight:
         """An attempt to send the write ``key`` just ended (answered or not): its window starts now."""
         now = self._monotonic()
         with self._lock:
-            # Kept in the order sent (a key sent again moves to the end), so what is past its window is
-            # at the front: dropped from there, a write at a time.  Rebuilding the whole map on every
-            # send once made a 10,000-row drain quadratic (#27).  Forgetting what is past its window
-            # changes no answer: the start is earlier still.
+            # Kept in the order sent (a key sent again moves to the end), so what is past ``remembered``
+            # is at the front: dropped from there, a write at a time.  Rebuilding the whole map on every
+            # send once made a 10,000-row drain quadratic (#27).  Forgetting what no one asks about any
+            # more changes no answer: the start is earlier still.
             self._sent.pop(key, None)
             self._sent[key] = now
             for old, at in list(itertools.islice(self._sent.items(), 8)):
-                if now - at < self.window:
+                if now - at < self.remembered:
                     break
                 del self._sent[old]
 
@@ -147,4 +158,13 @@ def in_flight_window(connect_timeout: float, read_timeout: float, configured: fl
     return configured if configured is not None else 2 * (connect_timeout + read_timeout)
 
 
-__all__ = ["DATE_STALE", "DATE_TOLERANCE", "EngineClock", "EngineTime", "InFlight", "in_flight_window", "parse_date"]
+__all__ = [
+    "DATE_STALE",
+    "DATE_TOLERANCE",
+    "REACTION_WINDOW",
+    "EngineClock",
+    "EngineTime",
+    "InFlight",
+    "in_flight_window",
+    "parse_date",
+]

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 
 from tillplug.engine.client import EngineClient
+from tillplug.engine.clock import REACTION_WINDOW
 from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import Event, EventDefinition, Order
 from tillplug.engine.outcome import Outcome
@@ -62,7 +63,7 @@ IN_FLIGHT = "in_flight"  # last_error of a row waiting out the in-flight window 
 PACE_RECHECK = 30.0  # seconds: the longest pacing sleep before the pacer is asked again
 # How long after taking a write the engine may still apply its reaction: reactions take "almost
 # instant to a few seconds"; past this it surely has (tillplug.flows.points.UNSEEN_FOR).
-REVERSAL_WINDOW = 60.0
+REVERSAL_WINDOW = REACTION_WINDOW
 REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
 REVERSAL_LAST_LOOK = 5.0  # seconds the last look waits (tillplug.flows.points.FINAL_WAIT, a void's)
 NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
