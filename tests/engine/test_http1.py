@@ -12,6 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tillplug.config.loader import Secret
+from tillplug.config.model import EngineConfig
+from tillplug.engine import EngineClient, EngineSecrets
 from tillplug.engine.http1 import MAX_BODY, Http1Transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -283,3 +286,32 @@ def test_tls_is_always_verified(tmp_path):
     asyncio.run(go())
     with pytest.raises(ValueError, match="always on"):
         Http1Transport(verify=False)
+
+
+def test_with_a_proxy_configured_the_engine_client_goes_through_it():
+    """The shop's proxy gets every request in absolute form (httpx's own transport, not this one)."""
+    seen: list[bytes] = []
+    user = b'{"status": "success", "data": {"id": "wll-1", "accountNumber": "1000001", "status": "ACTIVE"}}'
+    token = b'{"access_token": "t0ken", "token_type": "Bearer", "expires_in": 86400}'
+
+    async def proxy(reader, writer):
+        for _ in range(2):
+            request = await read_request(reader)
+            seen.append(request.split(b"\r\n", 1)[0])
+            writer.write(answer(token if b"/oauth/token" in seen[-1] else user))
+            await writer.drain()
+
+    async def go():
+        async with Server(proxy) as server:
+            config = EngineConfig(
+                base_url="http://localhost:9/v1", api_key="/k", client_id="/i", client_secret="/s", proxy=server.url
+            )
+            secrets = EngineSecrets(api_key=Secret("k"), client_id=Secret("c"), client_secret=Secret("s"))
+            async with EngineClient(config, secrets) as client:
+                assert (await client.get_user("1000001")).id == "wll-1"
+
+    asyncio.run(go())  # nothing listens on localhost:9: the answers came through the proxy
+    assert seen == [
+        b"POST http://localhost:9/oauth/token HTTP/1.1",
+        b"GET http://localhost:9/v1/users/1000001 HTTP/1.1",
+    ]
