@@ -51,6 +51,12 @@ def wait_until_engine_idle(sim: SimServer, *, reactions: bool = True) -> None:
     raise AssertionError("the simulator did not take the writes it received")
 
 
+def queue_refund_if_landed(store: OutboxStore, refund: str, deduction: str, points: int = 500) -> None:
+    """What Points.recover queues after a crash mid-spend: a refund sent only if the deduction landed."""
+    body = event(refund, "POINTS_REFUND", points, reverses=deduction)
+    store.add(kind="event", stream="tx-1", event_key=refund, body=body, requires_key=deduction)
+
+
 def make_due(store: OutboxStore) -> None:
     with store.transaction() as tx:
         tx.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
@@ -112,13 +118,7 @@ def test_a_refund_if_landed_waits_for_its_deduction_still_in_flight_after_a_rest
 
     asyncio.run(crash_mid_spend())
     # The restart: Points.recover queues a refund sent only if the deduction landed.
-    store.add(
-        kind="event",
-        stream="tx-1",
-        event_key=refund,
-        body=event(refund, "POINTS_REFUND", 500, reverses=deduction),
-        requires_key=deduction,
-    )
+    queue_refund_if_landed(store, refund, deduction)
     clock = FakeMonotonic()
 
     async def after_restart() -> None:
@@ -153,13 +153,7 @@ def test_a_refund_waits_for_a_deduction_taken_late_and_applied_within_its_window
                 await client.report_event(_definition(deduction, "REDEEMED_POINTS", 500))
             wait_until_engine_idle(sim, reactions=False)  # taken (late), its reaction still to come
             sim.sim.faults.update({"late_write_seconds": 0.0})
-            store.add(
-                kind="event",
-                stream="tx-1",
-                event_key=refund,
-                body=event(refund, "POINTS_REFUND", 500, reverses=deduction),
-                requires_key=deduction,
-            )
+            queue_refund_if_landed(store, refund, deduction)
             clock.now += REVERSAL_WINDOW + 1  # past the reaction's window from the send, not from the take
             await Deliverer(store, client, rate=1e6, burst=10**6).step()
             row = store.by_key(refund)

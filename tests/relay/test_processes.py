@@ -59,21 +59,26 @@ def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 class RelayProcess:
-    def __init__(self, config: Path, port: int, log: Path, *, ca_file: str | None = None) -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, ca_file: str | None = None, wait: bool = True) -> None:
         self.port = port
         self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
-        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self.log_path = log
         self.log = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tillplug", "relay", "run", "--config", str(config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while True:
-            assert self.proc.poll() is None, log.read_text()
+            assert self.proc.poll() is None, self.log_path.read_text()
             try:
-                if httpx.get(self.url + "/relay/health", timeout=1, verify=verify).status_code == 200:
+                if httpx.get(self.url + "/relay/health", timeout=1, verify=self.verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -111,7 +116,13 @@ class Chain:
             if name == "a":
                 done = cli("migrate", "--config", str(config))
                 assert done.returncode == 0, done.stderr
-            self.relays.append(RelayProcess(config, port, folder / f"relay-{name}.log"))
+            self.relays.append(RelayProcess(config, port, folder / f"relay-{name}.log", wait=False))
+        try:
+            for relay in self.relays:  # both start at once: each takes a second or two
+                relay.wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def enrol(self, till: str, branch: str = "B01") -> str:
         done = cli("enrol", "--config", str(self.configs[0]), "--till", till, "--branch", branch)
@@ -169,6 +180,28 @@ def event(type_: str, subject: str | None, **payload) -> dict:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def relay_till(chain: Chain, folder: Path, name: str, relay: RelayProcess, **engine) -> VirtualTill:
+    """A real till enrolled as ``name`` whose engine is ``relay``: its token in a file only it reads."""
+    token_file = folder / f"{name}-token"
+    token_file.write_text(chain.enrol(name) + "\n")
+    token_file.chmod(0o600)
+    engine = {"relay_url": relay.url, "relay_token": str(token_file), **engine}
+    return VirtualTill(folder / name, sim=chain.sim, till_id=name, engine=engine)
+
+
+@contextlib.contextmanager
+def two_relay_tills(chain: Chain, folder: Path, names: tuple[str, str], **engine):
+    """Tills ``names``, the first through relay A, the second through relay B, closed after."""
+    tills = []
+    try:
+        for name, relay in zip(names, chain.relays, strict=True):
+            tills.append(relay_till(chain, folder, name, relay, **engine))
+        yield tills
+    finally:
+        for till in tills:
+            till.close()
 
 
 def test_a_relay_killed_mid_delivery_leaves_the_earn_to_the_other_exactly_once(chain):
@@ -263,18 +296,14 @@ def test_postgresql_away_gives_503_then_everything_resumes(chain):
 
 
 def test_a_revoked_till_is_refused_by_every_relay_within_5_s_mid_sale(chain, tmp_path):
-    token_file = tmp_path / "relay-token"
-    token_file.write_text(chain.enrol("till-01") + "\n")
-    token_file.chmod(0o600)
     a, b = chain.relays
-    engine = {"relay_url": a.url, "relay_token": str(token_file)}
-    with VirtualTill(tmp_path / "till", sim=chain.sim, engine=engine) as till:
+    with relay_till(chain, tmp_path, "till-01", a) as till:
         assert till.api.post("/v1/checkouts", json={"transactionId": "TXR", "lane": 1}).status_code == 201
         attached = till.api.put("/v1/checkouts/TXR/member", json={"code": "1000001"})
         assert attached.status_code == 200, attached.text
         spent = till.api.post("/v1/checkouts/TXR/points", json={"points": 100})
         assert spent.status_code == 200, spent.text
-        token = token_file.read_text().strip()
+        token = (tmp_path / "till-01-token").read_text().strip()
         for relay in (a, b):
             assert httpx.get(f"{relay.url}/v1/users/{ALICE}", headers=auth(token), timeout=10).status_code == 200
         done = cli("revoke", "--config", str(chain.configs[1]), "--till", "till-01")
@@ -298,27 +327,7 @@ def test_a_revoked_till_is_refused_by_every_relay_within_5_s_mid_sale(chain, tmp
 
 
 def test_real_tills_through_two_relays_earn_exactly_once_and_hold_no_wll_secret(chain, tmp_path):
-    a, b = chain.relays
-    tills = []
-    for name, relay in (("till-01", a), ("till-02", b)):
-        token_file = tmp_path / f"{name}-token"
-        token_file.write_text(chain.enrol(name) + "\n")
-        token_file.chmod(0o600)
-        tills.append((name, relay, token_file))
-    with (
-        VirtualTill(
-            tmp_path / "t1",
-            sim=chain.sim,
-            till_id="till-01",
-            engine={"relay_url": a.url, "relay_token": str(tills[0][2])},
-        ) as t1,
-        VirtualTill(
-            tmp_path / "t2",
-            sim=chain.sim,
-            till_id="till-02",
-            engine={"relay_url": b.url, "relay_token": str(tills[1][2])},
-        ) as t2,
-    ):
+    with two_relay_tills(chain, tmp_path, ("till-01", "till-02")) as (t1, t2):
         for till in (t1, t2):
             assert till.config.engine.api_key is None and till.config.engine.client_secret is None
         for n, till in enumerate((t1, t2)):
@@ -338,11 +347,7 @@ def test_real_tills_through_two_relays_earn_exactly_once_and_hold_no_wll_secret(
 
 def test_a_till_keeps_selling_while_the_relay_is_away_and_its_outbox_delivers_after(chain, tmp_path):
     a = chain.relays[0]
-    token_file = tmp_path / "relay-token"
-    token_file.write_text(chain.enrol("till-01") + "\n")
-    token_file.chmod(0o600)
-    engine = {"relay_url": a.url, "relay_token": str(token_file)}
-    with VirtualTill(tmp_path / "till", sim=chain.sim, engine=engine) as till:
+    with relay_till(chain, tmp_path, "till-01", a) as till:
         a.stop()  # the till's relay is away
         assert till.api.post("/v1/checkouts", json={"transactionId": "TXO", "lane": 1}).status_code == 201
         attached = till.api.put("/v1/checkouts/TXO/member", json={"code": "1000001"})
@@ -364,15 +369,7 @@ def test_two_real_tills_spending_70_percent_of_one_member_at_once_never_both_kee
     """The engine applies deductions 1.5 s late (the hostile dialect's timing): without the relay's
     guard both tills see the whole balance (tests/flows/test_money_through_api.py's xfail)."""
     httpx.post(chain.sim.url + "/_sim/dialect", json={"reactions": "delayed"}, timeout=10).raise_for_status()
-    a, b = chain.relays
-    tills = []
-    for name, relay in (("till-01", a), ("till-02", b)):
-        token_file = tmp_path / f"{name}-token"
-        token_file.write_text(chain.enrol(name) + "\n")
-        token_file.chmod(0o600)
-        engine = {"relay_url": relay.url, "relay_token": str(token_file)}
-        tills.append(VirtualTill(tmp_path / name, sim=chain.sim, till_id=name, engine=engine))
-    try:
+    with two_relay_tills(chain, tmp_path, ("till-01", "till-02")) as tills:
         for till in tills:
             assert till.api.post("/v1/checkouts", json={"transactionId": "TX70", "lane": 1}).status_code == 201
             assert till.api.put("/v1/checkouts/TX70/member", json={"code": "1000001"}).status_code == 200
@@ -392,24 +389,12 @@ def test_two_real_tills_spending_70_percent_of_one_member_at_once_never_both_kee
         assert refused[0].json()["error"]["code"] == "insufficient_points", refused[0].text
         time.sleep(2)  # the late reaction applies
         assert chain.ledger()["balances"][ALICE] == 1250 - 875
-    finally:
-        for till in tills:
-            till.close()
 
 
 def test_a_sale_at_one_till_is_returned_half_at_another_and_half_at_its_own_points_exact(chain, tmp_path):
     """Sale at till A (500 points spent, 25 earned), half returned at till B, the other half at A:
     every point moves back exactly once, and a further return is refused at either till."""
-    a_relay, b_relay = chain.relays
-    tills = []
-    for name, relay in (("till-a", a_relay), ("till-b", b_relay)):
-        token_file = tmp_path / f"{name}-token"
-        token_file.write_text(chain.enrol(name) + "\n")
-        token_file.chmod(0o600)
-        engine = {"relay_url": relay.url, "relay_token": str(token_file)}
-        tills.append(VirtualTill(tmp_path / name, sim=chain.sim, till_id=name, engine=engine))
-    a, b = tills
-    try:
+    with two_relay_tills(chain, tmp_path, ("till-a", "till-b")) as (a, b):
         assert a.api.post("/v1/checkouts", json={"transactionId": "SR1", "lane": 1}).status_code == 201
         assert a.api.put("/v1/checkouts/SR1/member", json={"code": "1000001"}).status_code == 200
         assert a.api.post("/v1/checkouts/SR1/points", json={"points": 500}).status_code == 200
@@ -452,24 +437,13 @@ def test_a_sale_at_one_till_is_returned_half_at_another_and_half_at_its_own_poin
         assert ledger["balances"][ALICE] == 1250  # -500 +25, then +250 -15 (at B) and +250 -10 (at A)
         assert not ledger["duplicates"]
         assert sorted(e["points"] for e in ledger["events"] if e["type"] == "POINTS_REFUND") == [250, 250]
-    finally:
-        for till in tills:
-            till.close()
 
 
 def test_a_return_taken_while_the_relay_was_away_still_counts_once_it_is_back(chain, tmp_path):
     """Till A's own sale: a first return while A's relay is away (taken on A's knowledge), then the
     relay is back: a second return continues the shares, and past the sale is refused at A and at B."""
-    a_relay, b_relay = chain.relays
-    tills = []
-    for name, relay in (("till-a", a_relay), ("till-b", b_relay)):
-        token_file = tmp_path / f"{name}-token"
-        token_file.write_text(chain.enrol(name) + "\n")
-        token_file.chmod(0o600)
-        engine = {"relay_url": relay.url, "relay_token": str(token_file), "max_attempts": 1}
-        tills.append(VirtualTill(tmp_path / name, sim=chain.sim, till_id=name, engine=engine))
-    a, b = tills
-    try:
+    a_relay = chain.relays[0]
+    with two_relay_tills(chain, tmp_path, ("till-a", "till-b"), max_attempts=1) as (a, b):
         assert a.api.post("/v1/checkouts", json={"transactionId": "SR2", "lane": 1}).status_code == 201
         assert a.api.put("/v1/checkouts/SR2/member", json={"code": "1000001"}).status_code == 200
         assert a.api.post("/v1/checkouts/SR2/points", json={"points": 500}).status_code == 200
@@ -501,6 +475,3 @@ def test_a_return_taken_while_the_relay_was_away_still_counts_once_it_is_back(ch
         time.sleep(3)  # whatever B queued has had its turn at the relay
         assert given_back() == 500  # never past the 500 points spent on the sale
         assert not chain.ledger()["duplicates"]
-    finally:
-        for till in tills:
-            till.close()

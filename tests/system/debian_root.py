@@ -34,11 +34,14 @@ all="$*"
 args=
 for a in "$@"; do case "$a" in -*) ;; *) args="$args $a" ;; esac; done
 set -- $args
-alive() { [ -f $pidfile ] && kill -0 "$(cat $pidfile)" 2>/dev/null; }
+# The root's PID 1 is a placeholder that reaps no one: a daemon that has exited stays a zombie
+# (state Z), which is stopped all the same (systemd would have reaped it).
+running() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }
+alive() { [ -f $pidfile ] && running "$(cat $pidfile)"; }
 stop() {
     if alive; then
         pid=$(cat $pidfile); kill -TERM "$pid"; i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 400 ]; do sleep 0.1; i=$((i + 1)); done
+        while running "$pid" && [ $i -lt 400 ]; do sleep 0.1; i=$((i + 1)); done
     fi
     rm -f $pidfile
 }

@@ -43,7 +43,7 @@ WAITING = "('pending', 'sending')"
 JournalReader = Callable[[], str]
 
 
-def config_text(path: str, report: Report) -> str:
+def config_text(path: str, report: Report[Config]) -> str:
     lines = [f"# tillplug check-config --explain {path}"]
     if report.layers is not None:
         lines += [f"# layer: {source}" for source in report.layers.sources]

@@ -12,7 +12,7 @@ import typing
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -41,10 +41,14 @@ class Problem:
 
 
 @dataclass
-class Report:
-    config: Config | None = None
+class Report(Generic[LoadedT]):
+    """A config file's verdict, the till's or the relay's: the config (None if it cannot be built), every problem."""
+
+    config: LoadedT | None = None
     problems: list[Problem] = field(default_factory=list)
-    layers: Merged | None = None  # the files read, and where each value came from
+    # The files read, and where each value came from: the till's tillplug.toml and conf.d/ (the
+    # relay reads one file, so None there).
+    layers: Merged | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -276,9 +280,9 @@ CHECK_THEN_BURN_RISK = (
 
 def validate(
     data: dict[str, Any], *, known_drivers: Collection[str] | None = None, check_secrets: bool = True
-) -> Report:
+) -> Report[Config]:
     """Validate parsed TOML: every problem at once, never just the first."""
-    report = Report()
+    report: Report[Config] = Report()
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -415,7 +419,7 @@ def read_layers(path: str | os.PathLike[str]) -> Merged | list[Problem]:
         return [Problem(exc.path, exc.message, source=exc.source)]
 
 
-def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Report:
+def check_config(path: str | os.PathLike[str], *, known_drivers: Collection[str] | None = None) -> Report[Config]:
     """Validate ``path`` with the drop-ins of ``conf.d/`` beside it, merged (tillplug.config.layers)."""
     layers = read_layers(path)
     if isinstance(layers, list):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from tillplug.config.loader import Problem, check_secret, loaded, parse_toml, problems_from_validation
+from tillplug.config.loader import Problem, Report, check_secret, loaded, parse_toml, problems_from_validation
 from tillplug.config.model import INLINE_SECRET, EngineConfig, SecretRef, Section, abs_path
 from tillplug.errors import ConfigError
 
@@ -150,22 +149,8 @@ class RelayConfig(Section):
         return self
 
 
-@dataclass
-class Report:
-    config: RelayConfig | None = None
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return self.config is not None and not self.errors
-
-
-def validate(data: dict[str, Any], *, check_secrets: bool = True) -> Report:
-    report = Report()
+def validate(data: dict[str, Any], *, check_secrets: bool = True) -> Report[RelayConfig]:
+    report: Report[RelayConfig] = Report()
     try:
         config = RelayConfig.model_validate(data)
     except ValidationError as exc:
@@ -187,7 +172,7 @@ def validate(data: dict[str, Any], *, check_secrets: bool = True) -> Report:
     return report
 
 
-def check_config(path: str | os.PathLike[str]) -> Report:
+def check_config(path: str | os.PathLike[str]) -> Report[RelayConfig]:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
