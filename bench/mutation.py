@@ -135,6 +135,10 @@ MONEY_SUITE = [
 # Mutants that cannot change what any caller sees, by ``Mutant.key`` (module, definition, operator and the
 # mutated line, so that edits elsewhere do not move it): why each is equivalent.  Left out of the shares.
 EQUIVALENT: dict[str, str] = {
+    "tillplug/engine/clock.py:sent ReplaceBreakWithContinue `break`": (
+        "the map is in send order (a key sent again moves to the end), so after the first send still"
+        " remembered every later one is newer: continuing past it deletes nothing more"
+    ),
     "tillplug/engine/clock.py:sent NumberReplacer `for old, at in list(itertools.islice(self._sent.items(), 8)):`": (
         "how many sends past what anyone asks about (the window plus REACTION_WINDOW) one send prunes (7, 8"
         " or 9): a key forgotten is taken as sent at the process's start, earlier still, and no one asks"

@@ -156,6 +156,27 @@ def test_where_the_filter_works_a_look_up_never_reads_the_engines_whole_list():
         assert sim.sim.requests_for("order=DESC") == sim.sim.requests_for("filter%5Bpayload.eventKey%5D") == 2
 
 
+def test_a_filter_is_seen_ignored_even_on_a_page_that_holds_the_key():
+    """A till with no engine-check yet learns the filter from its look-ups.  Against an engine that
+    ignores it, a page listing the key among others must show it ignored, not working: taken for
+    working, a later look-up of a write older than one page (``PAGE`` newer events) was "not landed"
+    from the filter's first page, and the outbox would send that write again."""
+    from tillplug.engine.client import PAGE
+
+    with SimServer(dialect="strict") as sim:
+        sim.state.record_event({"type": "TRANSACTION", "subject": BOB, "payload": {"eventKey": "ours"}})
+        for n in range(PAGE):
+            sim.state.record_event({"type": "TRANSACTION", "subject": BOB, "payload": {"eventKey": f"later-{n}"}})
+
+        async def till():
+            async with sim_client(sim.url) as c:  # no dialect file: nothing known of the filter
+                newest = await c.look_up_event(f"later-{PAGE - 1}")
+                learnt = c.filter_evidence.works("event")
+                return newest.outcome, learnt, (await c.look_up_event("ours")).outcome
+
+        assert asyncio.run(till()) == ("landed", False, "landed")
+
+
 # -- reading the list: the engine's own timestamps prove absence, nothing else --------------------
 
 

@@ -55,24 +55,21 @@ class Lookup:
 
 @dataclass
 class PageVerdict:
-    """What one page of look-up results shows."""
+    """What one page of look-up results shows (an empty page: neither)."""
 
     match: Any | None  # the first item carrying the key
     foreign: bool  # an item carrying another key (or none): the filter was not applied
-    count: int
 
 
 def read_page(items: Iterable[Any], key: str, key_of: Callable[[Any], object]) -> PageVerdict:
     match = None
     foreign = False
-    count = 0
     for item in items:
-        count += 1
         if key_of(item) == key:
             match = item if match is None else match
         else:
             foreign = True
-    return PageVerdict(match, foreign, count)
+    return PageVerdict(match, foreign)
 
 
 class FilterEvidence:
@@ -92,7 +89,7 @@ class FilterEvidence:
     def observe(self, kind: str, page: PageVerdict) -> None:
         if page.foreign:
             self._seen[kind] = False
-        elif page.count and page.match is not None:
+        elif page.match is not None:
             self._seen[kind] = True
 
 
