@@ -158,6 +158,8 @@ def test_a_refund_waits_for_a_deduction_taken_late_and_applied_within_its_window
             await Deliverer(store, client, rate=1e6, burst=10**6).step()
             row = store.by_key(refund)
             assert row.state == "pending" and "not needed" not in (row.note or ""), "waits for the reaction"
+            # Never sent: asking the engine about the refund itself on its next turn would be a wasted read.
+            assert not row.needs_lookup
 
     asyncio.run(day())
     assert landed(sim, refund) == 0
