@@ -7,6 +7,7 @@ so nothing here depends on how fast the machine is.
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 
 from tests.engine_helpers import calibrated_client
 from tillplug.engine.clock import InFlight, in_flight_window
+from tillplug.engine.lookup import Lookup
 from tillplug.engine.models import new_event_key
+from tillplug.engine.outcome import Outcome
 from tillplug.outbox import Deliverer, OutboxStore
 from tillplug.outbox.deliver import REVERSAL_WINDOW
 from tillplug.sim import SimServer
@@ -234,3 +237,18 @@ def test_a_send_drops_what_is_past_its_window_from_the_front():
     assert len(flight._sent) <= 5 + REVERSAL_WINDOW + 8  # not every key: about a window and a reaction's worth
     flight.sent("k999")  # sent again: it moves to the end, and stays
     assert flight.remaining("k999") == 5.0
+
+
+@pytest.mark.parametrize("engine_id", [None, "found"])
+def test_a_reversal_is_sent_when_the_engine_names_no_id_for_what_it_reverses(tmp_path, engine_id):
+    """The void's rule for what the engine cannot show: with no id for the reversed write (an engine
+    whose look-ups name none, or an order found without one), its reactions cannot be read, so the
+    reversal goes out; held instead, the member's points would never come back."""
+    store = OutboxStore(tmp_path / "o.db")
+    client = SimpleNamespace(dialect=SimpleNamespace(reactions="flat"))  # reactions listed: it would ask
+    deliverer = Deliverer(store, client, rate=1e6, burst=10**6)
+    queue_refund_if_landed(store, "refund-1", "deduction-1")
+    row = store.by_key("refund-1")
+    reversed_write = Lookup(Outcome.LANDED, engine_id=engine_id)
+    assert asyncio.run(deliverer._waits_for_applied(row, "deduction-1", reversed_write)) is False
+    assert store.by_key("refund-1").state == "pending" and not store.by_key("refund-1").last_error
