@@ -218,8 +218,8 @@ class CheckoutStore:
             outbox, "burns", "id", "id, tx_id, code, benefit_id, state, owed, created", Burn
         )
 
-    def transaction(self) -> AbstractContextManager[Tx]:
-        return self.outbox.transaction()
+    def transaction(self, *, fsync: bool = True) -> AbstractContextManager[Tx]:
+        return self.outbox.transaction(fsync=fsync)
 
     # -- checkouts -------------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class CheckoutStore:
         # A cache: lost to a power cut it costs a look-up, so its commit is not flushed by itself (a
         # look-up's fsync cost more than the slip's own commit).  The cap is kept every so many commits:
         # finding the rows past it walks the whole cache (a millisecond at 20,000 cards).
-        with self.outbox.transaction(fsync=False) as tx:
+        with self.transaction(fsync=False) as tx:
             self._commits_to_cap -= 1  # under the store's lock: look-ups commit from worker threads
             for ident, member_id in members.items():
                 tx.execute(
