@@ -196,14 +196,11 @@ def test_no_secret_or_member_id_reaches_the_logs(tmp_path, caplog):
     assert "5a1b2c3d-0000-4000-8000-000000000001" not in logged
 
 
-def test_stop_before_start_releases_nothing_and_does_not_crash(tmp_path):
-    """A daemon stopped before (or after a failed) start has nothing open; stop() must not raise."""
-    import asyncio
-
+def bare_config(tmp_path):
+    """A till's config with the simulator preset and nothing else: enough to build a Daemon."""
     from tillplug.config import Config
-    from tillplug.daemon.wiring import Daemon
 
-    config = Config.model_validate(
+    return Config.model_validate(
         {
             "till_id": "till-1",
             "branch_id": "b-1",
@@ -212,6 +209,15 @@ def test_stop_before_start_releases_nothing_and_does_not_crash(tmp_path):
             "engine": {"preset": "simulator", "api_key": "/k", "client_id": "/i", "client_secret": "/s"},
         }
     )
+
+
+def test_stop_before_start_releases_nothing_and_does_not_crash(tmp_path):
+    """A daemon stopped before (or after a failed) start has nothing open; stop() must not raise."""
+    import asyncio
+
+    from tillplug.daemon.wiring import Daemon
+
+    config = bare_config(tmp_path)
     asyncio.run(Daemon(config).stop())
 
 
@@ -261,18 +267,9 @@ def test_a_refund_the_outbox_drops_as_not_needed_is_counted_in_the_metrics(tmp_p
     import re
     from types import SimpleNamespace
 
-    from tillplug.config import Config
     from tillplug.daemon.wiring import Daemon
 
-    config = Config.model_validate(
-        {
-            "till_id": "till-1",
-            "branch_id": "b-1",
-            "state_dir": str(tmp_path / "s"),
-            "cache_dir": str(tmp_path / "c"),
-            "engine": {"preset": "simulator", "api_key": "/k", "client_id": "/i", "client_secret": "/s"},
-        }
-    )
+    config = bare_config(tmp_path)
     daemon = Daemon(config)
     told: list[str] = []
     daemon.deliverer = SimpleNamespace(on_change=None, on_not_applied=None)  # type: ignore[assignment]

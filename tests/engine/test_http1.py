@@ -2,9 +2,7 @@
 pieces, kept-alive connections the server closes, answers cut short, silence, garbage, TLS."""
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -12,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.certs import self_signed
 from tillplug.config.loader import Secret
 from tillplug.config.model import EngineConfig
 from tillplug.engine import EngineClient, EngineSecrets
@@ -95,14 +94,20 @@ def test_requests_share_one_kept_alive_connection_and_bodies_arrive_whole():
     asyncio.run(go())
 
 
-def test_a_connection_the_engine_closed_while_idle_is_not_reused():
-    async def one_answer_then_close(reader, writer):
+def sends(raw: bytes) -> Handler:
+    """A connection that takes one request, sends ``raw``, and is closed."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(answer(b"{}"))
+        writer.write(raw)
         await writer.drain()
 
+    return handler
+
+
+def test_a_connection_the_engine_closed_while_idle_is_not_reused():
     async def go():
-        async with Server(one_answer_then_close) as server:
+        async with Server(sends(answer(b"{}"))) as server:
             async with client(Http1Transport(), server.url) as http:
                 for _ in range(3):
                     assert (await http.get("/v1/x")).status_code == 200
@@ -176,19 +181,12 @@ def test_a_read_on_a_connection_closed_under_it_is_asked_again_once_a_write_is_n
 
 
 def test_an_answer_cut_short_silence_and_garbage_are_transport_errors():
-    async def cut(reader, writer):
-        await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial')
-        await writer.drain()
+    cut = sends(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial')
+    garbage = sends(b"<html>Bad Gateway</html>\r\n\r\n")
 
     async def silent(reader, writer):
         await read_request(reader)
         await asyncio.sleep(5)
-
-    async def garbage(reader, writer):
-        await read_request(reader)
-        writer.write(b"<html>Bad Gateway</html>\r\n\r\n")
-        await writer.drain()
 
     async def huge(reader, writer):
         await read_request(reader)
@@ -258,15 +256,7 @@ def test_an_answer_arriving_in_any_pieces_reads_as_sent(body, chunked, cuts):
 
 
 def test_tls_is_always_verified(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the test certificate (.ci/debian-packages lists it)")
-    cert, key = tmp_path / "engine.crt", tmp_path / "engine.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=engine.test",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path, "engine")
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
 

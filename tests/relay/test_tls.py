@@ -1,12 +1,11 @@
 """Beyond loopback the relay speaks TLS; a till verifies it against the CA named in its config."""
 
 import asyncio
-import shutil
-import subprocess
 
 import httpx
 import pytest
 
+from tests.certs import self_signed
 from tests.relay.pg import free_port
 from tests.relay.test_processes import RelayProcess, cli
 from tillplug.config.loader import Secret
@@ -17,21 +16,8 @@ from tillplug.errors import EngineUnreachable
 pytestmark = pytest.mark.system
 
 
-def self_signed(folder) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the test certificate (.ci/debian-packages lists it)")
-    cert, key = folder / "relay.crt", folder / "relay.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=relay.test",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
 def test_a_till_reaches_the_relay_over_verified_tls_only(sim, database, tmp_path):
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "relay")
     port = free_port()
     config = tmp_path / "relay.toml"
     config.write_text(
