@@ -67,8 +67,17 @@ RUN = textwrap.dedent(
 
     def at_ready(message):
         if "READY=1" in message and not os.path.exists(out):
+            from pydantic import BaseModel
+            todo, deferred = [BaseModel], []
+            while todo:
+                for model in todo.pop().__subclasses__():
+                    todo.append(model)
+                    if model.__module__.startswith("tillplug.") and not model.__pydantic_complete__:
+                        deferred.append(f"{model.__module__}.{model.__qualname__}")
             with open(out, "w") as f:
                 json.dump(sorted(sys.modules), f)
+            with open(out + ".models", "w") as f:
+                json.dump(sorted(set(deferred)), f)
             asyncio.get_running_loop().call_soon(after_ready, gc.isenabled())
         return notify(message)
 
@@ -81,7 +90,8 @@ RUN = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory):
-    """The daemon's modules at READY=1, and its cyclic collector at READY=1 and just after."""
+    """The daemon's modules at READY=1, its cyclic collector at READY=1 and just after, and the pydantic
+    models it had not built yet at READY=1."""
     tmp_path = tmp_path_factory.mktemp("start")
     scanner = VirtualScanner(tmp_path / "scanner0")
     out = tmp_path / "modules.json"
@@ -103,11 +113,12 @@ def started(tmp_path_factory):
         notify.close()
         scanner.close()
     assert out.exists() and (tmp_path / "modules.json.gc").exists(), run.stderr[-3000:]
-    return set(json.loads(out.read_text())), json.loads((tmp_path / "modules.json.gc").read_text())
+    deferred = json.loads((tmp_path / "modules.json.models").read_text())
+    return set(json.loads(out.read_text())), json.loads((tmp_path / "modules.json.gc").read_text()), deferred
 
 
 def test_the_daemon_holds_only_what_its_devices_need_at_ready(started):
-    modules, _ = started
+    modules, _, _ = started
     assert "tillplug.daemon.wiring" in modules and "tillplug.drivers.escpos_printer" in modules  # it did start
     held = sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in NOT_AT_START))
     assert held == [], f"imported by READY=1 though this till does not need them: {held}"
@@ -122,7 +133,21 @@ def test_the_daemon_holds_only_what_its_devices_need_at_ready(started):
 def test_start_up_runs_without_the_collector_and_freezes_what_it_built(started):
     """The objects start-up builds live as long as the daemon: no collection while they are built, and
     none walks them again after READY=1 (they are frozen), with the collector on for what comes next."""
-    _, collector = started
+    _, collector, _ = started
     assert collector["at_ready"] is False, "start-up ran with the cyclic collector on"
     assert collector["after"] is True, "the collector stayed off after READY=1"
     assert collector["frozen"] > 50_000, f"start-up's objects were not frozen ({collector['frozen']})"
+
+
+def test_the_api_and_flow_models_are_built_after_ready_not_before(started):
+    """Their validators cost start-up some 40 ms: READY=1 comes first, the warm-up builds them after
+    (tests/daemon/test_warm_up.py)."""
+    _, _, deferred = started
+    for model in (
+        "tillplug.api.schemas.CheckoutCreate",  # a request body
+        "tillplug.api.schemas.Error",
+        "tillplug.flows.answers.MemberView",  # an answer to the till
+        "tillplug.engine.models.Wallet",  # an engine answer
+        "tillplug.flows.returns.TakeBack",
+    ):
+        assert model in deferred, f"{model} was built before READY=1"

@@ -26,7 +26,7 @@ MAX_POINTS = 10**12
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class CheckoutCreate(Body):
@@ -131,18 +131,22 @@ class NoBody(Body):
 # -- errors ----------------------------------------------------------------------------
 
 
-class ErrorDetail(BaseModel):
+class ErrorModel(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+
+class ErrorDetail(ErrorModel):
     field: str
     problem: str
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(ErrorModel):
     code: str = Field(examples=["insufficient_points", "voucher_already_used"])
     message: str = Field(min_length=1, description="A sentence a cashier can read.")
     details: list[ErrorDetail] | None = None
 
 
-class Error(BaseModel):
+class Error(ErrorModel):
     """Every refusal and failure: a stable ``code`` to branch on, a ``message`` to show."""
 
     error: ErrorBody
@@ -154,7 +158,7 @@ class Error(BaseModel):
 class Answer(BaseModel):
     """An answer the API builds from the daemon's or the spool's own data (health, print jobs)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class DrawerView(Answer):
@@ -202,6 +206,8 @@ class BalancePrinted(QueuedJob, MemberView):
 
 class VoucherResult(RootModel[Annotated[LocalPoolVoucher | EngineVoucher, Field(discriminator="kind")]]):
     """200 to a voucher: the shop's own code, or the engine's voucher (a ``VoucherPending`` is 202)."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 class BenefitList(Answer):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import BaseModel
 
 from tillplug import __version__, logs
 from tillplug.api.app import TillApi
@@ -435,11 +436,13 @@ class Daemon:
         self.ready.set()
         self._tasks.append(asyncio.ensure_future(self._check_reactors()))
         log.info("tillplug %s ready: till %s, API on %s:%d", __version__, cfg.till_id, cfg.api.host, self.api_port)
-        self._tasks.append(asyncio.ensure_future(self._warm_up_printers()))
+        self._tasks.append(asyncio.ensure_future(self._warm_up()))
 
-    async def _warm_up_printers(self) -> None:
-        """Once ready: a blank slip rendered per printer, so the renderer's imports and encoder are paid
-        for now, not by the first shopper's slip (start-up does not wait on them)."""
+    async def _warm_up(self) -> None:
+        """Once ready: the models start-up deferred are built, and a blank slip is rendered per printer,
+        so the renderer's imports and encoder are paid for now, not by the first shopper's slip (start-up
+        does not wait on them)."""
+        await complete_deferred_models()
         for spool in list(self.printers.values()):
             try:
                 await asyncio.to_thread(spool.driver.render, Receipt("warm-up", []))
@@ -646,6 +649,30 @@ def _names_the_till(config_path: str) -> bool:
     """Whether a config layer says which till this is (else the till may need enrolment)."""
     layers = read_layers(Path(config_path))
     return isinstance(layers, list) or "till_id" in layers.data or "branch_id" in layers.data
+
+
+async def complete_deferred_models(package: str = "tillplug") -> int:
+    """The API's, the flows' and the engine's pydantic models are declared with ``defer_build``: building
+    their validators would cost start-up some 40 ms before READY=1.  Once ready they are built here, one
+    per turn of the loop, so a request that comes meanwhile waits for one model at most and neither the
+    first request nor the first slip builds any.  (A model used before its turn builds itself then.)"""
+    built = 0
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        for model in todo.pop().__subclasses__():
+            if model in seen:
+                continue
+            seen.add(model)
+            todo.append(model)
+            if model.__module__.startswith(package + ".") and not model.__pydantic_complete__:
+                try:
+                    model.model_rebuild()
+                except Exception as exc:  # its first use will fail with the same error, where it is used
+                    log.warning("model %s could not be built: %s", model.__qualname__, exc)
+                built += 1
+                await asyncio.sleep(0)
+    return built
 
 
 def collect_from_now() -> None:

@@ -15,7 +15,7 @@ from pydantic import AliasPath, BaseModel, ConfigDict, Field
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, defer_build=True)
 
 
 def utc_now_iso() -> str:

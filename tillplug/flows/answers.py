@@ -25,7 +25,7 @@ class Answer(BaseModel):
     """One of the flows' answers: every field it may carry is named (anything else is a bug here)."""
 
     # The document still tells POS developers to expect fields it does not name: new ones may come.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"additionalProperties": True})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"additionalProperties": True}, defer_build=True)
 
     def event_data(self, *, exclude: set[str] | None = None) -> dict[str, object]:
         """The answer as an event's data, as it stands now: a field set later (``print``) is not in it."""

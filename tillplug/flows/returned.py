@@ -117,7 +117,7 @@ def moved_before(policy: Policy, original: int, returned_before: int, whole: int
 
 
 class Reported(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 class ChainLine(Reported):

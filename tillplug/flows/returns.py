@@ -114,7 +114,7 @@ NO_RELAY = (
 
 
 class Answer(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class TakeBack(Answer):
