@@ -1,27 +1,31 @@
 """Mutation testing of the money core: does the model check (and the money suite) kill deliberate bugs?
 
-    python -m bench mutation [--sample N] [--seed S] [--timeout SECONDS] [--only PATH[:DEF]]...
+    python -m bench mutation [--jobs N] [--sample N] [--seed S] [--timeout SECONDS] [--only PATH[:DEF]]...
                              [--no-coverage] [--out bench-results/mutation.md]
 
 cosmic-ray (the ``mutation`` extra) finds every mutation of its decision operators in the money core
 (``SCOPE``: the intent machine and its settle, the look-up verdicts, the outbox's decide-after-look-up,
-void and refund, the burn verdicts, the in-flight rule) and applies each **in place**, so the
-subprocess daemons of the suite load the mutant too.  Each mutant is run against:
+void and refund, the burn verdicts, the in-flight rule) and applies each **in place** in a worker's
+copy of the tree (``--jobs`` workers, each its own copy, ``PYTHONPATH`` and ``cwd`` on it), so the
+subprocess daemons of the suite load the mutant too and the work tree is never touched.  Each mutant
+is run against:
 
 1. the model check alone (``tests/flows/test_money_machine.py`` under ``TILLPLUG_MONEY_PROFILE=mutation``:
    fixed examples, no shrinking), then, if it survives,
-2. the money suite (``MONEY_SUITE``), so "killed by the suite" counts both.
+2. the money suite (``MONEY_SUITE``): only its tests that ran the mutated line unmutated
+   (``selected_tests`` says why that cannot miss a kill), so "killed by the suite" counts both.
 
 A run that outlasts ``--timeout`` counts as killed (the mutant hangs the money path) and is listed
-as such.  ``--sample`` draws a fixed-seed sample of the mutants when the whole set would take too
-long (a mutant costs about a minute); the report says which.  ``--only`` keeps the mutants of one
+as such.  ``--sample`` draws a fixed-seed sample of the mutants.  ``--only`` keeps the mutants of one
 module (``tillplug/flows/points.py``) or one definition in it (``tillplug/flows/points.py:look_up``).
+A worker starts no mutant while ``/tmp/bench-quiet.now`` exists (a quiet-machine benchmark runs).
 
 Before any mutant, the model check and then the money suite run once, unmutated, under coverage
-(subprocesses too): a mutant on a line the model never executes is "not reached" by it, without
-running it, and likewise for the suite; such a mutant survives (nothing could kill it) and the
-report lists it as not reached.  ``EQUIVALENT`` names the mutants that cannot change what any
-caller sees, each with why; they are shown and left out of the shares.  Not run by CI.
+(subprocesses too), each line with the tests that ran it (``bench/mutation_contexts.py``): a mutant
+on a line the model never executes is "not reached" by it, without running it, and likewise for the
+suite; such a mutant survives (nothing could kill it) and the report lists it as not reached.
+``EQUIVALENT`` names the mutants that cannot change what any caller sees, each with why; they are
+shown and left out of the shares.  Not run by CI.
 """
 
 from __future__ import annotations
@@ -30,16 +34,22 @@ import argparse
 import difflib
 import importlib
 import os
+import queue
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.mutation_contexts import ORDER_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
+QUIET_FLAG = Path("/tmp/bench-quiet.now")  # the lead is measuring on a quiet machine: start no mutant
 # The money core, by module and definition (cosmic-ray names the enclosing function or class).
 SCOPE: dict[str, set[str]] = {
     "tillplug/flows/intents.py": {"settle", "set", "owed", "interrupted"},
@@ -113,15 +123,9 @@ OPERATORS = (
     "ReplaceComparisonOperator_NotIn_In",
 )
 MODEL = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "tests/flows/test_money_machine.py"]
+SUITE_OPTIONS = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not system"]
 MONEY_SUITE = [
-    "-m",
-    "pytest",
-    "-x",
-    "-q",
-    "-p",
-    "no:cacheprovider",
-    "-m",
-    "not system",
+    *SUITE_OPTIONS,
     "tests/flows",
     "tests/outbox/test_in_flight.py",
     "tests/outbox/test_recovery.py",
@@ -159,6 +163,8 @@ class Mutant:
     diff: str = ""
     model: str = ""  # killed | survived | timeout | not reached
     suite: str = ""
+    suite_tests: int | None = None  # how many of the suite's tests ran against it (None: the whole suite)
+    seconds: float = 0.0  # wall time of its runs
 
     @property
     def name(self) -> str:
@@ -204,61 +210,155 @@ def only(every: list[Mutant], wanted: list[str]) -> list[Mutant]:
     return chosen
 
 
-def reached(argv: list[str], timeout: float) -> tuple[str, dict[str, set[int]]]:
-    """Run ``argv`` unmutated under coverage (its subprocesses too): its outcome, and the lines it
-    executed in each module of ``SCOPE``."""
+@dataclass
+class Baseline:
+    """What one unmutated run under coverage saw: its outcome, and for each module of ``SCOPE`` the
+    contexts (``<node id>|<phase>``, or ``""`` outside any test) that ran each line."""
+
+    outcome: str
+    contexts: dict[str, dict[int, set[str]]]
+    order: list[str]  # the node ids, in the order the run ran them
+
+    def lines(self, module: str) -> set[int]:
+        return set(self.contexts.get(module, {}))
+
+
+def reached(argv: list[str], timeout: float, tree: Path) -> Baseline:
+    """Run ``argv`` unmutated in ``tree`` under coverage, subprocesses too, each line with the tests
+    that ran it (``bench/mutation_contexts.py``)."""
     coverage: Any = importlib.import_module("coverage")
     with tempfile.TemporaryDirectory(prefix="tillplug-mutation-") as tmp:
         rc = Path(tmp) / "coveragerc"
         rc.write_text(
-            f"[run]\nsource = {ROOT / 'tillplug'}\nparallel = true\npatch = subprocess\n"
+            f"[run]\nsource = {tree / 'tillplug'}\nparallel = true\npatch = subprocess\n"
             f"data_file = {Path(tmp) / 'coverage'}\n"
         )
-        outcome = run(["-m", "coverage", "run", f"--rcfile={rc}", *argv], timeout)
+        order_file = Path(tmp) / "order"
+        outcome = run(
+            ["-m", "coverage", "run", f"--rcfile={rc}", *argv[:2], "-p", "bench.mutation_contexts", *argv[2:]],
+            timeout,
+            tree,
+            {ORDER_ENV: str(order_file)},
+        )
         cov = coverage.Coverage(config_file=str(rc))
         cov.combine(data_paths=[tmp], keep=True)
         data = cov.get_data()
-        executed = {m: set(data.lines(str(ROOT / m)) or ()) for m in SCOPE}
-    return outcome, executed
+        contexts = {
+            m: {line: set(names) for line, names in data.contexts_by_lineno(str(tree / m)).items()} for m in SCOPE
+        }
+        order = order_file.read_text().split("\n") if order_file.exists() else []
+    return Baseline(outcome, contexts, [n for n in order if n])
 
 
-def run(argv: list[str], timeout: float) -> str:
-    # This tree first on the path: run from a copy of the work tree, the copy's (mutated) code is loaded.
-    env = os.environ | {"TILLPLUG_MONEY_PROFILE": "mutation", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)}
+def selected_tests(contexts: set[str], order: list[str]) -> list[str] | None:
+    """The tests of the suite to run against a mutant of a line the unmutated suite ran under
+    ``contexts``: every test one of whose phases ran it, in the suite's ``order``; None (the whole
+    suite) when some run of the line belongs to no test (code run at import) or to a test the run did
+    not order.
+
+    This cannot miss a kill: the mutant changes only that line, so a test none of whose phases runs
+    it runs exactly as unmutated and passes as it did.  That holds while tests share no state but
+    through fixtures of their own, which is why the money suite has no fixture wider than a test
+    (``tests/test_mutation.py`` checks it), and while a subprocess a test starts inherits the test's
+    environment (its coverage context): one given an environment of its own is not measured, so its
+    lines count as not reached, a survivor in the report, never a kill."""
+    if not contexts or any("|" not in c for c in contexts):
+        return None
+    wanted = {c.rpartition("|")[0] for c in contexts}
+    if not wanted <= set(order):
+        return None  # a name the run's order does not know: do not guess
+    return [t for t in order if t in wanted]
+
+
+def worker_copy(root: Path, dest: Path) -> Path:
+    """A copy of the work tree at ``dest`` for one worker to mutate: every file git tracks or would
+    track (so a test just written is there too), as it is in the tree now; no caches, no venvs."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = root / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return dest
+
+
+def environment(tree: Path) -> dict[str, str]:
+    """How a test run in ``tree`` loads ``tree``'s code, its subprocesses too (``python -m tillplug``
+    inherits it): first on the path, ahead of the editable install's finder, and no bytecode kept,
+    so a mutant is never read from a stale ``.pyc``."""
+    return os.environ | {"TILLPLUG_MONEY_PROFILE": "mutation", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tree)}
+
+
+def run(argv: list[str], timeout: float, tree: Path = ROOT, extra: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(
-            [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
+            [sys.executable, *argv],
+            cwd=tree,
+            env=environment(tree) | (extra or {}),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return "timeout"
     return "survived" if done.returncode == 0 else "killed"
 
 
-def test_mutant(m: Mutant, timeout: float, model_lines: set[int] | None, suite_lines: set[int] | None) -> None:
-    """Apply ``m`` in place, run the model check (then, if it survives, the suite), restore.  A line
-    the unmutated run never executed (``*_lines``, None: not measured) is not run: not reached."""
-    if model_lines is not None and m.line not in model_lines:
-        m.model = NOT_REACHED
-        if suite_lines is not None and m.line not in suite_lines:
-            m.suite = NOT_REACHED
-            m.diff = f"-{m.source}"
-            return
+def wait_while_quiet(flag: Path = QUIET_FLAG, poll: float = 30.0) -> None:
+    """While the lead measures on a quiet machine (``flag`` exists), start no mutant."""
+    while flag.exists():
+        time.sleep(poll)
+
+
+@dataclass
+class Plan:
+    """What the unmutated runs say about where mutants can be killed (None: not measured, run all)."""
+
+    model_lines: dict[str, set[int]] | None = None
+    suite: Baseline | None = None
+
+
+def test_mutant(m: Mutant, timeout: float, plan: Plan, tree: Path) -> tuple[str, str, str, int | None]:
+    """Apply ``m`` in ``tree`` (a worker's copy), run the model check (then, if it survives, the
+    tests of the suite that reach the line), restore.  A line an unmutated run never executed is not
+    run against it: not reached.  Returns model, suite, diff and how many of the suite's tests ran (None: all)."""
+    model = suite = ""
+    selected: list[str] | None = None
+    if plan.model_lines is not None and m.line not in plan.model_lines[m.module]:
+        model = NOT_REACHED
+    if plan.suite is not None:
+        contexts = plan.suite.contexts[m.module].get(m.line, set())
+        if not contexts:
+            suite = NOT_REACHED
+        else:
+            selected = selected_tests(contexts, plan.suite.order)
+    if model == NOT_REACHED and suite == NOT_REACHED:
+        return model, suite, f"-{m.source}", 0
     plugins: Any = importlib.import_module("cosmic_ray.plugins")
     mutating: Any = importlib.import_module("cosmic_ray.mutating")
     operator = plugins.get_operator(f"core/{m.operator}")()
-    path = ROOT / m.module
-    with mutating.use_mutation(path, operator, m.occurrence) as (before, after):
+    with mutating.use_mutation(tree / m.module, operator, m.occurrence) as (before, after):
         if after is None:
-            m.model = m.suite = "not applied"
-            return
-        m.diff = "\n".join(
+            return "not applied", "not applied", "", 0
+        diff = "\n".join(
             line
             for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
             if line[:1] in "+-" and line[:3] not in ("+++", "---")
         )
-        if m.model != NOT_REACHED:
-            m.model = run(MODEL, timeout)
-        m.suite = m.model if m.model not in ("survived", NOT_REACHED) else run(MONEY_SUITE, timeout * 4)
+        if model != NOT_REACHED:
+            model = run(MODEL, timeout, tree)
+        if model not in ("survived", NOT_REACHED):
+            return model, model, diff, 0
+        if suite == NOT_REACHED:
+            return model, suite, diff, 0
+        suite = run(MONEY_SUITE if selected is None else [*SUITE_OPTIONS, *selected], timeout * 4, tree)
+    return model, suite, diff, None if selected is None else len(selected)
 
 
 def percent(part: int, whole: int) -> str:
@@ -278,7 +378,8 @@ def report(chosen: list[Mutant], total: int, args: argparse.Namespace, seconds: 
     lines = [
         "# Mutation testing of the money core",
         "",
-        f"`python -m bench mutation --sample {args.sample} --seed {args.seed} --timeout {args.timeout:g}{only}`,"
+        f"`python -m bench mutation --sample {args.sample} --seed {args.seed} --timeout {args.timeout:g}"
+        f" --jobs {args.jobs}{only}`,"
         f" {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {seconds / 60:.0f} min, cosmic-ray, in place.",
         "",
         f"Mutants in scope: {total}; tested: {len(done)}"
@@ -311,9 +412,47 @@ def report(chosen: list[Mutant], total: int, args: argparse.Namespace, seconds: 
         lines += [f"- `{m.name}` — {how}", "", "  ```diff", *(f"  {d}" for d in m.diff.splitlines()), "  ```", ""]
     lines += ["## Equivalent", ""]
     lines += [f"- `{m.name}`: {m.equivalent}" for m in equivalent] or ["None in this run."]
-    lines += ["", "## Every mutant tested", "", "| mutant | model | suite |", "|---|---|---|"]
-    lines += [f"| `{m.name}` | {m.model} | {m.suite} |" for m in done]
+    lines += [
+        "",
+        "## Every mutant tested",
+        "",
+        "| mutant | model | suite | suite's tests run | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{m.name}` | {m.model} | {m.suite} | {'all' if (ran := m.suite_tests) is None else ran} | {m.seconds:.0f} |"
+        for m in done
+    ]
     return "\n".join(lines) + "\n"
+
+
+def run_all(chosen: list[Mutant], jobs: int, timeout: float, plan: Plan, trees: list[Path], done: Any) -> None:
+    """Test ``chosen`` with ``jobs`` workers, each in its own tree, taking the next mutant from one
+    queue; ``done(m)`` is called (one at a time) as each finishes."""
+    todo: queue.SimpleQueue[Mutant] = queue.SimpleQueue()
+    for m in chosen:
+        todo.put(m)
+    lock = threading.Lock()
+
+    def work(tree: Path) -> None:
+        while True:
+            wait_while_quiet()
+            try:
+                m = todo.get_nowait()
+            except queue.Empty:
+                return
+            started = time.monotonic()
+            model, suite, diff, count = test_mutant(m, timeout, plan, tree)
+            with lock:
+                m.diff, m.suite_tests, m.seconds = diff, count, time.monotonic() - started
+                m.suite, m.model = suite, model  # model last: a mutant with a model verdict is done
+                done(m)
+
+    workers = [threading.Thread(target=work, args=(tree,), name=f"mutation-{n}") for n, tree in enumerate(trees)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,12 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0, help="test a fixed-seed sample of this many mutants (0: all)")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds for the model check of one mutant")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once, each in its own copy of the tree")
     ap.add_argument("--out", default="bench-results/mutation.md")
     ap.add_argument("--list", action="store_true", help="list the mutants in scope and stop")
     ap.add_argument(
         "--only", action="append", default=[], metavar="PATH[:DEF]", help="only this module's (definition's) mutants"
     )
-    ap.add_argument("--no-coverage", action="store_true", help="run every mutant, reached or not")
+    ap.add_argument("--no-coverage", action="store_true", help="run every mutant against everything, reached or not")
     args = ap.parse_args(argv)
     every = mutants()
     pool = only(every, args.only)
@@ -338,33 +478,50 @@ def main(argv: list[str] | None = None) -> int:
     if not pool:
         print(f"--only {args.only} names no mutant in scope", file=sys.stderr)
         return 2
-    model_lines: dict[str, set[int]] | None = None
-    suite_lines: dict[str, set[int]] | None = None
-    if args.no_coverage:
-        baseline = run(MODEL, args.timeout)
-    else:
-        baseline, model_lines = reached(MODEL, args.timeout * 2)
-    if baseline != "survived":
-        print(f"the model check does not pass unmutated ({baseline}): nothing to measure", file=sys.stderr)
-        return 1
     chosen = pool if not args.sample or args.sample >= len(pool) else random.Random(args.seed).sample(pool, args.sample)
-    if model_lines is not None and any(m.line not in model_lines[m.module] for m in chosen):
-        suite_baseline, suite_lines = reached(MONEY_SUITE, args.timeout * 8)
-        if suite_baseline != "survived":
-            print(f"the money suite does not pass unmutated ({suite_baseline})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="tillplug-mutants-") as tmp:
+        trees = [worker_copy(ROOT, Path(tmp) / f"tree-{n}") for n in range(max(1, args.jobs))]
+        plan = Plan()
+        if args.no_coverage:
+            baseline = run(MODEL, args.timeout, trees[0])
+        else:
+            # Both unmutated runs at once, in two trees (the suite mostly waits).
+            runs: dict[str, Baseline] = {}
+            suite_tree = trees[1 % len(trees)]
+            suite_run = threading.Thread(
+                target=lambda: runs.__setitem__("suite", reached(MONEY_SUITE, args.timeout * 8, suite_tree))
+            )
+            suite_run.start()
+            if suite_tree == trees[0]:
+                suite_run.join()
+            model_run = reached(MODEL, args.timeout * 2, trees[0])
+            suite_run.join()
+            baseline = model_run.outcome
+            plan = Plan({m: model_run.lines(m) for m in SCOPE}, runs["suite"])
+            if plan.suite is not None and plan.suite.outcome != "survived":
+                print(f"the money suite does not pass unmutated ({plan.suite.outcome})", file=sys.stderr)
+                return 1
+        if baseline != "survived":
+            print(f"the model check does not pass unmutated ({baseline}): nothing to measure", file=sys.stderr)
             return 1
-    started = time.monotonic()
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for number, m in enumerate(chosen, 1):
-        test_mutant(
-            m,
-            args.timeout,
-            None if model_lines is None else model_lines[m.module],
-            None if suite_lines is None else suite_lines[m.module],
-        )
-        print(f"[{number}/{len(chosen)}] {m.name}: model {m.model}, suite {m.suite}", file=sys.stderr, flush=True)
-        out.write_text(report(chosen[:number], len(pool), args, time.monotonic() - started))  # partial, kept
+        started = time.monotonic()
+        out = ROOT / args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        finished = 0
+
+        def done(m: Mutant) -> None:
+            nonlocal finished
+            finished += 1
+            tests = "all" if m.suite_tests is None else str(m.suite_tests)
+            print(
+                f"[{finished}/{len(chosen)}] {m.name}: model {m.model}, suite {m.suite} ({tests} tests),"
+                f" {m.seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            out.write_text(report(chosen, len(pool), args, time.monotonic() - started))  # partial, kept
+
+        run_all(chosen, args.jobs, args.timeout, plan, trees, done)
     print(out.read_text())
     return 0
 
