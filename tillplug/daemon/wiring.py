@@ -69,7 +69,7 @@ from tillplug.receipts.templates import SlipContext
 from tillplug.spool import JobStore, PrintSpool, PrintSpools
 from tillplug.spool.drawer import DrawerChanged
 from tillplug.spool.jobs import StoreLimits
-from tillplug.spool.sales import SaleTracker
+from tillplug.spool.sales import TRACKED_EVENTS, SaleTracker
 from tillplug.spool.spool import JobChanged, SpoolEvent
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class Daemon:
 
     async def _follow_sales(self) -> None:
         """What the till was told about each lane's sale, for the loyalty block on its receipt."""
-        queue = self.events.subscribe()
+        queue = self.events.subscribe(TRACKED_EVENTS)
         try:
             while (event := await queue.get()) is not None:
                 self.sales.see(event.type, event.data, event.lane)

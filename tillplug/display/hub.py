@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 
-from tillplug.display.screen import Screen, ScreenBook
+from tillplug.display.screen import SALE_EVENTS, Screen, ScreenBook
 from tillplug.flows.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class DisplayHub:
             _put_latest(queue, screen)
 
     async def _run(self) -> None:
-        queue = self.events.subscribe()
+        queue = self.events.subscribe(SALE_EVENTS)  # the only events that move a screen
         try:
             while True:
                 try:

@@ -17,6 +17,7 @@ import asyncio
 import enum
 import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,8 @@ class ScanOutcome:
 class EventBus:
     def __init__(self, history: int = 200) -> None:
         self._ids = itertools.count(1)
-        self._subscribers: set[asyncio.Queue[TillEvent | None]] = set()
+        # Each listener's queue, with the event types it takes (None: every event).
+        self._subscribers: dict[asyncio.Queue[TillEvent | None], frozenset[str] | None] = {}
         self.history: list[TillEvent] = []
         self._history_size = history
         self.dropped = 0
@@ -69,20 +71,24 @@ class EventBus:
         event = TillEvent(next(self._ids), type_, data or {}, lane)
         self.history.append(event)
         del self.history[: -self._history_size]
-        for queue in self._subscribers:
+        for queue, types in self._subscribers.items():
+            if types is not None and type_ not in types:
+                continue
             if queue.full():
                 queue.get_nowait()
                 self.dropped += 1
             queue.put_nowait(event)
         return event
 
-    def subscribe(self) -> asyncio.Queue[TillEvent | None]:
+    def subscribe(self, types: Iterable[str] | None = None) -> asyncio.Queue[TillEvent | None]:
+        """A queue of the events published from now on; with ``types``, only those (a listener that
+        follows a few kinds is not woken for every scan and print job), and the end mark (None)."""
         queue: asyncio.Queue[TillEvent | None] = asyncio.Queue(QUEUE_SIZE)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = None if types is None else frozenset(types)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[TillEvent | None]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
 
     def close(self) -> None:
         """End every stream (None is the end mark), so a shutdown does not wait on listeners."""

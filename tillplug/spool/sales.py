@@ -17,6 +17,10 @@ from tillplug.receipts.templates import SlipContext, printed_mask
 from tillplug.spool.escpos_stream import cut_positions
 
 RECENT = 300.0  # a till prints its receipt within this many seconds of completing the sale
+# The events that move a lane's sale here (``SaleTracker.see`` ignores every other).
+TRACKED_EVENTS = frozenset(
+    {"checkout_opened", "member_attached", "redemption", "checkout_completed", "checkout_voided"}
+)
 
 
 @dataclass
