@@ -7,6 +7,8 @@ durable mark before the bytes go out, the status the slip is printed on, the byt
 import asyncio
 import time
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tillplug.drivers.escpos_printer import EscposPrinter
 
 from tillplug.commands.virtual.printer import FakeNetworkPrinter
@@ -234,3 +236,33 @@ def test_queued_is_told_before_printing_when_the_task_claims_the_job_at_once(tmp
             return events
 
         assert asyncio.run(go()) == ["queued", "printing", "queued", "printing"]
+
+
+ADDS = st.fixed_dictionaries(
+    {
+        "printer": st.text(min_size=1, max_size=12),
+        "lane": st.integers(1, 999),
+        "kind": st.sampled_from(["balance", "voucher", "raw", "test"]),
+        "source": st.sampled_from(["tillplug", "till"]),
+        "data": st.binary(max_size=2000),
+        "hold_seconds": st.floats(0, 86_400),
+        "reprint_of": st.none() | st.integers(1, 10**6),
+        "claim": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(adds=st.lists(ADDS, min_size=1, max_size=4))
+def test_the_job_an_add_answers_is_the_row_it_stored(tmp_path, adds):
+    """add builds its answer from what it wrote instead of reading the row back (a query off each
+    slip's path): the two must not differ in any field the till or the spool reads."""
+    store = JobStore(tmp_path / f"jobs-{time.monotonic_ns()}.sqlite3")
+    try:
+        for add in adds:
+            told = []
+            job = store.add(**add, added=told.append)
+            assert told == [job]
+            assert store.get(job.id) == job
+    finally:
+        store.close()

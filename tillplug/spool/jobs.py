@@ -203,6 +203,7 @@ class JobStore:
         writes it next.  Behind other waiting jobs it is stored queued, to wait its turn.  ``added`` is
         called with the stored job before any other thread can claim it (the till hears "queued" first)."""
         now = time.time()
+        expires = now + hold_seconds
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -213,7 +214,7 @@ class JobStore:
                     cur = self._db.execute(
                         "INSERT INTO print_jobs (printer, lane, kind, source, data, state, reprint_of, created, "
                         "updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (printer, lane, kind, source, data, state.value, reprint_of, now, now, now + hold_seconds),
+                        (printer, lane, kind, source, data, state.value, reprint_of, now, now, expires),
                     )
                     self._db.execute("COMMIT")
                 except BaseException:
@@ -221,14 +222,27 @@ class JobStore:
                     raise
                 if freed:
                     self._db.execute("PRAGMA incremental_vacuum")
-                job = self._one(int(cur.lastrowid or 0))
-                if added is not None and job is not None:
+                # The row as stored (its reason is the column's default), without reading it back.
+                job = PrintJob(
+                    int(cur.lastrowid or 0),
+                    printer,
+                    lane,
+                    kind,
+                    source,
+                    state,
+                    "",
+                    reprint_of,
+                    now,
+                    now,
+                    expires,
+                    len(data),
+                )
+                if added is not None:
                     added(job)
         except sqlite3.Error as exc:  # translated here: the one boundary a print call crosses
             if "full" in str(exc).lower():
                 raise StorageFull(f"The print database cannot grow: {exc}.") from exc
             raise StorageError(f"The print database refused the job: {exc}.") from exc
-        assert job is not None
         return job
 
     def _check_room(self, printer: str, size: int, now: float, figures: QueueFigures) -> int:
