@@ -305,3 +305,37 @@ def test_with_a_proxy_configured_the_engine_client_goes_through_it():
         b"POST http://localhost:9/oauth/token HTTP/1.1",
         b"GET http://localhost:9/v1/users/1000001 HTTP/1.1",
     ]
+
+
+def test_the_tls_context_is_built_at_the_first_tls_connection_or_the_warm_up(monkeypatch, tmp_path):
+    """Reading the CA bundle takes ~20 ms: not before READY=1, and never for an http:// engine."""
+    built: list[int] = []
+    real = httpx.create_ssl_context
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counted)
+    secrets = EngineSecrets(api_key=Secret("k"), client_id=Secret("c"), client_secret=Secret("s"))
+
+    async def go():
+        async with Server(keep_answering) as server:
+            plain = EngineClient(
+                EngineConfig(base_url=server.url + "/v1", api_key="/k", client_id="/i", client_secret="/s"), secrets
+            )
+            plain.warm_up()
+            async with client(Http1Transport(), server.url) as http:
+                assert (await http.get("/v1/x")).status_code == 200
+            await plain.aclose()
+        assert built == []  # an http:// engine: no context, at start or ever
+        tls = EngineClient(
+            EngineConfig(base_url="https://127.0.0.1:9/v1", api_key="/k", client_id="/i", client_secret="/s"), secrets
+        )
+        assert built == []  # not at start
+        tls.warm_up()
+        tls.warm_up()
+        assert built == [1]  # once ready, once
+        await tls.aclose()
+
+    asyncio.run(go())

@@ -439,10 +439,11 @@ class Daemon:
         self._tasks.append(asyncio.ensure_future(self._warm_up()))
 
     async def _warm_up(self) -> None:
-        """Once ready: the models start-up deferred are built, and a blank slip is rendered per printer,
-        so the renderer's imports and encoder are paid for now, not by the first shopper's slip (start-up
-        does not wait on them)."""
+        """Once ready: the models start-up deferred are built, the engine's TLS context, and a blank slip
+        is rendered per printer, so the renderer's imports and encoder are paid for now, not by the first
+        shopper's slip (start-up does not wait on them)."""
         await complete_deferred_models()
+        await asyncio.to_thread(self.client.warm_up)
         for spool in list(self.printers.values()):
             try:
                 await asyncio.to_thread(spool.driver.render, Receipt("warm-up", []))

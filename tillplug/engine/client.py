@@ -277,6 +277,12 @@ class EngineClient:
     def __repr__(self) -> str:
         return f"EngineClient({self.urls['base_url']})"
 
+    def warm_up(self) -> None:
+        """What the first request would build otherwise: an https engine's TLS context (its CA bundle
+        read).  For the daemon to call once ready, in a worker thread, not on the first scan's path."""
+        if isinstance(self._transport, Http1Transport) and any(u.startswith("https:") for u in self.urls.values()):
+            self._transport.tls_context()
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

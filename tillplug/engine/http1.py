@@ -101,12 +101,22 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ) -> None:
         if verify is False:
             raise ValueError("TLS verification is always on")
-        self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(trust_env=False)
-        self._ssl.set_alpn_protocols(["http/1.1"])
+        self._given = verify if isinstance(verify, ssl.SSLContext) else None
+        # Built at the first TLS connection (or by tls_context): loading the CA bundle takes ~20 ms,
+        # which start-up, and an http:// engine, never need.
+        self._ssl: ssl.SSLContext | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
         self._max_keepalive = max_keepalive
         self._expiry = keepalive_expiry
+
+    def tls_context(self) -> ssl.SSLContext:
+        """What TLS connections verify with: the context given, else httpx's default (certifi's CAs)."""
+        if self._ssl is None:
+            context = self._given or httpx.create_ssl_context(trust_env=False)
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl = context
+        return self._ssl
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -182,7 +192,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     _Connection,
                     host,
                     port,
-                    ssl=self._ssl if tls else None,
+                    ssl=self.tls_context() if tls else None,
                     server_hostname=host if tls else None,
                     ssl_handshake_timeout=timeout if tls else None,
                 )
