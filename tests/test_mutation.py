@@ -4,6 +4,8 @@ that a worker's copy of the tree is the code its tests and their subprocesses lo
 from __future__ import annotations
 
 import ast
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.mutation import MONEY_SUITE, ROOT, SUITE_OPTIONS, environment, reached, selected_tests, worker_copy
+from bench.mutation import (
+    MONEY_SUITE,
+    ROOT,
+    SUITE_OPTIONS,
+    Mutant,
+    confirmed,
+    environment,
+    first_failure,
+    node_of,
+    reached,
+    rerender,
+    selected_tests,
+    worker_copy,
+)
 
 PHASES = ("setup", "call", "teardown")
 node_ids = st.lists(st.from_regex(r"tests/[a-z]{1,3}\.py::t[a-z0-9\[\]|-]{0,6}", fullmatch=True), unique=True)
@@ -134,3 +149,59 @@ def test_the_unmutated_run_names_the_test_that_ran_each_line_in_its_subprocesses
     start = next(n for n, line in enumerate(clock, 1) if line.startswith("def in_flight_window("))
     end = next(n for n, line in enumerate(clock, 1) if n > start and line[:1] not in ("", " ", ")"))
     assert not any(start < n < end for n in seen.contexts["tillplug/engine/clock.py"])
+
+
+def test_a_kill_names_the_first_test_that_failed() -> None:
+    summary = (
+        "..F\nERROR    tillplug.flows.vouchers:vouchers.py:196 a log line, not a test\n"
+        "=== short test summary info ===\n"
+        "FAILED tests/flows/test_a.py::test_b[strict] - AssertionError: 750 != 1250\n"
+        "ERROR tests/flows/test_c.py::test_d\n1 failed, 2 passed"
+    )
+    assert first_failure(summary) == "tests/flows/test_a.py::test_b[strict] - AssertionError: 750 != 1250"
+    assert node_of(first_failure(summary)) == "tests/flows/test_a.py::test_b[strict]"
+    assert first_failure("3 passed") == ""
+
+
+FLAKY = """
+from pathlib import Path
+
+def test_fails_once():
+    ran = Path("ran-once")
+    first = not ran.exists()
+    ran.touch()
+    assert not first, "the machine was busy"
+
+def test_always_fails():
+    assert False, "750 != 1250"
+"""
+
+
+def test_a_kill_counts_only_if_it_comes_back(tmp_path: Path) -> None:
+    """A test that fails once under a loaded machine is no kill: the mutant counts as survived and
+    the failure is listed; a real failure fails again."""
+    (tmp_path / "test_flaky.py").write_text(FLAKY)
+    options = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    verdict, failure, flaky = confirmed([*options, "test_flaky.py::test_fails_once"], options, 60, tmp_path)
+    assert (verdict, failure) == ("survived", "")
+    assert flaky.startswith("test_flaky.py::test_fails_once - AssertionError: the machine was busy")
+    verdict, failure, flaky = confirmed([*options, "test_flaky.py"], options, 60, tmp_path)
+    assert (verdict, node_of(failure), flaky) == ("killed", "test_flaky.py::test_always_fails", "")
+
+
+def test_a_report_is_written_again_from_its_results_with_the_equivalents_as_they_read_now(tmp_path: Path) -> None:
+    """A long run's results outlive it: a mutant named equivalent after the run leaves the shares."""
+    line = "for old, at in list(itertools.islice(self._sent.items(), 8)):"
+    clock = "tillplug/engine/clock.py"
+    killed = Mutant(clock, "sent", "AddNot", 1, 136, line, model="killed", suite="killed", seconds=9.0)
+    same = Mutant(clock, "sent", "NumberReplacer", 13, 136, line, ordinal=1, model="survived", suite="survived")
+    args = {"sample": 0, "seed": 21, "timeout": 240.0, "jobs": 3, "only": []}
+    saved = {"args": args, "total": 2, "seconds": 600.0, "when": "2026-12-07 22:00"}
+    saved["mutants"] = [dataclasses.asdict(killed), dataclasses.asdict(same)]
+    (tmp_path / "m.json").write_text(json.dumps(saved))
+    assert same.equivalent is not None
+    rerender(tmp_path / "m.md")
+    text = (tmp_path / "m.md").read_text()
+    assert "| the model check alone | 1 of 1 | 100.0 % |" in text
+    assert "2026-12-07 22:00 UTC, 10 min" in text
+    assert f"`{same.name}`: {same.equivalent}" in text

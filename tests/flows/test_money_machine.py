@@ -7,13 +7,15 @@ restart (also in the middle of a spend), engine down and up — while the engine
 oddly: reset after it took the write, lost before it, answered unreadably, or **answered after
 the read timeout and taken late**, across look-ups and restarts, by the spends, the burns *and*
 the outbox's own sends.  A late write lands at most the in-flight window after its send (the
-contract of ``tillplug.engine.clock.InFlight``), on a clock the machine moves.  The engine itself
+contract of ``tillplug.engine.clock.InFlight``; also in its last half second), on a clock the
+machine moves.  The engine itself
 may be odd too: its redemption reactor missing (REDEEMED_POINTS recorded, nothing deducted), its
 reactions applied later than tender's and a void's wait (``FINAL_WAIT``: when the machine says, but
 within ``REVERSAL_WINDOW``), its clock a few seconds off the tills' (its stamps and ``Date``
 headers).  Its list holds an earlier day's events (stamped an hour before), and where the filter
 cannot tell, the tills may read that list in pages of two (``EngineClient.scan_limit``): look-ups
-then span many pages and stop on the engine's own stamps, as on a busy tenant.  After every step:
+then span many pages and stop on the engine's own stamps (its end is out of their reach), as on a
+busy tenant.  After every step:
 
 * for every member, the engine's balance (with the reactions it still owes) equals start + what the
   tills were told their spends, give-backs and refunds moved + what the engine's **own reactions**
@@ -94,7 +96,10 @@ LATE_REACTION_SECONDS = 0.1  # a "delayed" dialect's reactions: later than FIRST
 ENGINE_CLOCK_OFFSETS = (0.0, 0.0, -0.4, 0.3, -1.7, 1.3, -5.0, 5.0)
 # Pages of the unfiltered list a look-up reads: the documented maximum, or two items (many pages).
 SCAN_PAGE_SIZES = (LIST_LIMIT, 2, 2)
-EARLIER_DAY = 8  # events from an hour before, oldest in the list: a scan is proven by their stamps
+# Events from an hour before, oldest in the list: more than SMALL_PAGES pages of two hold, so that a
+# look-up in small pages never reaches the list's end and proves absence by the engine's stamps alone.
+EARLIER_DAY = 250
+SMALL_PAGES = 100  # pages a look-up may read in pages of two (200 items: a run's events and some)
 Forward = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -245,8 +250,8 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _scan_in_pages_of(h: Harness, limit: int) -> None:
-        # Small pages: as many as the list needs (a run's events, then the earlier day's stamps).
-        h.client.scan_limit, h.client.scan_pages = limit, (SCAN_MAX_PAGES if limit == LIST_LIMIT else 500)
+        # Small pages: enough for a run's events and the first of the earlier day's stamps, never its end.
+        h.client.scan_limit, h.client.scan_pages = limit, (SCAN_MAX_PAGES if limit == LIST_LIMIT else SMALL_PAGES)
 
     def _count_scans(self, endpoint: str, seconds: float, error: str | None) -> None:
         kind = {"events_scan": "event", "orders_scan": "order"}.get(endpoint)
@@ -569,6 +574,19 @@ class MoneyMachine(RuleBasedStateMachine):
         self._land([w for w, now in zip(list(self.late), land, strict=False) if now])
         self._time_passes(seconds)
 
+    @rule()
+    def late_writes_land_at_the_edge(self) -> None:
+        """The writes answered late land in the last half second of their window, right after a
+        look-up that could not find them: "not found" believed even a second early resends a write
+        the engine then takes, or tells the till a spend never landed."""
+        if self.down or not self.late:
+            return
+        edge = min(w.deadline for w in self.late) - 0.5
+        if edge > self.now:
+            self._time_passes(edge - self.now)
+        self._catch_up(True, "none")
+        self._land(list(self.late))
+
     def _land(self, writes: list[LateWrite]) -> None:
         for write in writes:
             if write.deadline > self.now:
@@ -584,43 +602,51 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # -- a write answered late, looked up while it may still be in flight -------------------------
 
-    def _then_late_writes(self, lands: bool, restart: str | None) -> None:
+    def _then_late_writes(self, lands: bool, restart: str | None, edge: bool = False) -> None:
         """What follows a write answered after the read timeout: a look-up while it may still be in
-        flight (it finds nothing), maybe a restart, then the write lands (within its window) or its
-        window passes; then the background catches up again."""
+        flight (it finds nothing), maybe a restart, then the write lands (within its window: at
+        once, or at its ``edge``, after another look-up) or its window passes; then the background
+        catches up again."""
         self._catch_up(True, "none")
         if restart is not None:
             self._restart(restart)
-        if lands:
+        if lands and edge:
+            self.late_writes_land_at_the_edge()
+        elif lands:
             self._land(list(self.late))
         else:
             self._time_passes(max(h.client.in_flight.window for h in self.tills.values()) + 1)
         self._catch_up(True, "none")
 
-    @rule(sale=sales, points=st.integers(1, 300), lands=st.booleans(), restart=st.booleans())
-    def spend_answered_late(self, sale: tuple[str, str], points: int, lands: bool, restart: bool) -> None:
+    @rule(sale=sales, points=st.integers(1, 300), lands=st.booleans(), restart=st.booleans(), edge=st.booleans())
+    def spend_answered_late(
+        self, sale: tuple[str, str], points: int, lands: bool, restart: bool, edge: bool = False
+    ) -> None:
         if not self.down:
             self._spend(*sale, points, "late")
-            self._then_late_writes(lands, sale[0] if restart else None)
+            self._then_late_writes(lands, sale[0] if restart else None, edge)
 
-    @rule(sale=sales, code=st.sampled_from(VOUCHERS), lands=st.booleans(), restart=st.booleans())
-    def burn_answered_late(self, sale: tuple[str, str], code: str, lands: bool, restart: bool) -> None:
+    @rule(sale=sales, code=st.sampled_from(VOUCHERS), lands=st.booleans(), restart=st.booleans(), edge=st.booleans())
+    def burn_answered_late(
+        self, sale: tuple[str, str], code: str, lands: bool, restart: bool, edge: bool = False
+    ) -> None:
         if not self.down:
             self.voucher(sale, code, "late")
-            self._then_late_writes(lands, sale[0] if restart else None)
+            self._then_late_writes(lands, sale[0] if restart else None, edge)
 
     @rule(
         fault=st.sampled_from(["late", "reset_after", "answer_2xx"]),
         lands=st.booleans(),
         restart=st.sampled_from([None, *TILLS]),
+        edge=st.booleans(),
     )
-    def outbox_send_faulted(self, fault: str, lands: bool, restart: str | None) -> None:
+    def outbox_send_faulted(self, fault: str, lands: bool, restart: str | None, edge: bool = False) -> None:
         """An earning or a refund the engine took without the outbox reading the answer (reset,
         unreadable) or takes after its read timeout; looked up in flight, then past the window (a
         look-up that wrongly finds nothing then resends it: counted twice)."""
         if not self.down:
             self._catch_up(False, fault)
-            self._then_late_writes(lands, restart)
+            self._then_late_writes(lands, restart, edge)
 
     @rule()
     def the_day_settles(self) -> None:
@@ -659,7 +685,11 @@ class MoneyMachine(RuleBasedStateMachine):
     def _catch_up(self, settle: bool, fault: str) -> None:
         for name, h in self.tills.items():
             if settle:
-                self._call(name, h.loyalty.settle_owed())
+                left = self._call(name, h.loyalty.settle_owed())
+                # What it says is left drives the settler's backoff: never fewer than are still owed.
+                store = h.loyalty.checkouts
+                owed = len(store.deduction_intents.owed()) + len(store.burn_intents.owed())
+                assert left is None or left >= owed, (left, owed)
             with h.store.transaction() as t:  # time passes: rows backing off (or held) are due again
                 t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
             if (hook := self.fault(fault)) is not None:
