@@ -253,7 +253,12 @@ def test_two_tills_spending_one_member_at_once_are_not_both_told_the_points_were
         assert given in (0, 200)
         for refused in (x for x in answers if x.status_code != 200):
             message = refused.json()["error"]["message"]
-            assert "spent elsewhere" not in message and "at the same moment" in message, message
+            assert "spent elsewhere" not in message, message
+            # Raced: told so.  On a loaded machine the threads' requests may not overlap at all: the
+            # other till's spend had already shown when this one read the wallet (seen in CI under
+            # load), and it is told the balance it saw, the other till keeping its discount.
+            raced = "at the same moment" in message
+            assert raced or (given == 200 and message.startswith("The member has 100 points")), message
 
 
 def test_two_tills_overdrawing_one_member_together_one_keeps_its_points(tmp_path: Path) -> None:
