@@ -169,6 +169,13 @@ EQUIVALENT: dict[str, str] = {
         " caller only compares ``remaining`` with 0 (``may_land``: > 0; the outbox: ≤ 0 and > 0), so"
         " no decision changes (the unit tests of ``InFlight`` pin the 0)"
     ),
+    "tillplug/flows/settle.py:settle ReplaceOrWithAnd"
+    " `if current is None or current.state != State.UNKNOWN or not current.owed:` [1]": (
+        "an intent is owed only while unknown (``owed=True`` is set with State.UNKNOWN alone, and every"
+        " other move clears it), so a known intent is never owed and ``state != UNKNOWN and not owed``"
+        " reads as ``state != UNKNOWN``; an unknown one not owed (a crash's, left to the outbox) never"
+        " reaches ``settle``, which tillplug calls only from ``settle_owed``, with owed intents"
+    ),
 }
 NOT_REACHED = "not reached"  # the mutated line never ran in the unmutated run: nothing there could kill it
 
@@ -316,7 +323,23 @@ def worker_copy(root: Path, dest: Path) -> Path:
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    (dest / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return dest
+
+
+# First on every test process's path in a worker's copy (``environment``), daemons included: the name
+# cosmic-ray's ExceptionReplacer writes into an ``except`` clause, which nothing defines otherwise.
+# Undefined, any exception reaching that clause became a NameError, and a mutant replacing one type
+# of a tuple (``except (A, B)`` → ``except (A, X)``) was "killed" even where ``A`` still caught it.
+SITECUSTOMIZE = """import builtins
+
+
+class CosmicRayTestingException(Exception):
+    \"\"\"What a mutated except clause names: raised by nothing.\"\"\"
+
+
+builtins.CosmicRayTestingException = CosmicRayTestingException
+"""
 
 
 def environment(tree: Path) -> dict[str, str]:

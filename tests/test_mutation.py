@@ -103,6 +103,10 @@ def test_a_workers_copy_is_the_code_its_subprocesses_load(tmp_path: Path) -> Non
     )
     assert where.stdout.strip() == str(tree / "tillplug" / "flows" / "points.py")
     assert "SystemExit(97)" not in (ROOT / "tillplug" / "__main__.py").read_text()
+    # A mutated except clause names CosmicRayTestingException: defined there, raised by nothing.
+    named = "try:\n    raise KeyError\nexcept (CosmicRayTestingException, KeyError):\n    print('caught')"
+    caught = subprocess.run([sys.executable, "-c", named], cwd=tree, env=environment(tree), capture_output=True)
+    assert caught.stdout == b"caught\n", caught.stderr
 
 
 PROBE = """

@@ -5,12 +5,13 @@ model check does not reach).
   deduction the engine may never have taken.
 * An unproven filter is tried on a key the engine has only when there is one: a till that never
   delivered anything asks nothing more.
+* A write found by look-up is delivered and counted once.
 """
 
 import asyncio
 from pathlib import Path
 
-from tests.outbox.test_look_up_since import UnknownClient
+from tests.outbox.test_look_up_since import RecordingClient, UnknownClient
 from tillplug.outbox import Deliverer, OutboxStore
 
 
@@ -43,5 +44,23 @@ def test_an_unproven_filter_is_not_tried_when_nothing_was_ever_delivered(tmp_pat
     try:
         asyncio.run(deliverer._look_up(row, "target"))
         assert [key for key, _ in client.asked] == ["target"]
+    finally:
+        store.close()
+
+
+def test_a_write_found_by_look_up_is_delivered_once_and_counted_once(tmp_path: Path) -> None:
+    """Found, it is not sent again, and the delivered count (metrics, the drain's summary) moves by one."""
+    store = OutboxStore(tmp_path / "outbox.sqlite3")
+    client = RecordingClient()  # every look-up finds it
+    deliverer = Deliverer(store, client, rate=1000, burst=1000)  # type: ignore[arg-type]
+    with store.transaction() as tx:
+        body = {"type": "TRANSACTION", "payload": {"eventKey": "sale-1"}}
+        store.enqueue(tx, kind="event", stream="s", body=body, event_key="sale-1")
+    row = store.claim()  # as the deliverer holds it: sending
+    assert row is not None
+    try:
+        assert asyncio.run(deliverer._landed_or_waits(row)) is True
+        [found] = store.rows()
+        assert (found.state, found.engine_id, deliverer.delivered) == ("delivered", "e-1", 1)
     finally:
         store.close()
