@@ -142,6 +142,7 @@ MONEY_SUITE = [
     "tests/engine/test_lookup_verdicts.py",
     "tests/engine/test_applied_within.py",
     "tests/engine/test_dialects.py",
+    "tests/engine/test_auth_refused_is_said.py",
 ]
 
 

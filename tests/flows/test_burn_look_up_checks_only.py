@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from tests.flow_harness import Harness, is_burn, reset_before
+from tillplug.flows.answers import VoucherPending
 from tillplug.sim import SimServer
 
 
@@ -25,7 +26,7 @@ def test_the_look_up_of_a_lost_burn_checks_the_code_without_spending_it(tmp_path
         try:
             await h.loyalty.open_checkout("T1", 1, "c-1")  # no member: no benefit to read
             h.tamper.on(is_burn, reset_before)  # the burn never reaches the engine
-            assert (await h.loyalty.apply_voucher("T1", "ALICE-5OFF-0001")).pending
+            assert isinstance(await h.loyalty.apply_voucher("T1", "ALICE-5OFF-0001"), VoucherPending)
             for burn in h.loyalty.checkouts.burn_intents.owed():
                 await h.loyalty.settler.settle(burn, window=0)  # no in-flight wait: it never left
             [verdict] = h.of_type("voucher_settled")
