@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from tests.flow_harness import Harness, is_burn, reset_before
@@ -34,6 +35,33 @@ def test_the_look_up_of_a_lost_burn_checks_the_code_without_spending_it(tmp_path
             assert sim.state.ledger.burns == []  # the look-up spent nothing
             checkout = h.loyalty.checkouts.get("T1")
             assert checkout is not None and checkout.vouchers == []
+        finally:
+            await h.close()
+
+    asyncio.run(go())
+
+
+def is_validation(request: httpx.Request) -> bool:
+    return request.method == "POST" and request.url.path.endswith("/commands/validate_voucher")
+
+
+def test_a_look_up_the_engine_cannot_answer_leaves_the_burn_owed(tmp_path, sim) -> None:
+    """The look-up's own read fails (the engine unreachable): no verdict, the burn still owed and
+    looked up again later -- never an error out of the settler, never a guess."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim, engine={"max_attempts": 1})
+        try:
+            await h.loyalty.open_checkout("T1", 1, "c-1")
+            h.tamper.on(is_burn, reset_before)
+            assert isinstance(await h.loyalty.apply_voucher("T1", "ALICE-5OFF-0001"), VoucherPending)
+            h.tamper.on(is_validation, reset_before)  # the look-up's check cannot reach the engine
+            [burn] = h.loyalty.checkouts.burn_intents.owed()
+            assert await h.loyalty.settler.settle(burn, window=0) is None
+            assert h.of_type("voucher_settled") == [] and len(h.loyalty.checkouts.burn_intents.owed()) == 1
+            [burn] = h.loyalty.checkouts.burn_intents.owed()
+            await h.loyalty.settler.settle(burn, window=0)  # the engine answers again
+            assert [v["outcome"] for v in h.of_type("voucher_settled")] == ["not_burned"]
         finally:
             await h.close()
 
