@@ -10,7 +10,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.flow_harness import Harness, is_burn, reset_before
+from tests.flow_harness import Harness, is_burn, reset_after, reset_before
 from tillplug.flows.answers import VoucherPending
 from tillplug.sim import SimServer
 
@@ -62,6 +62,36 @@ def test_a_look_up_the_engine_cannot_answer_leaves_the_burn_owed(tmp_path, sim) 
             [burn] = h.loyalty.checkouts.burn_intents.owed()
             await h.loyalty.settler.settle(burn, window=0)  # the engine answers again
             assert [v["outcome"] for v in h.of_type("voucher_settled")] == ["not_burned"]
+        finally:
+            await h.close()
+
+    asyncio.run(go())
+
+
+def is_benefit_list(request: httpx.Request) -> bool:
+    return request.method == "GET" and request.url.path.rstrip("/").endswith("/benefits")
+
+
+async def refused(request: httpx.Request, forward) -> httpx.Response:
+    return httpx.Response(400, json={"status": "error", "error": {"message": "no such listing"}})
+
+
+def test_a_lost_burn_with_a_member_is_settled_from_the_members_wallet(tmp_path, sim) -> None:
+    """The member is known: the look-up reads the burned voucher in the member's own wallet, which
+    says when it was burned.  The code's check would only say "already used" (by whom, when: not
+    said), and on an engine that will not list every benefit, nothing more."""
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)
+        try:
+            await h.loyalty.open_checkout("T1", 1, "c-1")
+            await h.loyalty.attach_member("T1", "1000001")
+            h.tamper.on(is_burn, reset_after)  # the engine burns it; its answer is lost
+            assert isinstance(await h.loyalty.apply_voucher("T1", "ALICE-5OFF-0001"), VoucherPending)
+            h.tamper.on(is_benefit_list, refused, times=20)  # this engine lists no one's benefits by code
+            [burn] = h.loyalty.checkouts.burn_intents.owed()
+            await h.loyalty.settler.settle(burn, window=0)
+            assert [v["outcome"] for v in h.of_type("voucher_settled")] == ["burned"]
         finally:
             await h.close()
 
