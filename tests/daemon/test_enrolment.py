@@ -4,10 +4,12 @@ chain's key, writes its layers, prints its slip; anything else is refused and ch
 import logging
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tillplug.drivers.serial_scanner import SerialScanner
 
 from tillplug.commands.cli import main
 from tillplug.commands.virtual.till import VirtualScanner, poll_until
@@ -15,6 +17,7 @@ from tillplug.config import load_config
 from tillplug.config.enrolment import load_private_key, make_code, read_code
 from tillplug.config.model import EngineConfig
 from tillplug.daemon.enrolment import apply, unconfigured, wait_for_enrolment
+from tillplug.devices.registry import Registry
 from tillplug.errors import EnrolmentRefused
 from tillplug.logs import JournalFormatter
 from tillplug.receipts.preview import interpret
@@ -208,3 +211,42 @@ def test_the_shipped_drop_in_lets_the_service_write_exactly_the_enrolment_folder
     drop_in = Path(__file__).resolve().parents[2] / "ops" / "enrolment" / "tillplug.service.d" / "20-enrolment.conf"
     paths = [line.split("=", 1)[1].split() for line in drop_in.read_text().splitlines() if line.startswith("ReadWrite")]
     assert paths == [[str(Path(DEFAULT_CONFIG).parent / DROP_IN_DIR)]]
+
+
+def test_the_till_says_it_waits_at_the_scanners_only_once_they_are_open(tmp_path, caplog):
+    """Seen in CI on a loaded machine: the till logged "waiting for an enrolment code" before its
+    scanner's port was open, the code was scanned at once, and pyserial's open emptied the port: the
+    code was lost and the till waited for ever.  A scanner slow to open must not lose the first scan."""
+    caplog.set_level(logging.INFO)
+    _, public = chain_keys(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_key, _ = chain_keys(tmp_path / "other")
+    scanner = VirtualScanner(tmp_path / "scanner")
+    config = base_till(tmp_path, scanner, public)
+    setup = unconfigured(config)
+    assert setup is not None
+
+    class SlowToOpen(SerialScanner):
+        def open(self) -> None:
+            time.sleep(0.5)  # a USB adapter still settling, or a loaded machine
+            super().open()
+
+    registry = Registry(drivers={"serial-scanner": SlowToOpen})
+    refusals: list[str] = []
+    stop = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: wait_for_enrolment(setup, stop=stop, registry=registry, on_refused=refusals.append), daemon=True
+    )
+    waiter.start()
+    try:
+        assert poll_until(lambda: "waiting for an enrolment code" in caplog.text, TIMEOUT, every=0.005)
+        layer = tmp_path / "chain" / "10-chain.toml"
+        layer.write_text('currency = "EUR"\n')
+        scanner.scan(
+            make_code(load_private_key(other_key), till_id="till-07", branch_id="b-12", config_url=f"file://{layer}")
+        )
+        assert poll_until(lambda: len(refusals) == 1, 10.0), "the first code scanned was lost"
+    finally:
+        stop.set()
+        waiter.join(5)
+        scanner.close()
