@@ -34,7 +34,7 @@ from tillplug.config.loader import Problem, check_config, parse_toml, read_layer
 from tillplug.config.model import Config, EngineConfig, PrinterConfig, ScannerConfig
 from tillplug.daemon import systemd
 from tillplug.devices.registry import Registry, driver_names, load_drivers
-from tillplug.devices.supervisor import DeviceState, Scan, ScannerSupervisor
+from tillplug.devices.supervisor import SCANNERS_TRIED_WITHIN, Scan, ScannerSupervisor, all_tried
 from tillplug.errors import ConfigError, EnrolmentRefused, TillplugError
 from tillplug.receipts.layout import Block, Columns, Cut, Feed, Receipt, Rule, Text
 
@@ -46,9 +46,6 @@ RELAY_TOKEN_FILE = "relay-token"
 DEFAULT_KEY_FILE = "enrolment.pub"
 MAX_LAYER_BYTES = 256 * 1024
 FETCH_TIMEOUT = 15.0
-# How long the scanners get to open before the till says it is waiting at them (as the daemon's start):
-# pyserial's open empties the port's input, so a code scanned before it would be lost.
-SCANNERS_TRIED_WITHIN = 3.0
 
 
 @dataclass
@@ -284,8 +281,8 @@ def wait_for_enrolment(
         supervisor.start()
         supervisors[cfg.name] = supervisor
     deadline = time.monotonic() + SCANNERS_TRIED_WITHIN
-    while any(s.health.state is DeviceState.CONNECTING for s in supervisors.values()) and time.monotonic() < deadline:
-        time.sleep(0.01)  # each scanner open, or failed once (said in its own log line)
+    while not all_tried(supervisors.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     keys = ", ".join(fingerprint(k) for k in setup.keys)
     log.warning("not enrolled: waiting for an enrolment code at the scanners (chain key %s)", keys)
     # Ready as far as systemd is concerned (so it neither times the start out nor restarts it), and alive.

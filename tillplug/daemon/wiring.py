@@ -41,9 +41,11 @@ from tillplug.daemon.scans import Decision, Router
 from tillplug.daemon.statelock import StateLock
 from tillplug.devices.registry import Registry, driver_names, load_drivers
 from tillplug.devices.supervisor import (
+    SCANNERS_TRIED_WITHIN,
     DeviceHealth,
     Scan,
     ScannerSupervisor,
+    all_tried,
 )
 from tillplug.display.hub import DisplayHub
 from tillplug.display.page import DisplayPages
@@ -514,12 +516,10 @@ class Daemon:
         api_task = self._api_task = asyncio.ensure_future(api_server.serve(sockets=[sock]))
         return api_server, api_task
 
-    async def _wait_devices_tried(self, timeout: float = 3.0) -> None:
+    async def _wait_devices_tried(self, timeout: float = SCANNERS_TRIED_WITHIN) -> None:
         """Each scanner has either opened or failed once (then we start degraded, and say so)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(s.health.state.value != "connecting" for s in self.scanners.values()):
-                return
+        while not all_tried(self.scanners.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     def request_reload(self) -> None:

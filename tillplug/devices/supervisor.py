@@ -16,7 +16,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,16 @@ class _Supervised:
 
     def _set(self, state: DeviceState, reason: str = "") -> None:
         self.health.move(state, reason, self.on_state)
+
+
+# How long a start waits for its scanners to open (or fail once) before saying it is ready for scans:
+# pyserial's open empties the port's input, so a code scanned before it would be lost.
+SCANNERS_TRIED_WITHIN = 3.0
+
+
+def all_tried(supervisors: Iterable[ScannerSupervisor]) -> bool:
+    """Each scanner has opened, or failed once (said in its own log line)."""
+    return all(s.health.state is not DeviceState.CONNECTING for s in supervisors)
 
 
 class ScannerSupervisor(_Supervised):
