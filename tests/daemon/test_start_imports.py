@@ -67,13 +67,8 @@ RUN = textwrap.dedent(
 
     def at_ready(message):
         if "READY=1" in message and not os.path.exists(out):
-            from pydantic import BaseModel
-            todo, deferred = [BaseModel], []
-            while todo:
-                for model in todo.pop().__subclasses__():
-                    todo.append(model)
-                    if model.__module__.startswith("tillplug.") and not model.__pydantic_complete__:
-                        deferred.append(f"{model.__module__}.{model.__qualname__}")
+            from tillplug.daemon.wiring import models_of
+            deferred = [f"{m.__module__}.{m.__qualname__}" for m in models_of() if not m.__pydantic_complete__]
             with open(out, "w") as f:
                 json.dump(sorted(sys.modules), f)
             with open(out + ".models", "w") as f:

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 import tillplug
-from tillplug.daemon.wiring import complete_deferred_models
+from tillplug.daemon.wiring import complete_deferred_models, models_of
 
 
 class Deferred(BaseModel):
@@ -24,17 +24,6 @@ class Spend(Deferred):
 
 class Refund(Deferred):
     reason: str
-
-
-def tillplug_models() -> list[type[BaseModel]]:
-    seen: list[type[BaseModel]] = []
-    todo: list[type[BaseModel]] = [BaseModel]
-    while todo:
-        for model in todo.pop().__subclasses__():
-            todo.append(model)
-            if model.__module__.startswith("tillplug.") and model not in seen:
-                seen.append(model)
-    return seen
 
 
 def test_deferred_models_are_built_one_per_turn_of_the_loop():
@@ -65,7 +54,7 @@ def test_every_tillplug_model_builds(caplog: pytest.LogCaptureFixture):
     for module in pkgutil.walk_packages(tillplug.__path__, "tillplug."):
         if not module.name.startswith(("tillplug.__main__", "tillplug.sim", "tillplug.commands")):  # not the daemon's
             importlib.import_module(module.name)
-    models = tillplug_models()
+    models = models_of()
     assert len(models) > 100, len(models)
     with caplog.at_level(logging.WARNING, logger="tillplug"):
         asyncio.run(complete_deferred_models())

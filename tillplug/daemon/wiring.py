@@ -661,22 +661,27 @@ async def complete_deferred_models(package: str = "tillplug") -> int:
     per turn of the loop, so a request that comes meanwhile waits for one model at most and neither the
     first request nor the first slip builds any.  (A model used before its turn builds itself then.)"""
     built = 0
-    seen: set[type[BaseModel]] = set()
+    for model in models_of(package):
+        if not model.__pydantic_complete__:
+            try:
+                model.model_rebuild()
+            except Exception as exc:  # its first use will fail with the same error, where it is used
+                log.warning("model %s could not be built: %s", model.__qualname__, exc)
+            built += 1
+            await asyncio.sleep(0)
+    return built
+
+
+def models_of(package: str = "tillplug") -> list[type[BaseModel]]:
+    """Every pydantic model class defined in ``package``'s modules (imported so far), each once."""
+    seen: dict[type[BaseModel], None] = {}
     todo: list[type[BaseModel]] = [BaseModel]
     while todo:
         for model in todo.pop().__subclasses__():
-            if model in seen:
-                continue
-            seen.add(model)
-            todo.append(model)
-            if model.__module__.startswith(package + ".") and not model.__pydantic_complete__:
-                try:
-                    model.model_rebuild()
-                except Exception as exc:  # its first use will fail with the same error, where it is used
-                    log.warning("model %s could not be built: %s", model.__qualname__, exc)
-                built += 1
-                await asyncio.sleep(0)
-    return built
+            if model not in seen:
+                seen[model] = None
+                todo.append(model)
+    return [m for m in seen if m.__module__.startswith(package + ".")]
 
 
 def collect_from_now() -> None:
