@@ -134,3 +134,34 @@ def test_the_engine_clock_is_bounded_by_its_date_headers() -> None:
     clock.observe("Tue, 15 Nov 1994 08:12:32 GMT", left=50.5, arrived=50.6)  # a second's edge: narrower
     narrowed = clock.at(50.0)
     assert narrowed is not None and narrowed.high - narrowed.low < at.high - at.low
+
+
+def test_our_own_burn_stays_ours_when_writing_its_intent_down_was_slow(
+    tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in CI (twice, a loaded machine): a burn that landed, its answer lost, settled "unverifiable".
+
+    The intent's wall time was stamped before its commit, its steady moment after the commit's
+    hop back to the loop; a slow commit put the two apart by more than the engine clock's
+    tolerance, so our stamp looked stepped and the burn's time fell before "ours from".
+    """
+
+    async def go() -> str:
+        h = Harness(tmp_path, sim)
+        begin_burn = h.loyalty.checkouts.begin_burn
+
+        def slow_begin_burn(*args: object) -> int:
+            burn_id = begin_burn(*args)  # type: ignore[arg-type]
+            time.sleep(3.0)  # a commit held up by a busy disk or a starved thread
+            return burn_id
+
+        try:
+            await h.loyalty.open_checkout("T1", 1, "c-1")
+            monkeypatch.setattr(h.loyalty.checkouts, "begin_burn", slow_begin_burn)
+            h.tamper.on(is_burn, reset_after)  # the burn lands; its answer is lost
+            assert isinstance(await h.loyalty.apply_voucher("T1", CODE), VoucherPending)
+            return await settled_outcome(h)
+        finally:
+            await h.close()
+
+    assert asyncio.run(go()) == "burned"

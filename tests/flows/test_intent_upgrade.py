@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_old_states_are_renamed_once_and_old_words_are_refused(old_state: Path, 
             with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
                 tx.execute("UPDATE burns SET state='burned' WHERE id=1")
             # The sequence of burn ids goes on after the copied rows.
-            assert store.begin_burn("OLD-OPEN", "X", None) == 6
+            assert store.begin_burn("OLD-OPEN", "X", None, time.time()) == 6
         finally:
             await h.close()
 

@@ -277,8 +277,9 @@ class CheckoutStore:
             return self.deduction_intents.where("tx_id=? ORDER BY created", (tx_id,))
         return self.deduction_intents.where("tx_id=? AND state=? ORDER BY created", (tx_id, State(state).value))
 
-    def begin_burn(self, tx_id: str, code: str, benefit_id: str | None) -> int:
-        burn_id: int = self.burn_intents.begin(tx_id=tx_id, code=code, benefit_id=benefit_id)
+    def begin_burn(self, tx_id: str, code: str, benefit_id: str | None, created: float) -> int:
+        """The burn's intent, stamped ``created`` (wall time, taken with the flow's steady moment)."""
+        burn_id: int = self.burn_intents.begin(tx_id=tx_id, code=code, benefit_id=benefit_id, created=created)
         return burn_id
 
     def settle_burn(self, burn_id: int, state: State, *, owed: bool = False, checkout: Checkout | None = None) -> None:

@@ -145,8 +145,10 @@ class Vouchers:
         """
         ctx = self.ctx
         member = checkout.member
-        burn_id = await ctx.db(ctx.store.begin_burn, checkout.tx_id, code, benefit_id)
-        intent = time.monotonic()
+        # The intent's wall stamp and its steady moment are taken together: a slow commit between
+        # them once made our own burn look stamped by a stepped clock ("unverifiable").
+        created, intent = time.time(), time.monotonic()
+        burn_id = await ctx.db(ctx.store.begin_burn, checkout.tx_id, code, benefit_id, created)
         try:
             benefit = await ctx.client.validate_voucher(code, user_identifier=member.id if member else None)
         except Exception as exc:
