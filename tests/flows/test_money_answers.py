@@ -478,7 +478,6 @@ def test_a_spend_cut_off_by_a_crash_is_refunded_after_the_restart_only_if_the_en
             if redemption == "missing":
                 [row] = h.store.rows("delivered")
                 assert row.note is not None and "moved no points" in row.note
-                assert h.deliverer.reversals_not_applied == 1
                 assert h.loyalty.points.problems.get("deduction_not_applied") == NOT_APPLIED  # health says so
             await assert_given_back_only_if_applied(h, sim, redemption)
         finally:

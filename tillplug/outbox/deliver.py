@@ -11,7 +11,7 @@ reads the engine's recent list instead (``tillplug.engine.lookup.scan_recent``).
 A look-up that still cannot tell (the list refused, or longer than a look-up reads)
 holds the row as *unverifiable*: never resent,
 never "not needed", looked up again every ``UNVERIFIABLE_RETRY`` seconds and
-reported (one log line per row, ``Stats.unverifiable``, ``unverifiable_seen``).
+reported (one log line per row, ``Stats.unverifiable``).
 
 Rows go in batches: one commit claims up to ``BATCH_MAX`` due rows (as many as the pacer lets
 go within ``BATCH_SECONDS``), marking them ``sending`` before the first request; they are sent
@@ -116,12 +116,9 @@ class Deliverer:
         self._back = 0.0  # when the engine answered again after the last outage, on the store's clock
         if self.pacer.traffic is not None:
             self.pacer.traffic.on_interactive_ok = self._cashier_answered
-        self.delivered = 0
         # The current batch's outcomes not yet committed (the next claim commits them):
         self._acknowledged: list[tuple[int, str | None]] = []  # (row id, the engine's id) of rows delivered
         self._unsent: list[int] = []  # rows claimed but never sent
-        self.unverifiable_seen = 0  # look-ups that could not tell (a counter, for metrics)
-        self.reversals_not_applied = 0  # reversals not sent: what they reverse moved no points
         self.on_not_applied: Callable[[], None] | None = None  # told of each: health names the reactor
 
     def wake(self) -> None:
@@ -173,7 +170,6 @@ class Deliverer:
         return result
 
     async def _hold(self, row: Row, key: str, result: Lookup) -> None:
-        self.unverifiable_seen += 1
         log.error(
             "outbox: row %d (%s) held as unverifiable: cannot tell whether the engine has eventKey %s (%s); "
             "it is neither resent nor dropped — run tillplug engine-check",
@@ -206,7 +202,6 @@ class Deliverer:
         found = await self._look_up(row, row.event_key)
         if found.outcome is Outcome.LANDED:
             await asyncio.to_thread(self.store.delivered, row.id, engine_id=found.engine_id, note="found by look-up")
-            self.delivered += 1
             return True
         if found.outcome is Outcome.UNKNOWN:
             await self._hold(row, row.event_key, found)
@@ -259,7 +254,6 @@ class Deliverer:
             row.body.get("type"),
             key,
         )
-        self.reversals_not_applied += 1
         if self.on_not_applied is not None:
             self.on_not_applied()
         note = "not needed: the engine shows the write it reverses moved no points"
@@ -312,7 +306,6 @@ class Deliverer:
         unsent, self._unsent = self._unsent, []
         rows = await asyncio.to_thread(self.store.claim_batch, limit, delivered=acknowledged, unsent=unsent)
         if acknowledged:
-            self.delivered += len(acknowledged)
             self.on_change()
         return rows
 
