@@ -75,7 +75,7 @@ from tillplug.engine.clock import InFlight
 from tillplug.engine.lookup import LIST_LIMIT, SCAN_MAX_PAGES, FilterEvidence
 from tillplug.engine.models import EventDefinition
 from tillplug.errors import TillplugError
-from tillplug.flows.answers import EngineVoucher
+from tillplug.flows.answers import EngineVoucher, Voided, VoucherPending
 from tillplug.flows.checkouts import Deduction
 from tillplug.flows.intents import State
 from tillplug.flows.returns import ReturnRequest
@@ -100,6 +100,7 @@ SCAN_PAGE_SIZES = (LIST_LIMIT, 2, 2)
 # look-up in small pages never reaches the list's end and proves absence by the engine's stamps alone.
 EARLIER_DAY = 250
 SMALL_PAGES = 100  # pages a look-up may read in pages of two (200 items: a run's events and some)
+BUSY_WRITES = 120  # other tills' writes at once: more than the engine's newest page (PAGE, 100)
 Forward = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -215,6 +216,12 @@ class MoneyMachine(RuleBasedStateMachine):
         self.by_sale: dict[str, float] = {}  # net points the till was told each sale moved
         self.told_spends: set[str] = set()  # eventKeys of deductions a till was told landed
         self.voided_spends: set[str] = set()  # ... of those on sales voided since: all given back or held
+        self.pending_spends: dict[str, tuple[str, int]] = {}  # eventKey → (sale, points): told pending, no verdict yet
+        self.pending_codes: dict[str, set[str]] = {}  # sale → codes whose burn awaits its verdict
+        self.burned_on: dict[str, set[str]] = {}  # sale → codes a till was told burned on it
+        self.ever_unapplied = False  # the engine ever left a deduction unapplied (reactor missing, reactions late)
+        self.busy = False  # other tills' writes filled the engine's newest page (once a run)
+        self.wakes: Counter[str] = Counter()  # (till, "outbox" | "settler") → times woken
         self.tills: dict[str, Harness] = {}
         self.seen_events: dict[str, int] = {}
         self.down = False
@@ -238,9 +245,26 @@ class MoneyMachine(RuleBasedStateMachine):
         if not self.calibrated:
             self._filters_unknown(h)
         h.client._on_call = self._count_scans
-        h.loyalty.recover()
+        self._count_wakes(name, h)
+        store = h.loyalty.checkouts
+        interrupted = len(store.deduction_intents.interrupted()) + len(store.burn_intents.interrupted())
+        assert h.loyalty.recover() == interrupted  # what the start-up log says it recovered
         self.tills[name] = h
         self.seen_events[name] = 0
+
+    def _count_wakes(self, name: str, h: Harness) -> None:
+        ctx = h.loyalty.ctx
+        wake_outbox, wake_settler = ctx.wake_outbox, ctx.wake_settler
+
+        def outbox() -> None:
+            self.wakes[f"{name} outbox"] += 1
+            wake_outbox()
+
+        def settler() -> None:
+            self.wakes[f"{name} settler"] += 1
+            wake_settler()
+
+        ctx.wake_outbox, ctx.wake_settler = outbox, settler
 
     @staticmethod
     def _filters_unknown(h: Harness) -> None:
@@ -266,6 +290,19 @@ class MoneyMachine(RuleBasedStateMachine):
         assert member is not None, ident
         return str(member["id"])
 
+    def _clocks_can_tell(self) -> None:
+        """Before a burn: wait until the engine's latest burn is behind the tills' clock too.
+
+        An engine clock ahead of the tills' by less than its Date headers can show (whole seconds:
+        the 0.3 s offset) puts another till's burn made just before ours after our intent: a burn's
+        verdict takes the clocks to agree where the headers cannot tell them apart, and would take it
+        for ours.  Burns of one code that close (a voucher shown at two tills within the clocks'
+        difference) are the limit the README states; the machine keeps its burns further apart."""
+        if not 0 < self.offset < 1 or not self.sim.state.ledger.burns:
+            return
+        latest = max(datetime.fromisoformat(b["at"].replace("Z", "+00:00")) for b in self.sim.state.ledger.burns)
+        time.sleep(min(1.0, max(0.0, latest.timestamp() + 0.05 - time.time())))
+
     def fault(self, name: str) -> Any:
         """The tamper hook for a fault's name (None: answered as usual)."""
         if name == "late":
@@ -287,6 +324,9 @@ class MoneyMachine(RuleBasedStateMachine):
             tx = data.get("transactionId", "")
             if kind == "points_settled":
                 self._verdict_is_true(h, tx, data)
+                self.pending_spends.pop(data["eventKey"], None)
+            if kind == "voucher_settled":
+                self.pending_codes.get(tx, set()).discard(data["code"])
             if kind == "points_settled" and data["outcome"] == "landed" and tx not in self.closed:
                 self.spender.setdefault(tx, self.member_of[tx])
                 self.told_spends.add(data["eventKey"])
@@ -297,6 +337,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.by_sale[tx] = self.by_sale.get(tx, 0) + data["points"]
             elif kind == "voucher_settled" and data["outcome"] == "burned":
                 self.told_burns[data["code"]] += 1
+                self.burned_on.setdefault(tx, set()).add(data["code"])
             elif kind in ("return", "return_settled") and tx in self.member_of:
                 # What the till was told a return moves: the give-back once, the take-back once queued.
                 moved = data["giveBack"]["points"] if kind == "return" else 0
@@ -320,13 +361,27 @@ class MoneyMachine(RuleBasedStateMachine):
             assert event is not None and not self.sim.state.reactions.get(event["id"]), data
 
     def _call(self, name: str, coro: Any) -> Any:
+        h = self.tills[name]
+        rows, owed = self._waiting(h)
+        woken = self.wakes[f"{name} outbox"], self.wakes[f"{name} settler"]
         try:
             return self.run(coro)
         except TillplugError:
             return None
         finally:
-            self.tills[name].tamper.hooks.clear()
+            h.tamper.hooks.clear()
             self._absorb(name)
+            # Work a flow leaves for the background is never left for its next timer: the outbox is
+            # woken for a row it queued, the settler for an outcome it owes.
+            rows_after, owed_after = self._waiting(h)
+            assert not rows_after - rows or self.wakes[f"{name} outbox"] > woken[0], rows_after - rows
+            assert not owed_after - owed or self.wakes[f"{name} settler"] > woken[1], owed_after - owed
+
+    @staticmethod
+    def _waiting(h: Harness) -> tuple[set[int], set[str]]:
+        store = h.loyalty.checkouts
+        owed = {f"d{d.event_key}" for d in store.deduction_intents.owed()}
+        return {r.id for r in h.store.rows("pending")}, owed | {f"b{b.id}" for b in store.burn_intents.owed()}
 
     def teardown(self) -> None:
         try:
@@ -373,6 +428,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 self._filters_unknown(h)
         self.sim.state.reactors["redemption"] = redemption
         self.reactions_late = late
+        self.ever_unapplied = redemption == "missing" or late
         return self._open_and_attach("a", CARDS[0])
 
     @rule(target=sales, till=st.sampled_from(TILLS), card=st.sampled_from(CARDS))
@@ -384,6 +440,14 @@ class MoneyMachine(RuleBasedStateMachine):
         tx = f"{till}-{self.counter}"
         self._call(till, self.tills[till].loyalty.open_checkout(tx, 1, "c"))
         self._attach(till, tx, card)
+        return till, tx
+
+    @rule(target=sales, till=st.sampled_from(TILLS))
+    def open_without_a_member(self, till: str) -> tuple[str, str]:
+        """A shopper with no card: vouchers, tender, complete and void, but no points to spend or refund."""
+        self.counter += 1
+        tx = f"{till}-{self.counter}"
+        self._call(till, self.tills[till].loyalty.open_checkout(tx, 1, "c"))
         return till, tx
 
     def _attach(self, till: str, tx: str, card: str) -> None:
@@ -407,6 +471,8 @@ class MoneyMachine(RuleBasedStateMachine):
         answer = self._call(till, h.loyalty.spend_points(tx, points))
         if answer is not None and member is not None:
             self.spender.setdefault(tx, member)
+        if answer is not None and answer.pending:
+            self.pending_spends[answer.eventKey] = (tx, answer.points)
         if answer is not None and not answer.pending:
             self.told_spends.add(answer.eventKey)
             self.told[self.spender[tx]] -= answer.points
@@ -434,21 +500,29 @@ class MoneyMachine(RuleBasedStateMachine):
     def voucher(self, sale: tuple[str, str], code: str, fault: str) -> None:
         till, tx = sale
         h = self.tills[till]
+        self._clocks_can_tell()
         if (hook := self.fault(fault)) is not None:
             h.tamper.on(is_burn, hook)
         answer = self._call(till, h.loyalty.apply_voucher(tx, code))
         if isinstance(answer, EngineVoucher) and answer.burned:
             self.told_burns[answer.code] += 1
+            self.burned_on.setdefault(tx, set()).add(answer.code)
+        if isinstance(answer, VoucherPending):
+            self.pending_codes.setdefault(tx, set()).add(answer.code)
 
     @rule(sale=sales, pick=st.integers(0, 3))
     def redeem(self, sale: tuple[str, str], pick: int) -> None:
         till, tx = sale
         h = self.tills[till]
         listed = self._call(till, h.loyalty.list_benefits(tx)) or []
+        self._clocks_can_tell()
         if listed:
             answer = self._call(till, h.loyalty.redeem_benefit(tx, listed[pick % len(listed)].id))
             if isinstance(answer, EngineVoucher) and answer.burned:
                 self.told_burns[answer.code] += 1
+                self.burned_on.setdefault(tx, set()).add(answer.code)
+            if isinstance(answer, VoucherPending):
+                self.pending_codes.setdefault(tx, set()).add(answer.code)
 
     @rule(sale=sales, fault=st.sampled_from(FAULT_CHOICES))
     def tender(self, sale: tuple[str, str], fault: str) -> None:
@@ -456,11 +530,15 @@ class MoneyMachine(RuleBasedStateMachine):
         vouchers burned."""
         till, tx = sale
         h = self.tills[till]
+        self._clocks_can_tell()
         if (hook := self.fault(fault)) is not None:
             h.tamper.on(is_burn, hook)
         answer = self._call(till, h.loyalty.tender(tx))
         for code in answer.burned if answer is not None else []:
             self.told_burns[code] += 1
+            self.burned_on.setdefault(tx, set()).add(code)
+        for code in answer.pending if answer is not None else []:
+            self.pending_codes.setdefault(tx, set()).add(code)
 
     @rule(target=completed, sale=consumes(sales), total=st.integers(0, 5000))
     def complete(self, sale: tuple[str, str], total: int) -> tuple[str, str]:
@@ -501,7 +579,10 @@ class MoneyMachine(RuleBasedStateMachine):
         # Held: the engine showed these never taken, so they are as good as given back (a refund
         # follows only if the engine takes them after all: never counted twice, see the invariant).
         given = (answer.pointsRefunded + (answer.pointsHeld or 0)) if answer is not None else 0
+        if answer is not None:
+            self._void_says_what_happened(till, tx, answer)
         if given:
+            assert tx in self.spender, ("points given back on a sale that spent none", answer)
             self.told[self.spender[tx]] += given
             self.by_sale[tx] = self.by_sale.get(tx, 0) + given
         if answer is not None and answer.pointsHeld:
@@ -511,9 +592,39 @@ class MoneyMachine(RuleBasedStateMachine):
             for d in held:  # held only while the engine shows it never took them
                 assert d.event_key in by_key and not self.sim.state.reactions.get(by_key[d.event_key]["id"]), d
 
+    def _void_says_what_happened(self, till: str, tx: str, answer: Voided) -> None:
+        """The void's answer: points still being looked up are those the till was told pending; the
+        vouchers not reinstated are those it was told burned on the sale, and those still being looked
+        up those it was told pending; points held only with health saying why."""
+        pending = sum(points for sale, points in self.pending_spends.values() if sale == tx)
+        assert answer.pointsPending == pending, (answer, pending)
+        assert sorted(answer.vouchersNotReinstated) == sorted(self.burned_on.get(tx, set())), answer
+        assert sorted(answer.vouchersPending) == sorted(self.pending_codes.get(tx, set())), answer
+        if answer.pointsHeld:
+            assert "deduction_not_applied" in self.tills[till].loyalty.points.problems, answer
+
     def _restart(self, till: str) -> None:
         self.run(self.tills[till].close())
         self._build(till)
+
+    @rule(sale=sales, mid_burn=st.sampled_from(["landed", "lost"]), code=st.sampled_from(VOUCHERS))
+    def kill_mid_burn(self, sale: tuple[str, str], mid_burn: str, code: str) -> None:
+        """Kill a till in the middle of a voucher's burn on ``sale`` (after the intent row was written
+        and, if ``landed``, after the engine burned it), and start it again: the till was told nothing;
+        the burn is looked up and its verdict comes as ``voucher_settled``."""
+        till, tx = sale
+        h = self.tills[till]
+        checkout = h.loyalty.checkouts.get(tx)
+        if checkout is None or checkout.state != "open":
+            return
+        self._clocks_can_tell()
+        h.loyalty.checkouts.begin_burn(tx, code, None, time.time())
+        if mid_burn == "landed" and not self.down:
+            with contextlib.suppress(TillplugError):
+                member = checkout.member.id if checkout.member is not None else None
+                self.run(h.client.validate_voucher(code, user_identifier=member))
+        self.pending_codes.setdefault(tx, set()).add(code)
+        self._restart(till)
 
     @rule(sale=sales, mid_spend=st.sampled_from(["no", "landed", "lost"]))
     def kill_and_restart(self, sale: tuple[str, str], mid_spend: str) -> None:
@@ -542,12 +653,14 @@ class MoneyMachine(RuleBasedStateMachine):
         """The tenant's redemption reactor removed (or put back): REDEEMED_POINTS is recorded and
         deducts nothing, so a refund of such a deduction would invent points."""
         self.sim.state.reactors["redemption"] = redemption
+        self.ever_unapplied |= redemption == "missing"
 
     @rule(late=st.booleans())
     def reactions_fall_behind(self, late: bool) -> None:
         """The engine's reactors fall behind: from now each reaction is applied only when the machine
         says (later than tender's and a void's wait, within ``REVERSAL_WINDOW``); or they catch up."""
         self.reactions_late = late
+        self.ever_unapplied |= late
         if not late:
             self._apply_held(self.now + REVERSAL_WINDOW)
 
@@ -561,6 +674,21 @@ class MoneyMachine(RuleBasedStateMachine):
         for event_id, _ in due:
             apply_now(self.sim.state, event_id)
             self.applied.add(event_id)
+
+    @rule()
+    def busy_tenant(self) -> None:
+        """Other tills of the chain write more than a page of events (once a run): a look-up whose
+        filter the engine ignores no longer finds our writes on the newest page it answers."""
+        if self.busy or self.scan_limit != LIST_LIMIT:  # in pages of two, 60 more pages: the tenant's rate limit
+            return
+        self.busy = True
+        state = self.sim.state
+        now = datetime.fromtimestamp(time.time() + self.offset, UTC).isoformat().replace("+00:00", "Z")
+        for n in range(BUSY_WRITES):
+            event: dict[str, Any] = {"id": f"busy-{n}", "type": "TRANSACTION", "subject": None, "executor": None}
+            event |= {"payload": {"eventKey": f"busy-{n}"}, "occurredAt": now, "createdAt": now}
+            state.events[event["id"]] = event
+            state.reactions[event["id"]] = []
 
     @rule(down=st.booleans())
     def engine(self, down: bool) -> None:
@@ -667,7 +795,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @rule(
         settle=st.booleans(),
-        fault=st.sampled_from(FAULT_CHOICES),
+        fault=st.sampled_from([*FAULT_CHOICES, "reactions_unreadable"]),
         late=st.sampled_from(["stay", "land_after", "land_after", "pass_window"]),
     )
     def background_catches_up(self, settle: bool, fault: str, late: str) -> None:
@@ -692,12 +820,22 @@ class MoneyMachine(RuleBasedStateMachine):
                 assert left is None or left >= owed, (left, owed)
             with h.store.transaction() as t:  # time passes: rows backing off (or held) are due again
                 t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
-            if (hook := self.fault(fault)) is not None:
+            if fault == "reactions_unreadable":
+                h.tamper.on(lambda r: r.url.path.endswith("/reactions"), unreadable, times=1000)
+            elif (hook := self.fault(fault)) is not None:
                 h.tamper.on(is_outbox_write, hook)
+            never_taken = self._not_needed(h)
             try:
                 self.run(self._deliver_due(h))
             finally:
                 h.tamper.hooks.clear()
+            if self._not_needed(h) - never_taken:  # a refund not sent: health says why
+                assert "deduction_not_applied" in h.loyalty.points.problems, name
+
+    @staticmethod
+    def _not_needed(h: Harness) -> set[int]:
+        """The refunds the outbox did not send because the engine shows their deduction moved no points."""
+        return {r.id for r in h.store.rows("delivered") if r.note and "moved no points" in r.note}
 
     @staticmethod
     async def _deliver_due(h: Harness) -> None:
@@ -834,6 +972,8 @@ class MoneyMachine(RuleBasedStateMachine):
             assert self.told_burns[code] <= burned[code] <= 1, (code, self.told_burns[code], burned[code])
             assert burned[code] == self.told_burns[code] or code in owed_codes, (code, burned, self.told_burns)
         self._returns_within_their_sales()
+        for name, h in self.tills.items():  # health names a deduction not applied only if one was
+            assert self.ever_unapplied or "deduction_not_applied" not in h.loyalty.points.problems, name
         dialect = self.sim.sim.dialect
         for kind, behaviour in (("event", dialect.event_key_filter), ("order", dialect.order_key_filter)):
             if behaviour == "honoured" and self.calibrated:
