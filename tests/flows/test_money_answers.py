@@ -514,6 +514,46 @@ def test_a_deduction_held_by_a_void_is_given_back_once_the_engine_applies_it_lat
     run(go())
 
 
+def test_a_held_deductions_refund_is_never_sent_on_a_failed_read_of_its_reactions(
+    tmp_path: object, sim: SimServer, short_final_wait: None
+) -> None:
+    """Found by the model check (hostile dialect): the redemption reactor missing, a void held the
+    deduction (the engine showed it never applied), then the outbox's reads of its reactions failed:
+    the refund was sent ("cannot show: sent", the rule for a deduction the void could not read),
+    inventing the points.  A held deduction's refund is sent only once the engine shows it applied;
+    a failed read changes nothing: it looks again, and past the window with the engine answering
+    "never applied", it is not needed."""
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": "missing"}, timeout=10).raise_for_status()
+
+    async def unreadable(request: httpx.Request, forward: Forward) -> httpx.Response:
+        return httpx.Response(503, json={"status": "error"})
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P6")
+            await h.loyalty.spend_points("P6", 500)
+            voided = await h.loyalty.void("P6")
+            assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
+            h.tamper.on(lambda r: r.url.path.endswith("/reactions"), unreadable, times=1000)
+            for moment in (0.0, h.client.in_flight.window + REVERSAL_WINDOW + 1):  # within the window, past it
+                clock.now = moment
+                with h.store.transaction() as t:
+                    t.execute("UPDATE outbox SET next_attempt=0 WHERE state='pending'")
+                assert await h.deliverer.step()
+                assert ledger_types(sim) == ["REDEEMED_POINTS"]  # not sent on a failed read
+                [row] = h.store.rows("pending")
+                assert row.last_error is not None and "reactions" in row.last_error
+            h.tamper.hooks.clear()
+            await deliver_all(h, clock)  # the engine answers: never applied, past the window
+            await assert_given_back_only_if_applied(h, sim, "missing")
+        finally:
+            await h.close()
+
+    run(go())
+
+
 def test_a_void_that_cannot_read_the_reactions_gives_back_and_refunds_once_the_engine_shows_them(
     tmp_path: object, sim: SimServer, short_final_wait: None
 ) -> None:

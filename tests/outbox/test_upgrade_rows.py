@@ -69,3 +69,4 @@ def test_rows_from_an_older_outbox_settle_in_a_dialect_that_ignores_the_filter(t
     assert store.stats().unverifiable == 0 and store.stats().depth == 0
     assert store.by_key(held).note == "found by look-up"
     assert store.by_key(refund).requires_since is None  # an old row: its look-up reads to the list's end
+    assert store.by_key(refund).requires_applied is False  # an old row: a failed read of its reactions sends it

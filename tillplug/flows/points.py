@@ -594,6 +594,7 @@ class Points:
                 event_key=refund.payload["eventKey"],
                 requires_key=d.event_key if d.event_key in waits else None,
                 requires_since=(d.created or None) if d.event_key in waits else None,
+                requires_applied=d.event_key in held,  # shown never applied: a failed read proves nothing
             )
             ctx.store.deduction_intents.set(tx, d.event_key, State.LANDED if d.event_key in held else State.REFUNDED)
         return shown.given

@@ -67,6 +67,7 @@ REVERSAL_WINDOW = REACTION_WINDOW
 REVERSAL_RECHECK = 5.0  # seconds between looks while a reversal waits for that
 REVERSAL_LAST_LOOK = 5.0  # seconds the last look waits (tillplug.flows.points.FINAL_WAIT, a void's)
 NOT_APPLIED = "not_applied"  # last_error of a reversal waiting for what it reverses to be applied
+REACTIONS_UNREAD = "reactions_unreadable"  # ... of a held deduction's refund whose reads of it failed
 # Rows are claimed in batches (one commit marks them all 'sending', one records what the engine
 # acknowledged): as many as the pacer lets go within BATCH_SECONDS, at most BATCH_MAX.
 BATCH_SECONDS = 0.25
@@ -229,7 +230,9 @@ class Deliverer:
         waits, looked up again, until ``REVERSAL_WINDOW`` after the engine may last have taken that
         write (the in-flight window after its send); then it is not needed: refunding what was
         never taken would invent points.  The void's rule: anything the
-        engine cannot show (no reactions listed, no id, a read failing) sends the reversal.
+        engine cannot show (no reactions listed, no id, a read failing) sends the reversal; but not
+        a held deduction's refund (``Row.requires_applied``): the engine showed that one never
+        applied, so a read that fails proves nothing, and it waits for a read that answers.
         """
         engine_id = reversed_write.engine_id
         if row.kind != "event" or self.client.dialect.reactions not in LISTED_REACTIONS:
@@ -241,11 +244,13 @@ class Deliverer:
         wait = self.client.in_flight.remaining(key, self.client.in_flight.window + REVERSAL_WINDOW)
         # Within the window one read decides only "applied"; past it, "never applied" is believed only
         # after a last look as long as a void's (a reaction may be being applied right now).
-        if await applied_within(self.client, engine_id, 0 if wait > 0 else REVERSAL_LAST_LOOK) is not False:
+        applied = await applied_within(self.client, engine_id, 0 if wait > 0 else REVERSAL_LAST_LOOK)
+        if applied or (applied is None and not row.requires_applied):
             return False  # applied, or it cannot tell: sent
-        if wait > 0:
-            at = self.clock() + min(wait, REVERSAL_RECHECK)
-            await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=NOT_APPLIED, needs_lookup=False)
+        if wait > 0 or applied is None:  # a held deduction's refund: sent only once shown applied
+            at = self.clock() + (min(wait, REVERSAL_RECHECK) if wait > 0 else REVERSAL_RECHECK)
+            error = NOT_APPLIED if applied is False else REACTIONS_UNREAD
+            await asyncio.to_thread(self.store.retry_later, row.id, at=at, error=error, needs_lookup=False)
             return True
         log.error(
             "outbox: row %d (%s) not sent: the engine shows the write it reverses (eventKey %s) never applied; "

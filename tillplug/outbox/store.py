@@ -68,7 +68,13 @@ CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (stream, id);
 # Added after the first release: created on databases that predate it.
 # requires_since: for a reversal, the earliest the write it reverses can have been sent (epoch s):
 # how far back a look-up that reads the engine's unfiltered list must reach (NULL: to its end).
-COLUMNS_ADDED = {"unverifiable": "INTEGER NOT NULL DEFAULT 0", "requires_since": "REAL"}
+# requires_applied: a reversal sent only once the engine shows the write it reverses applied (a
+# deduction a void held: shown never applied); a read that fails then proves nothing, so it waits.
+COLUMNS_ADDED = {
+    "unverifiable": "INTEGER NOT NULL DEFAULT 0",
+    "requires_since": "REAL",
+    "requires_applied": "INTEGER NOT NULL DEFAULT 0",
+}
 # The error codes (tillplug/errors.py) of rows that waited only for the engine to be there.
 WAITED_FOR_ENGINE = ("engine_unreachable", "engine_timeout", "engine_error", "engine_busy", "engine_outcome_unknown")
 
@@ -99,6 +105,7 @@ class Row:
     updated: float
     unverifiable: bool = False
     requires_since: float | None = None
+    requires_applied: bool = False
     body_error: str | None = None  # the stored body cannot be read (the row can never be sent)
 
     @classmethod
@@ -114,6 +121,7 @@ class Row:
         d["body"] = body
         d["needs_lookup"] = bool(d["needs_lookup"])
         d["unverifiable"] = bool(d.get("unverifiable", 0))
+        d["requires_applied"] = bool(d.get("requires_applied", 0))
         return cls(**d)
 
     def summary(self) -> dict[str, Any]:
@@ -215,12 +223,13 @@ class OutboxStore:
         event_key: str,
         requires_key: str | None = None,
         requires_since: float | None = None,
+        requires_applied: bool = False,
     ) -> int:
         """Add a row inside the caller's transaction (so it commits with the caller's own writes)."""
         now = self.clock()
         cur = tx.db.execute(
-            "INSERT INTO outbox (event_key, kind, stream, body, requires_key, requires_since, state, next_attempt,"
-            " created, updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            "INSERT INTO outbox (event_key, kind, stream, body, requires_key, requires_since, requires_applied,"
+            " state, next_attempt, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (
                 event_key,
                 kind,
@@ -228,6 +237,7 @@ class OutboxStore:
                 json.dumps(body, separators=(",", ":")),
                 requires_key,
                 requires_since,
+                int(requires_applied),
                 now,
                 now,
                 now,
