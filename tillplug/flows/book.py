@@ -233,7 +233,7 @@ class CheckoutBook:
             pointsPending=sum(d.points for d in deductions if d.state == State.UNKNOWN and d.owed),
             refunded=sum(d.points for d in deductions if d.state == State.REFUNDED),
             vouchers=[voucher_view(v) for v in checkout.vouchers],
-            vouchersPending=[b.code for b in store.burns(checkout.tx_id) if b.awaiting_verdict],
+            vouchersPending=store.codes_awaiting_verdict(checkout.tx_id),
         )
 
     def get_checkout(self, tx_id: str) -> answers.CheckoutView:

@@ -290,6 +290,10 @@ class CheckoutStore:
     def burns(self, tx_id: str) -> list[Burn]:
         return self.burn_intents.where("tx_id=? ORDER BY id", (tx_id,))
 
+    def codes_awaiting_verdict(self, tx_id: str) -> list[str]:
+        """The sale's codes whose burn is still being looked up, each once (a code tried twice is one voucher)."""
+        return list(dict.fromkeys(b.code for b in self.burns(tx_id) if b.awaiting_verdict))
+
     # -- the offline member cache -----------------------------------------------------
 
     def remember_member(self, ident: str, member_id: str, ttl: float) -> None:

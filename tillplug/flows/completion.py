@@ -55,7 +55,7 @@ class Completion:
                     f"Voucher(s) {', '.join(unburned)} were only checked: tender the sale "
                     f"(POST /v1/checkouts/{tx_id}/tender) before taking payment, or remove them by voiding."
                 )
-            pending = [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
+            pending = ctx.store.codes_awaiting_verdict(tx_id)
             if pending:  # a burn may have landed: the sale's discount depends on its verdict
                 raise VouchersPending(
                     f"Voucher(s) {', '.join(pending)} may have been used on this sale; tillplug is checking. "
@@ -167,7 +167,6 @@ class Completion:
         refunded = shown.given if checkout.member else 0
         if refunded or shown.held:
             ctx.wake_outbox()
-        burns = ctx.store.burns(tx_id)
         result = Voided(
             transactionId=tx_id,
             state="voided",
@@ -175,7 +174,7 @@ class Completion:
             vouchersNotReinstated=[v.code for v in checkout.vouchers if v.burned],
             # Points whose outcome is still being looked up: refunded if they landed (points_settled).
             pointsPending=pending,
-            vouchersPending=[b.code for b in burns if b.awaiting_verdict],
+            vouchersPending=ctx.store.codes_awaiting_verdict(tx_id),
         )
         if shown.held:  # the engine shows these points never taken: giving them back would invent points
             result.pointsHeld = sum(d.points for d in shown.held)

@@ -394,8 +394,7 @@ class Vouchers:
                 await ctx.db(ctx.store.settle_burn, burn_id, State.LANDED, checkout=checkout)
             checkout = await self._save_open(checkout)
             # Burns of earlier calls still unknown: until settled, the sale's discount is not known.
-            pending += [b.code for b in ctx.store.burns(tx_id) if b.awaiting_verdict]
-            pending = list(dict.fromkeys(pending))
+            pending = list(dict.fromkeys(pending + ctx.store.codes_awaiting_verdict(tx_id)))
         result = answers.Tendered(
             transactionId=tx_id,
             burned=burned,
