@@ -178,6 +178,29 @@ EQUIVALENT: dict[str, str] = {
         " reaches ``settle``, which tillplug calls only from ``settle_owed``, with owed intents"
     ),
 }
+_READ_IN_WINDOW = (
+    "tillplug/outbox/deliver.py:_waits_for_applied NumberReplacer"
+    " `applied = await applied_within(self.client, engine_id, 0 if wait > 0 else REVERSAL_LAST_LOOK)`"
+)
+EQUIVALENT |= {
+    f"{_READ_IN_WINDOW} [0]": (
+        "a read within the window that waits up to a second instead of reading once: whatever it sees is"
+        " acted on as the single read's answer would be (applied: sent; not applied: looked at again;"
+        " unreadable: as before), only sooner; past the window the last look is unchanged"
+    ),
+    f"{_READ_IN_WINDOW} [1]": "a deadline already past (-1 s) reads once and answers, exactly as 0 s does",
+    f"{_READ_IN_WINDOW} [2]": (
+        "in the window's last second the read waits REVERSAL_LAST_LOOK instead of reading once: what it"
+        " sees is acted on as the single read's answer would be (applied: sent, sooner; not applied or"
+        " unreadable: looked at again), and the decision past the window is unchanged"
+    ),
+    "tillplug/outbox/deliver.py:_waits_for_applied NumberReplacer"
+    " `at = self.clock() + (min(wait, REVERSAL_RECHECK) if wait > 0 else REVERSAL_RECHECK)` [0]": (
+        "in the window's last second the row is looked at again REVERSAL_RECHECK (5 s) on instead of at"
+        " the window's end: past the window either way, its last look decides the same for any reaction"
+        " within the engine's contract, up to 5 s later"
+    ),
+}
 NOT_REACHED = "not reached"  # the mutated line never ran in the unmutated run: nothing there could kill it
 
 

@@ -297,7 +297,7 @@ class MoneyMachine(RuleBasedStateMachine):
         the 0.3 s offset) puts another till's burn made just before ours after our intent: a burn's
         verdict takes the clocks to agree where the headers cannot tell them apart, and would take it
         for ours.  Burns of one code that close (a voucher shown at two tills within the clocks'
-        difference) are the limit the README states; the machine keeps its burns further apart."""
+        difference) are the limit docs/technician.md states; the machine keeps its burns further apart."""
         if not 0 < self.offset < 1 or not self.sim.state.ledger.burns:
             return
         latest = max(datetime.fromisoformat(b["at"].replace("Z", "+00:00")) for b in self.sim.state.ledger.burns)
@@ -715,6 +715,35 @@ class MoneyMachine(RuleBasedStateMachine):
         self._catch_up(True, "none")
         self._land(list(self.late))
 
+    @rule(sale=consumes(sales), points=st.integers(1, 300))
+    def reaction_at_the_edge(self, sale: tuple[str, str], points: int) -> None:
+        """A spend answered late and taken in the last half second of its in-flight window, the sale
+        voided, the engine's reaction to it late to the last quarter second of its contract
+        (``REVERSAL_WINDOW`` after it took the write): the refund looks for the reaction until then and
+        is sent once it shows.  Believed "never applied" even a second early, the refund is dropped and
+        the member loses the points."""
+        till, tx = sale
+        if self.down:
+            return
+        late_before, self.reactions_late, self.ever_unapplied = self.reactions_late, True, True
+        try:
+            self._spend(till, tx, points, "late")
+            self.late_writes_land_at_the_edge()
+            self.void(sale)
+            taken = [at for e, at in self.held_reactions if self.sim.state.events[e]["subject"]]
+            if not taken:
+                return
+            held_at = max(taken)
+            edge = held_at + REVERSAL_WINDOW - 0.25
+            self._apply_held(edge - REVERSAL_WINDOW)  # the others due by then (the contract)
+            self.now = max(self.now, edge)
+            self.late = [w for w in self.late if w.deadline > self.now]
+            self._catch_up(True, "none")
+            self._apply_held(held_at + 0.001)  # ours, within its contract
+        finally:
+            self.reactions_late = late_before
+        self._catch_up(True, "none")
+
     def _land(self, writes: list[LateWrite]) -> None:
         for write in writes:
             if write.deadline > self.now:
@@ -792,6 +821,8 @@ class MoneyMachine(RuleBasedStateMachine):
             assert left == [], left
             store = h.loyalty.checkouts
             assert store.deduction_intents.owed() == [] and store.burn_intents.owed() == []
+            # Every burn has its verdict (a crash's too): none left unknown, owed to no one.
+            assert store.burn_intents.where("state IN ('unknown', 'sending')") == []
 
     @rule(
         settle=st.booleans(),
@@ -958,7 +989,12 @@ class MoneyMachine(RuleBasedStateMachine):
         assert state.ledger.duplicates() == {}
         # A refund reverses a deduction the engine applied (or will: late), once: never one it never took.
         by_key = self._by_key()
-        reversed_keys = Counter(e["payload"].get("reverses") for e in by_key.values() if e["payload"].get("reverses"))
+        # (A return's take-back reverses its sale's earning, once a return: only refunds of deductions here.)
+        reversed_keys = Counter(
+            key
+            for e in by_key.values()
+            if (key := e["payload"].get("reverses")) and (by_key.get(key) or {}).get("type") != "TRANSACTION"
+        )
         for key, times in reversed_keys.items():
             assert times == 1, ("refunded twice", key)
             assert key in by_key and self._eventual(by_key[key]), ("a refund of a deduction never taken", key)
@@ -996,9 +1032,9 @@ class MoneyMachine(RuleBasedStateMachine):
 
 def money_settings() -> settings:
     if os.environ.get("TILLPLUG_MONEY_PROFILE") == "mutation":
-        # Fixed and small: the same examples for every mutant, well inside the mutant's timeout.
+        # Fixed: the same examples for every mutant (as many as CI's, shorter), well inside its timeout.
         return settings(
-            max_examples=int(os.environ.get("TILLPLUG_MONEY_EXAMPLES", "12")),
+            max_examples=int(os.environ.get("TILLPLUG_MONEY_EXAMPLES", "50")),
             stateful_step_count=12,
             deadline=None,
             derandomize=True,
@@ -1114,6 +1150,38 @@ def test_a_refund_waiting_for_a_late_reaction_is_not_dropped_when_the_outbox_sen
         machine.money_is_neither_lost_nor_invented()
         machine.the_day_settles()
         machine.money_is_neither_lost_nor_invented()
+    finally:
+        machine.teardown()
+        if machine_class.shared_sim is not None:
+            machine_class.shared_sim.stop()
+
+
+def test_a_write_is_found_where_the_ignored_filter_answers_other_tills_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """strict (the filter ignored) before engine-check ran: two earnings taken by the engine, their
+    answers lost.  The first is on the newest page the ignored filter answers, beside other writes:
+    found, and those others show the filter ignored.  Then other tills fill the newest page: the
+    second's look-up page holds only their writes, which is never "not found" (a filter taken to
+    work on the first page would resend it); the list read unfiltered finds it.  Both delivered by
+    look-up, each once."""
+    if "dialect" not in inspect.signature(SimServer).parameters:
+        pytest.skip("the simulator in this tree has no dialects")
+    monkeypatch.setattr("tillplug.flows.points.FIRST_CONFIRM_DELAY", 0.01)
+    machine_class: type[MoneyMachine] = type("MoneyMachine_busy", (MoneyMachine,), {"dialect": "strict"})
+    machine = machine_class()
+    try:
+        for n, total in enumerate((2500, 1200)):
+            sale = machine.a_sale_with_a_member(calibrated=False) if n == 0 else machine.open_and_attach("a", CARDS[1])
+            machine.complete(sale=sale, total=total)
+            machine.background_catches_up(settle=False, fault="reset_after", late="stay")  # taken, answer lost
+            if n == 1:
+                machine.busy_tenant()
+            machine.background_catches_up(settle=False, fault="none", late="stay")  # looked up
+            machine.money_is_neither_lost_nor_invented()
+        rows = [r for r in machine.tills["a"].store.rows("delivered") if r.body.get("type") != "REDEEMED_POINTS"]
+        assert [r.note for r in rows] == ["found by look-up"] * 2
+        assert sorted(e["payload"]["eventKey"] for e in machine.sim.state.ledger.events) == sorted(
+            r.event_key for r in rows
+        )
     finally:
         machine.teardown()
         if machine_class.shared_sim is not None:
