@@ -469,7 +469,9 @@ class MoneyMachine(RuleBasedStateMachine):
             h.tamper.on(is_spend, hook)
         member = self.member_of.get(tx)
         answer = self._call(till, h.loyalty.spend_points(tx, points))
-        if answer is not None and member is not None:
+        # The spender is whoever a landed spend took points from: a spend still pending may settle
+        # "not landed", and the sale may then take another member.
+        if answer is not None and not answer.pending and member is not None:
             self.spender.setdefault(tx, member)
         if answer is not None and answer.pending:
             self.pending_spends[answer.eventKey] = (tx, answer.points)
