@@ -18,7 +18,7 @@ from tillplug.engine.clock import InFlight
 from tillplug.errors import CheckoutConflict
 from tillplug.flows.answers import PointsSpent
 from tillplug.flows.points import NOT_APPLIED
-from tillplug.outbox.deliver import REVERSAL_WINDOW
+from tillplug.outbox.deliver import REVERSAL_RECHECK, REVERSAL_WINDOW
 from tillplug.sim import SimServer
 
 Forward = Callable[[], Awaitable[httpx.Response]]
@@ -473,6 +473,9 @@ def test_a_spend_cut_off_by_a_crash_is_refunded_after_the_restart_only_if_the_en
         clock = Steady(h)
         try:
             assert h.loyalty.recover() == 1
+            [d], [row] = h.loyalty.checkouts.deductions("P3"), h.store.rows("pending")
+            assert row.requires_key == "crash-1"
+            assert row.requires_since == d.created > 0  # its look-up reads back to the spend's intent, no further
             clock.now += h.client.in_flight.window  # past the deduction's in-flight window
             await deliver_all(h, clock)
             if redemption == "missing":
@@ -536,6 +539,9 @@ def test_a_held_deductions_refund_is_never_sent_on_a_failed_read_of_its_reaction
             await h.loyalty.spend_points("P6", 500)
             voided = await h.loyalty.void("P6")
             assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
+            [d], [row] = h.loyalty.checkouts.deductions("P6"), h.store.rows("pending")
+            assert row.requires_applied and row.requires_key == d.event_key
+            assert row.requires_since == d.created > 0  # its look-up reads back to the spend, no further
             h.tamper.on(lambda r: r.url.path.endswith("/reactions"), unreadable, times=1000)
             for moment in (0.0, h.client.in_flight.window + REVERSAL_WINDOW + 1):  # within the window, past it
                 clock.now = moment
@@ -545,6 +551,7 @@ def test_a_held_deductions_refund_is_never_sent_on_a_failed_read_of_its_reaction
                 assert ledger_types(sim) == ["REDEEMED_POINTS"]  # not sent on a failed read
                 [row] = h.store.rows("pending")
                 assert row.last_error is not None and "reactions" in row.last_error
+                assert row.next_attempt >= h.store.clock() + REVERSAL_RECHECK - 1  # not looked at again at once
             h.tamper.hooks.clear()
             await deliver_all(h, clock)  # the engine answers: never applied, past the window
             await assert_given_back_only_if_applied(h, sim, "missing")
