@@ -84,6 +84,7 @@ SCOPE: dict[str, set[str]] = {
     },
     "tillplug/flows/vouchers.py": {
         "verdict_between",
+        "intent_window",
         "burn_verdict",
         "look_up",
         "_check_code",

@@ -36,6 +36,7 @@ def test_a_landed_burn_is_burned_beside_another_voucher_of_the_sale(tmp_path, si
             checkout = h.loyalty.checkouts.get("T1")
             assert checkout is not None
             assert sorted(v.code for v in checkout.vouchers) == ["ALICE-10PC-0002", "ALICE-5OFF-0001"]
+            assert all(v.burned for v in checkout.vouchers)  # a void lists both as not reinstated
         finally:
             await h.close()
 

@@ -97,11 +97,17 @@ def engine_offset(server_date: str | None, seen: float | None) -> tuple[float, f
     return (0.0 if low <= 0.0 <= high else high), low
 
 
-def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> Finding:
-    """Whose burn the benefit shows, against our intent written at ``since`` (our clock), with
-    ``offset`` (estimate, lower bound) of the engine's clock minus ours (``engine_offset``)."""
+def intent_window(since: float, offset: tuple[float, float]) -> tuple[float, float]:
+    """Our intent written at ``since`` (our clock) on the engine's clock, with ``offset`` (estimate,
+    lower bound) of the engine's clock minus ours (``engine_offset``): (ours if burned from, another's
+    if burned before), as ``verdict_between`` takes them."""
     estimate, low = offset
-    return verdict_between(benefit, since + estimate, since + low)
+    return since + estimate, since + low
+
+
+def burn_verdict(benefit: Benefit, since: float, offset: tuple[float, float]) -> Finding:
+    """Whose burn the benefit shows, against our intent written at ``since`` (``intent_window``)."""
+    return verdict_between(benefit, *intent_window(since, offset))
 
 
 def verdict_between(benefit: Benefit, ours_from: float, others_before: float) -> Finding:
@@ -456,8 +462,7 @@ class Vouchers:
         moment = self._intents.get(burn.id)
         at = client.engine_clock.at(moment) if moment is not None else None
         if at is None:
-            estimate, low = engine_offset(client.server_date, client.server_date_seen)
-            return burn.created + estimate, burn.created + low
+            return intent_window(burn.created, engine_offset(client.server_date, client.server_date_seen))
         return (burn.created if at.contains(burn.created) else at.high), at.low
 
     async def _find_by_code(self, code: str) -> Benefit | None:
