@@ -561,6 +561,34 @@ def test_a_held_deductions_refund_is_never_sent_on_a_failed_read_of_its_reaction
     run(go())
 
 
+def test_past_the_window_a_held_refund_looks_once_more_for_as_long_as_a_void(
+    tmp_path: object, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its window, a held deduction's refund is "not needed" only after a last look as long as
+    a void's (``REVERSAL_LAST_LOOK``): a reaction being applied right then is seen and refunded.
+    Read once instead, the refund was dropped and the reaction then took the member's points."""
+    monkeypatch.setattr("tillplug.flows.points.FINAL_WAIT", 0.3)
+    monkeypatch.setattr("tillplug.outbox.deliver.REVERSAL_LAST_LOOK", 6.0)
+    sim.state.reactors["delay_seconds"] = 2.0  # after the void's wait, within the last look
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        clock = Steady(h)
+        try:
+            await open_sale(h, "P7")
+            await h.loyalty.spend_points("P7", 500)
+            voided = await h.loyalty.void("P7")
+            assert voided.pointsHeld == 500  # the engine had not applied it yet
+            clock.now = h.client.in_flight.window + REVERSAL_WINDOW + 1  # past the window
+            assert await h.deliverer.step()
+            await deliver_all(h, clock)
+            await assert_given_back_only_if_applied(h, sim, "present")
+        finally:
+            await h.close()
+
+    run(go())
+
+
 def test_a_void_that_cannot_read_the_reactions_gives_back_and_refunds_once_the_engine_shows_them(
     tmp_path: object, sim: SimServer, short_final_wait: None
 ) -> None:
