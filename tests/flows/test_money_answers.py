@@ -589,6 +589,38 @@ def test_past_the_window_a_held_refund_looks_once_more_for_as_long_as_a_void(
     run(go())
 
 
+@pytest.mark.parametrize("reactions", ["never", "unknown"])
+def test_where_the_engine_is_not_known_to_list_reactions_a_void_gives_back_without_reading_them(
+    tmp_path: object, sim: SimServer, reactions: str
+) -> None:
+    """engine-check found the engine lists no reactions (or never ran): nothing it could show proves a
+    deduction untaken, so a void gives every landed deduction back at once and reads no reactions;
+    read anyway, an engine that lists none would look as if it never took them, and they were held."""
+    import dataclasses
+
+    httpx.post(sim.url + "/_sim/reactors", json={"redemption": "missing"}, timeout=10).raise_for_status()
+
+    async def go() -> None:
+        h = Harness(tmp_path, sim)  # type: ignore[arg-type]
+        h.client.dialect = dataclasses.replace(h.client.dialect, reactions=reactions)
+        read: list[str] = []
+
+        async def counted(request: httpx.Request, forward: Forward) -> httpx.Response:
+            read.append(request.url.path)
+            return await forward()
+
+        try:
+            await open_sale(h, "P8")
+            await h.loyalty.spend_points("P8", 500)
+            h.tamper.on(lambda r: r.url.path.endswith("/reactions"), counted, times=1000)
+            voided = await h.loyalty.void("P8")
+            assert (voided.pointsRefunded, voided.pointsHeld, read) == (500, 0, [])
+        finally:
+            await h.close()
+
+    run(go())
+
+
 def test_a_void_that_cannot_read_the_reactions_gives_back_and_refunds_once_the_engine_shows_them(
     tmp_path: object, sim: SimServer, short_final_wait: None
 ) -> None:
