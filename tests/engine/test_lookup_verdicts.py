@@ -46,3 +46,16 @@ def test_only_a_landed_verdict_is_found() -> None:
     assert Lookup(Outcome.LANDED, engine_id="e-1").found
     assert not Lookup(Outcome.NOT_LANDED).found
     assert not Lookup(Outcome.UNKNOWN, reason="refused").found
+
+
+@pytest.mark.parametrize("refusal", ["rejected", "unreadable"])
+def test_a_page_refused_or_unreadable_leaves_the_write_unverifiable(refusal: str) -> None:
+    """A list the engine refuses (4xx) or answers unreadably (an HTML error page) proves nothing:
+    the look-up says unverifiable, never raises into the outbox's pass, never "not landed"."""
+    from tillplug.errors import EngineProtocolError, EngineRejected
+
+    async def page(skip: int, limit: int) -> list[Any]:
+        raise EngineRejected("no") if refusal == "rejected" else EngineProtocolError("<html>")
+
+    found = asyncio.run(scan_recent(page, "k-1", None, kind="event"))
+    assert found.outcome is Outcome.UNKNOWN and "refused" in (found.reason or "")
