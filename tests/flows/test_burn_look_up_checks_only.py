@@ -96,3 +96,23 @@ def test_a_lost_burn_with_a_member_is_settled_from_the_members_wallet(tmp_path, 
             await h.close()
 
     asyncio.run(go())
+
+
+def test_a_lost_burn_whose_check_says_the_code_is_unknown_is_not_burned(tmp_path, sim) -> None:
+    """The check refuses the code in words that prove it was never burned (unknown here, not yet
+    redeemed, another venue): "not burned", never held as unverifiable for a supervisor."""
+
+    async def go() -> str:
+        h = Harness(tmp_path, sim)
+        try:
+            await h.loyalty.open_checkout("T1", 1, "c-1")
+            h.tamper.on(is_burn, reset_before)  # the burn never reaches the engine
+            assert isinstance(await h.loyalty.apply_voucher("T1", "NOPE-0000-0001"), VoucherPending)
+            [burn] = h.loyalty.checkouts.burn_intents.owed()
+            await h.loyalty.settler.settle(burn, window=0)
+            [verdict] = h.of_type("voucher_settled")
+            return str(verdict["outcome"])
+        finally:
+            await h.close()
+
+    assert asyncio.run(go()) == "not_burned"

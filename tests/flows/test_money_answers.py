@@ -508,6 +508,7 @@ def test_a_deduction_held_by_a_void_is_given_back_once_the_engine_applies_it_lat
             assert voided.pointsRefunded == 0 and voided.pointsHeld == 500
             assert await h.deliverer.step()  # the held refund looks: not applied yet, so it waits
             assert ledger_types(sim) == ["REDEEMED_POINTS"]
+            assert [r.last_error for r in h.store.rows("pending")] == ["not_applied"]  # what it waits for
             assert await settled_balance(sim, ALICE, 750) == 750  # the engine applies it late
             await deliver_all(h, clock)
             await assert_given_back_only_if_applied(h, sim, "present")

@@ -353,7 +353,7 @@ class MoneyMachine(RuleBasedStateMachine):
         d = h.loyalty.checkouts.deduction(data["eventKey"])
         assert d is not None, data
         outcome, discount = data["outcome"], data["discount"]["amount"]
-        assert (discount > 0) == (outcome == "landed"), data
+        assert (discount > 0) == (outcome == "landed") and discount >= 0, data
         assert outcome != "landed" or tx not in self.closed, data
         assert d.state == {"held": "landed"}.get(outcome, outcome), (d.state, data)
         if outcome == "held":
